@@ -8,7 +8,10 @@ from __future__ import annotations
 import argparse
 import importlib
 
-_DATA_MODULES: tuple[str, ...] = ()
+_DATA_MODULES: tuple[str, ...] = (
+    "cxrtrek_jax.cli.data_validate",
+    "cxrtrek_jax.cli.data_tfds",
+)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
