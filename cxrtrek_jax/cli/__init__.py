@@ -15,6 +15,7 @@ import sys
 
 _COMMAND_MODULES = (
     "cxrtrek_jax.cli.data_cmd",
+    "cxrtrek_jax.cli.tokenizer_cmd",
 )
 
 

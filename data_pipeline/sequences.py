@@ -1,0 +1,336 @@
+"""Staged training sequences: one study -> token ids, loss mask, stage ids, positions.
+
+With stage context (the default) one sequence holds the whole staged
+conversation, in the study's turn order:
+
+    [bos][system][user: <image>.. Q1][assistant: A1][user: Q2][assistant: A2]...
+
+Each image placeholder becomes `tokens_per_image` copies of the image token id,
+in the question of the first turn that needs that image (the turn whose
+`image_input_count` first covers it). The loss covers answer tokens only: the
+answer text and its end-of-turn token (not the question, not the role
+markers). Every token of a turn carries the turn's stage number (bos and
+system tokens carry 0). Arrays are over target positions: for ids x[0..n),
+`input_tokens = x[:-1]`, `target_tokens = x[1:]`, and `loss_mask`/`stage_ids`
+describe the target token.
+
+Ablation options (`SequenceConfig`): stage context off (each turn its own
+sequence, with all images visible at that turn placed in its question), a
+seeded shuffle of the stage order (turns within a stage keep their order), a
+subset of stages, and `no_prior` (drop images beyond the current study and the
+turns that need them). Truncation drops whole trailing turns; every dropped
+turn and image is counted in `SequenceStats`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import zlib
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+
+from data_pipeline.cxrtrek_json import DEFAULT_SYSTEM_PROMPT
+from data_pipeline.records import IMAGE_PLACEHOLDER, Message, QAItem, Study
+from data_pipeline.stages import Stage
+from data_pipeline.tokenizer import CXRTrekTokenizer
+
+__all__ = [
+    "SequenceConfig",
+    "SequenceStats",
+    "SequenceTooLongError",
+    "TrainingSequence",
+    "SequenceBuilder",
+    "build_sequences",
+    "current_image_count",
+    "system_prompt_of",
+]
+
+_PLACEHOLDER_WITH_NEWLINE = re.compile(re.escape(IMAGE_PLACEHOLDER) + r"\n?")
+_LATER_STUDY_STAGES = (Stage.COMPARISON, Stage.FUTURE_TREND)
+
+
+class SequenceTooLongError(ValueError):
+    """The first turn of a sequence alone does not fit in `max_length` tokens."""
+
+
+@dataclasses.dataclass(frozen=True)
+class SequenceConfig:
+    """How studies become training sequences.
+
+    max_length: most tokens in `input_tokens` (the full id sequence holds one more).
+    tokens_per_image: image token ids per image (the model's patch-token count).
+    stage_context: one sequence per study (True) or one per turn (False).
+    shuffle_stages: permute the order of the stages, seeded by
+        (`shuffle_seed`, study id); turns within a stage keep their order.
+    stages: keep only turns of these stages (None = all).
+    no_prior: drop images beyond the current study and the turns needing them.
+    system_prompt: None = the study's own system message, else `DEFAULT_SYSTEM_PROMPT`.
+    drop_unfittable: a sequence whose first turn alone exceeds `max_length` is
+        dropped and counted (`SequenceStats.unfittable`) instead of raising
+        `SequenceTooLongError`.
+    """
+
+    max_length: int
+    tokens_per_image: int
+    stage_context: bool = True
+    shuffle_stages: bool = False
+    shuffle_seed: int = 0
+    stages: tuple[int, ...] | None = None
+    no_prior: bool = False
+    system_prompt: str | None = None
+    drop_unfittable: bool = False
+
+    def __post_init__(self) -> None:
+        if self.max_length < 2:
+            raise ValueError(f"max_length must be >= 2, got {self.max_length}")
+        if self.tokens_per_image < 1:
+            raise ValueError(f"tokens_per_image must be >= 1, got {self.tokens_per_image}")
+        if self.stages is not None:
+            object.__setattr__(self, "stages", tuple(sorted({int(Stage.parse(s)) for s in self.stages})))
+            if not self.stages:
+                raise ValueError("stages must name at least one stage (or be None for all)")
+
+
+@dataclasses.dataclass(frozen=True)
+class SequenceStats:
+    """Counts of one or more `build_sequences` calls (add them up with `+`).
+
+    turns_in = turns_kept + turns_excluded_by_stage + turns_dropped_no_prior
+    + turns_dropped_truncation. images_dropped: study images that appear in
+    none of the study's sequences. unfittable: sequences whose first turn alone
+    did not fit (their turns count as dropped by truncation).
+    """
+
+    studies: int = 0
+    sequences: int = 0
+    turns_in: int = 0
+    turns_kept: int = 0
+    turns_excluded_by_stage: int = 0
+    turns_dropped_no_prior: int = 0
+    turns_dropped_truncation: int = 0
+    images_dropped: int = 0
+    unfittable: int = 0
+
+    def __add__(self, other: "SequenceStats") -> "SequenceStats":
+        return SequenceStats(
+            **{f.name: getattr(self, f.name) + getattr(other, f.name) for f in dataclasses.fields(self)}
+        )
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class TrainingSequence:
+    """One unbatched training example (all arrays of length T = `len(self)`).
+
+    input_tokens int32[T]; target_tokens int32[T] (next token);
+    loss_mask float32[T] (1.0 where the target is an answer token or its end-of-turn);
+    stage_ids int32[T] (stage of the target token's turn, 0 for bos/system);
+    positions int32[T] (0..T-1).
+    image_indices: indices into `Study.images` of the images whose
+        placeholders appear in `input_tokens`, in placeholder order.
+    turn_indices: indices into `Study.items` of the turns, in sequence order.
+    """
+
+    study_id: str
+    input_tokens: np.ndarray
+    target_tokens: np.ndarray
+    loss_mask: np.ndarray
+    stage_ids: np.ndarray
+    positions: np.ndarray
+    image_indices: tuple[int, ...]
+    turn_indices: tuple[int, ...]
+
+    def __len__(self) -> int:
+        return int(self.input_tokens.shape[0])
+
+    @property
+    def num_images(self) -> int:
+        return len(self.image_indices)
+
+
+def system_prompt_of(study: Study, override: str | None = None) -> str:
+    """`override`, else the study's first system message, else `DEFAULT_SYSTEM_PROMPT`."""
+    if override is not None:
+        return override
+    for message in study.messages or ():
+        if message.role == "system":
+            return message.content
+    return DEFAULT_SYSTEM_PROMPT
+
+
+def current_image_count(study: Study) -> int:
+    """How many leading `study.images` belong to the current study.
+
+    Images are ordered current-study views first; prior (and later) study
+    views are introduced lazily by the first turn that needs them, a stage-5
+    (comparison) or stage-6 (future trend) turn. So: all images when the study
+    has neither a prior nor a later study, else the images visible at the turns
+    before the first stage-5/6 turn.
+    """
+    if not (study.has_prior or study.has_later):
+        return study.num_images
+    count = 0
+    for item in study.items:
+        if item.stage in _LATER_STUDY_STAGES:
+            break
+        count = max(count, item.image_input_count)
+    return count
+
+
+def _check_image_counts(study: Study) -> None:
+    for index, item in enumerate(study.items):
+        if not 0 <= item.image_input_count <= study.num_images:
+            raise ValueError(
+                f"study {study.study_id!r} turn {index}: image_input_count {item.image_input_count} "
+                f"outside 0..{study.num_images} (the study's image count)"
+            )
+
+
+def _select_turns(study: Study, config: SequenceConfig) -> tuple[list[int], dict[str, int]]:
+    """Indices of the turns to use, in sequence order, and the exclusion counts."""
+    turns = list(range(len(study.items)))
+    counts = {"turns_excluded_by_stage": 0, "turns_dropped_no_prior": 0}
+    if config.stages is not None:
+        kept = [t for t in turns if study.items[t].stage in config.stages]
+        counts["turns_excluded_by_stage"] = len(turns) - len(kept)
+        turns = kept
+    if config.no_prior:
+        limit = current_image_count(study)
+        kept = [t for t in turns if study.items[t].image_input_count <= limit]
+        counts["turns_dropped_no_prior"] = len(turns) - len(kept)
+        turns = kept
+    if config.shuffle_stages:
+        rng = np.random.default_rng([config.shuffle_seed, zlib.crc32(study.study_id.encode("utf-8"))])
+        present = sorted({study.items[t].stage for t in turns})
+        order = {stage: rank for rank, stage in enumerate(rng.permutation(present).tolist())}
+        turns = sorted(turns, key=lambda t: order[study.items[t].stage])  # stable: keeps turn order
+    return turns, counts
+
+
+def _place_placeholders(question: str, new_images: int, image_token: str) -> str:
+    """The question with exactly `new_images` placeholders, as the data's own when the count matches.
+
+    Otherwise every placeholder (and the newline right after it) is removed and
+    `new_images` placeholders, one per line, are put in front. The data's
+    `<image>` is translated to the tokenizer's image token string.
+    """
+    if question.count(IMAGE_PLACEHOLDER) != new_images:
+        question = (IMAGE_PLACEHOLDER + "\n") * new_images + _PLACEHOLDER_WITH_NEWLINE.sub("", question)
+    return question.replace(IMAGE_PLACEHOLDER, image_token)
+
+
+def _conversation(
+    study: Study, turns: Sequence[int], system_prompt: str, image_token: str
+) -> tuple[list[Message], list[int]]:
+    """Messages for `turns` and the cumulative image count after each turn."""
+    messages = [Message("system", system_prompt)]
+    introduced: list[int] = []
+    shown = 0
+    for t in turns:
+        item: QAItem = study.items[t]
+        new = max(0, item.image_input_count - shown)
+        messages.append(Message("user", _place_placeholders(item.question, new, image_token)))
+        messages.append(Message("assistant", item.answer))
+        shown += new
+        introduced.append(shown)
+    return messages, introduced
+
+
+def _encode_turns(
+    study: Study, turns: Sequence[int], tokenizer: CXRTrekTokenizer, config: SequenceConfig
+) -> tuple[TrainingSequence | None, int]:
+    """One sequence of the (non-empty) `turns`, trailing turns truncated to fit.
+
+    Returns the sequence (None when its first turn alone does not fit and
+    `config.drop_unfittable`) and the number of turns dropped by truncation.
+    """
+    messages, introduced = _conversation(
+        study, turns, system_prompt_of(study, config.system_prompt), tokenizer.format.image
+    )
+    encoded = tokenizer.encode_chat(messages, tokens_per_image=config.tokens_per_image)
+    spans = encoded.spans  # [system, user 0, assistant 0, user 1, assistant 1, ...]
+    kept = 0
+    while kept < len(turns) and spans[2 + 2 * kept].end - 1 <= config.max_length:
+        kept += 1
+    if kept == 0:
+        if config.drop_unfittable:
+            return None, len(turns)
+        raise SequenceTooLongError(
+            f"study {study.study_id!r}: the first turn (item {turns[0]}) needs {spans[2].end - 1} "
+            f"input tokens, more than max_length={config.max_length}"
+        )
+    ids = encoded.ids[: spans[2 * kept].end]
+    token_stage = np.zeros(ids.shape, np.int32)
+    token_loss = np.zeros(ids.shape, np.float32)
+    for j in range(kept):
+        user, assistant = spans[1 + 2 * j], spans[2 + 2 * j]
+        token_stage[user.start : assistant.end] = study.items[turns[j]].stage
+        token_loss[assistant.content_start : assistant.end] = 1.0
+    num_images = introduced[kept - 1]
+    image_tokens = int(np.count_nonzero(ids == tokenizer.image_id))
+    if image_tokens != num_images * config.tokens_per_image:
+        raise ValueError(
+            f"study {study.study_id!r}: {image_tokens} image token ids for {num_images} images "
+            f"x {config.tokens_per_image} tokens per image"
+        )
+    sequence = TrainingSequence(
+        study_id=study.study_id,
+        input_tokens=ids[:-1].astype(np.int32),
+        target_tokens=ids[1:].astype(np.int32),
+        loss_mask=token_loss[1:],
+        stage_ids=token_stage[1:],
+        positions=np.arange(ids.size - 1, dtype=np.int32),
+        image_indices=tuple(range(num_images)),
+        turn_indices=tuple(turns[:kept]),
+    )
+    return sequence, len(turns) - kept
+
+
+def build_sequences(
+    study: Study, tokenizer: CXRTrekTokenizer, config: SequenceConfig
+) -> tuple[list[TrainingSequence], SequenceStats]:
+    """The training sequence(s) of one study and what was left out.
+
+    Raises ValueError naming the study for an `image_input_count` outside
+    0..num_images, and `SequenceTooLongError` when a sequence's first turn
+    alone exceeds `config.max_length` (unless `config.drop_unfittable`).
+    A study with no turn left after the stage/no_prior filters gives no sequence.
+    """
+    _check_image_counts(study)
+    turns, counts = _select_turns(study, config)
+    groups: Iterable[list[int]] = [turns] if config.stage_context else [[t] for t in turns]
+    sequences: list[TrainingSequence] = []
+    truncated = unfittable = 0
+    for group in groups:
+        if not group:
+            continue
+        sequence, dropped = _encode_turns(study, group, tokenizer, config)
+        truncated += dropped
+        if sequence is None:
+            unfittable += 1
+        else:
+            sequences.append(sequence)
+    used_images = {i for s in sequences for i in s.image_indices}
+    stats = SequenceStats(
+        studies=1,
+        sequences=len(sequences),
+        turns_in=len(study.items),
+        turns_kept=sum(len(s.turn_indices) for s in sequences),
+        turns_dropped_truncation=truncated,
+        images_dropped=study.num_images - len(used_images),
+        unfittable=unfittable,
+        **counts,
+    )
+    return sequences, stats
+
+
+class SequenceBuilder:
+    """Picklable study -> (sequences, stats) transform for the input pipeline."""
+
+    def __init__(self, tokenizer: CXRTrekTokenizer, config: SequenceConfig):
+        self.tokenizer = tokenizer
+        self.config = config
+
+    def __call__(self, study: Study) -> tuple[list[TrainingSequence], SequenceStats]:
+        return build_sequences(study, self.tokenizer, self.config)

@@ -1,0 +1,273 @@
+"""Staged training sequences: exact layouts, masks, stage ids, truncation and every ablation variant."""
+
+import pickle
+
+import numpy as np
+import pytest
+
+from data_pipeline.cxrtrek_json import DEFAULT_SYSTEM_PROMPT
+from data_pipeline.records import Message, QAItem, Study
+from data_pipeline.sequences import (
+    SequenceBuilder,
+    SequenceConfig,
+    SequenceStats,
+    SequenceTooLongError,
+    build_sequences,
+    current_image_count,
+    system_prompt_of,
+)
+from data_pipeline.tokenizer import train_tokenizer
+
+N = 3  # tokens per image
+
+
+def _item(stage, count, question, answer):
+    return QAItem(stage=stage, task_type="t", qtype="captioning", image_input_count=count, question=question, answer=answer)
+
+
+# No prior; two current views; stage order interleaved (3 before 2), as the released data allows.
+STUDY_A = Study(
+    study_id="A",
+    images=("front.png", "lat.png"),
+    items=(
+        _item(1, 2, "<image>\n<image>\nWhich view is this?", "PA view."),
+        _item(3, 2, "Where is the effusion?", "Left base."),
+        _item(2, 2, "Is there an effusion?", "Yes."),
+        _item(8, 2, "Write the report.", "Small left effusion."),
+    ),
+)
+
+# One current view, one prior view introduced lazily by the stage-5 turn.
+STUDY_B = Study(
+    study_id="B",
+    ref_study_id="B-prior",
+    images=("cur.png", "prior.png"),
+    items=(
+        _item(1, 1, "<image>\nIs this an AP view?", "Yes."),
+        _item(2, 1, "Is there an effusion?", "No."),
+        _item(5, 2, "<image>\nCompared with the prior, is it new?", "It is unchanged."),
+        _item(8, 2, "Write the report.", "No effusion."),
+    ),
+)
+
+
+@pytest.fixture(scope="module")
+def tok():
+    texts = [DEFAULT_SYSTEM_PROMPT] + [t for s in (STUDY_A, STUDY_B) for i in s.items for t in (i.question, i.answer)]
+    return train_tokenizer(texts * 10, 500)
+
+
+def _layout(tok, study, turns, questions=None):
+    """Expected (ids, token stage, token loss) built piece by piece from the template layout."""
+    enc = tok.encode_text
+    img = [tok.image_id] * N
+    pieces = [([tok.bos_id], 0, 0.0), ([*tok.prefix_ids("system"), *enc(DEFAULT_SYSTEM_PROMPT), tok.end_of_turn_id], 0, 0.0)]
+    for k, t in enumerate(turns):
+        item = study.items[t]
+        question = item.question if questions is None else questions[k]
+        q_ids = []
+        for n, part in enumerate(question.split("<image>")):
+            q_ids += (img if n else []) + (enc(part) if part else [])
+        stage = item.stage
+        pieces += [
+            ([*tok.prefix_ids("user"), *q_ids, tok.end_of_turn_id, *tok.prefix_ids("assistant")], stage, 0.0),
+            ([*enc(item.answer), tok.end_of_turn_id], stage, 1.0),
+        ]
+    ids = np.concatenate([np.asarray(p, np.int32) for p, _, _ in pieces])
+    stage = np.concatenate([np.full(len(p), s, np.int32) for p, s, _ in pieces])
+    loss = np.concatenate([np.full(len(p), m, np.float32) for p, _, m in pieces])
+    return ids, stage, loss
+
+
+def _check_layout(seq, ids, stage, loss):
+    np.testing.assert_array_equal(seq.input_tokens, ids[:-1])
+    np.testing.assert_array_equal(seq.target_tokens, ids[1:])
+    np.testing.assert_array_equal(seq.stage_ids, stage[1:])
+    np.testing.assert_array_equal(seq.loss_mask, loss[1:])
+    np.testing.assert_array_equal(seq.positions, np.arange(len(ids) - 1))
+    assert seq.input_tokens.dtype == np.int32 and seq.loss_mask.dtype == np.float32
+    assert seq.stage_ids.dtype == np.int32 and seq.positions.dtype == np.int32
+
+
+def test_stage_context_exact_layout_keeps_interleaved_order(tok):
+    (seq,), stats = build_sequences(STUDY_A, tok, SequenceConfig(max_length=512, tokens_per_image=N))
+    _check_layout(seq, *_layout(tok, STUDY_A, [0, 1, 2, 3]))
+    assert seq.turn_indices == (0, 1, 2, 3) and seq.image_indices == (0, 1)
+    assert int(np.sum(seq.input_tokens == tok.image_id)) == 2 * N
+    assert stats == SequenceStats(studies=1, sequences=1, turns_in=4, turns_kept=4)
+
+
+def test_loss_covers_answers_and_their_end_of_turn_only(tok):
+    (seq,), _ = build_sequences(STUDY_A, tok, SequenceConfig(max_length=512, tokens_per_image=N))
+    scored = seq.target_tokens[seq.loss_mask == 1.0]
+    assert tok.decode(scored, stop_at_end_of_turn=False) == "PA view.Left base.Yes.Small left effusion."
+    assert int(np.sum(scored == tok.end_of_turn_id)) == 4
+    assert not np.isin(scored, [tok.image_id, *tok.prefix_ids("assistant"), *tok.prefix_ids("user")]).any()
+    for stage, answer in [(1, "PA view."), (3, "Left base."), (2, "Yes."), (8, "Small left effusion.")]:
+        ids = seq.target_tokens[(seq.loss_mask == 1.0) & (seq.stage_ids == stage)]
+        assert tok.decode(ids) == answer
+
+
+def test_lazy_prior_image_goes_into_the_comparison_question(tok):
+    (seq,), _ = build_sequences(STUDY_B, tok, SequenceConfig(max_length=512, tokens_per_image=N))
+    _check_layout(seq, *_layout(tok, STUDY_B, [0, 1, 2, 3]))
+    assert seq.image_indices == (0, 1)
+
+
+def _input_length(tok, study, turns, questions=None):
+    return len(_layout(tok, study, turns, questions)[0]) - 1
+
+
+def test_truncation_drops_whole_trailing_turns_and_their_images(tok):
+    through_two = _input_length(tok, STUDY_B, [0, 1])
+    for max_length, kept in [(through_two, 2), (through_two + 5, 2), (through_two - 1, 1)]:
+        (seq,), stats = build_sequences(STUDY_B, tok, SequenceConfig(max_length=max_length, tokens_per_image=N))
+        assert seq.turn_indices == tuple(range(kept))
+        _check_layout(seq, *_layout(tok, STUDY_B, range(kept)))
+        assert len(seq) <= max_length
+        assert stats.turns_dropped_truncation == 4 - kept and stats.turns_kept == kept
+        assert seq.image_indices == (0,) and stats.images_dropped == 1  # the prior came with turn 2
+
+
+def test_first_turn_too_long_is_an_error_or_counted(tok):
+    too_short = _input_length(tok, STUDY_B, [0]) - 1
+    with pytest.raises(SequenceTooLongError, match=r"study 'B': the first turn \(item 0\) needs"):
+        build_sequences(STUDY_B, tok, SequenceConfig(max_length=too_short, tokens_per_image=N))
+    seqs, stats = build_sequences(
+        STUDY_B, tok, SequenceConfig(max_length=too_short, tokens_per_image=N, drop_unfittable=True)
+    )
+    assert seqs == [] and stats.unfittable == 1
+    assert stats.turns_dropped_truncation == 4 and stats.images_dropped == 2
+
+
+def test_stage_context_off_one_sequence_per_turn_with_its_visible_images(tok):
+    seqs, stats = build_sequences(STUDY_B, tok, SequenceConfig(max_length=512, tokens_per_image=N, stage_context=False))
+    expected_questions = [
+        "<image>\nIs this an AP view?",
+        "<image>\nIs there an effusion?",
+        "<image>\n<image>\nCompared with the prior, is it new?",
+        "<image>\n<image>\nWrite the report.",
+    ]
+    assert [s.turn_indices for s in seqs] == [(0,), (1,), (2,), (3,)]
+    assert [s.image_indices for s in seqs] == [(0,), (0,), (0, 1), (0, 1)]
+    for t, seq in enumerate(seqs):
+        _check_layout(seq, *_layout(tok, STUDY_B, [t], [expected_questions[t]]))
+    assert stats.sequences == 4 and stats.turns_kept == 4 and stats.images_dropped == 0
+
+
+def test_stage_context_off_drops_only_the_turn_that_does_not_fit(tok):
+    limit = _input_length(tok, STUDY_B, [2], ["<image>\n<image>\nCompared with the prior, is it new?"]) - 1
+    config = SequenceConfig(max_length=limit, tokens_per_image=N, stage_context=False, drop_unfittable=True)
+    seqs, stats = build_sequences(STUDY_B, tok, config)
+    assert [s.turn_indices for s in seqs] == [(0,), (1,), (3,)]
+    assert stats.unfittable == 1 and stats.turns_dropped_truncation == 1 and stats.turns_kept == 3
+
+
+def test_no_prior_drops_prior_images_and_the_turns_needing_them(tok):
+    (seq,), stats = build_sequences(STUDY_B, tok, SequenceConfig(max_length=512, tokens_per_image=N, no_prior=True))
+    _check_layout(seq, *_layout(tok, STUDY_B, [0, 1]))
+    assert seq.image_indices == (0,)
+    assert stats.turns_dropped_no_prior == 2 and stats.images_dropped == 1 and stats.turns_kept == 2
+    # a study without a prior loses nothing
+    (seq_a,), stats_a = build_sequences(STUDY_A, tok, SequenceConfig(max_length=512, tokens_per_image=N, no_prior=True))
+    assert seq_a.turn_indices == (0, 1, 2, 3) and stats_a.turns_dropped_no_prior == 0
+
+
+def test_stage_subset_moves_placeholders_to_the_first_kept_turn(tok):
+    config = SequenceConfig(max_length=512, tokens_per_image=N, stages=(5, 2))
+    assert config.stages == (2, 5)
+    (seq,), stats = build_sequences(STUDY_B, tok, config)
+    questions = ["<image>\nIs there an effusion?", "<image>\nCompared with the prior, is it new?"]
+    _check_layout(seq, *_layout(tok, STUDY_B, [1, 2], questions))
+    assert stats.turns_excluded_by_stage == 2 and stats.turns_kept == 2
+    seqs, stats = build_sequences(STUDY_B, tok, SequenceConfig(max_length=512, tokens_per_image=N, stages=(6,)))
+    assert seqs == [] and stats.turns_excluded_by_stage == 4 and stats.images_dropped == 2
+
+
+def test_shuffled_stage_order_is_seeded_and_reintroduces_images(tok):
+    study = STUDY_B.replace(items=STUDY_B.items + (_item(2, 2, "Any pneumothorax?", "No."),))
+    orders = {}
+    for seed in range(12):
+        config = SequenceConfig(max_length=1024, tokens_per_image=N, shuffle_stages=True, shuffle_seed=seed)
+        (seq,), _ = build_sequences(study, tok, config)
+        again, _ = build_sequences(study, tok, config)
+        np.testing.assert_array_equal(again[0].input_tokens, seq.input_tokens)
+        turns = seq.turn_indices
+        stages = [study.items[t].stage for t in turns]
+        assert sorted(turns) == [0, 1, 2, 3, 4]
+        assert stages == sorted(stages, key=stages.index)  # each stage's turns are contiguous
+        assert turns.index(1) < turns.index(4)  # turns within a stage keep their order
+        # images: introduced by the first turn needing them, in the layout below
+        shown, questions = 0, []
+        for t in turns:
+            item = study.items[t]
+            new = max(0, item.image_input_count - shown)
+            text = item.question.replace("<image>\n", "")
+            questions.append("<image>\n" * new + text)
+            shown += new
+        _check_layout(seq, *_layout(tok, study, turns, questions))
+        orders[seed] = tuple(stages)
+    assert len(set(orders.values())) > 3
+    # the permutation also depends on the study id
+    config = SequenceConfig(max_length=1024, tokens_per_image=N, shuffle_stages=True, shuffle_seed=0)
+    other = [build_sequences(study.replace(study_id=f"X{i}"), tok, config)[0][0].turn_indices for i in range(8)]
+    assert len(set(other)) > 1
+
+
+def test_original_placeholders_kept_verbatim_when_consistent(tok):
+    study = STUDY_A.replace(items=(_item(1, 2, "Frontal <image> and lateral <image> views: which is PA?", "Frontal."),))
+    (seq,), _ = build_sequences(study, tok, SequenceConfig(max_length=512, tokens_per_image=N))
+    _check_layout(seq, *_layout(tok, study, [0]))
+
+
+def test_system_prompt_choice(tok):
+    own = STUDY_A.replace(messages=(Message("system", "Own prompt."),))
+    assert system_prompt_of(own) == "Own prompt."
+    assert system_prompt_of(own, "Override.") == "Override."
+    assert system_prompt_of(STUDY_A) == DEFAULT_SYSTEM_PROMPT
+    (seq,), _ = build_sequences(own, tok, SequenceConfig(max_length=512, tokens_per_image=N))
+    start = 1 + len(tok.prefix_ids("system"))
+    assert tok.decode(seq.input_tokens[start:]) == "Own prompt."
+
+
+def test_current_image_count():
+    assert current_image_count(STUDY_A) == 2
+    assert current_image_count(STUDY_B) == 1
+    lazy_lateral = STUDY_B.replace(
+        images=("front.png", "lat.png", "prior.png"),
+        items=(
+            _item(1, 1, "<image>\nView?", "PA."),
+            _item(3, 2, "<image>\nOn the lateral?", "Yes."),
+            _item(5, 3, "<image>\nCompared?", "New."),
+        ),
+    )
+    assert current_image_count(lazy_lateral) == 2
+
+
+def test_bad_image_input_count_names_study_and_turn(tok):
+    bad = STUDY_A.replace(items=STUDY_A.items[:1] + (_item(2, 3, "Q?", "A."),))
+    with pytest.raises(ValueError, match=r"study 'A' turn 1: image_input_count 3 outside 0..2"):
+        build_sequences(bad, tok, SequenceConfig(max_length=512, tokens_per_image=N))
+
+
+def test_config_validation():
+    with pytest.raises(ValueError, match="tokens_per_image"):
+        SequenceConfig(max_length=10, tokens_per_image=0)
+    with pytest.raises(ValueError, match="max_length"):
+        SequenceConfig(max_length=1, tokens_per_image=1)
+    with pytest.raises(ValueError, match="stage must be in 1..8"):
+        SequenceConfig(max_length=10, tokens_per_image=1, stages=(9,))
+    with pytest.raises(ValueError, match="at least one stage"):
+        SequenceConfig(max_length=10, tokens_per_image=1, stages=())
+
+
+def test_stats_add_up_and_builder_pickles(tok):
+    builder = pickle.loads(pickle.dumps(SequenceBuilder(tok, SequenceConfig(max_length=512, tokens_per_image=N, no_prior=True))))
+    total = SequenceStats()
+    for study in (STUDY_A, STUDY_B):
+        seqs, stats = builder(study)
+        total = total + stats
+    assert total.studies == 2 and total.sequences == 2 and total.turns_in == 8
+    assert total.turns_in == (
+        total.turns_kept + total.turns_excluded_by_stage + total.turns_dropped_no_prior + total.turns_dropped_truncation
+    )
