@@ -11,6 +11,7 @@ import importlib
 _DATA_MODULES: tuple[str, ...] = (
     "cxrtrek_jax.cli.data_validate",
     "cxrtrek_jax.cli.data_tfds",
+    "cxrtrek_jax.cli.data_phantom",
 )
 
 
