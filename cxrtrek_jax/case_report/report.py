@@ -1,0 +1,174 @@
+"""`write_case_report`: predictions + studies + images -> one self-contained HTML file.
+
+Images: each study's `images` are resolved under `image_root` with
+`data_pipeline.image_paths.resolve_image_path` and loaded with
+`data_pipeline.images.load_image`. The leading `current_image_count(study)`
+images are the current study's views, the rest the prior (or later) study's.
+Detection boxes (model and reference, every detection turn of the shown
+context) are drawn on the first image, the current study's first view: the
+view the detection questions of CXRTrek are asked about.
+
+An image that cannot be resolved or loaded is an error naming the study, the
+image index, the path and the reason; with `allow_missing` it becomes a
+warning on the page and an "image not available" panel instead.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+from cxrtrek_jax.case_report.cases import StudyCase, select_cases
+from cxrtrek_jax.case_report.errors import CaseReportError
+from cxrtrek_jax.case_report.image_overlay import OverlayBox, load_page_image
+from cxrtrek_jax.case_report.render import ImagePanel, render_case_report
+from cxrtrek_jax.case_report.turns import ReportTurn
+from cxrtrek_jax.evaluation.predictions import PredictionRecord
+from data_pipeline.image_paths import ImagePathError, resolve_image_path
+from data_pipeline.images import ImageLoadError
+from data_pipeline.records import Study
+from data_pipeline.sequences import current_image_count
+
+__all__ = ["CaseReportResult", "detection_overlay_boxes", "study_image_panels", "write_case_report"]
+
+DEFAULT_MAX_IMAGE_SIDE = 512
+
+
+@dataclasses.dataclass(frozen=True)
+class CaseReportResult:
+    """What `write_case_report` wrote: the file, the studies shown, the context
+    shown and the warnings listed on the page."""
+
+    path: Path
+    study_ids: tuple[str, ...]
+    context: str
+    warnings: tuple[str, ...]
+
+
+def detection_overlay_boxes(turns: Iterable[ReportTurn]) -> tuple[OverlayBox, ...]:
+    """Every parsed model and reference box of the detection turns, in turn order."""
+    boxes: list[OverlayBox] = []
+    for turn in turns:
+        index = turn.record.turn_index
+        for kind, parsed in (("model", turn.model_boxes), ("reference", turn.reference_boxes)):
+            if parsed is not None:
+                boxes.extend(OverlayBox(box, kind, index) for box in parsed.boxes)
+    return tuple(boxes)
+
+
+def _captions(study: Study) -> list[str]:
+    current = current_image_count(study)
+    if study.has_prior and not study.has_later:
+        other = "prior"
+    elif study.has_later and not study.has_prior:
+        other = "later"
+    else:
+        other = "other-study"
+    return [
+        f"current view {i + 1}" if i < current else f"{other} view {i - current + 1}"
+        for i in range(study.num_images)
+    ]
+
+
+def study_image_panels(
+    study: Study,
+    turns: Sequence[ReportTurn],
+    image_root: str | os.PathLike,
+    *,
+    max_image_side: int = DEFAULT_MAX_IMAGE_SIDE,
+    allow_missing: bool = False,
+) -> tuple[tuple[ImagePanel, ...], tuple[str, ...]]:
+    """(the study's image panels, warnings); boxes go on the first panel."""
+    boxes = detection_overlay_boxes(turns)
+    panels: list[ImagePanel] = []
+    warnings: list[str] = []
+    for index, (path, caption) in enumerate(zip(study.images, _captions(study))):
+        panel_boxes = boxes if index == 0 else ()
+        try:
+            local = resolve_image_path(path, image_root)
+            image = load_page_image(local, max_image_side)
+        except (ImagePathError, ImageLoadError) as err:
+            message = f"study {study.study_id!r} image {index} ({path}): {err}"
+            if not allow_missing:
+                raise CaseReportError(message) from None
+            warnings.append(message)
+            panels.append(ImagePanel(caption, path, None, str(err), panel_boxes))
+            continue
+        panels.append(ImagePanel(caption, path, image, "", panel_boxes))
+    if boxes and not study.images:
+        warnings.append(f"study {study.study_id!r} has detection boxes but no image to draw them on")
+    return tuple(panels), tuple(warnings)
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def _panels_of(
+    cases: Sequence[StudyCase], image_root: str | os.PathLike, max_image_side: int, allow_missing: bool
+) -> tuple[dict[str, tuple[ImagePanel, ...]], list[str]]:
+    panels: dict[str, tuple[ImagePanel, ...]] = {}
+    warnings: list[str] = []
+    for case in cases:
+        if case.study is None:
+            continue
+        panels[case.study_id], study_warnings = study_image_panels(
+            case.study, case.turns, image_root, max_image_side=max_image_side, allow_missing=allow_missing
+        )
+        warnings.extend(study_warnings)
+    return panels, warnings
+
+
+def write_case_report(
+    predictions: Iterable[PredictionRecord],
+    studies: Iterable[Study],
+    image_root: str | os.PathLike,
+    out_path: str | os.PathLike,
+    *,
+    context: str | None = None,
+    study_ids: Sequence[str] | None = None,
+    max_studies: int | None = None,
+    allow_missing: bool = False,
+    max_image_side: int = DEFAULT_MAX_IMAGE_SIDE,
+    title: str = "CXRTrek case report",
+) -> CaseReportResult:
+    """Writes the HTML case report of the predicted studies to `out_path`.
+
+    predictions / studies: iterables, each consumed once (streamed; only the
+        selected studies are kept). Selection, context choice and checks:
+        `cxrtrek_jax.case_report.cases`.
+    image_root: the folder the studies' image paths are relative to.
+    allow_missing: predicted studies absent from the data and images that
+        cannot be loaded become warnings listed on the page instead of errors.
+    max_image_side: longer side of the page images, in pixels.
+
+    Raises CaseReportError naming the study / turn / image at fault.
+    """
+    selection = select_cases(
+        predictions,
+        studies,
+        context=context,
+        study_ids=study_ids,
+        max_studies=max_studies,
+        allow_missing=allow_missing,
+    )
+    panels, image_warnings = _panels_of(selection.cases, image_root, max_image_side, allow_missing)
+    warnings = (*selection.warnings, *image_warnings)
+    page = render_case_report(selection, panels, title=title, warnings=warnings)
+    out = Path(out_path)
+    _write_atomically(out, page)
+    return CaseReportResult(
+        path=out,
+        study_ids=tuple(case.study_id for case in selection.cases),
+        context=selection.context,
+        warnings=warnings,
+    )

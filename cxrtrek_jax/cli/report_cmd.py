@@ -1,0 +1,90 @@
+"""`cxrtrek report`: the self-contained HTML case report of a predictions file."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from cxrtrek_jax.cli import CLIError
+
+_CONTEXTS = ("own", "teacher", "none")  # = evaluation.predictions.CONTEXT_MODES, kept import-free here.
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "report",
+        help="write the HTML case report of predictions (images with boxes, stages, answers)",
+        description=(
+            "Write one self-contained HTML page (images inlined, no external resources, opens offline "
+            "in a browser) showing, per study, the current and prior images with the model's and the "
+            "reference detection boxes, then every stage's turns with question, model answer, reference "
+            "and a correct/incorrect mark for closed questions, under a per-stage summary."
+        ),
+    )
+    parser.add_argument("--predictions", required=True, help="predictions JSONL file (one record per turn)")
+    parser.add_argument("--data", required=True, metavar="CXRTREK_JSON", help="CXRTrek JSON file of the studies")
+    parser.add_argument(
+        "--image-root", help="folder the studies' image paths are relative to (default: the --data file's folder)"
+    )
+    parser.add_argument("--out", required=True, help="output HTML file")
+    parser.add_argument(
+        "--study", nargs="+", action="extend", metavar="ID", help="only these studies, in this order"
+    )
+    parser.add_argument(
+        "--context", choices=_CONTEXTS, help="context mode to show (default: own if present, else teacher, else none)"
+    )
+    parser.add_argument("--max-studies", type=_positive_int, help="show at most N studies (the first ones)")
+    parser.add_argument(
+        "--allow-missing",
+        action="store_true",
+        help="list predicted studies missing from the data and unloadable images as warnings instead of failing",
+    )
+    parser.add_argument("--max-image-side", type=_positive_int, default=512, help="longer image side in pixels (512)")
+    parser.add_argument("--title", default="CXRTrek case report", help="page title")
+    parser.set_defaults(func=_report)
+
+
+def _report(args: argparse.Namespace) -> int:
+    from cxrtrek_jax.case_report import CaseReportError, write_case_report
+    from cxrtrek_jax.evaluation.predictions import PredictionFormatError, read_predictions
+    from data_pipeline.cxrtrek_json import CXRTrekFormatError, iter_studies
+
+    for flag, path in (("--predictions", args.predictions), ("--data", args.data)):
+        if not Path(path).is_file():
+            raise CLIError(f"{flag} {path}: no such file")
+    image_root = args.image_root if args.image_root is not None else str(Path(args.data).parent)
+    if not Path(image_root).is_dir():
+        raise CLIError(f"--image-root {image_root}: no such folder")
+    try:
+        result = write_case_report(
+            read_predictions(args.predictions),
+            iter_studies(args.data),
+            image_root,
+            args.out,
+            context=args.context,
+            study_ids=args.study,
+            max_studies=args.max_studies,
+            allow_missing=args.allow_missing,
+            max_image_side=args.max_image_side,
+            title=args.title,
+        )
+    except (CaseReportError, PredictionFormatError, CXRTrekFormatError, OSError) as err:
+        raise CLIError(str(err)) from None
+    for warning in result.warnings:
+        print(f"cxrtrek report: warning: {warning}", file=sys.stderr)
+    print(
+        f"wrote {result.path}: {len(result.study_ids)} stud(ies), context {result.context!r}, "
+        f"{len(result.warnings)} warning(s)"
+    )
+    return 0

@@ -1,0 +1,125 @@
+"""Closed-ended answer parsing: options from question texts, keys, option texts, paraphrases, yes/no."""
+
+import pytest
+
+from cxrtrek_jax.evaluation.answer_parsing import ChoiceOption, parse_closed_answer, parse_options, parse_yes_no
+from data_pipeline.stages import parse_qtype
+
+SINGLE = parse_qtype("single-choice")
+YES_NO = parse_qtype("yes_no")
+MULTI = parse_qtype("multi-choice-4")
+
+# Question styles of the released data (the first five are verbatim released questions).
+VIEW_Q = (
+    "View(s) Of X-ray: ______ Select the correct answer from choices below: A. Posterio-anterior X-ray(s). "
+    "or B. Antero-posterior. Respond to question with the answer only, no explanation."
+)
+QUOTED_Q = (
+    "Reply to 'Can you confirm if any foreign bodies are present in the X-ray image? The correct option is: "
+    "A. No. or B. Yes.' with just the answer, nothing else."
+)
+NUMBERED_Q = (
+    "Reply to 'Can you provide a precise anatomical description of where pleural effusion is located? Identify "
+    "the correct choice: [ 1. Pulmonary parenchyma; 2. Left pleural space. or 3. Mediastinal space. ].' with "
+    "just the answer, nothing else."
+)
+UNLABELLED_Q = (
+    "Can you determine if low lung volumes is in the bilateral lung fields? "
+    "Identify the correct choice: [ No. or Yes. ]."
+)
+SENTENCE_Q = (
+    "Pick the description that best fits the opacification in the X-ray image. The correct option is: [ The "
+    "opacification is described as retrocardiac and diffuse with a reticular pattern. or Bilateral basilar "
+    "opacities with slight increase in right midlung groundglass opacities. ]. Answer the question directly."
+)
+INLINE_Q = "Which view is this? A. PA B. AP C. Lateral"
+LINES_Q = "Which findings are present?\nA) Pleural effusion\nB) Pneumothorax\nC) Cardiomegaly\n(D) Edema"
+
+
+@pytest.mark.parametrize(
+    "question, expected",
+    [
+        (VIEW_Q, [("A", "Posterio-anterior X-ray(s)."), ("B", "Antero-posterior.")]),
+        (QUOTED_Q, [("A", "No."), ("B", "Yes.")]),
+        (NUMBERED_Q, [("1", "Pulmonary parenchyma"), ("2", "Left pleural space."), ("3", "Mediastinal space.")]),
+        (UNLABELLED_Q, [(None, "No."), (None, "Yes.")]),
+        (INLINE_Q, [("A", "PA"), ("B", "AP"), ("C", "Lateral")]),
+        (LINES_Q, [("A", "Pleural effusion"), ("B", "Pneumothorax"), ("C", "Cardiomegaly"), ("D", "Edema")]),
+    ],
+)
+def test_parse_options_styles(question, expected):
+    assert parse_options(question) == tuple(ChoiceOption(k, t) for k, t in expected)
+
+
+def test_parse_options_sentences_and_none():
+    options = parse_options(SENTENCE_Q)
+    assert [o.key for o in options] == [None, None]
+    assert options[1].text.startswith("Bilateral basilar opacities")
+    assert parse_options("Is there any evidence of consolidation in the main study X-ray?") == ()
+    # A lone "A." is not a list of options, and letters must count up from A.
+    assert parse_options("Vitamin B. deficiency? C. D.") == ()
+
+
+@pytest.mark.parametrize("answer", ["B", "B.", "B. Antero-posterior.", "(B)", "B)", "Answer: B", "The answer is B",
+                                    "Antero-posterior", "antero-posterior view", "B Antero-posterior"])
+def test_single_choice_forms_agree(answer):
+    parsed = parse_closed_answer(answer, VIEW_Q, SINGLE)
+    assert parsed.value == frozenset({"opt:1"}), answer
+
+
+def test_single_choice_methods_and_failures():
+    assert parse_closed_answer("B.", VIEW_Q, SINGLE).method == "key"
+    assert parse_closed_answer("Antero-posterior.", VIEW_Q, SINGLE).method == "text"
+    # An article "A" is not option A; a text naming no option is unparseable.
+    assert not parse_closed_answer("A pleural effusion is present.", QUOTED_Q, SINGLE).ok
+    assert not parse_closed_answer("", VIEW_Q, SINGLE).ok
+    assert parse_closed_answer("E.", INLINE_Q, SINGLE).method == "unparseable"
+
+
+def test_numbered_and_unlabelled_options():
+    assert parse_closed_answer("2. Left pleural space.", NUMBERED_Q, SINGLE).value == frozenset({"opt:1"})
+    assert parse_closed_answer("Left pleural space", NUMBERED_Q, SINGLE).value == frozenset({"opt:1"})
+    long_answer = "Yes. Low lung volumes on a chest X-ray typically affect both lungs."
+    assert parse_closed_answer(long_answer, UNLABELLED_Q, SINGLE).value == frozenset({"opt:1"})
+
+
+def test_paraphrase_matches_closest_option():
+    paraphrase = "The opacification is observed as retrocardiac and diffuse with a reticular pattern."
+    parsed = parse_closed_answer(paraphrase, SENTENCE_Q, SINGLE)
+    assert parsed.value == frozenset({"opt:0"}) and parsed.method == "fuzzy"
+    assert not parse_closed_answer("The heart is enlarged.", SENTENCE_Q, SINGLE).ok
+
+
+def test_yes_no_with_and_without_options():
+    assert parse_yes_no("Yes. There is evidence of consolidation.") is True
+    assert parse_yes_no("no, none seen") is False
+    assert parse_yes_no("There is no effusion.") is None
+    assert parse_yes_no("Nodular opacity.") is None
+    plain = "Is cardiomegaly present in the main study X-ray?"
+    assert parse_closed_answer("Yes, mild.", plain, YES_NO).value == frozenset({"yes"})
+    assert parse_closed_answer("No. Not present.", plain, YES_NO).value == frozenset({"no"})
+    assert not parse_closed_answer("Cardiomegaly is present.", plain, YES_NO).ok
+    # With listed yes/no options, "B." and "Yes." name the same option.
+    assert parse_closed_answer("B.", QUOTED_Q, YES_NO).value == parse_closed_answer("Yes.", QUOTED_Q, YES_NO).value
+
+
+@pytest.mark.parametrize(
+    "answer, expected",
+    [
+        ("A, C", {0, 2}),
+        ("A and C", {0, 2}),
+        ("A; C; D", {0, 2, 3}),
+        ("A. Pleural effusion, C. Cardiomegaly", {0, 2}),
+        ("Pleural effusion and cardiomegaly.", {0, 2}),
+        ("B", {1}),
+    ],
+)
+def test_multi_choice_sets(answer, expected):
+    parsed = parse_closed_answer(answer, LINES_Q, MULTI)
+    assert parsed.value == frozenset(f"opt:{i}" for i in expected)
+
+
+def test_multi_choice_unparseable_and_open_qtype_rejected():
+    assert not parse_closed_answer("No acute findings.", LINES_Q, MULTI).ok
+    with pytest.raises(ValueError, match="not closed-ended"):
+        parse_closed_answer("x", "q", parse_qtype("captioning"))
