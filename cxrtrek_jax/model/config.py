@@ -1,0 +1,411 @@
+"""Typed, frozen configuration of CXRTrekNet and the preset registry.
+
+A `ModelConfig` holds one config per tower (`vision`, `projector`, `text`)
+plus the fields shared between the model and the tokenizer (`image_token_id`,
+`max_images`, and `text.vocab_size`), the compute dtype and the optional
+parameter-efficient fine-tuning set-up (`lora`, `frozen`).
+
+Configs are plain frozen dataclasses of JSON-able values:
+  * `override(cfg, {"text.num_layers": 4})` changes fields by dotted key;
+    string values (from a command line) are parsed to the field's type;
+  * `to_dict(cfg)` / `from_dict(d)` round-trip through JSON for checkpoints;
+  * `get_config(name)` returns a preset ("tiny", "small", "cxrtreknet-7b").
+
+This module imports no JAX so that command-line parsing stays cheap.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+import types
+import typing
+from collections.abc import Mapping
+from typing import Any
+
+__all__ = [
+    "VisionConfig",
+    "ProjectorConfig",
+    "TextConfig",
+    "LoraConfig",
+    "ModelConfig",
+    "TOWERS",
+    "ACTIVATIONS",
+    "COMPUTE_DTYPES",
+    "get_config",
+    "preset_names",
+    "override",
+    "to_dict",
+    "from_dict",
+]
+
+# Activation names, spelled as in Hugging Face `ACT2FN`.
+ACTIVATIONS = ("gelu", "gelu_pytorch_tanh")
+# Compute dtypes (parameters are always float32).
+COMPUTE_DTYPES = ("float32", "bfloat16")
+# Top-level towers of the model, the units of freezing.
+TOWERS = ("vision", "projector", "text")
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise ValueError(message)
+
+
+def _require_positive(obj: Any, *names: str) -> None:
+    for name in names:
+        value = getattr(obj, name)
+        _require(
+            isinstance(value, int) and not isinstance(value, bool) and value > 0,
+            f"{type(obj).__name__}.{name} must be a positive integer, got {value!r}",
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class VisionConfig:
+    """SigLIP-style ViT encoder.
+
+    Images enter as grayscale float32 in [0, 1]; the encoder replicates them
+    to `num_channels` equal channels and normalises each with
+    `(x - pixel_mean) / pixel_std` (SigLIP: 0.5 / 0.5, i.e. [-1, 1]).
+
+    `feature_layer` picks the hidden state handed to the projector, indexed
+    like Hugging Face `hidden_states` (0 = patch + position embeddings,
+    i = output of block i, negative counts from the end: -1 = last block).
+    `feature_final_norm` applies the final LayerNorm to that state; it is
+    only allowed when the feature layer is the last block.
+    """
+
+    image_size: int
+    patch_size: int
+    width: int
+    depth: int
+    num_heads: int
+    mlp_dim: int
+    num_channels: int = 3
+    activation: str = "gelu_pytorch_tanh"
+    layer_norm_eps: float = 1e-6
+    feature_layer: int = -1
+    feature_final_norm: bool = True
+    pixel_mean: float = 0.5
+    pixel_std: float = 0.5
+
+    def __post_init__(self) -> None:
+        _require_positive(self, "image_size", "patch_size", "width", "depth", "num_heads",
+                          "mlp_dim", "num_channels")
+        _require(self.image_size >= self.patch_size,
+                 f"VisionConfig.image_size ({self.image_size}) must be at least patch_size ({self.patch_size})")
+        _require(self.width % self.num_heads == 0,
+                 f"VisionConfig.width ({self.width}) must be a multiple of num_heads ({self.num_heads})")
+        _require(self.activation in ACTIVATIONS,
+                 f"VisionConfig.activation must be one of {ACTIVATIONS}, got {self.activation!r}")
+        _require(-(self.depth + 1) <= self.feature_layer <= self.depth,
+                 f"VisionConfig.feature_layer ({self.feature_layer}) is out of range for "
+                 f"depth {self.depth} (valid: {-(self.depth + 1)}..{self.depth})")
+        _require(not self.feature_final_norm or self.feature_layer_index == self.depth,
+                 "VisionConfig.feature_final_norm=True requires the feature layer to be the last "
+                 f"block, got feature_layer={self.feature_layer} with depth {self.depth}")
+        _require(self.pixel_std > 0, f"VisionConfig.pixel_std must be > 0, got {self.pixel_std}")
+
+    @property
+    def grid_size(self) -> int:
+        """Patches per image side; trailing pixels beyond grid_size * patch_size are
+        ignored, like a 'valid' strided convolution (SigLIP-so400m/14 at 384 px: 27)."""
+        return self.image_size // self.patch_size
+
+    @property
+    def tokens_per_image(self) -> int:
+        """Feature tokens per image, N = grid_size**2."""
+        return self.grid_size**2
+
+    @property
+    def head_dim(self) -> int:
+        return self.width // self.num_heads
+
+    @property
+    def feature_layer_index(self) -> int:
+        """`feature_layer` resolved to 0..depth (number of blocks run)."""
+        return self.feature_layer % (self.depth + 1)
+
+
+@dataclasses.dataclass(frozen=True)
+class ProjectorConfig:
+    """LLaVA's 2-layer MLP projector: vision width -> text embed -> text embed."""
+
+    activation: str = "gelu"
+    use_bias: bool = True
+
+    def __post_init__(self) -> None:
+        _require(self.activation in ACTIVATIONS,
+                 f"ProjectorConfig.activation must be one of {ACTIVATIONS}, got {self.activation!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class TextConfig:
+    """Llama-style decoder (RMSNorm, rotate-half RoPE, GQA, SwiGLU)."""
+
+    vocab_size: int
+    embed_dim: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    mlp_dim: int
+    rope_theta: float = 10_000.0
+    rms_norm_eps: float = 1e-6
+    tie_embeddings: bool = False
+    max_positions: int = 2048
+
+    def __post_init__(self) -> None:
+        _require_positive(self, "vocab_size", "embed_dim", "num_layers", "num_heads",
+                          "num_kv_heads", "head_dim", "mlp_dim", "max_positions")
+        _require(self.num_heads % self.num_kv_heads == 0,
+                 f"TextConfig.num_heads ({self.num_heads}) must be a multiple of "
+                 f"num_kv_heads ({self.num_kv_heads})")
+        _require(self.head_dim % 2 == 0,
+                 f"TextConfig.head_dim must be even for rotate-half RoPE, got {self.head_dim}")
+        _require(self.rope_theta > 0, f"TextConfig.rope_theta must be > 0, got {self.rope_theta}")
+
+
+@dataclasses.dataclass(frozen=True)
+class LoraConfig:
+    """Low-rank adapters on the linear layers whose module path matches `targets`.
+
+    `targets` is a regular expression matched in full (`re.fullmatch`) against
+    dotted module paths such as "text.layers.3.attn.q_proj" or
+    "projector.linear_1". The adapter adds `dropout(x) @ A @ B * alpha / rank`.
+    """
+
+    targets: str = r"text\.layers\.\d+\.(attn\.[qkvo]_proj|mlp\.(gate|up|down)_proj)"
+    rank: int = 8
+    alpha: float = 16.0
+    dropout: float = 0.0
+
+    def __post_init__(self) -> None:
+        _require_positive(self, "rank")
+        _require(0.0 <= self.dropout < 1.0, f"LoraConfig.dropout must be in [0, 1), got {self.dropout}")
+        try:
+            re.compile(self.targets)
+        except re.error as err:
+            raise ValueError(f"LoraConfig.targets is not a valid regular expression: {err}") from err
+
+    @property
+    def scale(self) -> float:
+        return self.alpha / self.rank
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """The whole CXRTrekNet.
+
+    `image_token_id`, `max_images` and `text.vocab_size` are set by the
+    tokenizer / data side. `frozen` names towers (see `TOWERS`) whose base
+    parameters are not trained; LoRA parameters are always trainable.
+    `remat` rematerialises each transformer block in the backward pass.
+    """
+
+    vision: VisionConfig
+    text: TextConfig
+    image_token_id: int
+    max_images: int
+    projector: ProjectorConfig = ProjectorConfig()
+    dtype: str = "float32"
+    remat: bool = False
+    lora: LoraConfig | None = None
+    frozen: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        _require_positive(self, "max_images")
+        _require(0 <= self.image_token_id < self.text.vocab_size,
+                 f"ModelConfig.image_token_id ({self.image_token_id}) must be in "
+                 f"[0, text.vocab_size={self.text.vocab_size})")
+        _require(self.dtype in COMPUTE_DTYPES,
+                 f"ModelConfig.dtype must be one of {COMPUTE_DTYPES}, got {self.dtype!r}")
+        unknown = [t for t in self.frozen if t not in TOWERS]
+        _require(not unknown, f"ModelConfig.frozen names unknown towers {unknown}; known: {TOWERS}")
+
+    @property
+    def tokens_per_image(self) -> int:
+        return self.vision.tokens_per_image
+
+    @property
+    def vocab_size(self) -> int:
+        return self.text.vocab_size
+
+
+# ---------------------------------------------------------------------------
+# Presets
+# ---------------------------------------------------------------------------
+
+def _tiny() -> ModelConfig:
+    return ModelConfig(
+        vision=VisionConfig(image_size=32, patch_size=8, width=32, depth=2, num_heads=4, mlp_dim=64),
+        text=TextConfig(vocab_size=512, embed_dim=64, num_layers=2, num_heads=4, num_kv_heads=2,
+                        head_dim=16, mlp_dim=128, max_positions=512),
+        image_token_id=511,
+        max_images=2,
+    )
+
+
+def _small() -> ModelConfig:
+    return ModelConfig(
+        vision=VisionConfig(image_size=128, patch_size=16, width=256, depth=6, num_heads=4, mlp_dim=1024),
+        text=TextConfig(vocab_size=8192, embed_dim=384, num_layers=6, num_heads=6, num_kv_heads=2,
+                        head_dim=64, mlp_dim=1024, max_positions=2048),
+        image_token_id=8191,
+        max_images=4,
+    )
+
+
+def _cxrtreknet_7b() -> ModelConfig:
+    # SigLIP-so400m/14 at 384 px (729 tokens per image) + a Llama-2-7B-shaped decoder with GQA.
+    return ModelConfig(
+        vision=VisionConfig(image_size=384, patch_size=14, width=1152, depth=27, num_heads=16, mlp_dim=4304),
+        text=TextConfig(vocab_size=32000, embed_dim=4096, num_layers=32, num_heads=32, num_kv_heads=8,
+                        head_dim=128, mlp_dim=11008, rope_theta=10_000.0, rms_norm_eps=1e-5,
+                        max_positions=4096),
+        image_token_id=31999,
+        max_images=4,
+        dtype="bfloat16",
+        remat=True,
+    )
+
+
+_PRESETS = {
+    "tiny": _tiny,
+    "small": _small,
+    "cxrtreknet-7b": _cxrtreknet_7b,
+}
+
+
+def preset_names() -> tuple[str, ...]:
+    return tuple(_PRESETS)
+
+
+def get_config(name: str) -> ModelConfig:
+    """The preset called `name` (see `preset_names()`)."""
+    if name not in _PRESETS:
+        raise ValueError(f"unknown model preset {name!r}; known presets: {', '.join(_PRESETS)}")
+    return _PRESETS[name]()
+
+
+# ---------------------------------------------------------------------------
+# Dict / JSON round trip and dotted overrides
+# ---------------------------------------------------------------------------
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """A JSON-able dict of a config dataclass (tuples become lists)."""
+    return json.loads(json.dumps(dataclasses.asdict(cfg)))
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _dataclass_in(hint: Any) -> type | None:
+    """The dataclass type inside `hint` (itself, or X of `X | None`), else None."""
+    if dataclasses.is_dataclass(hint):
+        return hint
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        for arg in typing.get_args(hint):
+            if dataclasses.is_dataclass(arg):
+                return arg
+    return None
+
+
+def _coerce(hint: Any, value: Any, key: str) -> Any:
+    """`value` converted to the field type `hint`; strings are parsed."""
+    nested = _dataclass_in(hint)
+    optional = isinstance(hint, types.UnionType) and type(None) in typing.get_args(hint)
+    if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
+        if optional:
+            return None
+        raise ValueError(f"config key {key!r} cannot be None")
+    if nested is not None:
+        if isinstance(value, nested):
+            return value
+        if isinstance(value, str):
+            value = json.loads(value)
+        if not isinstance(value, Mapping):
+            raise ValueError(f"config key {key!r} needs a mapping of {nested.__name__} fields, got {value!r}")
+        return from_dict(value, nested, _prefix=f"{key}.")
+    if hint is bool:
+        if isinstance(value, str):
+            lowered = value.lower()
+            if lowered not in ("true", "false", "1", "0", "yes", "no"):
+                raise ValueError(f"config key {key!r} needs a boolean, got {value!r}")
+            return lowered in ("true", "1", "yes")
+        if not isinstance(value, bool):
+            raise ValueError(f"config key {key!r} needs a boolean, got {value!r}")
+        return value
+    if hint in (int, float, str):
+        try:
+            if hint is int and isinstance(value, float) and not value.is_integer():
+                raise ValueError
+            if hint is not str and isinstance(value, bool):
+                raise ValueError
+            return hint(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"config key {key!r} needs a {hint.__name__}, got {value!r}") from None
+    if typing.get_origin(hint) is tuple:
+        if isinstance(value, str):
+            value = [part for part in value.split(",") if part] if not value.startswith("[") else json.loads(value)
+        if not isinstance(value, (list, tuple)):
+            raise ValueError(f"config key {key!r} needs a list, got {value!r}")
+        (item_hint, _) = typing.get_args(hint)
+        return tuple(_coerce(item_hint, item, key) for item in value)
+    raise TypeError(f"config key {key!r} has an unsupported field type {hint!r}")
+
+
+def from_dict(data: Mapping[str, Any], cls: type = ModelConfig, *, _prefix: str = "") -> Any:
+    """Build config dataclass `cls` from `data` (as written by `to_dict`).
+
+    Unknown keys are an error; missing keys take the field default (a missing
+    field without default is an error naming it).
+    """
+    if not isinstance(data, Mapping):
+        raise ValueError(f"config {_prefix or cls.__name__} must be a mapping, got {type(data).__name__}")
+    hints = _field_types(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ValueError(f"unknown config keys {[_prefix + k for k in unknown]} for {cls.__name__}; "
+                         f"known: {sorted(names)}")
+    missing = [f.name for f in dataclasses.fields(cls)
+               if f.name not in data
+               and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    if missing:
+        raise ValueError(f"config {cls.__name__} is missing required keys {[_prefix + k for k in missing]}")
+    kwargs = {name: _coerce(hints[name], value, _prefix + name) for name, value in data.items()}
+    return cls(**kwargs)
+
+
+def override(cfg: Any, overrides: Mapping[str, Any]) -> Any:
+    """A copy of `cfg` with fields replaced by dotted key, e.g. {"text.num_layers": 4}.
+
+    All overrides are applied before the config is validated, so dependent
+    fields may change together. A whole nested config may be given as a
+    mapping (e.g. {"lora": {"rank": 4}}), which is how an optional config
+    that is None gets set.
+    """
+    data = dataclasses.asdict(cfg)
+    for key, value in overrides.items():
+        _set_dotted(data, type(cfg), key, value)
+    return from_dict(data, type(cfg))
+
+
+def _set_dotted(data: dict, cls: type, key: str, value: Any) -> None:
+    parts = key.split(".")
+    for depth, part in enumerate(parts):
+        names = [f.name for f in dataclasses.fields(cls)]
+        if part not in names:
+            raise ValueError(f"unknown config key {key!r}: {cls.__name__} has no field {part!r}; fields: {names}")
+        if depth == len(parts) - 1:
+            data[part] = value
+            return
+        nested = _dataclass_in(_field_types(cls)[part])
+        if nested is None or not isinstance(data.get(part), dict):
+            raise ValueError(f"config key {key!r}: {part!r} is {data.get(part)!r}, not a nested config; "
+                             f"set it whole first, e.g. {{{part!r}: {{...}}}}")
+        data, cls = data[part], nested

@@ -1,0 +1,142 @@
+"""SigLIP-style ViT: patch embedding, learned position embeddings, pre-LN
+blocks with a GELU MLP, final LayerNorm, no class token.
+
+Input: grayscale radiographs float32[N, H, W] in [0, 1] (air dark). The
+encoder replicates them to `num_channels` equal channels and normalises
+each channel as (x - pixel_mean) / pixel_std (SigLIP: mean 0.5, std 0.5),
+which is what a Hugging Face SigLIP image processor with those settings
+feeds the PyTorch model. With equal channels the patch convolution equals a
+single-channel convolution with the kernel summed over input channels,
+which is how it is computed here (as a patch matmul).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from cxrtrek_jax.model.attention import dot_product_attention
+from cxrtrek_jax.model.config import VisionConfig
+from cxrtrek_jax.model.layers import PARAM_DTYPE, Dense, LayerNorm, activation, param
+from cxrtrek_jax.model.logical import constrain
+
+__all__ = ["PatchEmbed", "VisionAttention", "VisionMLP", "VisionBlock", "VisionTower"]
+
+_TOKENS = ("batch", "patch", "embed")
+
+
+class PatchEmbed(nnx.Module):
+    """Non-overlapping patch projection. kernel [p, p, C, E] (HWIO), bias [E]."""
+
+    def __init__(self, cfg: VisionConfig, *, dtype: jnp.dtype, rngs: nnx.Rngs):
+        p, c, e = cfg.patch_size, cfg.num_channels, cfg.width
+        kernel = jax.random.normal(rngs.params(), (p, p, c, e), PARAM_DTYPE) / (p * p * c) ** 0.5
+        self.kernel = param(kernel, ("patch_height", "patch_width", "channel", "embed"))
+        self.bias = param(jnp.zeros((e,), PARAM_DTYPE), ("embed",))
+        self.patch_size = p
+        self.dtype = dtype
+
+    def __call__(self, pixels: jax.Array) -> jax.Array:
+        """Single-channel pixels [N, H, W] (replicated to C channels) -> [N, gh * gw, E], row-major grid.
+
+        gh = H // p, gw = W // p; trailing pixels that fill no whole patch are dropped.
+        """
+        n, h, w = pixels.shape
+        p = self.patch_size
+        gh, gw = h // p, w // p
+        patches = pixels[:, : gh * p, : gw * p].reshape(n, gh, p, gw, p).transpose(0, 1, 3, 2, 4)
+        patches = patches.reshape(n, gh * gw, p, p).astype(self.dtype)
+        kernel = self.kernel[...].sum(axis=2).astype(self.dtype)  # equal channels
+        return jnp.einsum("ntij,ije->nte", patches, kernel) + self.bias[...].astype(self.dtype)
+
+
+class VisionAttention(nnx.Module):
+    """Bidirectional multi-head attention with biases; q/k/v [E, H, D], out [H, D, E]."""
+
+    def __init__(self, cfg: VisionConfig, *, dtype: jnp.dtype, rngs: nnx.Rngs):
+        e, h, d = cfg.width, cfg.num_heads, cfg.head_dim
+        proj = dict(in_names=("embed",), out_names=("heads", "head_dim"), use_bias=True, dtype=dtype, rngs=rngs)
+        self.q_proj = Dense((e,), (h, d), **proj)
+        self.k_proj = Dense((e,), (h, d), **proj)
+        self.v_proj = Dense((e,), (h, d), **proj)
+        self.out_proj = Dense((h, d), (e,), in_names=("heads", "head_dim"), out_names=("embed",),
+                              use_bias=True, dtype=dtype, rngs=rngs)
+        self.scale = d**-0.5
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        heads = ("batch", "patch", "heads", "head_dim")
+        q = constrain(self.q_proj(x), heads)
+        k = constrain(self.k_proj(x), heads)
+        v = constrain(self.v_proj(x), heads)
+        return self.out_proj(dot_product_attention(q, k, v, None, scale=self.scale))
+
+
+class VisionMLP(nnx.Module):
+    """fc2(act(fc1(x))); fc1 [E, M], fc2 [M, E], with biases."""
+
+    def __init__(self, cfg: VisionConfig, *, dtype: jnp.dtype, rngs: nnx.Rngs):
+        self.fc1 = Dense((cfg.width,), (cfg.mlp_dim,), in_names=("embed",), out_names=("mlp",),
+                         use_bias=True, dtype=dtype, rngs=rngs)
+        self.fc2 = Dense((cfg.mlp_dim,), (cfg.width,), in_names=("mlp",), out_names=("embed",),
+                         use_bias=True, dtype=dtype, rngs=rngs)
+        self.act = activation(cfg.activation)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return self.fc2(constrain(self.act(self.fc1(x)), ("batch", "patch", "mlp")))
+
+
+class VisionBlock(nnx.Module):
+    """Pre-LN encoder block: x + attn(norm1(x)), then x + mlp(norm2(x))."""
+
+    def __init__(self, cfg: VisionConfig, *, dtype: jnp.dtype, rngs: nnx.Rngs):
+        self.norm1 = LayerNorm(cfg.width, eps=cfg.layer_norm_eps, dtype=dtype)
+        self.attn = VisionAttention(cfg, dtype=dtype, rngs=rngs)
+        self.norm2 = LayerNorm(cfg.width, eps=cfg.layer_norm_eps, dtype=dtype)
+        self.mlp = VisionMLP(cfg, dtype=dtype, rngs=rngs)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x = x + self.attn(self.norm1(x))
+        x = x + self.mlp(self.norm2(x))
+        return constrain(x, _TOKENS)
+
+
+def _run_block(block: VisionBlock, x: jax.Array) -> jax.Array:
+    return block(x)
+
+
+class VisionTower(nnx.Module):
+    """The encoder; position embedding [N, E] ("patch", "embed").
+
+    Blocks after `cfg.feature_layer` exist (for a 1:1 checkpoint mapping)
+    but are not run; the final LayerNorm is applied only when
+    `cfg.feature_final_norm` (otherwise it is an unused parameter, as in
+    Hugging Face LLaVA, which never applies SigLIP's post-layernorm to the
+    features it takes from `hidden_states`).
+    """
+
+    def __init__(self, cfg: VisionConfig, *, dtype: jnp.dtype, remat: bool, rngs: nnx.Rngs):
+        self.patch_embed = PatchEmbed(cfg, dtype=dtype, rngs=rngs)
+        pos = jax.random.normal(rngs.params(), (cfg.tokens_per_image, cfg.width), PARAM_DTYPE) / cfg.width**0.5
+        self.pos_embed = param(pos, ("patch", "embed"))
+        self.layers = nnx.List([VisionBlock(cfg, dtype=dtype, rngs=rngs) for _ in range(cfg.depth)])
+        self.final_norm = LayerNorm(cfg.width, eps=cfg.layer_norm_eps, dtype=dtype)
+        self.image_size = cfg.image_size
+        self.pixel_mean, self.pixel_std = cfg.pixel_mean, cfg.pixel_std
+        self.num_feature_blocks = cfg.feature_layer_index
+        self.feature_final_norm = cfg.feature_final_norm
+        self.remat = remat
+        self.dtype = dtype
+
+    def __call__(self, images: jax.Array) -> jax.Array:
+        """float32[N, H, W] in [0, 1] -> features [N, tokens_per_image, width]."""
+        if images.shape[1:] != (self.image_size, self.image_size):
+            raise ValueError(f"vision tower expects images of {self.image_size}x{self.image_size} pixels, "
+                             f"got {images.shape[1]}x{images.shape[2]}")
+        pixels = (images.astype(jnp.float32) - self.pixel_mean) / self.pixel_std
+        x = self.patch_embed(pixels) + self.pos_embed[...].astype(self.dtype)
+        x = constrain(x, _TOKENS)
+        run = nnx.remat(_run_block) if self.remat else _run_block
+        for block in self.layers[: self.num_feature_blocks]:
+            x = run(block, x)
+        return self.final_norm(x) if self.feature_final_norm else x
