@@ -1,0 +1,450 @@
+"""The training state, the masked token loss with per-stage metrics, and the jitted sharded step.
+
+At the jit boundary the NNX model is split (`nnx.split`) into a static graph definition, its
+`nnx.Param` leaves as a plain nested dict (`params`, fp32 master weights) and its other variables
+(`rest`: only RNG streams, e.g. LoRA dropout, reseeded from (seed, step) inside every step); inside
+the step they are merged back (`nnx.merge`). The step is `jax.jit` with explicit `in_shardings` /
+`out_shardings` and a donated state.
+
+Batch fields (common.md contract), B = global batch, L = sequence length:
+  input_tokens, target_tokens, stage_ids, segment_ids, positions: int32[B, L];
+  loss_mask: float32[B, L]; images: float32[B, M, H, W]; image_mask: bool[B, M].
+
+Loss: token cross-entropy summed over `loss_mask`, divided by the number of answer tokens in the
+global batch (not per micro-batch, not per sample).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import zlib
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding
+
+from cxrtrek_jax import optimizer as optimizer_lib
+from cxrtrek_jax import sharding as sharding_lib
+from cxrtrek_jax.model import axis_rules
+
+__all__ = [
+    "NUM_STAGES",
+    "BATCH_FIELDS",
+    "TrainState",
+    "SplitModel",
+    "split_abstract_model",
+    "param_logical_names",
+    "state_shardings",
+    "init_params",
+    "create_train_state",
+    "check_batch",
+    "token_metric_sums",
+    "make_train_step",
+    "make_eval_step",
+    "summarize_sums",
+    "summarize_metrics",
+]
+
+NUM_STAGES = 8
+BATCH_FIELDS = (
+    "input_tokens",
+    "target_tokens",
+    "loss_mask",
+    "stage_ids",
+    "segment_ids",
+    "positions",
+    "images",
+    "image_mask",
+)
+
+ModelFn = Callable[[nnx.Rngs], nnx.Module]
+
+
+@flax.struct.dataclass
+class TrainState:
+    """step: int32[] optimizer updates applied so far; params: nested dict of fp32 arrays (the
+    model's `nnx.Param`s); opt_state: the optax state for `params`."""
+
+    step: jax.Array
+    params: Any
+    opt_state: Any
+
+
+@dataclasses.dataclass(frozen=True)
+class SplitModel:
+    """The static parts of a model split at the jit boundary.
+
+    graphdef: the NNX graph definition; abstract_params: nested dict of `ShapeDtypeStruct`;
+    logical_names: same structure, tuples of logical axis names (or None); rest: the model's
+    non-`Param` variables (abstract `nnx.State`; only RNG streams are supported).
+    """
+
+    graphdef: Any
+    abstract_params: Any
+    logical_names: Any
+    rest: Any
+
+
+def param_logical_names(params_state: nnx.State) -> dict:
+    """Nested dict (the structure of `nnx.to_pure_dict(params_state)`) of each parameter's logical
+    axis names (its `out_sharding` metadata), or None where it has none."""
+    flat = {
+        path: variable.get_metadata().get("out_sharding")
+        for path, variable in nnx.to_flat_state(params_state)
+    }
+    return nnx.traversals.unflatten_mapping(
+        {path: None if names is None else tuple(names) for path, names in flat.items()}
+    )
+
+
+def split_abstract_model(model_fn: ModelFn) -> SplitModel:
+    """Trace `model_fn` abstractly (no parameter memory) and split it."""
+    abstract_model = nnx.eval_shape(lambda: model_fn(nnx.Rngs(0)))
+    graphdef, params_state, rest = nnx.split(abstract_model, nnx.Param, ...)
+    return SplitModel(
+        graphdef=graphdef,
+        abstract_params=nnx.to_pure_dict(params_state),
+        logical_names=param_logical_names(params_state),
+        rest=rest,
+    )
+
+
+def state_shardings(
+    split: SplitModel,
+    tx: optax.GradientTransformation,
+    mesh: Mesh,
+    rules: sharding_lib.LogicalRules = sharding_lib.LOGICAL_AXIS_RULES,
+) -> TrainState:
+    """A `TrainState` of `NamedSharding`s: params by their logical names, optimizer slots like
+    their parameters, scalars replicated."""
+    params = sharding_lib.tree_shardings(split.abstract_params, split.logical_names, mesh, rules)
+    abstract_opt_state = jax.eval_shape(tx.init, split.abstract_params)
+    opt_state = sharding_lib.opt_state_shardings(
+        abstract_opt_state, split.abstract_params, params, mesh
+    )
+    return TrainState(step=sharding_lib.replicated(mesh), params=params, opt_state=opt_state)
+
+
+def init_params(model_fn: ModelFn, seed: int, param_shardings: Any) -> Any:
+    """Freshly initialised parameters (from `nnx.Rngs(seed)`), created directly sharded."""
+
+    def init():
+        return nnx.to_pure_dict(nnx.split(model_fn(nnx.Rngs(seed)), nnx.Param, ...)[1])
+
+    params = jax.jit(init, out_shardings=param_shardings)()
+    optimizer_lib.check_master_weights(params)
+    return params
+
+
+def create_train_state(
+    params: Any, tx: optax.GradientTransformation, shardings: TrainState
+) -> TrainState:
+    """A step-0 `TrainState` for `params` (placed onto `shardings.params`) with a fresh
+    optimizer state created directly in its sharded layout."""
+    optimizer_lib.check_master_weights(params)
+    params = jax.device_put(params, shardings.params)
+    opt_state = jax.jit(tx.init, out_shardings=shardings.opt_state)(params)
+    step = jax.device_put(jnp.zeros((), jnp.int32), shardings.step)
+    return TrainState(step=step, params=params, opt_state=opt_state)
+
+
+def _rest_placeholder(abstract_rest: nnx.State) -> nnx.State:
+    """Concrete stand-ins for the model's non-`Param` variables. Only RNG streams are supported
+    (they are reseeded every step, so their stored values never matter); anything else would be
+    training state this loop does not carry, and is refused."""
+
+    def fill(path, variable):
+        if isinstance(variable, nnx.RngKey):
+            key = jax.random.key(0)
+            return variable.replace(jax.random.split(key, variable.shape) if variable.shape else key)
+        if isinstance(variable, nnx.RngCount):
+            return variable.replace(jnp.zeros(variable.shape, jnp.uint32))
+        raise ValueError(
+            f"model variable {'.'.join(map(str, path))} ({type(variable).__name__}) is neither a "
+            "parameter nor an RNG stream; the train step does not carry such state"
+        )
+
+    return nnx.map_state(fill, abstract_rest)
+
+
+def check_batch(batch: Mapping[str, Any]) -> None:
+    """ValueError naming the field when `batch` lacks a contract field, has an unexpected one, or
+    a field's leading dims disagree ([B, L] token fields, [B, M, H, W] images, [B, M] mask)."""
+    missing = [f for f in BATCH_FIELDS if f not in batch]
+    extra = sorted(set(batch) - set(BATCH_FIELDS))
+    if missing or extra:
+        raise ValueError(f"batch fields: missing {missing}, unexpected {extra}")
+    rows_len = tuple(batch["input_tokens"].shape)
+    if len(rows_len) != 2:
+        raise ValueError(f"batch field 'input_tokens' must be [batch, length], got shape {rows_len}")
+    for name in ("target_tokens", "loss_mask", "stage_ids", "segment_ids", "positions"):
+        if tuple(batch[name].shape) != rows_len:
+            raise ValueError(f"batch field {name!r} has shape {tuple(batch[name].shape)}, "
+                             f"expected {rows_len} like 'input_tokens'")
+    images, mask = tuple(batch["images"].shape), tuple(batch["image_mask"].shape)
+    if len(images) != 4 or images[0] != rows_len[0] or mask != images[:2]:
+        raise ValueError(f"batch fields 'images' {images} / 'image_mask' {mask} must be "
+                         f"[{rows_len[0]}, M, H, W] / [{rows_len[0]}, M]")
+
+
+def token_metric_sums(
+    logits: jax.Array,
+    target_tokens: jax.Array,
+    loss_mask: jax.Array,
+    stage_ids: jax.Array,
+) -> dict[str, jax.Array]:
+    """Sums over answer tokens (loss_mask > 0) of one (micro-)batch.
+
+    logits: float[B, L, V]; target_tokens, stage_ids: int32[B, L]; loss_mask: float32[B, L].
+    Returns loss_sum, answer_tokens, correct: float32[]; and per stage 1..8 (index s-1):
+    stage_loss_sum, stage_answer_tokens, stage_correct: float32[8]. Tokens whose stage id is
+    outside 1..8 count towards the totals only.
+    """
+    logits = logits.astype(jnp.float32)
+    mask = loss_mask.astype(jnp.float32)
+    token_loss = optax.softmax_cross_entropy_with_integer_labels(logits, target_tokens)
+    correct = (jnp.argmax(logits, axis=-1) == target_tokens).astype(jnp.float32)
+    per_stage = jax.nn.one_hot(stage_ids - 1, NUM_STAGES, dtype=jnp.float32) * mask[..., None]
+    return {
+        "loss_sum": jnp.sum(token_loss * mask),
+        "answer_tokens": jnp.sum(mask),
+        "correct": jnp.sum(correct * mask),
+        "stage_loss_sum": jnp.einsum("bl,bls->s", token_loss, per_stage),
+        "stage_answer_tokens": jnp.sum(per_stage, axis=(0, 1)),
+        "stage_correct": jnp.einsum("bl,bls->s", correct, per_stage),
+    }
+
+
+def _rng_stream_tags(rest: nnx.State) -> tuple[str, ...]:
+    """The RNG streams (e.g. LoRA dropout's) held by the model's non-`Param` variables."""
+    return tuple(sorted({v.tag for _, v in nnx.to_flat_state(rest) if isinstance(v, nnx.RngKey)}))
+
+
+def _path_salted(path: tuple, key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+    """A distinct key per RNG stream location (so dropout masks are independent across layers);
+    crc32 keeps it stable across processes, unlike `hash`."""
+    salt = zlib.crc32("/".join(str(p) for p in path).encode())
+    return jax.random.split(jax.random.fold_in(key, salt), shape) if shape else jax.random.fold_in(key, salt)
+
+
+def _forward_sums(
+    graphdef, params, rest, batch: Mapping[str, jax.Array], rng_key: jax.Array | None
+) -> dict[str, jax.Array]:
+    """rng_key None = evaluation: dropout off."""
+    # Fresh Variable objects for this trace (reseeding mutates them).
+    model = nnx.merge(graphdef, params, jax.tree.map(lambda x: x, rest))
+    if rng_key is None:
+        model.eval()
+    else:
+        tags = _rng_stream_tags(rest)
+        if tags:
+            nnx.reseed(model, policy=_path_salted, **{tag: rng_key for tag in tags})
+    logits, _ = model(
+        batch["input_tokens"],
+        batch["images"],
+        batch["image_mask"],
+        batch["positions"],
+        batch["segment_ids"],
+    )
+    return token_metric_sums(logits, batch["target_tokens"], batch["loss_mask"], batch["stage_ids"])
+
+
+def _microbatches(batch: Mapping[str, jax.Array], count: int, mesh: Mesh) -> dict[str, jax.Array]:
+    """[B, ...] -> [count, B / count, ...], micro-batch k taking rows k, k + count, ... so every
+    device keeps its rows (a contiguous split would put whole micro-batches on few devices)."""
+    sharding = NamedSharding(mesh, jax.sharding.PartitionSpec(None, sharding_lib.BATCH_MESH_AXES))
+    ways = mesh.shape["data"] * mesh.shape["fsdp"]
+    out = {}
+    for name, x in batch.items():
+        rows = x.shape[0] // count
+        if x.shape[0] % count or rows % ways:
+            raise ValueError(
+                f"batch field {name!r}: batch size {x.shape[0]} must split into {count} "
+                f"micro-batches whose size is divisible by data x fsdp = {ways}"
+            )
+        x = x.reshape(rows, count, *x.shape[1:]).swapaxes(0, 1)
+        out[name] = jax.lax.with_sharding_constraint(x, sharding)
+    return out
+
+
+def make_train_step(
+    split: SplitModel,
+    tx: optax.GradientTransformation,
+    config: optimizer_lib.OptimConfig,
+    shardings: TrainState,
+    *,
+    trainable: Any | None = None,
+    seed: int = 0,
+    rules: sharding_lib.LogicalRules = sharding_lib.LOGICAL_AXIS_RULES,
+) -> Callable[[TrainState, dict[str, jax.Array]], tuple[TrainState, dict[str, jax.Array]]]:
+    """The jitted train step `(state, batch) -> (state, metrics)`; `state` is donated.
+
+    trainable: optional pytree of bools (as given to `make_optimizer`); gradients are only taken
+      for trainable parameters. When the loss or the gradient norm is not finite the update is
+      skipped (the state comes back unchanged) and `metrics["finite"]` is False; the caller stops.
+    seed: RNG streams in the model (LoRA dropout) are reseeded every step from (seed, step,
+      micro-batch), so a resumed run draws the same masks as an uninterrupted one.
+    rules: logical-axis rules for the model's activation constraints.
+    metrics (replicated, no host sync): loss, accuracy, answer_tokens, grad_norm, learning_rate,
+      finite, and the raw sums of `token_metric_sums` (per stage included).
+    """
+    mesh = shardings.step.mesh
+    schedule = optimizer_lib.learning_rate_schedule(config)
+    accum = config.grad_accum_steps
+    graphdef = split.graphdef
+    rest = _rest_placeholder(split.rest)
+    leaves_def = jax.tree.structure(split.abstract_params)
+    train_flags = (
+        [True] * leaves_def.num_leaves
+        if trainable is None
+        else [bool(t) for t in jax.tree.leaves(trainable)]
+    )
+    if len(train_flags) != leaves_def.num_leaves:
+        raise ValueError(
+            f"trainable mask has {len(train_flags)} leaves for {leaves_def.num_leaves} parameters"
+        )
+
+    def combine(train_leaves, frozen_leaves):
+        it_train, it_frozen = iter(train_leaves), iter(frozen_leaves)
+        return leaves_def.unflatten(
+            [next(it_train) if flag else next(it_frozen) for flag in train_flags]
+        )
+
+    def grads_and_sums(params, batch, denominator, rng_key):
+        leaves = jax.tree.leaves(params)
+        train_leaves = [x for x, f in zip(leaves, train_flags) if f]
+        frozen_leaves = [x for x, f in zip(leaves, train_flags) if not f]
+
+        def objective(train_leaves):
+            params = combine(train_leaves, frozen_leaves)
+            sums = _forward_sums(graphdef, params, rest, batch, rng_key)
+            return sums["loss_sum"] / denominator, sums
+
+        (_, sums), train_grads = jax.value_and_grad(objective, has_aux=True)(train_leaves)
+        return train_grads, sums
+
+    def accumulate(state: TrainState, batch, denominator):
+        step_key = jax.random.fold_in(jax.random.key(seed), state.step)
+        if accum == 1:
+            return grads_and_sums(state.params, batch, denominator, step_key)
+        micro = _microbatches(batch, accum, mesh)
+
+        def body(carry, xs):
+            index, one_micro = xs
+            key = jax.random.fold_in(step_key, index)
+            grads, sums = grads_and_sums(state.params, one_micro, denominator, key)
+            return jax.tree.map(jnp.add, carry, (grads, sums)), None
+
+        first = jax.tree.map(lambda x: x[0], micro)
+        shapes = jax.eval_shape(grads_and_sums, state.params, first, denominator, step_key)
+        zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+        (grads, sums), _ = jax.lax.scan(body, zeros, (jnp.arange(accum), micro))
+        return grads, sums
+
+    def step_fn(state: TrainState, batch: dict[str, jax.Array]):
+        denominator = jnp.maximum(jnp.sum(batch["loss_mask"].astype(jnp.float32)), 1.0)
+        with axis_rules(rules, mesh):
+            train_grads, sums = accumulate(state, batch, denominator)
+        frozen_zeros = [
+            jnp.zeros_like(x) for x, f in zip(jax.tree.leaves(state.params), train_flags) if not f
+        ]
+        grads = combine(train_grads, frozen_zeros)
+        grad_norm = optax.tree.norm(train_grads)
+        loss = sums["loss_sum"] / denominator
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        new_state = TrainState(
+            step=state.step + 1,
+            params=optax.apply_updates(state.params, updates),
+            opt_state=opt_state,
+        )
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+        new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state, state)
+        metrics = dict(
+            sums,
+            loss=loss,
+            accuracy=sums["correct"] / denominator,
+            grad_norm=grad_norm,
+            learning_rate=schedule(state.step),
+            finite=finite,
+        )
+        return new_state, metrics
+
+    return jax.jit(
+        step_fn,
+        in_shardings=(shardings, sharding_lib.batch_sharding(mesh)),
+        out_shardings=(shardings, sharding_lib.replicated(mesh)),
+        donate_argnums=0,
+    )
+
+
+def make_eval_step(
+    model_config,
+    mesh: Mesh,
+    rules: sharding_lib.LogicalRules = sharding_lib.LOGICAL_AXIS_RULES,
+) -> Callable[[Any, Mapping[str, Any]], dict[str, np.ndarray]]:
+    """`eval_step(params, local_batch) -> sums` for a `cxrtrek_jax.model.ModelConfig`: the
+    `token_metric_sums` of one batch (dropout off), as host numpy arrays so that batches can be
+    added up (`np.add`) and summarised with `summarize_sums`.
+
+    params: as in `TrainState.params` (sharded by `rules` on `mesh`); local_batch: this process's
+    rows of a batch (numpy, common.md fields; padding rows have segment_ids 0 and no loss).
+    """
+    from cxrtrek_jax.model import CXRTrekNet
+
+    split = split_abstract_model(lambda rngs: CXRTrekNet(model_config, rngs=rngs))
+    rest = _rest_placeholder(split.rest)
+    param_shardings = sharding_lib.tree_shardings(
+        split.abstract_params, split.logical_names, mesh, rules
+    )
+
+    def sums_fn(params, batch):
+        with axis_rules(rules, mesh):
+            return _forward_sums(split.graphdef, params, rest, batch, None)
+
+    jitted = jax.jit(
+        sums_fn,
+        in_shardings=(param_shardings, sharding_lib.batch_sharding(mesh)),
+        out_shardings=sharding_lib.replicated(mesh),
+    )
+
+    def eval_step(params, local_batch):
+        check_batch(local_batch)
+        return jax.device_get(jitted(params, sharding_lib.put_batch(local_batch, mesh)))
+
+    return eval_step
+
+
+def summarize_sums(sums: Mapping[str, Any]) -> dict[str, float]:
+    """Host scalars from `token_metric_sums` (possibly added over batches): loss, accuracy and
+    answer_tokens, and for each stage s with answer tokens `stage{s}/loss`, `stage{s}/accuracy`,
+    `stage{s}/tokens`."""
+    m = jax.device_get(dict(sums))
+    tokens = float(m["answer_tokens"])
+    out = {
+        "loss": float(m["loss_sum"]) / max(tokens, 1.0),
+        "accuracy": float(m["correct"]) / max(tokens, 1.0),
+        "answer_tokens": tokens,
+    }
+    for s in range(NUM_STAGES):
+        stage_tokens = float(m["stage_answer_tokens"][s])
+        if stage_tokens > 0:
+            out[f"stage{s + 1}/loss"] = float(m["stage_loss_sum"][s]) / stage_tokens
+            out[f"stage{s + 1}/accuracy"] = float(m["stage_correct"][s]) / stage_tokens
+            out[f"stage{s + 1}/tokens"] = stage_tokens
+    return out
+
+
+def summarize_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
+    """Host scalars of one train step: `summarize_sums` plus grad_norm and learning_rate."""
+    m = jax.device_get(dict(metrics))
+    return dict(
+        summarize_sums(m),
+        grad_norm=float(m["grad_norm"]),
+        learning_rate=float(m["learning_rate"]),
+    )

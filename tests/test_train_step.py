@@ -1,0 +1,190 @@
+"""Masked loss and per-stage metrics, gradient accumulation, non-finite steps, frozen params.
+
+Mesh independence of the step (1 vs 8 devices) is tested in test_sharding.py.
+"""
+
+import dataclasses
+
+import jax
+import numpy as np
+import pytest
+from flax import nnx
+
+from cxrtrek_jax import optimizer as opt
+from cxrtrek_jax import sharding as sh
+from cxrtrek_jax import synthetic_batches as sb
+from cxrtrek_jax import train_step as ts
+from cxrtrek_jax.model import CXRTrekNet, get_config, override, trainable_mask
+
+CONFIG = get_config("tiny")
+# One block per tower: half the compile time, for the tests that do not compare against CONFIG.
+ONE_BLOCK = override(CONFIG, {"text.num_layers": 1, "vision.depth": 1})
+OPTIM = opt.OptimConfig(learning_rate=3e-3, warmup_steps=1, total_steps=50, weight_decay=0.01)
+SPEC = sb.SyntheticSpec(
+    batch_size=8, seq_len=48, vocab_size=CONFIG.vocab_size, image_token_id=CONFIG.image_token_id,
+    tokens_per_image=CONFIG.tokens_per_image, max_images=CONFIG.max_images,
+    image_size=CONFIG.vision.image_size,
+)
+
+
+def _host_params(split, seed=0):
+    """Random host parameters of the model's shapes (avoids compiling the model's initialiser)."""
+    rng = np.random.default_rng(seed)
+
+    def one(path, x):
+        noise = 0.05 * rng.standard_normal(x.shape).astype(np.float32)
+        return noise + 1.0 if "scale" in jax.tree_util.keystr(path) else noise
+
+    return jax.tree_util.tree_map_with_path(one, split.abstract_params)
+
+
+def _trainable(config):
+    abstract = nnx.eval_shape(lambda: CXRTrekNet(config, rngs=nnx.Rngs(0)))
+    return nnx.to_pure_dict(trainable_mask(nnx.state(abstract, nnx.Param), config))
+
+
+def _setup(config, mesh, optim):
+    split = ts.split_abstract_model(lambda rngs: CXRTrekNet(config, rngs=rngs))
+    trainable = _trainable(config) if config.lora is not None or config.frozen else None
+    tx = opt.make_optimizer(optim, trainable)
+    shardings = ts.state_shardings(split, tx, mesh)
+    step_fn = ts.make_train_step(split, tx, optim, shardings, trainable=trainable)
+    return split, tx, shardings, step_fn
+
+
+def _run(config, mesh, optim, steps, setup=None):
+    split, tx, shardings, step_fn = setup or _setup(config, mesh, optim)
+    params = _host_params(split)
+    state = ts.create_train_state(params, tx, shardings)
+    losses, metrics = [], None
+    for i in range(steps):
+        state, metrics = step_fn(state, sh.put_batch(sb.synthetic_batch(SPEC, i), mesh))
+        losses.append(float(metrics["loss"]))
+    return params, state, losses, metrics
+
+
+def _assert_trees_close(a, b, atol):
+    for (path, x), y in zip(jax.tree_util.tree_leaves_with_path(a), jax.tree.leaves(b)):
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), atol=atol, rtol=0,
+                                   err_msg=jax.tree_util.keystr(path))
+
+
+def _one_device_mesh():
+    return sh.make_mesh(sh.MeshConfig(), jax.devices()[:1])
+
+
+def test_token_metric_sums_match_a_numpy_reference():
+    rng = np.random.default_rng(1)
+    logits = rng.standard_normal((2, 5, 7)).astype(np.float32)
+    targets = rng.integers(0, 7, (2, 5)).astype(np.int32)
+    targets[0, 0] = int(np.argmax(logits[0, 0]))  # one certainly-correct token
+    mask = np.array([[1, 1, 0, 1, 0], [0, 1, 1, 1, 1]], np.float32)
+    stages = np.array([[1, 3, 0, 3, 0], [0, 8, 8, 0, 2]], np.int32)
+    sums = jax.device_get(ts.token_metric_sums(logits, targets, mask, stages))
+    log_probs = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+    token_loss = -np.take_along_axis(log_probs, targets[..., None], -1)[..., 0]
+    correct = (logits.argmax(-1) == targets).astype(np.float32)
+    np.testing.assert_allclose(sums["loss_sum"], (token_loss * mask).sum(), rtol=1e-5)
+    assert sums["answer_tokens"] == 7
+    assert sums["correct"] == (correct * mask).sum() >= 1
+    for stage in range(1, 9):
+        sel = (stages == stage) * mask
+        np.testing.assert_allclose(sums["stage_loss_sum"][stage - 1], (token_loss * sel).sum(),
+                                   rtol=1e-5, atol=1e-6)
+        assert sums["stage_answer_tokens"][stage - 1] == sel.sum()
+        assert sums["stage_correct"][stage - 1] == (correct * sel).sum()
+    # A masked-in token with stage 0 counts to the totals only.
+    assert sums["stage_answer_tokens"].sum() == 6
+
+
+def test_check_batch_names_the_bad_field():
+    batch = sb.synthetic_batch(SPEC, 0)
+    ts.check_batch(batch)
+    with pytest.raises(ValueError, match=r"missing \['positions'\], unexpected \['extra'\]"):
+        ts.check_batch({**{k: v for k, v in batch.items() if k != "positions"}, "extra": 1})
+    with pytest.raises(ValueError, match="'loss_mask' has shape"):
+        ts.check_batch({**batch, "loss_mask": batch["loss_mask"][:, :-1]})
+    with pytest.raises(ValueError, match="'image_mask'"):
+        ts.check_batch({**batch, "image_mask": batch["image_mask"][:, :1]})
+
+
+@pytest.fixture(scope="module")
+def reference_setup():
+    return _setup(CONFIG, _one_device_mesh(), OPTIM)
+
+
+@pytest.fixture(scope="module")
+def reference_run(reference_setup):
+    return _run(CONFIG, _one_device_mesh(), OPTIM, steps=3, setup=reference_setup)
+
+
+def test_metrics_are_normalised_by_global_answer_tokens(reference_run):
+    _, state, losses, metrics = reference_run
+    m = jax.device_get(metrics)
+    assert m["loss"] == pytest.approx(m["loss_sum"] / m["answer_tokens"], rel=1e-6)
+    assert m["answer_tokens"] == sb.synthetic_batch(SPEC, 2)["loss_mask"].sum()
+    assert bool(m["finite"]) and m["grad_norm"] > 0
+    assert m["learning_rate"] == pytest.approx(float(opt.learning_rate_schedule(OPTIM)(2)))
+    assert int(state.step) == 3
+    summary = ts.summarize_metrics(metrics)
+    assert summary["loss"] == pytest.approx(losses[-1])
+    assert summary["answer_tokens"] == sum(summary[f"stage{s}/tokens"] for s in range(1, 9))
+    assert summary["stage1/tokens"] > 0 and 0 <= summary["stage1/accuracy"] <= 1
+
+
+def test_eval_step_sums_match_the_train_step(reference_run):
+    params, _, losses, _ = reference_run
+    eval_step = ts.make_eval_step(CONFIG, _one_device_mesh())
+    sums = eval_step(params, sb.synthetic_batch(SPEC, 0))  # the batch of the first train step
+    assert isinstance(sums["loss_sum"], np.ndarray)
+    total = jax.tree.map(np.add, sums, eval_step(params, sb.synthetic_batch(SPEC, 0)))
+    summary = ts.summarize_sums(total)
+    assert summary["loss"] == pytest.approx(losses[0], abs=1e-5)
+    assert summary["answer_tokens"] == 2 * sb.synthetic_batch(SPEC, 0)["loss_mask"].sum()
+
+
+def test_gradient_accumulation_matches_the_full_batch(reference_run):
+    _, ref_state, ref_losses, _ = reference_run
+    accumulating = dataclasses.replace(OPTIM, grad_accum_steps=2)
+    _, state, losses, _ = _run(CONFIG, _one_device_mesh(), accumulating, steps=3)
+    np.testing.assert_allclose(losses, ref_losses, atol=1e-5, rtol=0)
+    _assert_trees_close(state.params, ref_state.params, atol=1e-5)
+
+
+def test_non_finite_loss_skips_the_update(reference_setup):
+    mesh = _one_device_mesh()
+    split, tx, shardings, step_fn = reference_setup
+    params = _host_params(split)
+    state = ts.create_train_state(params, tx, shardings)
+    batch = sb.synthetic_batch(SPEC, 0)
+    batch["images"][0, 0, 3, 3] = np.nan
+    state, metrics = step_fn(state, sh.put_batch(batch, mesh))
+    assert not bool(metrics["finite"])
+    assert np.isnan(float(metrics["loss"]))
+    assert int(state.step) == 0
+    _assert_trees_close(state.params, params, atol=0)
+
+
+def test_frozen_towers_get_no_updates_and_lora_does():
+    config = override(ONE_BLOCK, {"lora": {"rank": 2, "dropout": 0.1},
+                                  "frozen": ["vision", "projector", "text"]})
+    params, state, losses, _ = _run(config, _one_device_mesh(), OPTIM, steps=2)
+    trainable = _trainable(config)
+    changed = jax.tree.map(lambda a, b: bool(np.any(np.asarray(a) != b)), state.params, params)
+    flat_trainable = jax.tree.leaves(trainable)
+    assert any(flat_trainable) and not all(flat_trainable)
+    for (path, did_change), is_trainable in zip(jax.tree_util.tree_leaves_with_path(changed),
+                                                flat_trainable):
+        assert did_change == is_trainable, jax.tree_util.keystr(path)
+    assert all(np.isfinite(losses))
+
+
+@pytest.mark.slow  # bfloat16 compiles and runs slowly on CPU
+def test_bfloat16_compute_keeps_float32_master_weights():
+    config = override(ONE_BLOCK, {"dtype": "bfloat16"})
+    params, state, losses, metrics = _run(config, _one_device_mesh(), OPTIM, steps=2)
+    assert all(x.dtype == np.float32 for x in jax.tree.leaves(state.params))
+    assert all(x.dtype == np.float32 for x in jax.tree.leaves(state.opt_state) if x.ndim)
+    assert np.isfinite(losses).all() and bool(metrics["finite"])
+    changed = jax.tree.map(lambda a, b: bool(np.any(np.asarray(a) != b)), state.params, params)
+    assert all(jax.tree.leaves(changed))
