@@ -192,6 +192,7 @@ class PipelineConfig:
             shuffle_seed=self.seed,
             stages=self.stages,
             no_prior=self.no_prior,
+            max_images=self.max_images,
             system_prompt=self.system_prompt,
             drop_unfittable=self.drop_unfittable,
         )

@@ -66,6 +66,8 @@ class SequenceConfig:
         (`shuffle_seed`, study id); turns within a stage keep their order.
     stages: keep only turns of these stages (None = all).
     no_prior: drop images beyond the current study and the turns needing them.
+    max_images: the model's image slots; turns that need more images than this
+        (their `image_input_count`) are dropped and counted (None = no limit).
     system_prompt: None = the study's own system message, else `DEFAULT_SYSTEM_PROMPT`.
     drop_unfittable: a sequence whose first turn alone exceeds `max_length` is
         dropped and counted (`SequenceStats.unfittable`) instead of raising
@@ -79,10 +81,13 @@ class SequenceConfig:
     shuffle_seed: int = 0
     stages: tuple[int, ...] | None = None
     no_prior: bool = False
+    max_images: int | None = None
     system_prompt: str | None = None
     drop_unfittable: bool = False
 
     def __post_init__(self) -> None:
+        if self.max_images is not None and self.max_images < 1:
+            raise ValueError(f"max_images must be >= 1 or None, got {self.max_images}")
         if self.max_length < 2:
             raise ValueError(f"max_length must be >= 2, got {self.max_length}")
         if self.tokens_per_image < 1:
@@ -98,7 +103,7 @@ class SequenceStats:
     """Counts of one or more `build_sequences` calls (add them up with `+`).
 
     turns_in = turns_kept + turns_excluded_by_stage + turns_dropped_no_prior
-    + turns_dropped_truncation. images_dropped: study images that appear in
+    + turns_dropped_image_limit + turns_dropped_truncation. images_dropped: study images that appear in
     none of the study's sequences. unfittable: sequences whose first turn alone
     did not fit (their turns count as dropped by truncation).
     """
@@ -109,6 +114,7 @@ class SequenceStats:
     turns_kept: int = 0
     turns_excluded_by_stage: int = 0
     turns_dropped_no_prior: int = 0
+    turns_dropped_image_limit: int = 0
     turns_dropped_truncation: int = 0
     images_dropped: int = 0
     unfittable: int = 0
@@ -190,7 +196,7 @@ def _check_image_counts(study: Study) -> None:
 def _select_turns(study: Study, config: SequenceConfig) -> tuple[list[int], dict[str, int]]:
     """Indices of the turns to use, in sequence order, and the exclusion counts."""
     turns = list(range(len(study.items)))
-    counts = {"turns_excluded_by_stage": 0, "turns_dropped_no_prior": 0}
+    counts = {"turns_excluded_by_stage": 0, "turns_dropped_no_prior": 0, "turns_dropped_image_limit": 0}
     if config.stages is not None:
         kept = [t for t in turns if study.items[t].stage in config.stages]
         counts["turns_excluded_by_stage"] = len(turns) - len(kept)
@@ -199,6 +205,10 @@ def _select_turns(study: Study, config: SequenceConfig) -> tuple[list[int], dict
         limit = current_image_count(study)
         kept = [t for t in turns if study.items[t].image_input_count <= limit]
         counts["turns_dropped_no_prior"] = len(turns) - len(kept)
+        turns = kept
+    if config.max_images is not None:
+        kept = [t for t in turns if study.items[t].image_input_count <= config.max_images]
+        counts["turns_dropped_image_limit"] = len(turns) - len(kept)
         turns = kept
     if config.shuffle_stages:
         rng = np.random.default_rng([config.shuffle_seed, zlib.crc32(study.study_id.encode("utf-8"))])

@@ -249,9 +249,16 @@ def test_packing_first_fit_segments_positions_and_image_slots(data, tok):
     assert len(batches) < 4  # fewer batches than one sequence per row
 
 
-def test_images_beyond_max_images_are_an_error_naming_the_study(data, tok):
-    with pytest.raises(ValueError, match="study 's1'.*max_images=1"):
-        _drain(build_eval_iterator(_config(data, max_images=1), tok))
+def test_turns_needing_more_images_than_max_images_are_dropped_and_counted(data, tok):
+    iterator = build_eval_iterator(_config(data, max_images=1), tok)
+    batches = _drain(iterator)
+    assert all(batch["image_mask"].shape[1] == 1 for batch, _ in batches)
+    assert iterator.stats.studies.turns_dropped_image_limit > 0
+    full = build_eval_iterator(_config(data), tok)
+    _drain(full)
+    assert full.stats.studies.turns_dropped_image_limit == 0
+    assert (iterator.stats.studies.turns_kept + iterator.stats.studies.turns_dropped_image_limit
+            == full.stats.studies.turns_kept)
 
 
 # ----------------------------------------------------------------------------- variants

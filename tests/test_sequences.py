@@ -173,6 +173,19 @@ def test_no_prior_drops_prior_images_and_the_turns_needing_them(tok):
     assert seq_a.turn_indices == (0, 1, 2, 3) and stats_a.turns_dropped_no_prior == 0
 
 
+def test_image_limit_drops_the_turns_needing_more_images_than_the_model_has(tok):
+    config = SequenceConfig(max_length=512, tokens_per_image=N, max_images=1)
+    (seq,), stats = build_sequences(STUDY_B, tok, config)
+    _check_layout(seq, *_layout(tok, STUDY_B, [0, 1]))
+    assert seq.image_indices == (0,)
+    assert stats.turns_dropped_image_limit == 2 and stats.images_dropped == 1 and stats.turns_kept == 2
+    assert stats.turns_in == stats.turns_kept + stats.turns_dropped_image_limit
+    (_,), stats_2 = build_sequences(STUDY_B, tok, SequenceConfig(max_length=512, tokens_per_image=N, max_images=2))
+    assert stats_2.turns_dropped_image_limit == 0
+    with pytest.raises(ValueError, match="max_images"):
+        SequenceConfig(max_length=512, tokens_per_image=N, max_images=0)
+
+
 def test_stage_subset_moves_placeholders_to_the_first_kept_turn(tok):
     config = SequenceConfig(max_length=512, tokens_per_image=N, stages=(5, 2))
     assert config.stages == (2, 5)

@@ -16,6 +16,7 @@ import sys
 _COMMAND_MODULES = (
     "cxrtrek_jax.cli.data_cmd",
     "cxrtrek_jax.cli.tokenizer_cmd",
+    "cxrtrek_jax.cli.train_cmd",
     "cxrtrek_jax.cli.report_cmd",
     "cxrtrek_jax.cli.eval_cmd",
 )

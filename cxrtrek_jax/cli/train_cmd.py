@@ -1,0 +1,94 @@
+"""`cxrtrek train --experiment NAME [--preset P] [--set key=value ...] [--workdir DIR]`.
+
+Experiments are the named, typed configs of `experiments/` (`--list` shows them);
+`--set` overrides any field by dotted key (`--set optim.learning_rate=3e-4
+--set data.kind=json --set data.path=/data/cxrtrek.json --set data.image_root=/data/images`).
+The fully resolved config is printed (`--print-config` stops there) and written to
+`WORKDIR/config.json`. A run resumes from `WORKDIR/checkpoints` when it holds one.
+Multi-process: `--coordinator HOST:PORT --num-processes N --process-id I` (or the
+environment of a TPU pod slice).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from cxrtrek_jax.cli import CLIError
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("train", help="train an experiment (named config) with sharding and checkpoints",
+                                   description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--experiment", default="baseline", help="experiment name (see --list)")
+    parser.add_argument("--preset", default=None, help="model preset: tiny, small, cxrtreknet-7b")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config field by dotted key (repeatable)")
+    parser.add_argument("--workdir", default=None, help="run directory (default: runs/EXPERIMENT)")
+    parser.add_argument("--list", action="store_true", help="list the experiments and exit")
+    parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar (log lines only)")
+    parser.add_argument("--coordinator", default=None, help="HOST:PORT of process 0 (multi-process)")
+    parser.add_argument("--num-processes", type=int, default=None)
+    parser.add_argument("--process-id", type=int, default=None)
+    parser.set_defaults(func=run)
+
+
+def parse_overrides(items: list[str]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise CLIError(f"--set {item!r}: expected KEY=VALUE, e.g. optim.learning_rate=3e-4")
+        out[key.strip()] = value
+    return out
+
+
+def resolve_experiment(name: str, preset: str | None, overrides: list[str]):
+    """The experiment config after the preset and the overrides (CLIError on a bad name/key/value)."""
+    from experiments import get_experiment
+
+    try:
+        cfg = get_experiment(name, preset or "small")
+        return cfg.override(parse_overrides(overrides)) if overrides else cfg
+    except ValueError as err:
+        raise CLIError(str(err)) from None
+
+
+def run(args: argparse.Namespace) -> int:
+    from experiments import EXPERIMENTS, get_experiment
+
+    if args.list:
+        for name in EXPERIMENTS:
+            print(f"{name:16s} {get_experiment(name, 'tiny').description}")
+        return 0
+    cfg = resolve_experiment(args.experiment, args.preset, args.overrides)
+    if args.print_config:
+        print(cfg.to_json())
+        return 0
+    from absl import flags
+
+    if not flags.FLAGS.is_parsed():
+        flags.FLAGS(sys.argv[:1])
+    from cxrtrek_jax.sharding import DistributedConfig, initialize_distributed
+
+    try:
+        initialize_distributed(DistributedConfig(args.coordinator, args.num_processes, args.process_id))
+    except ValueError as err:
+        raise CLIError(str(err)) from None
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from cxrtrek_jax.preemption import NonFiniteError
+    from cxrtrek_jax.trainer import train_experiment
+
+    workdir = args.workdir or f"runs/{cfg.name}"
+    print(f"experiment {cfg.name} ({cfg.description}); model preset dims "
+          f"vision {cfg.model.vision.width}x{cfg.model.vision.depth}, text {cfg.model.text.embed_dim}x"
+          f"{cfg.model.text.num_layers}; workdir {workdir}", flush=True)
+    try:
+        result = train_experiment(cfg, workdir, progress=not args.no_progress)
+    except NonFiniteError as err:
+        raise CLIError(str(err)) from None
+    print(f"done: step {result.final_step} ({result.stop_reason}); "
+          f"loss {result.last_metrics.get('loss', float('nan')):.4f}; checkpoints in {workdir}/checkpoints")
+    return 0

@@ -1,0 +1,297 @@
+"""Run one experiment end to end: data -> tokenizer -> pipeline -> sharded training -> checkpoints.
+
+`train_experiment(cfg, workdir)` is what `cxrtrek train --experiment NAME` calls:
+
+1. data: a phantom set is generated into `data.path` (once; reused when complete) and every
+   JSON source is built into a TFDS array_record data set (validated, patient-level splits), so
+   training always reads through the Grain pipeline over `tfds.data_source`;
+2. tokenizer: the one given (`tokenizer.path`), or a byte-level BPE trained on the training
+   split (saved beside the data, reused by later runs with the same vocabulary size);
+3. model config: the preset with the tokenizer's vocabulary size and image token id;
+4. `run_training` (mesh, sharded state, exact resume, pre-emption, NaN stop) with a
+   validation-loss evaluation at every checkpoint, a progress bar (loss, learning rate,
+   tokens/s, step time), TensorBoard event files and a JSONL metrics log (overall and per stage).
+
+Workdir layout: `config.json` (the fully resolved experiment), `checkpoints/`, `metrics.jsonl`,
+`tensorboard/`, `tokenizer/` (a copy, so the checkpoint dir is self-contained for infer/export).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import pathlib
+import shutil
+import time
+from collections.abc import Mapping
+
+import jax
+import numpy as np
+
+from cxrtrek_jax import checkpointing as ckpt_lib
+from cxrtrek_jax import sharding as sharding_lib
+from cxrtrek_jax import train_loop
+from cxrtrek_jax.model.config import ModelConfig, override
+from data_pipeline.grain_pipeline import PipelineConfig, build_eval_iterator, build_train_iterator
+from data_pipeline.tokenizer import CXRTrekTokenizer, load_tokenizer
+from experiments.config import ExperimentConfig
+
+__all__ = ["DataPaths", "prepare_data", "prepare_tokenizer", "resolve_model_config",
+           "pipeline_config", "train_experiment"]
+
+log = logging.getLogger(__name__)
+
+_COMPLETE = ".complete"
+
+
+@dataclasses.dataclass(frozen=True)
+class DataPaths:
+    """tfds_dir: the built TFDS data dir; json_files: the JSON it was built from (if any);
+    image_root: where the JSON's relative image paths live."""
+
+    tfds_dir: str
+    json_files: tuple[str, ...] = ()
+    image_root: str | None = None
+
+
+def _phantom(cfg: ExperimentConfig) -> pathlib.Path:
+    """Generate the phantom set into data.path unless a complete one with the same recipe is there."""
+    from cxrtrek_jax.cli.data_phantom import parse_splits
+    from data_pipeline.phantom import PhantomConfig, write_phantom_dataset
+
+    d = cfg.data
+    root = pathlib.Path(d.path)
+    recipe = {"studies": d.phantom_studies, "seed": d.phantom_seed, "size": d.phantom_size,
+              "splits": d.phantom_splits}
+    marker = root / _COMPLETE
+    if marker.exists() and json.loads(marker.read_text()) == recipe:
+        return root / "cxrtrek.json"
+    if root.exists() and any(root.iterdir()):
+        if not marker.exists():
+            log.warning("%s holds an incomplete phantom set; regenerating it", root)
+        shutil.rmtree(root)
+    splits = parse_splits(d.phantom_splits, d.phantom_studies)
+    t0 = time.time()
+    path = write_phantom_dataset(root, d.phantom_studies, d.phantom_seed,
+                                 PhantomConfig(size=d.phantom_size), split=splits)
+    log.info("generated %d phantom studies in %s (%.1fs)", d.phantom_studies, root, time.time() - t0)
+    marker.write_text(json.dumps(recipe))
+    return path
+
+
+def _build_tfds(json_file: pathlib.Path, image_root: pathlib.Path, tfds_dir: pathlib.Path) -> None:
+    from data_pipeline.tfds_builder import BuildOptions, build_dataset
+
+    marker = tfds_dir / _COMPLETE
+    stamp = {"json": str(json_file.resolve()), "mtime": json_file.stat().st_mtime}
+    if marker.exists() and json.loads(marker.read_text()) == stamp:
+        return
+    summary = build_dataset(BuildOptions(json_files=(str(json_file),)), image_root, tfds_dir,
+                            overwrite=True)
+    log.info("built TFDS data set in %s: %s", tfds_dir, dict(summary.examples))
+    marker.write_text(json.dumps(stamp))
+
+
+def prepare_data(cfg: ExperimentConfig) -> DataPaths:
+    """The TFDS data dir to train from, generating/building what is missing (idempotent)."""
+    d = cfg.data
+    if d.kind == "tfds":
+        return DataPaths(tfds_dir=d.path, image_root=d.image_root)
+    if d.kind == "phantom":
+        json_file = _phantom(cfg)
+        image_root = json_file.parent
+        tfds_dir = json_file.parent / "tfds"
+    else:
+        json_file = pathlib.Path(d.path)
+        if not json_file.is_file():
+            raise FileNotFoundError(f"data.path {json_file}: no such CXRTrek JSON file")
+        image_root = pathlib.Path(d.image_root) if d.image_root else json_file.parent
+        tfds_dir = pathlib.Path("runs") / "tfds_cache" / json_file.stem
+    if jax.process_index() == 0:
+        _build_tfds(json_file, image_root, tfds_dir)
+    return DataPaths(tfds_dir=str(tfds_dir), json_files=(str(json_file),), image_root=str(image_root))
+
+
+def prepare_tokenizer(cfg: ExperimentConfig, data: DataPaths) -> tuple[CXRTrekTokenizer, str]:
+    """(tokenizer, its directory): the configured one, or one trained on the training split."""
+    if cfg.tokenizer.path:
+        return load_tokenizer(cfg.tokenizer.path), cfg.tokenizer.path
+    from data_pipeline.sources import TfdsStudySource
+    from data_pipeline.tokenizer import train_tokenizer, training_texts
+
+    directory = pathlib.Path(data.tfds_dir) / f"tokenizer-bpe{cfg.tokenizer.vocab_size}"
+    if (directory / "tokenizer.json").exists():
+        return load_tokenizer(directory), str(directory)
+    source = TfdsStudySource(data.tfds_dir, cfg.data.train_split)
+    studies = (source[i].study for i in range(len(source)))
+    tok = train_tokenizer(training_texts(studies), cfg.tokenizer.vocab_size,
+                          min_frequency=cfg.tokenizer.min_frequency)
+    tok.save(directory)
+    log.info("trained a %d-token BPE tokenizer on %d training studies -> %s",
+             tok.vocab_size, len(source), directory)
+    return tok, str(directory)
+
+
+def resolve_model_config(model: ModelConfig, tokenizer: CXRTrekTokenizer) -> ModelConfig:
+    """The model config with the tokenizer's vocabulary size and image token id."""
+    return override(model, {"text.vocab_size": tokenizer.vocab_size,
+                            "image_token_id": tokenizer.image_id})
+
+
+def pipeline_config(cfg: ExperimentConfig, model: ModelConfig, data: DataPaths, split: str,
+                    *, training: bool) -> PipelineConfig:
+    """The Grain pipeline config of `split`, its image geometry taken from the model."""
+    d = cfg.data
+    from data_pipeline.augment import AugmentConfig
+
+    return PipelineConfig(
+        source=data.tfds_dir, source_kind="tfds", split=split,
+        image_size=model.vision.image_size, max_images=model.max_images,
+        tokens_per_image=model.tokens_per_image, global_batch_size=d.global_batch_size,
+        length_buckets=d.length_buckets, packing=d.packing, context=d.context, stages=d.stages,
+        no_prior=d.no_prior, drop_unfittable=True, seed=d.seed,
+        num_workers=d.num_workers if training else 0,
+        augment=d.augment if training else AugmentConfig.none(),
+    )
+
+
+class MetricsLog:
+    """JSONL + TensorBoard + a tqdm progress bar; only process 0 writes."""
+
+    def __init__(self, workdir: pathlib.Path, total_steps: int, start_step: int, *, progress: bool):
+        self.active = jax.process_index() == 0
+        self._jsonl = open(workdir / "metrics.jsonl", "a") if self.active else None
+        self._tb = None
+        self._bar = None
+        if self.active:
+            from tensorboardX import SummaryWriter
+
+            self._tb = SummaryWriter(str(workdir / "tensorboard"))
+            if progress:
+                from tqdm.auto import tqdm
+
+                self._bar = tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True)
+
+    def write(self, split: str, step: int, values: Mapping[str, float]) -> None:
+        if not self.active:
+            return
+        record = {"split": split, "step": step, "time": time.time(), **values}
+        self._jsonl.write(json.dumps(record) + "\n")
+        self._jsonl.flush()
+        for key, value in values.items():
+            self._tb.add_scalar(f"{split}/{key}", value, step)
+        if split == "train" and self._bar is not None:
+            self._bar.n = step
+            self._bar.set_postfix(loss=f"{values['loss']:.3f}", lr=f"{values['learning_rate']:.1e}",
+                                  tok_s=f"{values.get('tokens_per_s', 0):.0f}",
+                                  step_s=f"{values.get('step_time_s', 0):.2f}", refresh=True)
+        elif split != "train" and self._bar is not None:
+            self._bar.write(f"step {step} {split}: " + " ".join(
+                f"{k}={v:.4f}" for k, v in values.items() if "/" not in k))
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+        if self._tb is not None:
+            self._tb.close()
+        if self._jsonl is not None:
+            self._jsonl.close()
+
+
+def _validation(cfg: ExperimentConfig, model: ModelConfig, data: DataPaths,
+                tokenizer: CXRTrekTokenizer, mesh_config: sharding_lib.MeshConfig,
+                log_: MetricsLog, *, current_step):
+    """params -> {"val_loss", "val_accuracy", per stage}: the loss over up to `eval_batches`
+    validation batches (in order, no augmentation), as a `run_training` evaluate callback
+    (it runs at every checkpoint save; `current_step()` labels the log record)."""
+    from cxrtrek_jax import train_step as step_lib
+
+    if cfg.train.eval_batches == 0:
+        return None
+    pcfg = pipeline_config(cfg, model, data, cfg.data.validation_split, training=False)
+    eval_step = step_lib.make_eval_step(model, sharding_lib.make_mesh(mesh_config))
+
+    def evaluate(params) -> dict[str, float]:
+        iterator = build_eval_iterator(pcfg, tokenizer, jax.process_index(), jax.process_count())
+        total = None
+        for _, batch in zip(range(cfg.train.eval_batches), iterator):
+            sums = eval_step(params, batch)
+            total = sums if total is None else jax.tree.map(np.add, total, sums)
+        if total is None:
+            raise ValueError(f"validation split {cfg.data.validation_split!r} yielded no batch")
+        values = {f"val_{k}": v for k, v in step_lib.summarize_sums(total).items()}
+        log_.write("validation", current_step(), values)
+        return values
+
+    return evaluate
+
+
+def train_experiment(cfg: ExperimentConfig, workdir: str | os.PathLike, *, progress: bool = True,
+                     devices: list[jax.Device] | None = None) -> train_loop.TrainResult:
+    """Train `cfg` in `workdir` (resuming from its newest checkpoint if any)."""
+    workdir = pathlib.Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    data = prepare_data(cfg)
+    tokenizer, tokenizer_dir = prepare_tokenizer(cfg, data)
+    model = resolve_model_config(cfg.model, tokenizer)
+    resolved = dataclasses.replace(
+        cfg, model=model,
+        checkpoint=dataclasses.replace(cfg.checkpoint,
+                                       directory=cfg.checkpoint.directory or str(workdir / "checkpoints")),
+    )
+    if jax.process_index() == 0:
+        (workdir / "config.json").write_text(resolved.to_json() + "\n")
+        local_tok = workdir / "tokenizer"
+        if not local_tok.exists():
+            shutil.copytree(tokenizer_dir, local_tok)
+    train_pcfg = pipeline_config(resolved, model, data, cfg.data.train_split, training=True)
+    iterators: list = []
+
+    def make_batches():
+        iterators.append(build_train_iterator(train_pcfg, tokenizer, jax.process_index(),
+                                              jax.process_count()))
+        return iterators[-1]
+
+    existing = ckpt_lib.Checkpointer(resolved.checkpoint)
+    start_step = (existing.steps() or [0])[-1]
+    existing.close()
+    metrics_log = MetricsLog(workdir, cfg.train.num_steps, start_step, progress=progress)
+    clock = {"t": time.time(), "step": start_step}
+
+    def on_log(step: int, summary: dict[str, float]) -> None:
+        """Adds throughput over the steps since the last log line: tokens/s = steps x (real,
+        non-padding tokens per batch, running mean of this process's batches x process count)
+        / wall time; the first interval includes compilation."""
+        stats = iterators[-1].stats
+        now, steps = time.time(), max(step - clock["step"], 1)
+        elapsed = max(now - clock["t"], 1e-9)
+        tokens_per_batch = stats.batches.tokens / max(stats.batches.batches, 1) * jax.process_count()
+        values = dict(summary, tokens_per_s=steps * tokens_per_batch / elapsed,
+                      step_time_s=elapsed / steps,
+                      truncated_turns=float(stats.studies.turns_dropped_truncation))
+        clock.update(t=now, step=step)
+        metrics_log.write("train", step, values)
+
+    evaluate = _validation(resolved, model, data, tokenizer, resolved.mesh, metrics_log,
+                           current_step=lambda: clock["step"])
+    try:
+        return train_loop.run_training(
+            model,
+            optim=resolved.optim,
+            mesh_config=resolved.mesh,
+            checkpoint=resolved.checkpoint,
+            make_batches=make_batches,
+            num_steps=cfg.train.num_steps,
+            seed=cfg.train.seed,
+            log_every=cfg.train.log_every,
+            on_log=on_log,
+            evaluate=evaluate,
+            metadata={"experiment": resolved.to_dict(), "tokenizer_dir": str(workdir / "tokenizer"),
+                      "tfds_dir": data.tfds_dir},
+            init_params_from=cfg.train.init_from or None,
+            devices=devices,
+        )
+    finally:
+        metrics_log.close()

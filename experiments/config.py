@@ -1,0 +1,169 @@
+"""The typed, frozen experiment config: everything a `cxrtrek train` run needs.
+
+An `ExperimentConfig` composes the model config (a preset), the data source and
+input-pipeline knobs, the tokenizer, the optimiser, the device mesh, the
+checkpoint policy, the training length and the evaluation settings. Named
+experiments (`experiments.registry`) are small diffs over `base_config()`; the
+command line applies `--preset NAME` and `--set dotted.key=value` on top, and
+every run writes its full resolved config to `<workdir>/config.json`.
+
+Fields derived from the model (image size, image slots, tokens per image) and
+from the tokenizer (vocabulary size, image token id) are not duplicated here:
+the trainer fills them in when it builds the pipeline and the model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+from cxrtrek_jax import config_tree
+from cxrtrek_jax.checkpointing import CheckpointConfig
+from cxrtrek_jax.model.config import ModelConfig, get_config
+from cxrtrek_jax.optimizer import OptimConfig
+from cxrtrek_jax.sharding import MeshConfig
+from data_pipeline.augment import AugmentConfig
+
+__all__ = [
+    "DataConfig",
+    "TokenizerConfig",
+    "TrainConfig",
+    "EvalConfig",
+    "ExperimentConfig",
+    "base_config",
+    "DATA_KINDS",
+]
+
+DATA_KINDS = ("phantom", "json", "tfds")
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """Where the studies come from and how they become training sequences.
+
+    kind: "phantom" (generate a phantom set into `path` unless it is there),
+      "json" (a CXRTrek JSON file at `path`, images under `image_root`, split
+      by each study's `split` field) or "tfds" (a TFDS data dir built by
+      `cxrtrek data build-tfds`).
+    path: the phantom output dir, the JSON file or the TFDS data dir.
+    image_root: root of relative image paths (json; defaults to the JSON's dir).
+    phantom_*: size of the generated set (studies, seed, image side in px, split fractions).
+    context: "on" (one sequence per study, staged context), "off" (each QA
+      pair alone with only the images visible at that turn), "shuffled".
+    stages: keep only these stages (None = all); no_prior: drop prior-study images.
+    length_buckets: allowed padded row lengths in tokens (ascending); the
+      largest bounds a sequence (whole trailing turns beyond it are dropped and counted).
+    global_batch_size: rows per optimiser step over all processes.
+    """
+
+    kind: str = "phantom"
+    path: str = "runs/phantom"
+    image_root: str | None = None
+    train_split: str = "train"
+    validation_split: str = "validation"
+    test_split: str = "test"
+    phantom_studies: int = 600
+    phantom_seed: int = 0
+    phantom_size: int = 256
+    phantom_splits: str = "train=0.8,validation=0.1,test=0.1"
+    context: str = "on"
+    stages: tuple[int, ...] | None = None
+    no_prior: bool = False
+    length_buckets: tuple[int, ...] = (512, 768, 1024)
+    packing: bool = False
+    global_batch_size: int = 8
+    num_workers: int = 0
+    augment: AugmentConfig = AugmentConfig()
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.kind not in DATA_KINDS:
+            raise ValueError(f"data.kind must be one of {DATA_KINDS}, got {self.kind!r}")
+        if not self.path:
+            raise ValueError("data.path must name the phantom dir, the JSON file or the TFDS data dir")
+
+
+@dataclasses.dataclass(frozen=True)
+class TokenizerConfig:
+    """path: a Hugging Face tokenizer dir to use; "" = train a byte-level BPE on
+    the training split (saved under the data dir, reused by later runs)."""
+
+    path: str = ""
+    vocab_size: int = 2048
+    min_frequency: int = 2
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """num_steps: optimiser steps; log_every: steps between log lines;
+    eval_batches: validation batches per evaluation (at every checkpoint);
+    init_from: a params checkpoint (e.g. from `cxrtrek import-hf`) to start from."""
+
+    num_steps: int = 300
+    log_every: int = 10
+    eval_batches: int = 8
+    seed: int = 0
+    init_from: str = ""
+
+    def __post_init__(self) -> None:
+        if self.num_steps < 1 or self.log_every < 1 or self.eval_batches < 0:
+            raise ValueError(
+                f"train.num_steps and train.log_every must be >= 1 and eval_batches >= 0, got "
+                f"{self.num_steps}, {self.log_every}, {self.eval_batches}"
+            )
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalConfig:
+    """Benchmark settings for `cxrtrek eval` on the trained checkpoint:
+    contexts: context modes to run ("own", "teacher", "none"); split: data split;
+    max_studies: cap on evaluated studies (None = all); max_new_tokens: answer budget."""
+
+    contexts: tuple[str, ...] = ("own", "teacher", "none")
+    split: str = "test"
+    max_studies: int | None = None
+    max_new_tokens: int = 96
+
+
+@dataclasses.dataclass(frozen=True)
+class ExperimentConfig:
+    name: str
+    description: str
+    model: ModelConfig
+    data: DataConfig = DataConfig()
+    tokenizer: TokenizerConfig = TokenizerConfig()
+    optim: OptimConfig = OptimConfig(learning_rate=1e-3, warmup_steps=20, total_steps=300,
+                                     weight_decay=0.01)
+    mesh: MeshConfig = MeshConfig()
+    checkpoint: CheckpointConfig = CheckpointConfig(directory="", save_every=100, keep_last=2)
+    train: TrainConfig = TrainConfig()
+    eval: EvalConfig = EvalConfig()
+
+    def to_dict(self) -> dict:
+        return config_tree.to_dict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=False)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "ExperimentConfig":
+        return config_tree.from_dict(data, cls)
+
+    def with_preset(self, preset: str) -> "ExperimentConfig":
+        """The same experiment on another model preset (keeping LoRA/freezing choices)."""
+        model = get_config(preset)
+        model = dataclasses.replace(model, lora=self.model.lora, frozen=self.model.frozen)
+        return dataclasses.replace(self, model=model)
+
+    def override(self, overrides: dict[str, object]) -> "ExperimentConfig":
+        """Dotted-key overrides, e.g. {"optim.learning_rate": "3e-4", "data.context": "off"}."""
+        return config_tree.override(self, overrides)
+
+
+def base_config(preset: str = "small") -> ExperimentConfig:
+    """The staged-context baseline on phantom data with the given model preset."""
+    return ExperimentConfig(
+        name="baseline",
+        description="staged context, all stages, LoRA off, full fine-tuning from scratch",
+        model=get_config(preset),
+    )

@@ -1,0 +1,106 @@
+"""`cxrtrek train` end to end on phantom data with the tiny preset."""
+
+import json
+
+import pytest
+
+from cxrtrek_jax.cli import main
+from cxrtrek_jax.trainer import train_experiment
+from experiments import experiment_names, get_experiment
+
+STEPS = 24
+
+
+def _tiny_experiment(tmp_path, **overrides):
+    cfg = get_experiment("baseline", "tiny").override({
+        "data.path": str(tmp_path / "phantom"),
+        "data.phantom_studies": 24,
+        "data.phantom_size": 128,
+        "data.length_buckets": "256,512",
+        "data.global_batch_size": 4,
+        "tokenizer.vocab_size": 600,
+        "optim.learning_rate": 3e-3,
+        "optim.warmup_steps": 3,
+        "optim.total_steps": 200,
+        "train.num_steps": STEPS,
+        "train.log_every": 1,
+        "train.eval_batches": 1,
+        "checkpoint.save_every": 12,
+        "mesh.tensor": 2,  # with 8 test devices: fsdp=4 x tensor=2
+        **overrides,
+    })
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("train")
+    cfg = _tiny_experiment(tmp)
+    result = train_experiment(cfg, tmp / "run", progress=False)
+    return cfg, tmp, result
+
+
+def _records(workdir, split):
+    lines = (workdir / "metrics.jsonl").read_text().splitlines()
+    return [r for r in map(json.loads, lines) if r["split"] == split]
+
+
+def test_tiny_model_loss_falls_on_phantom_data(trained):
+    _, tmp, result = trained
+    assert result.final_step == STEPS and result.stop_reason == "completed"
+    train = _records(tmp / "run", "train")
+    assert [r["step"] for r in train] == list(range(1, STEPS + 1))
+    first = sum(r["loss"] for r in train[:3]) / 3
+    last = sum(r["loss"] for r in train[-3:]) / 3
+    assert last < 0.6 * first, (first, last)
+    validation = _records(tmp / "run", "validation")
+    assert [r["step"] for r in validation] == [12, 24]
+    assert validation[1]["val_loss"] < validation[0]["val_loss"]
+
+
+def test_run_writes_resolved_config_metrics_and_checkpoints(trained):
+    cfg, tmp, _ = trained
+    run = tmp / "run"
+    saved = json.loads((run / "config.json").read_text())
+    assert saved["model"]["text"]["vocab_size"] <= 600  # from the trained tokenizer
+    assert saved["checkpoint"]["directory"] == str(run / "checkpoints")
+    assert (run / "tokenizer" / "tokenizer.json").exists()
+    assert list((run / "tensorboard").iterdir())
+    record = _records(run, "train")[-1]
+    for key in ("loss", "learning_rate", "tokens_per_s", "step_time_s", "stage2/loss", "stage2/accuracy"):
+        assert key in record
+    assert record["tokens_per_s"] > 0
+    assert sorted(p.name for p in (run / "checkpoints").iterdir() if p.name.isdigit()) == ["12", "24"]
+    # the phantom set and its TFDS build are reused, not regenerated
+    assert (tmp / "phantom" / ".complete").exists() and (tmp / "phantom" / "tfds" / ".complete").exists()
+
+
+def test_a_second_run_resumes_from_the_checkpoint(trained):
+    cfg, tmp, _ = trained
+    longer = cfg.override({"train.num_steps": STEPS + 2, "checkpoint.save_every": 2})
+    result = train_experiment(longer, tmp / "run", progress=False)
+    assert result.resumed_from == STEPS and result.final_step == STEPS + 2
+
+
+def test_every_named_experiment_resolves_and_round_trips():
+    from experiments.config import ExperimentConfig
+
+    for name in experiment_names():
+        cfg = get_experiment(name, "tiny")
+        assert cfg.name == name and cfg.description
+        assert ExperimentConfig.from_dict(json.loads(cfg.to_json())) == cfg
+    assert get_experiment("no_context").data.context == "off"
+    assert get_experiment("report_only").data.stages == (8,)
+    assert get_experiment("lora_r8").model.lora.rank == 8
+
+
+def test_cli_prints_config_and_refuses_bad_overrides(capsys):
+    assert main(["train", "--experiment", "no_prior", "--preset", "tiny", "--print-config",
+                 "--set", "optim.learning_rate=5e-4"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["data"]["no_prior"] is True and printed["optim"]["learning_rate"] == 5e-4
+    assert main(["train", "--experiment", "nope", "--print-config"]) == 2
+    assert "unknown experiment 'nope'" in capsys.readouterr().err
+    assert main(["train", "--print-config", "--set", "optim.nope=1"]) == 2
+    assert "has no field 'nope'" in capsys.readouterr().err
+    assert main(["train", "--print-config", "--set", "novalue"]) == 2
