@@ -39,10 +39,15 @@ def _dataclass_in(hint: Any) -> type | None:
 
 
 def _coerce(hint: Any, value: Any, key: str) -> Any:
-    """`value` converted to the field type `hint`; strings are parsed."""
+    """`value` converted to the field type `hint`; strings are parsed.
+
+    The strings "none"/"null" mean None only for optional fields (a `str` field
+    keeps them as text, e.g. the context mode "none")."""
     nested = _dataclass_in(hint)
     optional = isinstance(hint, types.UnionType) and type(None) in typing.get_args(hint)
-    if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
+    if optional and isinstance(value, str) and value.lower() in ("none", "null"):
+        return None
+    if value is None:
         if optional:
             return None
         raise ValueError(f"config key {key!r} cannot be None")

@@ -33,6 +33,8 @@ def test_dotted_overrides_parse_command_line_strings():
     assert cfg == Outer(lr=0.5, flag=True, inner=Inner(16, ("k", "o")), stages=(2, 3))
     assert override(cfg, {"stages": "none"}).stages is None
     assert override(Outer(), {"maybe": '{"rank": 2}'}).maybe == Inner(2)
+    # "none" is None only for optional fields; a str field keeps the text.
+    assert override(Outer(), {"name": "none", "inner.names": "none,own"}).inner.names == ("none", "own")
 
 
 @pytest.mark.parametrize(
