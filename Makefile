@@ -30,7 +30,7 @@ browser-deps:  ## install Debian's chromium for the browser test if missing (nee
 	fi
 
 test: $(STAMP) browser-deps  ## run the test suite (no slow tests), 8 simulated CPU devices
-	$(PY) -m pytest -m "not slow" -n $(PYTEST_WORKERS) tests
+	$(PY) -m pytest -m "not slow" -n $(PYTEST_WORKERS) --dist loadfile tests
 
 test-slow: $(STAMP)  ## run only the slow tests (multi-process, hard-kill resume, ...)
 	$(PY) -m pytest -m slow tests

@@ -288,8 +288,10 @@ def train_experiment(cfg: ExperimentConfig, workdir: str | os.PathLike, *, progr
             log_every=cfg.train.log_every,
             on_log=on_log,
             evaluate=evaluate,
-            metadata={"experiment": resolved.to_dict(), "tokenizer_dir": str(workdir / "tokenizer"),
-                      "tfds_dir": data.tfds_dir},
+            # tokenizer_path: relative to the checkpoint dir, so a moved run dir stays whole.
+            metadata={"experiment": resolved.to_dict(), "tfds_dir": data.tfds_dir,
+                      "tokenizer_path": os.path.relpath(workdir / "tokenizer",
+                                                        resolved.checkpoint.directory)},
             init_params_from=cfg.train.init_from or None,
             devices=devices,
         )

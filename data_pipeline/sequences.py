@@ -45,6 +45,7 @@ __all__ = [
     "build_sequences",
     "current_image_count",
     "system_prompt_of",
+    "place_placeholders",
 ]
 
 _PLACEHOLDER_WITH_NEWLINE = re.compile(re.escape(IMAGE_PLACEHOLDER) + r"\n?")
@@ -218,7 +219,7 @@ def _select_turns(study: Study, config: SequenceConfig) -> tuple[list[int], dict
     return turns, counts
 
 
-def _place_placeholders(question: str, new_images: int, image_token: str) -> str:
+def place_placeholders(question: str, new_images: int, image_token: str) -> str:
     """The question with exactly `new_images` placeholders, as the data's own when the count matches.
 
     Otherwise every placeholder (and the newline right after it) is removed and
@@ -240,7 +241,7 @@ def _conversation(
     for t in turns:
         item: QAItem = study.items[t]
         new = max(0, item.image_input_count - shown)
-        messages.append(Message("user", _place_placeholders(item.question, new, image_token)))
+        messages.append(Message("user", place_placeholders(item.question, new, image_token)))
         messages.append(Message("assistant", item.answer))
         shown += new
         introduced.append(shown)

@@ -1,0 +1,218 @@
+"""`cxrtrek infer`: staged reasoning on new radiographs or CXRTrek studies, printed and written as JSONL.
+
+    cxrtrek infer --checkpoint CKPT --image a.dcm [--prior b.png]      # the default 8-stage question script
+    cxrtrek infer --checkpoint CKPT --data test.json --context teacher --out predictions.jsonl
+
+Each output line is a predictions record (`cxrtrek_jax.evaluation.predictions`),
+so `cxrtrek eval --predictions` scores it; the reference is "" when unknown.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import functools
+import time
+from pathlib import Path
+
+from cxrtrek_jax.cli import CLIError
+from cxrtrek_jax.evaluation.predictions import CONTEXT_MODES
+
+# `cxrtrek_jax.decoding.ORDERS`, spelled out here so that registering the command imports no JAX.
+_ORDERS = ("given", "canonical")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "infer", help="run the staged reasoning chain on radiographs or CXRTrek studies",
+        description=("Decode a staged conversation per study with the KV cache carried from stage to stage. "
+                     "With --image, the default 8-stage question script is asked (later questions follow "
+                     "the model's answers); with --data, each study's own questions (studies without "
+                     "questions get the script). Prints the reasoning trace and optionally writes one JSON "
+                     "line per turn."))
+    parser.add_argument("--checkpoint", required=True, help="checkpoint directory (Orbax, with metadata)")
+    parser.add_argument("--step", type=int, default=None, help="checkpoint step (default: the newest)")
+    parser.add_argument("--tokenizer", default=None,
+                        help="tokenizer directory (default: the one named in the checkpoint's metadata)")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--image", nargs="+", metavar="FILE", help="current-study image(s): PNG, JPEG or DICOM")
+    source.add_argument("--data", metavar="CXRTREK_JSON", help="a CXRTrek JSON file of studies")
+    parser.add_argument("--prior", nargs="+", default=[], metavar="FILE", help="prior-study image(s) (with --image)")
+    parser.add_argument("--later", nargs="+", default=[], metavar="FILE",
+                        help="later (follow-up) study image(s) for stage 6 (with --image)")
+    parser.add_argument("--image-root", default=None,
+                        help="root of the image paths in --data (default: the JSON file's folder)")
+    parser.add_argument("--context", choices=CONTEXT_MODES, default="own",
+                        help="what earlier turns hold: the model's answers (own), the references (teacher) "
+                             "or nothing (none); default own")
+    parser.add_argument("--order", choices=_ORDERS, default="given",
+                        help="turn order of --data studies: as given, or canonical stages 1..8 (default given)")
+    parser.add_argument("--max-new-tokens", type=int, default=128,
+                        help="most tokens per answer, end-of-turn included (default 128)")
+    parser.add_argument("--cache-length", type=int, default=None,
+                        help="KV-cache slots per study (default: the model's max_positions)")
+    parser.add_argument("--batch-size", type=int, default=4, help="studies decoded together (default 4)")
+    parser.add_argument("--max-studies", type=int, default=None, help="decode only the first N studies of --data")
+    parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    parser.add_argument("--top-k", type=int, default=0, help="sample from the k most likely tokens (0 = all)")
+    parser.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (1.0 = off)")
+    parser.add_argument("--seed", type=int, default=0, help="sampling seed")
+    parser.add_argument("--out", default=None, help="write the turns as predictions JSONL here")
+    parser.set_defaults(func=_infer)
+
+
+def _check_args(args: argparse.Namespace) -> None:
+    if args.image is None and (args.prior or args.later):
+        raise CLIError("--prior and --later go with --image (studies in --data list their own images)")
+    if args.image is not None and args.image_root is not None:
+        raise CLIError("--image-root goes with --data")
+    if args.image is not None and args.context == "teacher":
+        raise CLIError("--context teacher needs reference answers: use --data with studies that have them")
+    for name in ("max_new_tokens", "batch_size"):
+        if getattr(args, name) < 1:
+            raise CLIError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if args.max_studies is not None and args.max_studies < 1:
+        raise CLIError(f"--max-studies must be >= 1, got {args.max_studies}")
+    if args.cache_length is not None and args.cache_length < 1:
+        raise CLIError(f"--cache-length must be >= 1, got {args.cache_length}")
+
+
+def _load_model(args: argparse.Namespace):
+    from cxrtrek_jax.decoding.model_loading import CheckpointMismatchError, load_decoding_model
+
+    if not Path(args.checkpoint).is_dir():
+        raise CLIError(f"checkpoint directory {args.checkpoint} does not exist")
+    try:
+        return load_decoding_model(args.checkpoint, args.step)
+    except CheckpointMismatchError as err:
+        raise CLIError(str(err)) from None
+    except (FileNotFoundError, ValueError, KeyError) as err:
+        raise CLIError(f"cannot load checkpoint {args.checkpoint}: {err}") from None
+
+
+def _load_tokenizer(args: argparse.Namespace, loaded):
+    from data_pipeline.tokenizer import load_tokenizer
+
+    path = args.tokenizer or loaded.tokenizer_path
+    if path is None:
+        raise CLIError(f"checkpoint {args.checkpoint} names no tokenizer; pass --tokenizer DIR")
+    try:
+        return load_tokenizer(path)
+    except (FileNotFoundError, ValueError) as err:
+        raise CLIError(f"cannot load the tokenizer: {err}") from None
+
+
+def _image_studies(args: argparse.Namespace, image_size: int):
+    from cxrtrek_jax.decoding import ChainStudy, default_script
+    from data_pipeline.cxrtrek_json import DEFAULT_SYSTEM_PROMPT
+
+    images = _load_images([*args.image, *args.prior, *args.later], image_size)
+    counts = dict(current_images=len(args.image), prior_images=len(args.prior), later_images=len(args.later))
+    return [ChainStudy(study_id=Path(args.image[0]).stem, images=images, system_prompt=DEFAULT_SYSTEM_PROMPT,
+                       plan=functools.partial(default_script, **counts))]
+
+
+def _load_images(paths, image_size: int):
+    from cxrtrek_jax.decoding import load_study_images
+    from data_pipeline.images import ImageLoadError
+
+    try:
+        return load_study_images(paths, image_size)
+    except ImageLoadError as err:
+        raise CLIError(f"unreadable image: {err}") from None
+
+
+def _data_studies(args: argparse.Namespace, image_size: int):
+    from cxrtrek_jax.decoding import ChainStudy, default_script, fixed_plan, study_turns
+    from data_pipeline.cxrtrek_json import CXRTrekFormatError, read_studies
+    from data_pipeline.image_paths import ImagePathError, resolve_image_path
+    from data_pipeline.sequences import current_image_count, system_prompt_of
+
+    if not Path(args.data).is_file():
+        raise CLIError(f"data file {args.data} does not exist")
+    try:
+        studies = read_studies(args.data)
+    except CXRTrekFormatError as err:
+        raise CLIError(str(err)) from None
+    if not studies:
+        raise CLIError(f"{args.data} holds no studies")
+    studies = studies[: args.max_studies]
+    root = args.image_root or str(Path(args.data).parent)
+    out = []
+    for study in studies:
+        try:
+            paths = [resolve_image_path(p, root, require_exists=True) for p in study.images]
+        except ImagePathError as err:
+            raise CLIError(f"study {study.study_id!r}: {err}") from None
+        if not paths:
+            raise CLIError(f"study {study.study_id!r} has no images")
+        if study.items:
+            turns = study_turns(study, args.order)
+            plan = functools.partial(fixed_plan, turns)
+        elif args.context == "teacher":
+            raise CLIError(f"study {study.study_id!r} has no questions, so no reference answers for "
+                           "--context teacher")
+        else:
+            current = current_image_count(study)
+            plan = functools.partial(default_script, current_images=current, prior_images=len(paths) - current)
+        out.append(ChainStudy(study_id=study.study_id, images=_load_images(paths, image_size),
+                              system_prompt=system_prompt_of(study), plan=plan))
+    return out
+
+
+def _print_trace(results) -> None:
+    from data_pipeline.stages import Stage
+
+    for turns in results:
+        if not turns:
+            continue
+        print(f"== study {turns[0].study_id} ({turns[0].context} context)")
+        for turn in turns:
+            title = Stage.parse(turn.stage).title
+            note = "" if turn.stop_reason == "end_of_turn" else f"  [stopped: {turn.stop_reason}]"
+            print(f"[stage {turn.stage}: {title}] Q: {turn.question}")
+            print(f"    A: {turn.answer}{note}")
+            if turn.reference is not None:
+                print(f"    reference: {turn.reference}")
+
+
+def _infer(args: argparse.Namespace) -> int:
+    _check_args(args)
+    import jax
+
+    from cxrtrek_jax.decoding import DecodeSpec, SamplingConfig, StepwiseDecoder, run_chain
+    from cxrtrek_jax.evaluation.predictions import PredictionWriter
+
+    loaded = _load_model(args)
+    tokenizer = _load_tokenizer(args, loaded)
+    config = loaded.config
+    image_size = config.vision.image_size
+    studies = _image_studies(args, image_size) if args.image is not None else _data_studies(args, image_size)
+    try:
+        sampling = SamplingConfig(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
+        spec = DecodeSpec.for_model(config, tokenizer, cache_length=args.cache_length or config.text.max_positions,
+                                    max_answer_tokens=args.max_new_tokens)
+    except ValueError as err:
+        raise CLIError(str(err)) from None
+    decoder = StepwiseDecoder(loaded.graphdef, config, spec)
+    rng = jax.random.key(args.seed)
+    began = time.perf_counter()
+    turns = 0
+    with PredictionWriter(args.out) if args.out else contextlib.nullcontext() as writer:
+        for first in range(0, len(studies), args.batch_size):
+            rng, batch_rng = jax.random.split(rng)
+            try:
+                results = run_chain(decoder, loaded.state, tokenizer, studies[first: first + args.batch_size],
+                                    context=args.context, max_new_tokens=args.max_new_tokens, sampling=sampling,
+                                    rng=batch_rng)
+            except ValueError as err:
+                raise CLIError(str(err)) from None
+            _print_trace(results)
+            for study_results in results:
+                turns += len(study_results)
+                for turn in study_results if writer is not None else ():
+                    writer.write(turn.to_prediction())
+    elapsed = time.perf_counter() - began
+    where = f"; wrote {args.out}" if args.out else ""
+    print(f"{len(studies)} studies, {turns} turns in {elapsed:.1f} s{where}")
+    return 0

@@ -1,0 +1,331 @@
+"""Running staged conversations: a batch of studies, turn by turn, in one of three context modes.
+
+    decoder = StepwiseDecoder(graphdef, cfg, DecodeSpec.for_model(cfg, tokenizer, ...))
+    results = run_chain(decoder, params, tokenizer, studies, context="own", max_new_tokens=64)
+
+Context modes (what the earlier turns of the conversation hold when a turn is asked):
+  own      the model's own answers (generated tokens, as generated);
+  teacher  the reference answers (the model's answer to each turn is recorded,
+           then replaced by the reference);
+  none     nothing: each question sees only the system prompt and the images.
+
+The conversation of each mode is exactly what training sees (`data_pipeline.sequences`):
+images are introduced by placeholders in the question of the turn that first
+needs them (own / teacher, like a stage-context sequence), or all images
+visible at a turn are placed in its question (none, like a per-turn sequence).
+
+Every turn, each sample's wanted context (the prompt, the earlier turns of its
+mode, the new question) is compared with what its cache holds (a host-side
+copy of the cached token ids); the cache is rewound to their longest common
+prefix and only the rest is prefilled. In `own` mode nothing is rewound; in
+`teacher` mode the model's answer is rolled back from where it departs from
+the reference; in `none` mode the cache goes back towards the post-start
+position, keeping whatever prefix the new question shares with the previous
+one (e.g. its image tokens). Identical token ids at identical positions give
+identical keys and values, so this equals re-encoding the conversation from
+scratch, which never happens: the images are encoded once by `start`.
+
+A turn that does not fit in the cache ends with stop reason "cache_full". In
+`own` mode the sample then stops: its later turns are reported "cache_full"
+with empty answers (its context would otherwise lose a turn). In `teacher` and
+`none` modes the next turn rewinds and is tried afresh.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import os
+import time
+from collections.abc import Callable, Sequence
+
+import jax
+import numpy as np
+from flax import nnx
+
+from cxrtrek_jax.decoding.chain_state import ChainState, StopReason
+from cxrtrek_jax.decoding.sampling import GREEDY, SamplingConfig
+from cxrtrek_jax.decoding.stepwise import StepwiseDecoder
+from cxrtrek_jax.decoding.turns import Turn, TurnPlan
+from cxrtrek_jax.evaluation.predictions import CONTEXT_MODES, PredictionRecord
+from data_pipeline.images import load_image, resize_with_pad
+from data_pipeline.records import Message
+from data_pipeline.sequences import place_placeholders
+from data_pipeline.tokenizer import CXRTrekTokenizer
+
+__all__ = ["CONTEXT_MODES", "ChainStudy", "TurnResult", "ChatTokens", "run_chain", "stack_images",
+           "load_study_images"]
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class ChainStudy:
+    """One study to run.
+
+    images: float32[K, H, W] in [0, 1] at the model's image size, current
+        study first, then prior (then later) views; K <= the model's max_images.
+    system_prompt: the system message.
+    plan: makes a fresh `TurnPlan` (e.g. `lambda: fixed_plan(turns)`).
+    """
+
+    study_id: str
+    images: np.ndarray
+    system_prompt: str
+    plan: Callable[[], TurnPlan]
+
+
+@dataclasses.dataclass(frozen=True)
+class TurnResult:
+    """One decoded turn.
+
+    answer_tokens: the generated answer ids (end-of-turn excluded).
+    num_generated_tokens: tokens the model generated for the turn (end-of-turn included).
+    stop_reason: a `StopReason` label ("end_of_turn", "max_new_tokens",
+        "cache_full", "not_asked").
+    latency_s: wall time of the whole batched turn (rewind, prefill and decoding), seconds.
+    """
+
+    study_id: str
+    turn_index: int
+    stage: int
+    task_type: str
+    qtype: str
+    question: str
+    reference: str | None
+    answer: str
+    answer_tokens: tuple[int, ...]
+    num_generated_tokens: int
+    stop_reason: str
+    latency_s: float
+    context: str
+
+    def to_prediction(self) -> PredictionRecord:
+        """The predictions-file record (reference "" when unknown)."""
+        return PredictionRecord(
+            study_id=self.study_id, turn_index=self.turn_index, stage=self.stage, task_type=self.task_type,
+            qtype=self.qtype, question=self.question, reference=self.reference or "", prediction=self.answer,
+            context=self.context, num_generated_tokens=self.num_generated_tokens, latency_s=self.latency_s,
+            stop_reason=self.stop_reason,
+        )
+
+
+def load_study_images(paths: Sequence[str | os.PathLike], image_size: int) -> np.ndarray:
+    """PNG/JPEG/DICOM files -> float32[K, S, S] (aspect kept, padded black); `ImageLoadError` names a bad file."""
+    if not paths:
+        return np.zeros((0, image_size, image_size), np.float32)
+    return np.stack([resize_with_pad(load_image(path), image_size) for path in paths])
+
+
+class ChatTokens:
+    """Token ids of conversation pieces, encoded with the one chat template."""
+
+    def __init__(self, tokenizer: CXRTrekTokenizer, tokens_per_image: int):
+        self.tokenizer = tokenizer
+        self.tokens_per_image = tokens_per_image
+
+    def prompt(self, system_prompt: str) -> list[int]:
+        """bos, system prefix, the system prompt, end-of-turn."""
+        return self.tokenizer.encode_chat([Message("system", system_prompt)]).ids.tolist()
+
+    def question(self, text: str) -> list[int]:
+        """User prefix, the question (image placeholders expanded), end-of-turn, assistant prefix."""
+        encoded = self.tokenizer.encode_chat([Message("user", text)], tokens_per_image=self.tokens_per_image,
+                                             add_generation_prompt=True)
+        return encoded.ids[1:].tolist()
+
+    def answer_body(self, text: str) -> list[int]:
+        """An answer's content and its end-of-turn (the assistant prefix ends the question)."""
+        encoded = self.tokenizer.encode_chat([Message("assistant", text)])
+        return encoded.ids[encoded.spans[0].content_start:].tolist()
+
+
+@dataclasses.dataclass
+class _Conversation:
+    """Host-side bookkeeping of one sample."""
+
+    study: ChainStudy
+    prompt: list[int]
+    cached: list[int]          # the token ids in the sample's cache, slots 0..length-1
+    teacher: list[int]         # the teacher-forced conversation so far (teacher mode)
+    plan: TurnPlan
+    turn: Turn | None
+    shown: int = 0             # images introduced so far (own / teacher)
+    overflowed: bool = False   # the last turn ran out of cache (own: the sample has stopped)
+    results: list[TurnResult] = dataclasses.field(default_factory=list)
+
+
+def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    n = min(len(a), len(b))
+    differ = np.flatnonzero(np.asarray(a[:n], np.int64) != np.asarray(b[:n], np.int64))
+    return n if differ.size == 0 else int(differ[0])
+
+
+def _check_turn(conv: _Conversation, turn: Turn, context: str) -> None:
+    study = conv.study
+    if not 0 <= turn.image_input_count <= len(study.images):
+        raise ValueError(f"study {study.study_id!r} turn {turn.turn_index}: image_input_count "
+                         f"{turn.image_input_count} outside 0..{len(study.images)} (the study's images)")
+    if context == "teacher" and turn.reference is None:
+        raise ValueError(f"study {study.study_id!r} turn {turn.turn_index}: context 'teacher' needs a "
+                         "reference answer for every turn")
+
+
+def _wanted_context(conv: _Conversation, turn: Turn, context: str, chat: ChatTokens) -> list[int]:
+    """The tokens the sample's cache must hold to answer `turn` (ending with the assistant prefix)."""
+    image_token = chat.tokenizer.format.image
+    if context == "none":
+        question = place_placeholders(turn.question, turn.image_input_count, image_token)
+        return conv.prompt + chat.question(question)
+    new_images = max(0, turn.image_input_count - conv.shown)
+    question = place_placeholders(turn.question, new_images, image_token)
+    earlier = conv.cached if context == "own" else conv.teacher
+    return earlier + chat.question(question)
+
+
+def stack_images(studies: Sequence[ChainStudy], max_images: int) -> tuple[np.ndarray, np.ndarray]:
+    """float32[B, M, H, W] image slots and bool[B, M] mask (M = max_images); ValueError naming a
+    study with more images than slots, or images of different sizes."""
+    sizes = {tuple(s.images.shape[1:]) for s in studies if len(s.images)}
+    if len(sizes) > 1:
+        raise ValueError(f"studies have images of different sizes {sorted(sizes)}; resize them to the model's size")
+    height, width = sizes.pop() if sizes else (1, 1)
+    images = np.zeros((len(studies), max_images, height, width), np.float32)
+    mask = np.zeros((len(studies), max_images), bool)
+    for b, study in enumerate(studies):
+        count = len(study.images)
+        if count > max_images:
+            raise ValueError(f"study {study.study_id!r} has {count} images, the model takes at most {max_images}")
+        images[b, :count] = study.images
+        mask[b, :count] = True
+    return images, mask
+
+
+def run_chain(
+    decoder: StepwiseDecoder,
+    params: nnx.State,
+    tokenizer: CXRTrekTokenizer,
+    studies: Sequence[ChainStudy],
+    *,
+    context: str,
+    max_new_tokens: int,
+    min_new_tokens: int = 0,
+    sampling: SamplingConfig = GREEDY,
+    rng: jax.Array | None = None,
+    on_turn: Callable[[int, TurnResult], None] | None = None,
+) -> list[list[TurnResult]]:
+    """Run the studies' conversations together; one list of `TurnResult` per study, in asking order.
+
+    max_new_tokens / min_new_tokens: per answer, end-of-turn included (see
+    `answer_step`). on_turn(study_index, result) is called as turns finish.
+    Raises ValueError naming the study and turn for an image count beyond the
+    study's images, a missing reference in teacher mode, or more turns than
+    the decoder's record holds.
+    """
+    if context not in CONTEXT_MODES:
+        raise ValueError(f"unknown context mode {context!r}; expected one of {', '.join(CONTEXT_MODES)}")
+    if not studies:
+        raise ValueError("run_chain needs at least one study")
+    model_config = decoder.model_config
+    chat = ChatTokens(tokenizer, model_config.tokens_per_image)
+    images, image_mask = stack_images(studies, model_config.max_images)
+    conversations = []
+    for study in studies:
+        plan = study.plan()
+        prompt = chat.prompt(study.system_prompt)
+        conversations.append(_Conversation(study, prompt, [], list(prompt), plan, next(plan, None)))
+    if all(conv.turn is None for conv in conversations):
+        raise ValueError("the question script is empty: no study has a question to ask")
+    for conv in conversations:  # fail before compiling anything when the first turns are already wrong
+        if conv.turn is not None:
+            _check_turn(conv, conv.turn, context)
+    rng = jax.random.key(0) if rng is None else rng
+    state = decoder.start(params, images, image_mask, [conv.prompt for conv in conversations], rng)
+    started = np.asarray(jax.device_get(state.length))
+    for conv, length in zip(conversations, started):
+        conv.cached = conv.prompt[:length]
+
+    for asked_turns in itertools.count():
+        if not any(conv.turn is not None for conv in conversations):
+            return [conv.results for conv in conversations]
+        if asked_turns >= decoder.spec.max_turns:
+            longest = max(conversations, key=lambda c: len(c.results)).study.study_id
+            raise ValueError(f"study {longest!r} has more than {decoder.spec.max_turns} turns "
+                             "(DecodeSpec.max_turns); raise max_turns")
+        state = _run_turn(decoder, params, state, conversations, chat, context, sampling, max_new_tokens,
+                          min_new_tokens, on_turn)
+
+
+def _run_turn(decoder: StepwiseDecoder, params: nnx.State, state: ChainState, conversations: list[_Conversation],
+              chat: ChatTokens, context: str, sampling: SamplingConfig, max_new_tokens: int, min_new_tokens: int,
+              on_turn: Callable[[int, TurnResult], None] | None) -> ChainState:
+    """Ask every sample's current turn (rewinding first where its context changes), decode the
+    answers, record them and move each plan on; returns the new state."""
+    began = time.perf_counter()
+    wanted = []
+    for conv in conversations:
+        if conv.turn is not None:
+            _check_turn(conv, conv.turn, context)
+        wanted.append(None if conv.turn is None else _wanted_context(conv, conv.turn, context, chat))
+    keep = [len(conv.cached) if want is None else min(_common_prefix(conv.cached, want), len(want) - 1)
+            for conv, want in zip(conversations, wanted)]
+    stuck = context != "own" and any(conv.overflowed for conv in conversations)
+    if stuck or any(k < len(conv.cached) for k, conv in zip(keep, conversations)):
+        image_id = chat.tokenizer.image_id
+        seen = [int(np.count_nonzero(np.asarray(conv.cached[:k]) == image_id)) for conv, k in zip(conversations, keep)]
+        state = decoder.rewind(state, keep, seen)
+        for conv, k in zip(conversations, keep):
+            conv.cached = conv.cached[:k]
+    chunks = [None if want is None else want[k:] for want, k in zip(wanted, keep)]
+    stages = [0 if conv.turn is None else conv.turn.stage for conv in conversations]
+    state = decoder.ask(params, state, chunks, stages)
+    state, _ = decoder.answer(params, state, sampling, max_new_tokens, min_new_tokens)
+    tokens, counts, reasons, lengths = jax.device_get((state.tokens, state.num_tokens, state.stop_reason,
+                                                       state.length))
+    latency = time.perf_counter() - began
+    for b, conv in enumerate(conversations):
+        if conv.turn is None:
+            continue
+        generated = [int(t) for t in tokens[b, : counts[b]]]
+        _advance(conv, chunks[b], generated, int(lengths[b]), context, chat)
+        result = _result(conv, generated, StopReason(int(reasons[b])), latency, context, chat.tokenizer)
+        conv.overflowed = result.stop_reason == StopReason.CACHE_FULL.label
+        conv.results.append(result)
+        if on_turn is not None:
+            on_turn(b, result)
+        conv.turn = _next_turn(conv.plan, result.answer)
+    return state
+
+
+def _advance(conv: _Conversation, chunk: list[int], generated: list[int], length: int, context: str,
+             chat: ChatTokens) -> None:
+    """Update the sample's host copy of its cache (and teacher context) after a turn."""
+    written = conv.cached + chunk + generated
+    if length not in (len(conv.cached), len(written)):
+        raise RuntimeError(f"study {conv.study.study_id!r}: cache length {length} disagrees with the host copy "
+                           f"({len(conv.cached)} tokens before the turn, {len(written)} after)")
+    conv.cached = written[:length]
+    turn = conv.turn
+    if context == "teacher":
+        new_images = max(0, turn.image_input_count - conv.shown)
+        question = place_placeholders(turn.question, new_images, chat.tokenizer.format.image)
+        conv.teacher = conv.teacher + chat.question(question) + chat.answer_body(turn.reference)
+    conv.shown = max(conv.shown, turn.image_input_count)
+
+
+def _result(conv: _Conversation, generated: list[int], reason: StopReason, latency: float, context: str,
+            tokenizer: CXRTrekTokenizer) -> TurnResult:
+    turn = conv.turn
+    closed = bool(generated) and generated[-1] == tokenizer.end_of_turn_id
+    answer_tokens = tuple(generated[:-1] if closed else generated)
+    return TurnResult(
+        study_id=conv.study.study_id, turn_index=turn.turn_index, stage=turn.stage, task_type=turn.task_type,
+        qtype=turn.qtype, question=turn.question, reference=turn.reference,
+        answer=tokenizer.decode(answer_tokens), answer_tokens=answer_tokens,
+        num_generated_tokens=len(generated), stop_reason=reason.label, latency_s=latency, context=context,
+    )
+
+
+def _next_turn(plan: TurnPlan, answer: str) -> Turn | None:
+    try:
+        return plan.send(answer)
+    except StopIteration:
+        return None

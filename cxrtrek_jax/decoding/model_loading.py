@@ -1,0 +1,105 @@
+"""A model for decoding from a checkpoint: config from its metadata, parameters checked against it.
+
+    loaded = load_decoding_model(ckpt_dir)
+    decoder = StepwiseDecoder(loaded.graphdef, loaded.config, spec)
+    run_chain(decoder, loaded.state, tokenizer, ...)
+
+The checkpoint's metadata must hold the model config (`model_config`, as
+written by `cxrtrek_jax.checkpointing`); every stored parameter must have the
+path and shape the config implies, or `CheckpointMismatchError` lists each
+missing, unexpected and misshapen parameter.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import jax
+from flax import nnx
+
+from cxrtrek_jax import checkpointing
+from cxrtrek_jax.model import CXRTrekNet, ModelConfig, from_dict
+
+__all__ = ["CheckpointMismatchError", "DecodingModel", "load_decoding_model", "split_for_decoding",
+           "tokenizer_dir_of"]
+
+
+class CheckpointMismatchError(ValueError):
+    """Stored parameters that do not fit the model config."""
+
+
+@dataclasses.dataclass(frozen=True)
+class DecodingModel:
+    """config; graphdef + state (`nnx.split` of the whole model); the checkpoint's
+    metadata; the tokenizer directory it names (`tokenizer_dir_of`; None when it names none)."""
+
+    config: ModelConfig
+    graphdef: nnx.GraphDef
+    state: nnx.State
+    metadata: Mapping[str, Any]
+    tokenizer_path: Path | None
+
+
+def _flat_shapes(tree: Mapping, prefix: tuple = ()) -> dict[str, tuple[int, ...]]:
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, Mapping):
+            out.update(_flat_shapes(value, (*prefix, key)))
+        else:
+            out["/".join(str(p) for p in (*prefix, key))] = tuple(value.shape)
+    return out
+
+
+def _check_shapes(expected: Mapping, stored: Mapping, where: str) -> None:
+    want, have = _flat_shapes(expected), _flat_shapes(stored)
+    missing = sorted(set(want) - set(have))
+    unexpected = sorted(set(have) - set(want))
+    misshapen = [f"{name} {have[name]} (config: {want[name]})" for name in sorted(set(want) & set(have))
+                 if want[name] != have[name]]
+    if missing or unexpected or misshapen:
+        parts = [f"{label}: {', '.join(items)}" for label, items in
+                 (("missing", missing), ("unexpected", unexpected), ("misshapen", misshapen)) if items]
+        raise CheckpointMismatchError(f"{where}: the parameters do not match the model config ({'; '.join(parts)})")
+
+
+def split_for_decoding(config: ModelConfig, params: Mapping, *, where: str = "parameters",
+                       ) -> tuple[nnx.GraphDef, nnx.State]:
+    """(graphdef, whole-model state) from a nested dict of parameter arrays, checked against `config`."""
+    abstract = nnx.eval_shape(lambda: CXRTrekNet(config, rngs=nnx.Rngs(0)))
+    graphdef, param_state, rest = nnx.split(abstract, nnx.Param, ...)
+    _check_shapes(nnx.to_pure_dict(param_state), params, where)
+    nnx.replace_by_pure_dict(param_state, params)
+    if jax.tree.leaves(rest):  # e.g. LoRA dropout RNG state: build it for real (the parameter init is dead code)
+        rest = jax.jit(lambda: nnx.split(CXRTrekNet(config, rngs=nnx.Rngs(0)), nnx.Param, ...)[2])()
+    return nnx.split(nnx.merge(graphdef, param_state, rest))
+
+
+def tokenizer_dir_of(metadata: Mapping[str, Any], ckpt_dir: str | os.PathLike) -> Path | None:
+    """The tokenizer directory a checkpoint's metadata names under "tokenizer_path" (written by
+    the trainer, `save_params_only` and import-hf); a relative name is relative to the checkpoint
+    directory. None when the metadata names none."""
+    named = metadata.get("tokenizer_path")
+    if not named:
+        return None
+    path = Path(named)
+    return path if path.is_absolute() else Path(ckpt_dir) / path
+
+
+def load_decoding_model(ckpt_dir: str | os.PathLike, step: int | None = None) -> DecodingModel:
+    """The model of checkpoint `step` (default: the newest) on the first local device.
+
+    Raises FileNotFoundError for a missing checkpoint, ValueError for metadata
+    without a usable model config, CheckpointMismatchError for parameters
+    that do not fit it.
+    """
+    metadata = checkpointing.read_metadata(ckpt_dir, step)
+    if "model_config" not in metadata:
+        raise ValueError(f"checkpoint {ckpt_dir}: its metadata holds no model_config")
+    config = from_dict(metadata["model_config"])
+    params = checkpointing.load_params(ckpt_dir, step)
+    graphdef, state = split_for_decoding(config, params, where=f"checkpoint {ckpt_dir}")
+    return DecodingModel(config, graphdef, state, metadata, tokenizer_dir_of(metadata, ckpt_dir))

@@ -1,0 +1,241 @@
+"""`cxrtrek import-hf`: a local Hugging Face LLaVA directory as a project checkpoint.
+
+Reads config.json, model.safetensors (or shards with
+model.safetensors.index.json) and the tokenizer files of `hf_dir`, checks
+every tensor against the config (`hf_llava`: one error naming each missing,
+unexpected or misshapen tensor; pickle checkpoints such as
+pytorch_model.bin are refused, never unpickled) and writes
+
+    <out>/0/params, <out>/0/metadata     a params-only step-0 checkpoint
+                                         (`checkpointing.save_params_only`)
+    <out>/tokenizer/                     the tokenizer, saved in our format with its
+                                         ChatFormat (cxrtrek_chat_format.json)
+
+whose metadata holds the model config and `tokenizer_path: "tokenizer"`, so
+training can start from it and decoding loads it.
+
+The `ChatFormat` comes from, in order: the directory's
+cxrtrek_chat_format.json (present in our own exports); the tokenizer's
+special tokens (bos/eos/pad; pad falls back to unk), its image token
+(`image_token` of the tokenizer or processor_config.json, else an added
+"<image>" token) and a known end-of-turn family among its added tokens
+(`KNOWN_TURN_FORMATS`: ChatML, Llama 3, Gemma, ours), which also fixes the
+role prefixes; any field given in `overrides` (the command-line flags)
+wins. A tokenizer without an image or end-of-turn token, with neither
+given, is refused with a message naming the flag to pass.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from cxrtrek_jax import hf_llava
+
+__all__ = [
+    "KNOWN_TURN_FORMATS",
+    "TOKENIZER_SUBDIR",
+    "HFImportError",
+    "ImportResult",
+    "derive_chat_format",
+    "import_hf_checkpoint",
+]
+
+TOKENIZER_SUBDIR = "tokenizer"
+PROCESSOR_CONFIG_FILE = "processor_config.json"
+DEFAULT_IMAGE_TOKEN = "<image>"
+
+
+@dataclasses.dataclass(frozen=True)
+class TurnFormat:
+    """An end-of-turn token and the role prefixes used with it ("{role}" is replaced;
+    `assistant_role` is how the template names the assistant)."""
+
+    end_of_turn: str
+    prefix: str
+    assistant_role: str = "assistant"
+
+    def prefixes(self) -> dict[str, str]:
+        roles = {"system": "system", "user": "user", "assistant": self.assistant_role}
+        return {f"{role}_prefix": self.prefix.replace("{role}", name) for role, name in roles.items()}
+
+
+KNOWN_TURN_FORMATS = (
+    TurnFormat("<|end|>", "<|{role}|>"),  # CXRTrek (and Phi-3)
+    TurnFormat("<|im_end|>", "<|im_start|>{role}\n"),  # ChatML (Qwen, ...)
+    TurnFormat("<|eot_id|>", "<|start_header_id|>{role}<|end_header_id|>\n\n"),  # Llama 3
+    TurnFormat("<end_of_turn>", "<start_of_turn>{role}\n", assistant_role="model"),  # Gemma
+)
+
+# ChatFormat field -> command-line flag that sets it.
+FORMAT_FLAGS = {
+    "bos": "--bos-token",
+    "eos": "--eos-token",
+    "pad": "--pad-token",
+    "image": "--image-token",
+    "end_of_turn": "--end-of-turn-token",
+    "system_prefix": "--system-prefix",
+    "user_prefix": "--user-prefix",
+    "assistant_prefix": "--assistant-prefix",
+}
+
+
+class HFImportError(ValueError):
+    """A Hugging Face directory that cannot be imported; the message says why."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ImportResult:
+    """The checkpoint written: its directory, model config, chat format and tokenizer directory."""
+
+    directory: Path
+    config: Any
+    chat_format: Any
+    tokenizer_dir: Path
+
+
+# ---------------------------------------------------------------------------
+# Chat format
+# ---------------------------------------------------------------------------
+
+def _token_text(value: Any) -> str | None:
+    """A special token as written in tokenizer configs: a string or {"content": ...}."""
+    if isinstance(value, Mapping):
+        value = value.get("content")
+    return value if isinstance(value, str) and value else None
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise HFImportError(f"{path}: not valid JSON ({err})") from None
+    if not isinstance(data, dict):
+        raise HFImportError(f"{path}: expected a JSON object")
+    return data
+
+
+def _image_token(hf_dir: Path, hf_tokenizer, added: set[str]) -> str | None:
+    candidates = [_token_text(getattr(hf_tokenizer, "image_token", None))]
+    processor_config = hf_dir / PROCESSOR_CONFIG_FILE
+    if processor_config.exists():
+        candidates.append(_token_text(_read_json(processor_config).get("image_token")))
+    candidates.append(DEFAULT_IMAGE_TOKEN)
+    return next((token for token in candidates if token in added), None)
+
+
+def _load_hf_tokenizer(hf_dir: Path):
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(str(hf_dir), local_files_only=True)
+    except (OSError, ValueError, TypeError) as err:
+        raise HFImportError(f"{hf_dir}: cannot load its tokenizer files: {err}") from err
+
+
+def derive_chat_format(hf_dir: str | os.PathLike, overrides: Mapping[str, str | None] | None = None):
+    """The `ChatFormat` of the tokenizer in `hf_dir` (module docstring); `overrides` maps
+    ChatFormat field names to token strings (None = derive)."""
+    from data_pipeline.chat_template import CHAT_FORMAT_FILE, ChatFormat
+
+    hf_dir = Path(hf_dir)
+    given = {k: v for k, v in (overrides or {}).items() if v is not None}
+    unknown = sorted(set(given) - set(FORMAT_FLAGS))
+    if unknown:
+        raise HFImportError(f"unknown chat format fields {unknown}; known: {sorted(FORMAT_FLAGS)}")
+    if (hf_dir / CHAT_FORMAT_FILE).exists():
+        try:
+            return dataclasses.replace(ChatFormat.load(hf_dir), **given)
+        except ValueError as err:
+            raise HFImportError(str(err)) from err
+
+    hf_tokenizer = _load_hf_tokenizer(hf_dir)
+    added = {token.content for token in hf_tokenizer.added_tokens_decoder.values()}
+    fields: dict[str, str | None] = {
+        "bos": _token_text(hf_tokenizer.bos_token),
+        "eos": _token_text(hf_tokenizer.eos_token),
+        "pad": _token_text(hf_tokenizer.pad_token) or _token_text(hf_tokenizer.unk_token),
+        "image": _image_token(hf_dir, hf_tokenizer, added),
+    }
+    end_of_turn = given.get("end_of_turn")
+    family = next((f for f in KNOWN_TURN_FORMATS
+                   if (f.end_of_turn == end_of_turn if end_of_turn else f.end_of_turn in added)), None)
+    fields["end_of_turn"] = family.end_of_turn if family else None
+    fields.update(family.prefixes() if family else dict.fromkeys(("system_prefix", "user_prefix",
+                                                                 "assistant_prefix")))
+    fields.update(given)
+    missing = [name for name, value in fields.items() if value is None]
+    if missing:
+        what = {"image": "an image token", "end_of_turn": "a known end-of-turn token"}
+        reasons = ", ".join(f"{name} ({what.get(name, 'no such special token')}; pass {FORMAT_FLAGS[name]})"
+                            for name in missing)
+        raise HFImportError(f"{hf_dir}: cannot derive the chat format from the tokenizer: missing {reasons}. "
+                            f"Known end-of-turn tokens: {[f.end_of_turn for f in KNOWN_TURN_FORMATS]}")
+    try:
+        return ChatFormat(**fields)
+    except ValueError as err:
+        raise HFImportError(f"{hf_dir}: {err}") from err
+
+
+# ---------------------------------------------------------------------------
+# The whole import
+# ---------------------------------------------------------------------------
+
+def _tokenizer(hf_dir: Path, fmt, config):
+    """Our tokenizer of `hf_dir` with `fmt`, checked against the model config."""
+    from data_pipeline.tokenizer import load_tokenizer
+
+    try:
+        tokenizer = load_tokenizer(hf_dir, fmt)
+    except (OSError, ValueError) as err:
+        flags = ", ".join(FORMAT_FLAGS.values())
+        raise HFImportError(f"{hf_dir}: the tokenizer does not fit the chat format {fmt}: {err} "
+                            f"(set the tokens with {flags})") from err
+    if tokenizer.image_id != config.image_token_id:
+        raise HFImportError(f"{hf_dir}: image token {fmt.image!r} has id {tokenizer.image_id} in the tokenizer, "
+                            f"but config.json says image_token_id={config.image_token_id}")
+    if tokenizer.vocab_size > config.vocab_size:
+        raise HFImportError(f"{hf_dir}: the tokenizer has {tokenizer.vocab_size} ids, more than the model's "
+                            f"vocab_size {config.vocab_size}")
+    return tokenizer
+
+
+def import_hf_checkpoint(hf_dir: str | os.PathLike, out_dir: str | os.PathLike, *, max_images: int = 4,
+                         dtype: str = "float32", chat_format: Mapping[str, str | None] | None = None,
+                         ) -> ImportResult:
+    """Import the LLaVA checkpoint of `hf_dir` into the new checkpoint directory `out_dir`.
+
+    max_images / dtype: the model config fields HF configs do not carry.
+    chat_format: ChatFormat fields overriding the derived ones. Everything
+    is read and checked before anything is written; `out_dir` must be new or empty.
+    """
+    from flax import nnx
+
+    from cxrtrek_jax import checkpointing
+    from cxrtrek_jax.model import to_dict
+    from cxrtrek_jax.train_step import param_logical_names
+
+    hf_dir, out_dir = Path(hf_dir), Path(out_dir)
+    if not hf_dir.is_dir():
+        raise HFImportError(f"Hugging Face directory {hf_dir} does not exist")
+    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
+        raise HFImportError(f"output directory {out_dir} exists and is not empty; choose a new directory")
+    config, state = hf_llava.load_hf_checkpoint(str(hf_dir), max_images=max_images, dtype=dtype)
+    fmt = derive_chat_format(hf_dir, chat_format)
+    tokenizer = _tokenizer(hf_dir, fmt, config)
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tokenizer_dir = tokenizer.save(out_dir / TOKENIZER_SUBDIR, model_max_length=config.text.max_positions)
+    checkpointing.save_params_only(
+        out_dir,
+        nnx.to_pure_dict(state),
+        model_config=to_dict(config),
+        logical_names=param_logical_names(state),
+        tokenizer_path=TOKENIZER_SUBDIR,
+        extra_metadata={"imported_from": str(hf_dir.resolve())},
+    )
+    return ImportResult(out_dir, config, fmt, tokenizer_dir)

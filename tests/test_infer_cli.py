@@ -1,0 +1,133 @@
+"""`cxrtrek infer` on a phantom study set, a DICOM file and a hand-written CXRTrek JSON file,
+with a tiny randomly initialised checkpoint written here, and its user-facing errors."""
+
+import json
+
+import numpy as np
+import pytest
+from flax import nnx
+from PIL import Image
+from pydicom.data import get_testdata_file
+
+from cxrtrek_jax.checkpointing import save_params_only
+from cxrtrek_jax.cli import main
+from cxrtrek_jax.evaluation.predictions import read_predictions
+from cxrtrek_jax.model import CXRTrekNet, get_config, override, to_dict
+from data_pipeline.cxrtrek_json import read_studies
+from data_pipeline.phantom import PhantomConfig, write_phantom_dataset
+from data_pipeline.tokenizer import train_tokenizer, training_texts
+
+COMMON = ["--max-new-tokens", "4", "--cache-length", "512"]
+
+
+def _checkpoint(directory, config, tokenizer_dir, seed=0):
+    model = CXRTrekNet(config, rngs=nnx.Rngs(seed))
+    params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+    save_params_only(str(directory), params, model_config=to_dict(config), tokenizer_path=str(tokenizer_dir))
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    root = tmp_path_factory.mktemp("infer")
+    data = write_phantom_dataset(root / "phantom", 2, seed=4, config=PhantomConfig(size=64, turns_per_study=(4, 6)))
+    tokenizer = train_tokenizer(training_texts(read_studies(data)), 500)
+    tokenizer.save(root / "tokenizer")
+    config = override(get_config("tiny"), {"image_token_id": tokenizer.image_id, "max_images": 4})
+    _checkpoint(root / "ckpt", config, root / "tokenizer")
+    return dict(root=root, data=data, ckpt=str(root / "ckpt"), config=config)
+
+
+def test_phantom_studies_in_teacher_context_write_predictions(files, capsys):
+    out = files["root"] / "phantom.jsonl"
+    code = main(["infer", "--checkpoint", files["ckpt"], "--data", str(files["data"]), "--context", "teacher",
+                 "--order", "canonical", "--out", str(out), *COMMON])
+    assert code == 0
+    studies = read_studies(files["data"])
+    records = list(read_predictions(out))
+    assert len(records) == sum(len(s.items) for s in studies)
+    assert {r.study_id for r in records} == {s.study_id for s in studies}
+    first = studies[0]
+    mine = [r for r in records if r.study_id == first.study_id]
+    assert [r.stage for r in mine] == sorted(item.stage for item in first.items)
+    by_index = {r.turn_index: r for r in mine}
+    for index, item in enumerate(first.items):
+        assert by_index[index].reference == item.answer and by_index[index].question == item.question
+    assert all(r.context == "teacher" and r.latency_s > 0 and 1 <= r.num_generated_tokens <= 4 for r in records)
+    printed = capsys.readouterr().out
+    assert f"== study {first.study_id} (teacher context)" in printed
+    assert "[stage 1: image quality and view] Q: " in printed and "reference: " in printed
+    assert f"2 studies, {len(records)} turns" in printed
+
+
+def test_dicom_image_runs_the_default_script(files, capsys):
+    dicom = get_testdata_file("RG1_UNCR.dcm")
+    code = main(["infer", "--checkpoint", files["ckpt"], "--image", dicom, *COMMON])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "== study RG1_UNCR (own context)" in printed
+    assert "Which projection was used for this frontal chest radiograph?" in printed
+    assert "[stage 8: report generation] Q: Write the radiology report" in printed
+
+
+def test_content_only_json_with_a_prior_in_none_context(files, tmp_path):
+    images = tmp_path / "images"
+    images.mkdir()
+    rng = np.random.default_rng(0)
+    for name in ("now.png", "before.png"):
+        Image.fromarray((rng.random((40, 48)) * 255).astype(np.uint8)).save(images / name)
+    items = [
+        {"stage": 2, "task_type": "Findings_Identification", "qtype": "yes_no", "image_input_count": 1,
+         "question": "<image>\nIs there a pneumothorax?", "answer": "No."},
+        {"stage": 5, "task_type": "Differences_Comparison", "qtype": "captioning", "image_input_count": 2,
+         "question": "Prior radiograph: <image> . What has changed?", "answer": "Nothing."},
+        {"stage": 1, "task_type": "View_Information", "qtype": "captioning", "image_input_count": 1,
+         "question": "Which view is it?", "answer": "PA."},
+    ]
+    study = {"study_id": "s1", "ref_study_id": "s0", "image": ["images/now.png", "images/before.png"],
+             "content": items}
+    data = tmp_path / "one.json"
+    data.write_text(json.dumps([{"data_dict": {"cxrtrek_data": study}}]))
+    out = tmp_path / "none.jsonl"
+    code = main(["infer", "--checkpoint", files["ckpt"], "--data", str(data), "--context", "none",
+                 "--out", str(out), *COMMON])
+    assert code == 0
+    records = list(read_predictions(out))
+    assert [r.turn_index for r in records] == [0, 1, 2] and [r.stage for r in records] == [2, 5, 1]
+    assert all(r.context == "none" for r in records)
+
+
+def test_cli_choices_match_the_library():
+    from cxrtrek_jax.cli import infer_cmd
+    from cxrtrek_jax.decoding import ORDERS
+
+    assert infer_cmd._ORDERS == ORDERS
+
+
+def _error(capsys, argv):
+    assert main(argv) == 2
+    return capsys.readouterr().err
+
+
+def test_clear_errors(files, tmp_path, capsys):
+    ckpt = files["ckpt"]
+    fake = tmp_path / "scan.png"
+    fake.write_text("not an image")
+    assert "unreadable image" in _error(capsys, ["infer", "--checkpoint", ckpt, "--image", str(fake)])
+    assert str(fake) in _error(capsys, ["infer", "--checkpoint", ckpt, "--image", str(fake)])
+    empty = tmp_path / "empty.json"
+    empty.write_text("[]")
+    assert "holds no studies" in _error(capsys, ["infer", "--checkpoint", ckpt, "--data", str(empty)])
+    assert "--context teacher needs reference answers" in _error(
+        capsys, ["infer", "--checkpoint", ckpt, "--image", str(fake), "--context", "teacher"])
+    assert "does not exist" in _error(capsys, ["infer", "--checkpoint", str(tmp_path / "nope"), "--image", str(fake)])
+    assert "--max-new-tokens must be >= 1" in _error(
+        capsys, ["infer", "--checkpoint", ckpt, "--image", str(fake), "--max-new-tokens", "0"])
+
+    wrong = override(files["config"], {"text.num_layers": 3})
+    mismatched = tmp_path / "mismatched"
+    _checkpoint(mismatched, wrong, files["root"] / "tokenizer")
+    metadata = json.loads((mismatched / "0" / "metadata" / "metadata").read_text())
+    metadata["model_config"] = to_dict(files["config"])  # claims 2 layers, stores 3
+    (mismatched / "0" / "metadata" / "metadata").write_text(json.dumps(metadata))
+    message = _error(capsys, ["infer", "--checkpoint", str(mismatched), "--image", str(fake)])
+    assert "do not match the model config" in message and "unexpected: text/layers/2/" in message
