@@ -28,6 +28,7 @@ __all__ = [
     "StudyRecord",
     "TfdsStudySource",
     "open_study_source",
+    "resolve_study_images",
 ]
 
 SOURCE_KINDS = ("tfds", "json")
@@ -74,7 +75,7 @@ class JsonStudySource:
         self._records: list[StudyRecord] = []
         for path in files:
             for index, study in enumerate(read_studies(path)):
-                self._records.append(StudyRecord(study, _resolve_images(study, image_root, path, index)))
+                self._records.append(StudyRecord(study, resolve_study_images(study, image_root, path, index)))
 
     def __len__(self) -> int:
         return len(self._records)
@@ -86,7 +87,8 @@ class JsonStudySource:
         return f"JsonStudySource({len(self)} studies)"
 
 
-def _resolve_images(study: Study, image_root: str | os.PathLike, path: Any, index: int) -> tuple[str, ...]:
+def resolve_study_images(study: Study, image_root: str | os.PathLike, path: Any, index: int) -> tuple[str, ...]:
+    """The study's image paths resolved under `image_root`; ImagePathError names the file, sample and image."""
     resolved = []
     for k, image in enumerate(study.images):
         try:

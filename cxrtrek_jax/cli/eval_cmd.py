@@ -1,7 +1,14 @@
-"""`cxrtrek eval --predictions predictions.jsonl --out DIR`: score a saved predictions file.
+"""`cxrtrek eval`: run the CXRTrek benchmark, or re-score a saved predictions file.
 
-Recomputes every metric from the predictions file alone (the same file
-gives the same numbers) and writes into DIR:
+    cxrtrek eval --checkpoint CKPT --data CXRTREK_JSON_OR_TFDS [--split test] [--context all] --out DIR
+    cxrtrek eval --predictions DIR/predictions.jsonl --out DIR2
+
+With --checkpoint the model answers every turn of the data set's studies in
+each context mode (`own`: its own answers are the context, `teacher`: the
+reference answers, `none`: each question alone), streamed into
+DIR/predictions.jsonl, which is then scored exactly as --predictions would
+score it (re-scoring that file gives identical numbers), and a case report
+DIR/report.html is written. Both write into DIR:
 - metrics.json: identity (the predictions file's SHA-256, anything given
   with --identity, package versions), settings, metrics per context mode,
   stage, task type and qtype with study-bootstrap intervals, the context
@@ -9,9 +16,6 @@ gives the same numbers) and writes into DIR:
 - metrics.md: the same as readable tables; stages.png: the per-stage chart;
 - predictions.scored.jsonl: the records again with their per-turn scores.
 
-The source of the records is chosen in `_records_source`: a model-driven
-path (a checkpoint decoded over a data set in the `own`/`teacher`/`none`
-context modes) plugs in there, yielding PredictionRecords and an identity.
 """
 
 from __future__ import annotations
@@ -25,6 +29,8 @@ from typing import Any
 from cxrtrek_jax.cli import CLIError
 
 SCORED_PREDICTIONS_FILE = "predictions.scored.jsonl"
+PREDICTIONS_FILE = "predictions.jsonl"
+REPORT_STUDIES = 8  # studies shown in the case report written by a --checkpoint run
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -34,7 +40,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description=__doc__.split("\n\n", 1)[1],
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--predictions", required=True, metavar="JSONL", help="predictions file to score")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--predictions", metavar="JSONL", help="predictions file to score")
+    source.add_argument("--checkpoint", metavar="CKPT", help="checkpoint dir to decode and score")
+    parser.add_argument("--data", metavar="PATH", help="with --checkpoint: CXRTrek JSON file or TFDS data dir")
+    parser.add_argument("--split", default="test", help="data split (JSON: each study's 'split' field; "
+                        "'all' = every study of a JSON file); default test")
+    parser.add_argument("--image-root", metavar="DIR", help="root of the JSON's image paths (default: its folder)")
+    parser.add_argument("--context", default="all", choices=("own", "teacher", "none", "all"),
+                        help="context mode(s) to run (default all)")
+    parser.add_argument("--order", default="given", choices=("given", "canonical"), help="turn order")
+    parser.add_argument("--max-studies", type=int, default=None, help="evaluate at most this many studies")
+    parser.add_argument("--max-new-tokens", type=int, default=96, help="answer budget in tokens (default 96)")
+    parser.add_argument("--batch-size", type=int, default=4, help="studies decoded together (default 4)")
     parser.add_argument("--out", required=True, metavar="DIR", help="output directory")
     parser.add_argument(
         "--identity", metavar="JSON", help="JSON object file merged into the identity (checkpoint/data/config hashes)"
@@ -79,6 +97,63 @@ def _records_source(args: argparse.Namespace) -> tuple[Iterator, dict[str, Any]]
     return read_predictions(path), identity
 
 
+def _decode(args: argparse.Namespace, out: Path) -> dict[str, Any]:
+    """Decode the checkpoint over the data into out/predictions.jsonl; returns the identity."""
+    from tqdm.auto import tqdm
+
+    from cxrtrek_jax.evaluation.model_eval import EvalData, checkpoint_identity, decode_predictions
+    from cxrtrek_jax.evaluation.predictions import PredictionWriter
+
+    if not args.data:
+        raise CLIError("--checkpoint needs --data (a CXRTrek JSON file or a TFDS data dir)")
+    for name in ("max_new_tokens", "batch_size"):
+        if getattr(args, name) < 1:
+            raise CLIError(f"--{name.replace('_', '-')} must be >= 1")
+    if not Path(args.checkpoint).is_dir():
+        raise CLIError(f"--checkpoint {args.checkpoint}: no such directory")
+    contexts = ("own", "teacher", "none") if args.context == "all" else (args.context,)
+    try:
+        data = EvalData(args.data, split=None if args.split == "all" else args.split,
+                        image_root=args.image_root, max_studies=args.max_studies)
+        identity = {**checkpoint_identity(args.checkpoint), **data.identity(), "contexts": list(contexts)}
+        bar = tqdm(unit="study", desc="decoding", disable=args.no_progress)
+
+        def on_study(context: str, study_id: str) -> None:
+            bar.set_postfix(context=context, refresh=False)
+            bar.update(1)
+
+        skipped: dict[str, int] = {}
+        with PredictionWriter(out / PREDICTIONS_FILE) as writer:
+            for record in decode_predictions(args.checkpoint, data, contexts=contexts, order=args.order,
+                                             max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
+                                             on_study=on_study, skipped=skipped):
+                writer.write(record)
+        bar.close()
+    except (FileNotFoundError, ValueError) as err:
+        raise CLIError(str(err)) from None
+    if skipped:
+        print(f"note: {sum(skipped.values())} turn(s) of {len(skipped)} study(ies) need more images than the "
+              "model's image slots and were not asked (listed in metrics.json identity)")
+    identity["turns_skipped_image_limit"] = skipped
+    return identity
+
+
+def _write_report(args: argparse.Namespace, out: Path) -> Path | None:
+    """out/report.html for a JSON data set (its images are files); None for a TFDS data dir,
+    whose images live inside the data set (run `cxrtrek report --data JSON` for those)."""
+    from cxrtrek_jax.case_report import write_case_report
+    from cxrtrek_jax.evaluation.predictions import read_predictions
+    from data_pipeline.cxrtrek_json import iter_studies
+
+    data = Path(args.data)
+    if data.is_dir():
+        return None
+    root = args.image_root or str(data.parent)
+    result = write_case_report(read_predictions(out / PREDICTIONS_FILE), iter_studies(data), root,
+                               out / "report.html", max_studies=REPORT_STUDIES, allow_missing=False)
+    return result.path
+
+
 def run(args: argparse.Namespace) -> int:
     from cxrtrek_jax.evaluation.nlg_metrics import MeteorUnavailable
     from cxrtrek_jax.evaluation.outputs import write_metrics
@@ -96,9 +171,16 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as err:
         raise CLIError(str(err)) from None
     extra_identity = _load_identity(args.identity)
-    records, identity = _records_source(args)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    decoded = None
+    if args.checkpoint is not None:
+        decoded = _decode(args, out)
+        args.predictions = str(out / PREDICTIONS_FILE)
+    elif args.data is not None:
+        raise CLIError("--data goes with --checkpoint (to re-score, --predictions alone)")
+    records, identity = _records_source(args)
+    identity = {**(decoded or {}), **identity}
     try:
         metrics = score_predictions(
             records, config, scored_path=out / SCORED_PREDICTIONS_FILE, progress=not args.no_progress
@@ -113,6 +195,10 @@ def run(args: argparse.Namespace) -> int:
         f"scored {counts['records']} turns from {counts['studies']} studies "
         f"({counts['excluded_items']} excluded); METEOR: {metrics['settings']['nlg']['meteor']}"
     )
-    for path in [*paths.values(), out / SCORED_PREDICTIONS_FILE]:
+    written = [*paths.values(), out / SCORED_PREDICTIONS_FILE]
+    if decoded is not None:
+        report = _write_report(args, out)
+        written = [out / PREDICTIONS_FILE, *written, *([report] if report else [])]
+    for path in written:
         print(f"wrote {path}")
     return 0

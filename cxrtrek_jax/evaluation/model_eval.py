@@ -1,0 +1,197 @@
+"""Decode a checkpoint over a CXRTrek data set in the evaluation's context modes.
+
+`decode_predictions(...)` streams `PredictionRecord`s: for each context mode
+(`own`, `teacher`, `none`) the studies are read batch by batch (a JSON file,
+or one split of a TFDS data dir built by `cxrtrek data build-tfds`), their
+images decoded once per batch, and their conversations run with the explicit
+chain state (`cxrtrek_jax.decoding.run_chain`). Memory is bounded by one batch
+of studies; the records go straight to a predictions file.
+
+`checkpoint_identity(...)` hashes what identifies an evaluation (checkpoint
+parameters' metadata, data file, config) for `metrics.json`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cxrtrek_jax.evaluation.predictions import PredictionRecord
+
+__all__ = ["EvalData", "iter_eval_studies", "decode_predictions", "checkpoint_identity"]
+
+CONTEXTS = ("own", "teacher", "none")
+
+
+class EvalData:
+    """The studies to evaluate and how to read their images.
+
+    path: a CXRTrek JSON file (images under `image_root`, default its folder;
+      with `split`, only studies whose `split` field says so) or a TFDS data dir.
+    """
+
+    def __init__(self, path: str | os.PathLike, *, split: str | None = "test",
+                 image_root: str | os.PathLike | None = None, max_studies: int | None = None):
+        self.path = Path(path)
+        if not self.path.exists():
+            raise FileNotFoundError(f"evaluation data {self.path}: no such file or directory")
+        self.kind = "tfds" if self.path.is_dir() else "json"
+        self.split = split
+        self.image_root = Path(image_root) if image_root else (self.path.parent if self.kind == "json" else None)
+        self.max_studies = max_studies
+
+    def identity(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"data": str(self.path), "data_split": self.split}
+        if self.kind == "json":
+            from cxrtrek_jax.evaluation.outputs import file_sha256
+
+            out["data_sha256"] = file_sha256(self.path)
+        return out
+
+
+def _split_of(study) -> str | None:
+    value = study.cxrtrek_extras.get("split", study.extras.get("split"))
+    return None if value is None else str(value)
+
+
+def iter_eval_studies(data: EvalData, image_size: int) -> Iterator[tuple[Any, np.ndarray]]:
+    """(Study, float32[K, S, S] images at the model's size) in data order, at most `max_studies`.
+
+    A JSON study without a `split` field is an error naming it when a split is asked for
+    (nothing is silently dropped or silently included), and so is a split with no study."""
+    from data_pipeline.images import resize_with_pad
+
+    count = 0
+    if data.kind == "tfds":
+        from data_pipeline.sources import TfdsStudySource
+
+        source = TfdsStudySource(data.path, data.split or "test")
+        records = (source[i] for i in range(len(source)))
+        pairs = ((r.study, r) for r in records)
+    else:
+        from data_pipeline.cxrtrek_json import iter_studies
+        from data_pipeline.sources import StudyRecord, resolve_study_images
+
+        def json_pairs():
+            for index, study in enumerate(iter_studies(data.path)):
+                if data.split is not None:
+                    split = _split_of(study)
+                    if split is None:
+                        raise ValueError(f"{data.path}: study {study.study_id!r} (sample {index}) has no "
+                                         f"'split' field; pass split=None to evaluate every study")
+                    if split != data.split:
+                        continue
+                yield study, StudyRecord(study, resolve_study_images(study, data.image_root, data.path, index))
+
+        pairs = json_pairs()
+    for study, record in pairs:
+        if data.max_studies is not None and count >= data.max_studies:
+            return
+        images = [resize_with_pad(record.load_image(k), image_size) for k in range(study.num_images)]
+        stacked = np.stack(images) if images else np.zeros((0, image_size, image_size), np.float32)
+        count += 1
+        yield study, stacked
+    if count == 0:
+        raise ValueError(f"{data.path}: no study in split {data.split!r}")
+
+
+def _chain_study(study, images: np.ndarray, order: str, max_images: int):
+    """(ChainStudy, number of turns skipped): turns needing more images than the model's
+    `max_images` slots are skipped (as in training) and counted, never silently."""
+    import functools
+
+    from cxrtrek_jax.decoding import ChainStudy, fixed_plan, study_turns
+    from data_pipeline.sequences import system_prompt_of
+
+    if not study.items:
+        raise ValueError(f"study {study.study_id!r} has no questions to evaluate")
+    turns = study_turns(study, order)
+    kept = tuple(t for t in turns if t.image_input_count <= max_images)
+    chain = ChainStudy(study_id=study.study_id, images=images[:max_images],
+                       system_prompt=system_prompt_of(study), plan=functools.partial(fixed_plan, kept))
+    return chain, len(turns) - len(kept)
+
+
+def _batches(items: Iterator, size: int) -> Iterator[list]:
+    batch: list = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def decode_predictions(
+    ckpt_dir: str | os.PathLike,
+    data: EvalData,
+    *,
+    contexts: Sequence[str] = CONTEXTS,
+    order: str = "given",
+    max_new_tokens: int = 96,
+    batch_size: int = 4,
+    cache_length: int | None = None,
+    tokenizer_dir: str | os.PathLike | None = None,
+    on_study: Callable[[str, str], None] | None = None,
+    skipped: dict[str, int] | None = None,
+) -> Iterator[PredictionRecord]:
+    """Greedy answers of the checkpoint for every turn of every study, per context mode.
+
+    on_study(context, study_id) is called as each study finishes (progress bars).
+    skipped: filled with {study_id: turns skipped} for studies with turns that need
+    more images than the model has slots for.
+    Raises ValueError for an unknown context mode or order, FileNotFoundError for a
+    missing checkpoint or tokenizer."""
+    import jax
+
+    from cxrtrek_jax.decoding import DecodeSpec, StepwiseDecoder, run_chain
+    from cxrtrek_jax.decoding.model_loading import load_decoding_model
+    from data_pipeline.tokenizer import load_tokenizer
+
+    unknown = [c for c in contexts if c not in CONTEXTS]
+    if unknown or not contexts:
+        raise ValueError(f"context modes must be among {CONTEXTS}, got {list(contexts)}")
+    loaded = load_decoding_model(ckpt_dir)
+    tokenizer_path = tokenizer_dir or loaded.tokenizer_path
+    if tokenizer_path is None:
+        raise FileNotFoundError(f"checkpoint {ckpt_dir} names no tokenizer; give tokenizer_dir")
+    tokenizer = load_tokenizer(tokenizer_path)
+    config = loaded.config
+    spec = DecodeSpec.for_model(config, tokenizer, cache_length=cache_length or config.text.max_positions,
+                                max_answer_tokens=max_new_tokens)
+    decoder = StepwiseDecoder(loaded.graphdef, config, spec)
+    for context in contexts:
+        studies = iter_eval_studies(data, config.vision.image_size)
+        for batch in _batches(studies, batch_size):
+            chain = []
+            for study, images in batch:
+                one, dropped = _chain_study(study, images, order, config.max_images)
+                chain.append(one)
+                if dropped and skipped is not None:
+                    skipped[study.study_id] = dropped
+            results = run_chain(decoder, loaded.state, tokenizer, chain, context=context,
+                                max_new_tokens=max_new_tokens, rng=jax.random.key(0))
+            for study_results, (study, _) in zip(results, batch):
+                for turn in study_results:
+                    yield turn.to_prediction()
+                if on_study is not None:
+                    on_study(context, study.study_id)
+
+
+def checkpoint_identity(ckpt_dir: str | os.PathLike) -> dict[str, Any]:
+    """The checkpoint dir, its newest step, and a SHA-256 of its metadata (model config included)."""
+    from cxrtrek_jax.checkpointing import read_metadata
+
+    metadata = read_metadata(ckpt_dir)
+    blob = json.dumps(metadata, sort_keys=True, default=str).encode()
+    return {"checkpoint": str(Path(ckpt_dir).resolve()), "checkpoint_step": metadata.get("step"),
+            "checkpoint_metadata_sha256": hashlib.sha256(blob).hexdigest(),
+            "model_config_sha256": hashlib.sha256(
+                json.dumps(metadata.get("model_config"), sort_keys=True).encode()).hexdigest()}

@@ -1,0 +1,84 @@
+"""`cxrtrek eval --checkpoint`: decode a phantom test split in every context mode, score it, and
+reproduce the metrics from the predictions file alone."""
+
+import json
+
+import pytest
+from flax import nnx
+
+from cxrtrek_jax.checkpointing import save_params_only
+from cxrtrek_jax.cli import main
+from cxrtrek_jax.evaluation.model_eval import EvalData, iter_eval_studies
+from cxrtrek_jax.evaluation.predictions import read_predictions
+from cxrtrek_jax.model import CXRTrekNet, get_config, override, to_dict
+from data_pipeline.cxrtrek_json import read_studies
+from data_pipeline.phantom import PhantomConfig, write_phantom_dataset
+from data_pipeline.tokenizer import train_tokenizer, training_texts
+
+FAST = ["--max-new-tokens", "3", "--no-meteor", "--bootstrap-resamples", "20", "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    root = tmp_path_factory.mktemp("model_eval")
+    data = write_phantom_dataset(root / "phantom", 6, seed=11, config=PhantomConfig(size=64, turns_per_study=(4, 6)),
+                                 split={"train": 3, "test": 3})
+    tokenizer = train_tokenizer(training_texts(read_studies(data)), 500)
+    tokenizer.save(root / "tokenizer")
+    # two image slots: studies with a lateral and a prior view have turns the model cannot take
+    config = override(get_config("tiny"), {"image_token_id": tokenizer.image_id, "max_images": 2})
+    model = CXRTrekNet(config, rngs=nnx.Rngs(0))
+    save_params_only(str(root / "ckpt"), nnx.to_pure_dict(nnx.state(model, nnx.Param)),
+                     model_config=to_dict(config), tokenizer_path=str(root / "tokenizer"))
+    return dict(root=root, data=data, ckpt=str(root / "ckpt"))
+
+
+def test_split_selection_and_image_geometry(world):
+    studies = read_studies(world["data"])
+    test_ids = [s.study_id for s in studies if s.cxrtrek_extras["split"] == "test"]
+    picked = list(iter_eval_studies(EvalData(world["data"], split="test"), 32))
+    assert [s.study_id for s, _ in picked] == test_ids
+    assert all(images.shape == (s.num_images, 32, 32) for s, images in picked)
+    assert len(list(iter_eval_studies(EvalData(world["data"], split=None, max_studies=4), 32))) == 4
+
+
+def test_all_context_modes_are_decoded_scored_and_reproducible(world, capsys):
+    out = world["root"] / "eval"
+    assert main(["eval", "--checkpoint", world["ckpt"], "--data", str(world["data"]), "--out", str(out), *FAST]) == 0
+    printed = capsys.readouterr().out
+    records = list(read_predictions(out / "predictions.jsonl"))
+    studies = {s.study_id: s for s in read_studies(world["data"]) if s.cxrtrek_extras["split"] == "test"}
+    metrics = json.loads((out / "metrics.json").read_text())
+    skipped = metrics["identity"]["turns_skipped_image_limit"]
+    asked = sum(len(s.items) for s in studies.values()) - sum(skipped.values())
+    for context in ("own", "teacher", "none"):
+        mine = [r for r in records if r.context == context]
+        assert len(mine) == asked
+        assert {r.study_id for r in mine} == set(studies)
+    for r in records:  # every record is a real turn of its study, with its reference
+        item = studies[r.study_id].items[r.turn_index]
+        assert (r.stage, r.question, r.reference) == (item.stage, item.question, item.answer)
+        assert item.image_input_count <= 2
+    if skipped:
+        assert "need more images than the model's image slots" in printed
+    assert metrics["identity"]["data_split"] == "test" and metrics["identity"]["checkpoint_step"] == 0
+    for name in ("metrics.md", "stages.png", "report.html", "predictions.scored.jsonl"):
+        assert (out / name).exists(), name
+    again = world["root"] / "rescored"
+    assert main(["eval", "--predictions", str(out / "predictions.jsonl"), "--out", str(again), *FAST[2:]]) == 0
+    rescored = json.loads((again / "metrics.json").read_text())
+    metrics.pop("identity"), rescored.pop("identity")
+    assert rescored == metrics
+
+
+def test_bad_arguments_are_clear_errors(world, capsys):
+    out = str(world["root"] / "bad")
+    assert main(["eval", "--checkpoint", world["ckpt"], "--out", out, *FAST]) == 2
+    assert "--checkpoint needs --data" in capsys.readouterr().err
+    assert main(["eval", "--checkpoint", world["ckpt"], "--data", str(world["data"]), "--split", "nope",
+                 "--out", out, *FAST]) == 2
+    assert "no study in split 'nope'" in capsys.readouterr().err
+    assert main(["eval", "--checkpoint", str(world["root"] / "missing"), "--data", str(world["data"]),
+                 "--out", out, *FAST]) == 2
+    assert "no such directory" in capsys.readouterr().err
+    assert main(["eval", "--predictions", str(world["root"] / "none.jsonl"), "--data", "x", "--out", out]) == 2
