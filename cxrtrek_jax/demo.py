@@ -1,0 +1,190 @@
+"""`make demo`: the main job end to end on a generated phantom CXRTrek set.
+
+    python -m cxrtrek_jax.demo --out demo_out [--preset small] [--steps N] [--studies N]
+
+Steps (each skipped when its output is already there, so a second run resumes):
+1. phantom studies (train/validation/test) and their validation report;
+2. TFDS build + a byte-level BPE tokenizer + training (`cxrtrek train`'s trainer; resumes);
+3. evaluation on the held-out test split in the `own`, `teacher` and `none` context modes
+   (predictions.jsonl, metrics.json/.md, stages.png, report.html);
+4. export to a Hugging Face LLaVA directory and a check that PyTorch answers the first question
+   of a few test studies with the same tokens as the JAX chain;
+5. a summary table of where everything is.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+__all__ = ["main"]
+
+
+def _step(title: str) -> float:
+    print(f"\n=== {title}", flush=True)
+    return time.time()
+
+
+def _done(began: float, what: str) -> None:
+    print(f"    {what} ({time.time() - began:.0f} s)", flush=True)
+
+
+def _experiment(args: argparse.Namespace, out: Path):
+    from experiments import get_experiment
+
+    return get_experiment("baseline", args.preset).override({
+        "data.path": str(out / "phantom"),
+        "data.phantom_studies": args.studies,
+        "data.phantom_size": 256,
+        "data.length_buckets": "384,640",
+        "data.global_batch_size": args.batch_size,
+        "tokenizer.vocab_size": 1024,
+        "optim.learning_rate": 2e-3,
+        "optim.warmup_steps": max(args.steps // 10, 1),
+        "optim.total_steps": args.steps + 1,
+        "train.num_steps": args.steps,
+        "train.log_every": 5,
+        "train.eval_batches": 2,
+        "checkpoint.save_every": max(args.steps // 2, 1),
+    })
+
+
+def _pytorch_check(export_dir: Path, ckpt: Path, data_json: Path, count: int, new_tokens: int) -> list[dict]:
+    """Greedy answers to the first question of `count` test studies: JAX chain vs exported PyTorch."""
+    import functools
+
+    import torch
+    from PIL import Image
+    from transformers import AutoProcessor, LlavaForConditionalGeneration
+
+    from cxrtrek_jax.decoding import ChainStudy, DecodeSpec, StepwiseDecoder, fixed_plan, run_chain, study_turns
+    from cxrtrek_jax.decoding.model_loading import load_decoding_model
+    from cxrtrek_jax.evaluation.model_eval import EvalData, iter_eval_studies
+    from data_pipeline.sequences import system_prompt_of
+    from data_pipeline.tokenizer import load_tokenizer
+
+    loaded = load_decoding_model(ckpt)
+    tokenizer = load_tokenizer(loaded.tokenizer_path)
+    cfg = loaded.config
+    decoder = StepwiseDecoder(loaded.graphdef, cfg, DecodeSpec.for_model(
+        cfg, tokenizer, cache_length=cfg.text.max_positions, max_answer_tokens=new_tokens))
+    processor = AutoProcessor.from_pretrained(str(export_dir))
+    hf_model = LlavaForConditionalGeneration.from_pretrained(str(export_dir)).eval()
+    rows = []
+    for study, images in iter_eval_studies(EvalData(data_json, split="test", max_studies=count),
+                                           cfg.vision.image_size):
+        first = study_turns(study)[0]
+        n_images = first.image_input_count
+        chain = ChainStudy(study.study_id, images[:n_images], system_prompt_of(study),
+                           functools.partial(fixed_plan, [first]))
+        (ours,) = run_chain(decoder, loaded.state, tokenizer, [chain], context="none",
+                            max_new_tokens=new_tokens)
+        ours_ids = list(ours[0].answer_tokens)
+        messages = [{"role": "system", "content": system_prompt_of(study)},
+                    {"role": "user", "content": first.question}]
+        text = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        paths = [data_json.parent / p for p in study.images[:n_images]]
+        inputs = processor(text=text, images=[Image.open(p) for p in paths], return_tensors="pt")
+        with torch.no_grad():
+            generated = hf_model.generate(**inputs, max_new_tokens=new_tokens, do_sample=False,
+                                          suppress_tokens=[tokenizer.image_id])
+        theirs = [t for t in generated[0, inputs["input_ids"].shape[1]:].tolist()
+                  if t not in (tokenizer.end_of_turn_id, tokenizer.eos_id)]
+        rows.append({"study_id": study.study_id, "question": first.question, "jax": tokenizer.decode(ours_ids),
+                     "pytorch": tokenizer.decode(theirs), "identical": theirs == ours_ids})
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m cxrtrek_jax.demo", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", default="demo_out")
+    parser.add_argument("--preset", default=os.environ.get("PRESET", "small"))
+    parser.add_argument("--studies", type=int, default=120, help="phantom studies (80/10/10 split)")
+    parser.add_argument("--steps", type=int, default=60, help="training steps")
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--eval-studies", type=int, default=6, help="test studies evaluated")
+    args = parser.parse_args(argv)
+    from absl import flags
+
+    if not flags.FLAGS.is_parsed():
+        flags.FLAGS(sys.argv[:1])
+    import logging
+
+    logging.basicConfig(level=logging.WARNING)
+    out = Path(args.out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    cfg = _experiment(args, out)
+    began_all = time.time()
+
+    from cxrtrek_jax.cli import main as cli
+    from cxrtrek_jax.trainer import prepare_data, train_experiment
+
+    t = _step(f"1. phantom CXRTrek set: {args.studies} studies -> {out / 'phantom'}")
+    data = prepare_data(cfg)
+    data_json = Path(data.json_files[0])
+    cli(["data", "validate", str(data_json), "--image-root", str(data_json.parent)])
+    _done(t, f"TFDS data set in {data.tfds_dir}")
+
+    run = out / "run"
+    t = _step(f"2. train CXRTrekNet-{args.preset} for {args.steps} steps -> {run}")
+    result = train_experiment(cfg, run)
+    _done(t, f"step {result.final_step} ({result.stop_reason}), loss {result.last_metrics.get('loss', float('nan')):.3f}")
+
+    evaluation = out / "eval"
+    t = _step(f"3. evaluate {args.eval_studies} held-out studies in own/teacher/none contexts -> {evaluation}")
+    if not (evaluation / "metrics.json").exists():
+        code = cli(["eval", "--checkpoint", str(run / "checkpoints"), "--data", str(data_json), "--split", "test",
+                    "--max-studies", str(args.eval_studies), "--max-new-tokens", "64", "--no-meteor",
+                    "--bootstrap-resamples", "200", "--out", str(evaluation)])
+        if code:
+            return code
+    _done(t, "metrics.md, stages.png, report.html")
+
+    export = out / "hf_export"
+    t = _step(f"4. export to Hugging Face LLaVA -> {export}, and check PyTorch reproduces the JAX answers")
+    if not (export / "config.json").exists():
+        code = cli(["export-hf", str(run / "checkpoints"), "--out", str(export)])
+        if code:
+            return code
+    rows = _pytorch_check(export, run / "checkpoints", data_json, count=3, new_tokens=16)
+    (out / "pytorch_check.json").write_text(json.dumps(rows, indent=2))
+    for row in rows:
+        print(f"    {row['study_id']}: {'identical' if row['identical'] else 'DIFFERENT'}  "
+              f"JAX: {row['jax']!r}  PyTorch: {row['pytorch']!r}")
+    _done(t, f"{sum(r['identical'] for r in rows)}/{len(rows)} answers token-identical")
+
+    metrics = json.loads((evaluation / "metrics.json").read_text())
+    print("\n=== summary (held-out phantom studies; tables in eval/metrics.md)")
+    print(_overall_table(metrics))
+    for name, path in [("phantom data", data_json), ("TFDS data set", data.tfds_dir), ("run (config, metrics, "
+                       "checkpoints, tensorboard)", run), ("evaluation", evaluation / "metrics.md"),
+                       ("case report", evaluation / "report.html"), ("Hugging Face export", export),
+                       ("PyTorch check", out / "pytorch_check.json")]:
+        print(f"  {name:48s} {path}")
+    print(f"total {time.time() - began_all:.0f} s")
+    return 0 if all(r["identical"] for r in rows) else 1
+
+
+def _overall_table(metrics: dict) -> str:
+    """metric x context table of the overall metrics (value only)."""
+    by_context = metrics["contexts"]
+    contexts = list(by_context)
+    names = ("accuracy", "multi_option_f1", "mean_iou", "bleu_1", "rouge_l", "cider", "ce_micro_f1")
+    lines = [f"  {'metric':18s}" + "".join(f"{c:>10s}" for c in contexts)]
+    for name in names:
+        cells = []
+        for c in contexts:
+            value = by_context[c]["overall"]["metrics"].get(name, {})
+            cells.append(f"{value['value']:10.3f}" if isinstance(value, dict) and value.get("value") is not None
+                         else f"{'-':>10s}")
+        lines.append(f"  {name:18s}" + "".join(cells))
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
