@@ -202,7 +202,7 @@ class MetricsLog:
 
 def _validation(cfg: ExperimentConfig, model: ModelConfig, data: DataPaths,
                 tokenizer: CXRTrekTokenizer, mesh_config: sharding_lib.MeshConfig,
-                log_: MetricsLog, *, current_step):
+                log_: MetricsLog, *, current_step, devices: list[jax.Device] | None = None):
     """params -> {"val_loss", "val_accuracy", per stage}: the loss over up to `eval_batches`
     validation batches (in order, no augmentation), as a `run_training` evaluate callback
     (it runs at every checkpoint save; `current_step()` labels the log record)."""
@@ -211,7 +211,7 @@ def _validation(cfg: ExperimentConfig, model: ModelConfig, data: DataPaths,
     if cfg.train.eval_batches == 0:
         return None
     pcfg = pipeline_config(cfg, model, data, cfg.data.validation_split, training=False)
-    eval_step = step_lib.make_eval_step(model, sharding_lib.make_mesh(mesh_config))
+    eval_step = step_lib.make_eval_step(model, sharding_lib.make_mesh(mesh_config, devices))
 
     def evaluate(params) -> dict[str, float]:
         iterator = build_eval_iterator(pcfg, tokenizer, jax.process_index(), jax.process_count())
@@ -275,7 +275,7 @@ def train_experiment(cfg: ExperimentConfig, workdir: str | os.PathLike, *, progr
         metrics_log.write("train", step, values)
 
     evaluate = _validation(resolved, model, data, tokenizer, resolved.mesh, metrics_log,
-                           current_step=lambda: clock["step"])
+                           current_step=lambda: clock["step"], devices=devices)
     try:
         return train_loop.run_training(
             model,

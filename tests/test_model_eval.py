@@ -4,33 +4,34 @@ reproduce the metrics from the predictions file alone."""
 import json
 
 import pytest
-from flax import nnx
+import jax
 
-from cxrtrek_jax.checkpointing import save_params_only
 from cxrtrek_jax.cli import main
 from cxrtrek_jax.evaluation.model_eval import EvalData, iter_eval_studies
 from cxrtrek_jax.evaluation.predictions import read_predictions
-from cxrtrek_jax.model import CXRTrekNet, get_config, override, to_dict
+from cxrtrek_jax.trainer import train_experiment
 from data_pipeline.cxrtrek_json import read_studies
-from data_pipeline.phantom import PhantomConfig, write_phantom_dataset
-from data_pipeline.tokenizer import train_tokenizer, training_texts
+from experiments import get_experiment
 
 FAST = ["--max-new-tokens", "3", "--no-meteor", "--bootstrap-resamples", "20", "--no-progress"]
 
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
+    """A tiny model trained a few steps by the project's trainer on a phantom set (train/validation/
+    test splits); the tiny preset has two image slots, so studies with a lateral and a prior view
+    have turns the model cannot take."""
     root = tmp_path_factory.mktemp("model_eval")
-    data = write_phantom_dataset(root / "phantom", 6, seed=11, config=PhantomConfig(size=64, turns_per_study=(4, 6)),
-                                 split={"train": 3, "test": 3})
-    tokenizer = train_tokenizer(training_texts(read_studies(data)), 500)
-    tokenizer.save(root / "tokenizer")
-    # two image slots: studies with a lateral and a prior view have turns the model cannot take
-    config = override(get_config("tiny"), {"image_token_id": tokenizer.image_id, "max_images": 2})
-    model = CXRTrekNet(config, rngs=nnx.Rngs(0))
-    save_params_only(str(root / "ckpt"), nnx.to_pure_dict(nnx.state(model, nnx.Param)),
-                     model_config=to_dict(config), tokenizer_path=str(root / "tokenizer"))
-    return dict(root=root, data=data, ckpt=str(root / "ckpt"))
+    cfg = get_experiment("baseline", "tiny").override({
+        "data.path": str(root / "phantom"), "data.phantom_studies": 10, "data.phantom_size": 64,
+        "data.phantom_splits": "train=0.6,validation=0.1,test=0.3", "data.length_buckets": "256,512",
+        "data.global_batch_size": 2, "tokenizer.vocab_size": 500, "train.num_steps": 6,
+        "train.eval_batches": 1, "checkpoint.save_every": 6, "optim.warmup_steps": 1,
+        "optim.total_steps": 50,
+    })
+    result = train_experiment(cfg, root / "run", progress=False, devices=jax.devices()[:1])
+    assert result.final_step == 6
+    return dict(root=root, data=root / "phantom" / "cxrtrek.json", ckpt=str(root / "run" / "checkpoints"))
 
 
 def test_split_selection_and_image_geometry(world):
@@ -61,7 +62,7 @@ def test_all_context_modes_are_decoded_scored_and_reproducible(world, capsys):
         assert item.image_input_count <= 2
     if skipped:
         assert "need more images than the model's image slots" in printed
-    assert metrics["identity"]["data_split"] == "test" and metrics["identity"]["checkpoint_step"] == 0
+    assert metrics["identity"]["data_split"] == "test" and metrics["identity"]["checkpoint_step"] == 6
     for name in ("metrics.md", "stages.png", "report.html", "predictions.scored.jsonl"):
         assert (out / name).exists(), name
     again = world["root"] / "rescored"
