@@ -165,16 +165,6 @@ def load_checkpoint(ckpt_dir: str | os.PathLike, step: int | None = None) -> Loa
 # LoRA: merged, stripped, or as PEFT adapter tensors
 # ---------------------------------------------------------------------------
 
-def _flatten(tree: Mapping, prefix: tuple = ()) -> dict[tuple, Any]:
-    flat = {}
-    for key, value in tree.items():
-        if isinstance(value, Mapping):
-            flat.update(_flatten(value, (*prefix, key)))
-        else:
-            flat[(*prefix, key)] = value
-    return flat
-
-
 def _without_lora(tree: Mapping) -> dict:
     return {key: _without_lora(value) if isinstance(value, Mapping) else value
             for key, value in tree.items() if key != "lora"}
@@ -202,7 +192,7 @@ def lora_adapter_tensors(config: ModelConfig, params: Mapping, *, dtype: str = "
     """
     if config.lora is None:
         raise ExportError("the checkpoint's model config has no LoRA adapters")
-    flat = _flatten(params)
+    flat = hf_llava.flatten_tree(params)
     out_dtype = np.dtype(_numpy_dtype(dtype))
     dense = [spec for spec in hf_llava.hf_tensor_specs(dataclasses.replace(config, lora=None))
              if spec.kind == "dense"]

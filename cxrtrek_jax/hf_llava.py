@@ -55,6 +55,7 @@ from cxrtrek_jax.model import (
 
 __all__ = [
     "HFConfigError",
+    "flatten_tree",
     "HFCheckpointError",
     "to_hf_config",
     "from_hf_config",
@@ -356,11 +357,12 @@ def _pure_params(params: Any) -> dict:
     return params
 
 
-def _flatten(tree: Mapping, prefix: tuple = ()) -> dict[tuple, Any]:
+def flatten_tree(tree: Mapping, prefix: tuple = ()) -> dict[tuple, Any]:
+    """A nested mapping as {key path tuple: leaf}."""
     flat = {}
     for key, value in tree.items():
         if isinstance(value, Mapping):
-            flat.update(_flatten(value, (*prefix, key)))
+            flat.update(flatten_tree(value, (*prefix, key)))
         else:
             flat[(*prefix, key)] = value
     return flat
@@ -379,7 +381,7 @@ def to_hf_tensors(params: Any, cfg: ModelConfig, *, dtype: str = "float32") -> d
     """
     if dtype not in _FLOAT_DTYPES:
         raise ValueError(f"export dtype must be one of {_FLOAT_DTYPES}, got {dtype!r}")
-    flat = {tuple(p for p in path): value for path, value in _flatten(_pure_params(params)).items()}
+    flat = {tuple(p for p in path): value for path, value in flatten_tree(_pure_params(params)).items()}
     lora = sorted(_path_str(p) for p in flat if "lora" in p)
     if lora:
         raise HFCheckpointError(f"the parameters hold LoRA adapters ({lora[0]}, ...): merge them into the base "

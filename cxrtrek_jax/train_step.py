@@ -32,6 +32,7 @@ from jax.sharding import Mesh, NamedSharding
 from cxrtrek_jax import optimizer as optimizer_lib
 from cxrtrek_jax import sharding as sharding_lib
 from cxrtrek_jax.model import axis_rules
+from data_pipeline.grain_pipeline import BATCH_FIELDS  # the batch contract, defined by the data side
 
 __all__ = [
     "NUM_STAGES",
@@ -52,16 +53,6 @@ __all__ = [
 ]
 
 NUM_STAGES = 8
-BATCH_FIELDS = (
-    "input_tokens",
-    "target_tokens",
-    "loss_mask",
-    "stage_ids",
-    "segment_ids",
-    "positions",
-    "images",
-    "image_mask",
-)
 
 ModelFn = Callable[[nnx.Rngs], nnx.Module]
 
