@@ -47,6 +47,7 @@ __all__ = [
     "abstract_arrays",
     "flatten_logical_names",
     "load_params",
+    "load_params_into",
     "read_metadata",
     "save_params_only",
 ]
@@ -329,6 +330,15 @@ def read_metadata(ckpt_dir: str | os.PathLike, step: int | None = None) -> dict[
         manager.close()
 
 
+def _stored_shapes(manager: ocp.CheckpointManager, ckpt_dir, step: int) -> Any:
+    """The params item's tree of `ShapeDtypeStruct`s as stored at `step` (int list keys)."""
+    stored = manager.item_metadata(step)[ITEM_PARAMS]
+    if stored is None:
+        raise FileNotFoundError(f"checkpoint step {step} in {ckpt_dir} has no {ITEM_PARAMS!r} item")
+    stored = getattr(stored, "tree", stored)  # Orbax wraps the tree in TreeMetadata
+    return _int_list_keys(jax.tree.map(lambda m: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype), stored))
+
+
 def load_params(
     ckpt_dir: str | os.PathLike,
     step: int | None = None,
@@ -346,13 +356,7 @@ def load_params(
     manager = _open_manager(ckpt_dir, create=False, config=None)
     try:
         step = _resolve_step(manager, ckpt_dir, step)
-        stored = manager.item_metadata(step)[ITEM_PARAMS]
-        if stored is None:
-            raise FileNotFoundError(f"checkpoint step {step} in {ckpt_dir} has no {ITEM_PARAMS!r} item")
-        stored = getattr(stored, "tree", stored)  # Orbax wraps the tree in TreeMetadata
-        shapes = _int_list_keys(
-            jax.tree.map(lambda m: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype), stored)
-        )
+        shapes = _stored_shapes(manager, ckpt_dir, step)
         if shardings is None and mesh is not None:
             shardings = _shardings_from_metadata(ckpt_dir, step, shapes, mesh, rules)
         if shardings is None:
@@ -362,6 +366,45 @@ def load_params(
         return out[ITEM_PARAMS]
     finally:
         manager.close()
+
+
+def load_params_into(
+    ckpt_dir: str | os.PathLike,
+    fresh_params: Any,
+    may_stay_fresh: Any,
+    step: int | None = None,
+) -> Any:
+    """`fresh_params` with every parameter the checkpoint stores loaded in its place.
+
+    For starting a model that adds parameters (LoRA adapters) from a checkpoint of its base.
+    fresh_params: the model's full parameter tree (nested dict of placed jax Arrays; each loaded
+      parameter takes the sharding and dtype of the fresh one it replaces).
+    may_stay_fresh: a matching tree of bools: True where a parameter the checkpoint lacks may
+      keep its fresh value. Any other missing parameter, a stored parameter the model lacks, or a
+      shape mismatch raises ValueError naming the parameter(s).
+    """
+    fresh = {_path_str(path): leaf for path, leaf in jax.tree_util.tree_leaves_with_path(fresh_params)}
+    allowed = {_path_str(path) for path, ok in jax.tree_util.tree_leaves_with_path(may_stay_fresh) if ok}
+    manager = _open_manager(ckpt_dir, create=False, config=None)
+    try:
+        step = _resolve_step(manager, ckpt_dir, step)
+        shapes = _stored_shapes(manager, ckpt_dir, step)
+        stored = {_path_str(path): leaf for path, leaf in jax.tree_util.tree_leaves_with_path(shapes)}
+        problems = [f"{name} is in the checkpoint but not in the model" for name in stored if name not in fresh]
+        problems += [f"{name} is missing from the checkpoint" for name in fresh
+                     if name not in stored and name not in allowed]
+        problems += [f"{name} has shape {stored[name].shape} in the checkpoint, {fresh[name].shape} in the model"
+                     for name in stored if name in fresh and tuple(stored[name].shape) != tuple(fresh[name].shape)]
+        if problems:
+            raise ValueError(f"cannot initialise from {ckpt_dir} step {step}: " + "; ".join(problems))
+        target = jax.tree_util.tree_map_with_path(
+            lambda path, _: jax.ShapeDtypeStruct(fresh[_path_str(path)].shape, fresh[_path_str(path)].dtype,
+                                                 sharding=fresh[_path_str(path)].sharding), shapes)
+        out = manager.restore(step, args=ocp.args.Composite(**{ITEM_PARAMS: ocp.args.StandardRestore(target)}))
+    finally:
+        manager.close()
+    loaded = {_path_str(path): leaf for path, leaf in jax.tree_util.tree_leaves_with_path(out[ITEM_PARAMS])}
+    return jax.tree_util.tree_map_with_path(lambda path, leaf: loaded.get(_path_str(path), leaf), fresh_params)
 
 
 def _int_list_keys(tree: Any) -> Any:

@@ -76,6 +76,13 @@ def _trainable_mask(model_config, abstract_params_state: nnx.State) -> Any | Non
     return nnx.to_pure_dict(trainable_mask(abstract_params_state, model_config))
 
 
+def _lora_mask(abstract_params_state: nnx.State) -> Any:
+    """Bool pytree of the parameters: True for LoRA adapter parameters (fresh when starting a
+    LoRA model from its base model's checkpoint)."""
+    return nnx.to_pure_dict(nnx.map_state(
+        lambda _, variable: variable.replace(isinstance(variable, nnx.LoRAParam)), abstract_params_state))
+
+
 def _warn_on_config_change(saved: Mapping[str, Any], current: Mapping[str, Any]) -> None:
     changed = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
     if changed:
@@ -109,7 +116,8 @@ def run_training(
     evaluate: optional params -> {"val_loss": ...} run at each save; passed to the checkpoint
       manager to keep the best steps.
     metadata: extra JSON-able entries for the checkpoint metadata (e.g. tokenizer_path).
-    init_params_from: a params checkpoint (e.g. from `import-hf`) to start a fresh run from.
+    init_params_from: a params checkpoint (e.g. from `import-hf`) to start a fresh run from; for a
+      LoRA model it may lack the adapters (a base model's checkpoint), which start fresh.
     preemption: the watcher to poll; by default one is installed for the duration of the call
       (SIGTERM -> checkpoint at the current step, return with stop_reason "preempted").
     Raises NonFiniteError (naming the step) when a loss or gradient norm is NaN/Inf.
@@ -158,7 +166,11 @@ def run_training(
             state = step_lib.TrainState(step=step_array, params=restored.params, opt_state=restored.opt_state)
             log.info("resumed from step %d in %s", restored.step, checkpointer.directory)
         else:
-            if init_params_from:
+            if init_params_from and model_config.lora is not None:
+                params = ckpt_lib.load_params_into(
+                    init_params_from, step_lib.init_params(model_fn, seed, shardings.params),
+                    _lora_mask(abstract_params_state))
+            elif init_params_from:
                 params = ckpt_lib.load_params(init_params_from, shardings=shardings.params)
             else:
                 params = step_lib.init_params(model_fn, seed, shardings.params)

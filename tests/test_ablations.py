@@ -1,0 +1,167 @@
+"""The ablation runner and report on phantom data with the tiny preset, and LoRA init-from."""
+
+import json
+
+import jax
+import numpy as np
+import pytest
+
+from cxrtrek_jax import ablations
+from cxrtrek_jax import checkpointing as ck
+from data_pipeline.records import QAItem, Study
+from experiments import ABLATIONS
+
+SMOKE_STEPS = 4
+# The two ablations run in the fast suite (lora_r8 needs baseline); the others are slow.
+FAST = ("baseline", "lora_r8")
+
+
+def _smoke_sets(root):
+    """Tiny-preset CPU-smoke overrides: shared phantom dir, few steps, one eval study."""
+    return [
+        f"data.path={root / 'phantom'}",
+        "data.phantom_studies=20",
+        "data.phantom_size=64",
+        "data.phantom_splits=train=16,validation=2,test=2",
+        "data.length_buckets=256,512",
+        "data.global_batch_size=4",
+        "tokenizer.vocab_size=600",
+        "optim.warmup_steps=1",
+        f"optim.total_steps={SMOKE_STEPS + 1}",
+        f"train.num_steps={SMOKE_STEPS}",
+        "train.log_every=2",
+        "train.eval_batches=1",
+        f"checkpoint.save_every={SMOKE_STEPS}",
+        "mesh.tensor=2",  # with 8 test devices: fsdp=4 x tensor=2
+        "eval.max_studies=1",
+        "eval.max_new_tokens=8",
+    ]
+
+
+def _run(root, name, *extra):
+    sets = _smoke_sets(root)
+    if name == "lora_r8":
+        sets.append(f"train.init_from={root / 'runs' / 'baseline' / 'checkpoints'}")
+    argv = ["run", name, "--preset", "tiny", "--runs-dir", str(root / "runs"), "--bootstrap-resamples", "20",
+            "--no-progress", *[a for s in sets for a in ("--set", s)], *extra]
+    return ablations.main(argv)
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory):
+    return tmp_path_factory.mktemp("ablations")
+
+
+@pytest.fixture(scope="module")
+def baseline(root):
+    assert _run(root, "baseline") == 0
+    return root / "runs" / "baseline"
+
+
+def _check_run(run_dir, contexts):
+    record = json.loads((run_dir / ablations.FINISHED_FILE).read_text())
+    assert record["final_step"] == SMOKE_STEPS and record["preset"] == "tiny"
+    assert (run_dir / "config.json").exists()
+    for name in ("predictions.jsonl", "metrics.json", "metrics.md", "stages.png"):
+        assert (run_dir / "eval" / name).stat().st_size > 0, name
+    metrics = json.loads((run_dir / "eval" / "metrics.json").read_text())
+    assert list(metrics["contexts"]) == list(contexts)
+    assert record["eval"]["studies"] == 1
+    return record, metrics
+
+
+def test_baseline_trains_evaluates_and_is_not_rerun(root, baseline, capsys):
+    _check_run(baseline, ("own", "teacher", "none"))
+    stamp = (baseline / ablations.FINISHED_FILE).stat().st_mtime_ns
+    assert _run(root, "baseline") == 0
+    assert "nothing to do" in capsys.readouterr().out
+    assert (baseline / ablations.FINISHED_FILE).stat().st_mtime_ns == stamp
+    # Same name, another config: refused without --force, and the finished run is kept.
+    assert _run(root, "baseline", "--set", "train.log_every=1") == 2
+    assert "train.log_every" in capsys.readouterr().err
+    assert (baseline / ablations.FINISHED_FILE).stat().st_mtime_ns == stamp
+
+
+def test_lora_r8_starts_from_the_baseline_checkpoint(root, baseline):
+    assert _run(root, "lora_r8") == 0
+    _check_run(root / "runs" / "lora_r8", ("own", "teacher", "none"))
+    params = ck.load_params(root / "runs" / "lora_r8" / "checkpoints")
+    base = ck.load_params(baseline / "checkpoints")
+    q_proj = params["text"]["layers"][0]["attn"]["q_proj"]
+    # The frozen base weights are the baseline's; the adapters exist and were trained.
+    np.testing.assert_array_equal(q_proj["kernel"], base["text"]["layers"][0]["attn"]["q_proj"]["kernel"])
+    assert float(np.abs(np.asarray(q_proj["lora"]["b"])).max()) > 0.0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", [n for n in ABLATIONS if n not in FAST])
+def test_every_other_ablation_runs(root, baseline, name):
+    assert _run(root, name) == 0
+    record, metrics = _check_run(root / "runs" / name, {
+        "no_context": ("none",), "own_vs_teacher": ("own", "teacher")}.get(name, ("own", "teacher", "none")))
+    if name == "report_only":
+        assert record["eval"]["turn_filter"]["turns"] == "stages [8] only"
+        for section in metrics["contexts"].values():
+            assert list(section["by_stage"]) == ["8"]
+
+
+def test_report_lists_finished_runs_and_missing_ones(root, baseline, capsys):
+    assert _run(root, "lora_r8") == 0  # finished by the test above (or now)
+    assert ablations.main(["report", "--runs-dir", str(root / "runs")]) == 0
+    markdown = (root / "runs" / "ablations.md").read_text()
+    assert (root / "runs" / "ablations.png").stat().st_size > 0
+    runs = {r.name: r for r in ablations.collect_runs(root / "runs")}
+    assert set(runs) == set(ABLATIONS)
+    for name, run in runs.items():
+        if run.status == "finished":
+            assert f"| {name} | own |" in markdown or f"| {name} | none |" in markdown
+        else:
+            assert f"- {name}: not run" in markdown
+    assert runs["baseline"].status == runs["lora_r8"].status == "finished"
+    assert "S1 accuracy" in markdown
+
+
+def test_report_with_no_runs_lists_all_missing(tmp_path):
+    md, png, runs = ablations.write_report(tmp_path / "runs")
+    assert png.exists() and [r.status for r in runs] == ["not run"] * len(ABLATIONS)
+    assert all(f"- {name}: not run" in md.read_text() for name in ABLATIONS)
+
+
+def test_unknown_experiment_and_bad_override_are_clear_errors(tmp_path, capsys):
+    assert ablations.main(["run", "nope", "--runs-dir", str(tmp_path)]) == 2
+    assert "unknown experiment 'nope'" in capsys.readouterr().err
+    assert ablations.main(["run", "baseline", "--set", "train.num_steps", "--runs-dir", str(tmp_path)]) == 2
+    assert "KEY=VALUE" in capsys.readouterr().err
+
+
+def test_filter_turns_keeps_the_trained_stages_and_current_images():
+    def item(stage, count):
+        return QAItem(stage, "t", "open", count, f"q{stage}", f"a{stage}")
+
+    study = Study("s1", ref_study_id="p1", images=("cur.png", "prior.png"),
+                  items=(item(1, 1), item(5, 2), item(8, 1)))
+    assert [i.stage for i in ablations.filter_turns(study, (8,), False).items] == [8]
+    no_prior = ablations.filter_turns(study, None, True)
+    assert [i.stage for i in no_prior.items] == [1, 8] and no_prior.messages is None
+
+
+def _save(directory, params):
+    ck.save_params_only(directory, params, model_config={})
+
+
+def test_load_params_into_keeps_fresh_lora_and_names_missing_base_params(tmp_path):
+    stored = {"dense": {"kernel": np.full((2, 3), 7.0, np.float32)}}
+    _save(tmp_path / "base", stored)
+    fresh = {"dense": {"kernel": jax.numpy.zeros((2, 3)),
+                       "lora": {"a": jax.numpy.ones((2, 1)), "b": jax.numpy.zeros((1, 3))}}}
+    is_lora = {"dense": {"kernel": False, "lora": {"a": True, "b": True}}}
+    loaded = ck.load_params_into(tmp_path / "base", fresh, is_lora)
+    np.testing.assert_array_equal(loaded["dense"]["kernel"], 7.0)
+    np.testing.assert_array_equal(loaded["dense"]["lora"]["a"], 1.0)
+    fresh["norm"] = {"scale": jax.numpy.ones((3,))}
+    is_lora["norm"] = {"scale": False}
+    with pytest.raises(ValueError, match="norm/scale is missing from the checkpoint"):
+        ck.load_params_into(tmp_path / "base", fresh, is_lora)
+    with pytest.raises(ValueError, match="dense/kernel has shape"):
+        ck.load_params_into(tmp_path / "base", {"dense": {"kernel": jax.numpy.zeros((3, 3))}},
+                            {"dense": {"kernel": False}})
