@@ -8,9 +8,10 @@ DEMO_DIR ?= demo_out
 
 .DEFAULT_GOAL := help
 .PHONY: help install browser-deps test test-slow demo clean
+.PHONY: bench-train bench-input bench-memory bench-decode bench-gpu tpu-compile-check
 
 help:  ## list targets with one line each
-	@grep -hE '^[a-zA-Z0-9_.-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 24
+	@grep -hE '^[a-zA-Z0-9_.%-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 24
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -37,6 +38,67 @@ test-slow: $(STAMP)  ## run only the slow tests (multi-process, hard-kill resume
 
 demo: $(STAMP)  ## the main job end to end on a generated phantom CXRTrek set
 	$(PY) -m cxrtrek_jax.demo --out $(DEMO_DIR)
+
+# --- benchmarks (BENCHMARKS.md records their latest figures) -----------------------------------
+TPU_VENV := .venv-tpu
+TPU_STAMP := $(TPU_VENV)/.installed
+BENCH_OUT ?= benchmarks/results
+# The extra JAX side: XLA CPU without its YNNPACK dot fusions (see BENCHMARKS.md).
+BENCH_TRAIN_ARGS ?= --jax-variant noynn:xla_cpu_experimental_ynn_fusion_type=
+TPU_CHECK_ARGS ?=  # e.g. --resume: keep the cases already compiled in the results file
+
+bench-train: $(STAMP)  ## train step: JAX CXRTrekNet-small vs PyTorch LLaVA (eager, compile), steps/s, MFU
+	$(PY) -m benchmarks.bench_train --out $(BENCH_OUT)/train.json $(BENCH_TRAIN_ARGS)
+
+bench-input: $(STAMP)  ## input pipeline: Grain vs torch DataLoader, 0/1/2 workers, CPU-s per example
+	$(PY) -m benchmarks.bench_input --out $(BENCH_OUT)/input.json
+
+bench-memory: $(STAMP)  ## params + optimizer bytes per device on 1/2/4/8 devices (small), abstract 7B
+	$(PY) -m benchmarks.bench_memory --out $(BENCH_OUT)/memory.json
+
+bench-decode: $(STAMP)  ## staged decoding on one CPU core: explicit-state chain vs re-prefill vs HF generate
+	XLA_FLAGS="--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1" OMP_NUM_THREADS=1 \
+	  taskset -c 0 $(PY) -m benchmarks.bench_decode --out $(BENCH_OUT)/decode.json
+
+bench-gpu: $(STAMP)  ## bench-train/-input/-memory on one CUDA GPU (needs a jax[cuda] install; not run yet)
+	JAX_PLATFORMS=cuda XLA_PYTHON_CLIENT_PREALLOCATE=false $(PY) -m benchmarks.bench_train --device gpu --out $(BENCH_OUT)/train_gpu.json
+	JAX_PLATFORMS=cuda XLA_PYTHON_CLIENT_PREALLOCATE=false $(PY) -m benchmarks.bench_input --out $(BENCH_OUT)/input_gpu_host.json
+	JAX_PLATFORMS=cuda XLA_PYTHON_CLIENT_PREALLOCATE=false $(PY) -m benchmarks.bench_memory --device gpu --out $(BENCH_OUT)/memory_gpu.json
+
+$(TPU_STAMP): setup.cfg pyproject.toml
+	test -x $(TPU_VENV)/bin/python || $(PYTHON) -m venv $(TPU_VENV)
+	$(TPU_VENV)/bin/python -m pip install -q --upgrade pip setuptools wheel
+	$(TPU_VENV)/bin/python -m pip install -q -e '.[tpu]'
+	touch $(TPU_STAMP)
+
+tpu-compile-check: $(TPU_STAMP)  ## compile the 7B train/decode steps for TPU topologies (separate .venv-tpu with libtpu)
+	JAX_PLATFORMS=cpu $(TPU_VENV)/bin/python -m benchmarks.tpu_compile_check --out $(BENCH_OUT)/tpu_compile.json $(TPU_CHECK_ARGS)
+
+# --- ablations (experiments/RESULTS.md) ---------------------------------------------------------
+# Phantom data (runs/phantom, generated once) at CPU scale by default; point the same targets at a
+# real set and a pod: make ablations DATA=cxrtrek.json IMAGE_ROOT=images PRESET=cxrtreknet-7b MESH=1,-1,8
+ABLATIONS := baseline no_context shuffled_stages own_vs_teacher lora_r8 frozen_vision no_prior report_only
+PRESET ?= small
+DATA ?=
+IMAGE_ROOT ?=
+MESH ?=
+FORCE ?=
+ABLATION_ARGS ?=  # more runner arguments, e.g. --set train.num_steps=100 --meteor
+comma := ,
+ABLATION_SETS = $(if $(DATA),--set data.kind=json --set data.path=$(DATA) $(if $(IMAGE_ROOT),--set data.image_root=$(IMAGE_ROOT))) \
+  $(if $(MESH),--set mesh.data=$(word 1,$(subst $(comma), ,$(MESH))) --set mesh.fsdp=$(word 2,$(subst $(comma), ,$(MESH))) \
+  --set mesh.tensor=$(word 3,$(subst $(comma), ,$(MESH))))
+.PHONY: ablations ablations-report
+
+ablation-%: $(STAMP)  ## train + evaluate one ablation into runs/NAME (NAME: see ABLATIONS; FORCE=1 redoes it)
+	$(PY) -m cxrtrek_jax.ablations run $* --preset $(PRESET) $(ABLATION_SETS) $(if $(FORCE),--force) $(ABLATION_ARGS)
+
+ablation-lora_r8: ablation-baseline
+
+ablations: $(addprefix ablation-,$(ABLATIONS))  ## every ablation in turn (finished ones are skipped)
+
+ablations-report: $(STAMP)  ## runs/ablations.md + .png: per-stage metrics of every finished ablation
+	$(PY) -m cxrtrek_jax.ablations report
 
 clean:  ## remove build and demo outputs (keeps .venv)
 	rm -rf build dist *.egg-info $(DEMO_DIR) .pytest_cache

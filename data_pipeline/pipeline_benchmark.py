@@ -5,7 +5,9 @@
 
 prints, per worker count, the start-up time (to the first batch) and the
 steady rate after `--warmup` batches: studies (examples) and batches per
-second. Reads the same `PipelineConfig` fields the trainer uses.
+second, and the host CPU seconds spent per example (this process and its
+worker processes together). Reads the same `PipelineConfig` fields the
+trainer uses.
 """
 
 from __future__ import annotations
@@ -18,18 +20,37 @@ import time
 from data_pipeline.grain_pipeline import PipelineConfig, build_train_iterator
 from data_pipeline.tokenizer import CXRTrekTokenizer, load_tokenizer
 
-__all__ = ["Throughput", "measure_throughput", "main"]
+__all__ = ["Throughput", "measure_throughput", "process_tree_cpu_seconds", "main"]
 
 
 @dataclasses.dataclass(frozen=True)
 class Throughput:
-    """startup_s: seconds to the first batch; the rates cover `batches` batches after the warm-up."""
+    """startup_s: seconds to the first batch; the rates cover `batches` batches after the warm-up;
+    cpu_s_per_example: CPU seconds (user + system, all processes of the pipeline) per study in
+    that window."""
 
     num_workers: int
     startup_s: float
     batches: int
     examples_per_s: float
     batches_per_s: float
+    cpu_s_per_example: float
+
+
+def process_tree_cpu_seconds() -> float:
+    """User + system CPU seconds of this process, its live descendants (worker processes) and
+    its reaped children. Compare two readings taken with the same workers alive."""
+    import psutil
+
+    me = psutil.Process()
+    total = sum(me.cpu_times()[:4])  # user, system, children_user, children_system
+    for child in me.children(recursive=True):
+        try:
+            times = child.cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        total += times.user + times.system
+    return total
 
 
 def measure_throughput(
@@ -46,14 +67,16 @@ def measure_throughput(
         for _ in range(warmup - 1):
             next(iterator)
         studies_before = iterator.stats.studies.studies
+        cpu_before = process_tree_cpu_seconds()
         timed_start = time.perf_counter()
         for _ in range(batches):
             next(iterator)
         elapsed = time.perf_counter() - timed_start
+        cpu = process_tree_cpu_seconds() - cpu_before
         studies = iterator.stats.studies.studies - studies_before
     finally:
         iterator.close()
-    return Throughput(cfg.num_workers, startup, batches, studies / elapsed, batches / elapsed)
+    return Throughput(cfg.num_workers, startup, batches, studies / elapsed, batches / elapsed, cpu / studies)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -97,7 +120,8 @@ def main(argv: list[str] | None = None) -> int:
         result = measure_throughput(dataclasses.replace(base, num_workers=workers), tokenizer, args.batches, args.warmup)
         print(
             f"workers={workers}: start-up {result.startup_s:.1f} s, "
-            f"{result.examples_per_s:.1f} examples/s, {result.batches_per_s:.2f} batches/s "
+            f"{result.examples_per_s:.1f} examples/s, {result.batches_per_s:.2f} batches/s, "
+            f"{result.cpu_s_per_example * 1e3:.1f} CPU-ms/example "
             f"(batch {args.batch_size}, {args.image_size} px, {result.batches} batches timed)",
             flush=True,
         )

@@ -1,0 +1,436 @@
+"""Training-step benchmark: CXRTrekNet in JAX vs the same architecture and weights as
+`transformers.LlavaForConditionalGeneration` in PyTorch (eager, and `torch.compile`).
+
+    make bench-train      # = python -m benchmarks.bench_train --out benchmarks/results/train.json
+
+Both sides train the same batch (B rows of L tokens, every row with `images` present images,
+no padding), fp32, AdamW with global-norm clipping and weight decay on matrices. The JAX side is
+the project's jitted train step (`cxrtrek_jax.train_step`, donated state, one device); the
+PyTorch side is what a PyTorch user writes: forward, masked token cross-entropy, backward,
+`clip_grad_norm_`, `AdamW(foreach=True)`. The weights are the JAX initial parameters exported
+with `cxrtrek_jax.hf_llava` and loaded by `from_pretrained` from a temporary directory, and the
+first-step losses of both sides are printed as the parity check.
+
+Reported per side (median over alternating rounds, `benchmarks.common.alternate`): steps/s,
+tokens/s, and model FLOPs utilisation = analytic model FLOPs per step (`benchmarks.model_flops`)
+x steps/s / the fp32 matmul peak, timed in the same rounds (`common.matmul_cases`, the best of
+JAX and torch), plus the median over rounds of each side's time / JAX's time. The analytic count
+is cross-checked against XLA's `compiled.cost_analysis()` for the JAX step. Extra JAX sides
+compiled with XLA options (`--jax-variant NAME:KEY=VALUE`) join the same alternation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import os
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+__all__ = ["TrainBenchConfig", "bench_batch", "JaxTrainer", "TorchTrainer", "run_benchmark", "main"]
+
+BOS_ID = 1
+_FIRST_TEXT_ID = 3
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainBenchConfig:
+    """preset: model preset; batch x seq_len tokens per step, `images` present images per row;
+    rounds x steps_per_round timed steps per side after `warmup` untimed steps; torch_compile:
+    also time `torch.compile(model)`; peak_n: matrix size of the peak measurement; device: "cpu"
+    or "gpu" (JAX's default device there, PyTorch on CUDA when it has it); torch_sides: time the
+    PyTorch reference (False: JAX only); jax_variants: extra JAX sides, (name, ((XLA option,
+    value), ...)), compiled with those options and timed in the same alternation."""
+
+    preset: str = "small"
+    batch: int = 8
+    seq_len: int = 512
+    images: int = 2
+    rounds: int = 5
+    steps_per_round: int = 2
+    warmup: int = 2
+    torch_compile: bool = True
+    peak_n: int = 2048
+    learning_rate: float = 1e-4
+    weight_decay: float = 0.01
+    clip_norm: float = 1.0
+    seed: int = 0
+    device: str = "cpu"
+    torch_sides: bool = True
+    jax_variants: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = ()
+
+    def __post_init__(self):
+        if self.device not in ("cpu", "gpu"):
+            raise ValueError(f"device must be 'cpu' or 'gpu', got {self.device!r}")
+        for name in ("batch", "seq_len", "images", "rounds", "steps_per_round", "peak_n"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+
+
+def _log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def bench_batch(model_config, batch: int, seq_len: int, images: int, seed: int = 0) -> dict[str, np.ndarray]:
+    """A full batch in the common.md contract: each row is [BOS] + images x N image tokens +
+    random text filling L + 1 tokens; the second half of the text is the scored answer (stage ids
+    cycling 1..8). No padding, every image slot present."""
+    n = model_config.tokens_per_image
+    if images > model_config.max_images:
+        raise ValueError(f"{images} images per row exceed the model's max_images={model_config.max_images}")
+    text = seq_len + 1 - 1 - images * n
+    if text < 8:
+        raise ValueError(f"seq_len {seq_len} leaves {text} text tokens after {images} images of {n} tokens; need >= 8")
+    rng = np.random.default_rng(seed)
+    vocab, image_id = model_config.vocab_size, model_config.image_token_id
+    ids = rng.integers(_FIRST_TEXT_ID, vocab - 1, size=(batch, text))
+    ids = np.where(ids >= image_id, ids + 1, ids)
+    sequence = np.concatenate(
+        [np.full((batch, 1), BOS_ID), np.full((batch, images * n), image_id), ids], axis=1
+    ).astype(np.int32)
+    answer_start = seq_len + 1 - text // 2  # index in `sequence` of the first answer token
+    target_index = np.arange(1, seq_len + 1)
+    is_answer = np.broadcast_to(target_index >= answer_start, (batch, seq_len))
+    stage = np.where(is_answer, 1 + (target_index - answer_start) % 8, 0)
+    return {
+        "input_tokens": sequence[:, :-1],
+        "target_tokens": sequence[:, 1:],
+        "loss_mask": is_answer.astype(np.float32),
+        "stage_ids": stage.astype(np.int32),
+        "segment_ids": np.ones((batch, seq_len), np.int32),
+        "positions": np.broadcast_to(np.arange(seq_len, dtype=np.int32), (batch, seq_len)).copy(),
+        "images": rng.random((batch, images, model_config.vision.image_size, model_config.vision.image_size),
+                             dtype=np.float32),
+        "image_mask": np.ones((batch, images), bool),
+    }
+
+
+class JaxTrainer:
+    """The project's jitted train step on one device, compiled once (AOT) for the batch.
+
+    compiler_options: XLA options for this executable (e.g. {"xla_cpu_use_onednn": True}), so
+    variants can be timed side by side in one process; initial_params: host parameters to
+    start from (default: initialise from `bench.seed`)."""
+
+    def __init__(self, model_config, bench: TrainBenchConfig, batch: dict[str, np.ndarray], *,
+                 compiler_options: dict[str, Any] | None = None, initial_params: Any = None):
+        import jax
+
+        from cxrtrek_jax import optimizer as optimizer_lib
+        from cxrtrek_jax import sharding as sharding_lib
+        from cxrtrek_jax import train_step as step_lib
+        from cxrtrek_jax.model import CXRTrekNet
+
+        def model_fn(rngs):
+            return CXRTrekNet(model_config, rngs=rngs)
+
+        self.mesh = sharding_lib.make_mesh(sharding_lib.MeshConfig(), jax.devices()[:1])
+        optim = optimizer_lib.OptimConfig(
+            learning_rate=bench.learning_rate, warmup_steps=0, total_steps=10_000, final_lr_fraction=1.0,
+            weight_decay=bench.weight_decay, clip_norm=bench.clip_norm)
+        split = step_lib.split_abstract_model(model_fn)
+        tx = optimizer_lib.make_optimizer(optim)
+        shardings = step_lib.state_shardings(split, tx, self.mesh)
+        if initial_params is None:
+            params = step_lib.init_params(model_fn, bench.seed, shardings.params)
+            initial_params = jax.device_get(params)
+        else:
+            params = jax.device_put(initial_params, shardings.params)
+        self.initial_params = initial_params
+        self.state = step_lib.create_train_state(params, tx, shardings)
+        self.batch = sharding_lib.put_batch(batch, self.mesh)
+        step = step_lib.make_train_step(split, tx, optim, shardings)
+        start = time.perf_counter()
+        self.compiled = step.lower(self.state, self.batch).compile(compiler_options=compiler_options)
+        self.compile_s = time.perf_counter() - start
+        self.metrics = None
+
+    def xla_flops(self) -> float | None:
+        """FLOPs of one step by XLA's cost analysis of the compiled executable."""
+        cost = self.compiled.cost_analysis()
+        if isinstance(cost, (list, tuple)):
+            cost = cost[0] if cost else {}
+        return float(cost["flops"]) if cost and "flops" in cost else None
+
+    def run(self, steps: int) -> None:
+        """`steps` train steps, then wait for the device (the only sync)."""
+        for _ in range(steps):
+            self.state, self.metrics = self.compiled(self.state, self.batch)
+        self.metrics["loss"].block_until_ready()
+
+    def loss(self) -> float:
+        return float(self.metrics["loss"])
+
+
+def _torch_device(bench: TrainBenchConfig):
+    import torch
+
+    if bench.device == "gpu":
+        if not torch.cuda.is_available():
+            return None
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+class TorchTrainer:
+    """`LlavaForConditionalGeneration` with the same weights, trained the PyTorch way."""
+
+    def __init__(self, checkpoint_dir: str, model_config, bench: TrainBenchConfig, batch: dict[str, np.ndarray],
+                 device, *, compile: bool):
+        import torch
+        from transformers import LlavaForConditionalGeneration
+
+        self.torch = torch
+        self.device = device
+        model = LlavaForConditionalGeneration.from_pretrained(checkpoint_dir, dtype=torch.float32).to(device)
+        model.train()
+        self.model = model
+        decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "norm" not in n]
+        no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "norm" not in n)]
+        self.optimizer = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": bench.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=bench.learning_rate, betas=(0.9, 0.999), eps=1e-8, foreach=True)
+        self.clip_norm = bench.clip_norm
+        self.forward = torch.compile(model) if compile else model
+        vision = model_config.vision
+        present = batch["images"][batch["image_mask"]]  # [num_present, H, W], row-major = slot order
+        pixels = (present - vision.pixel_mean) / vision.pixel_std
+        pixels = np.repeat(pixels[:, None], vision.num_channels, axis=1)
+        self.inputs = {
+            "input_ids": torch.from_numpy(batch["input_tokens"].astype(np.int64)).to(device),
+            "pixel_values": torch.from_numpy(np.ascontiguousarray(pixels)).to(device),
+            "attention_mask": torch.from_numpy((batch["segment_ids"] != 0).astype(np.int64)).to(device),
+        }
+        self.targets = torch.from_numpy(batch["target_tokens"].astype(np.int64)).to(device)
+        self.mask = torch.from_numpy(batch["loss_mask"]).to(device)
+        self.last_loss = None
+
+    def _step(self):
+        torch = self.torch
+        self.optimizer.zero_grad(set_to_none=True)
+        logits = self.forward(**self.inputs).logits
+        token_loss = torch.nn.functional.cross_entropy(
+            logits.reshape(-1, logits.shape[-1]), self.targets.reshape(-1), reduction="none")
+        loss = (token_loss * self.mask.reshape(-1)).sum() / self.mask.sum().clamp(min=1.0)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.clip_norm)
+        self.optimizer.step()
+        return loss
+
+    def run(self, steps: int) -> None:
+        for _ in range(steps):
+            loss = self._step()
+        self.last_loss = loss.detach()
+        if self.device.type == "cuda":
+            self.torch.cuda.synchronize()
+
+    def loss(self) -> float:
+        return float(self.last_loss)
+
+
+def _parse_options(options: tuple[tuple[str, str], ...]) -> dict[str, Any]:
+    """XLA option strings -> typed values (true/false -> bool, integers -> int)."""
+    out: dict[str, Any] = {}
+    for key, value in options:
+        lowered = value.lower()
+        if lowered in ("true", "false"):
+            out[key] = lowered == "true"
+        elif lowered.lstrip("-").isdigit():
+            out[key] = int(lowered)
+        else:
+            out[key] = value
+    return out
+
+
+def parse_variant(text: str) -> tuple[str, tuple[tuple[str, str], ...]]:
+    """NAME:KEY=VALUE[,KEY=VALUE...], e.g. onednn:xla_cpu_use_onednn=true."""
+    name, sep, body = text.partition(":")
+    pairs = [item.split("=", 1) for item in body.split(",") if item]
+    if not name or not sep or not pairs or any(len(p) != 2 or not p[0] for p in pairs):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected NAME:KEY=VALUE[,KEY=VALUE...]")
+    return f"jax+{name}", tuple((k, v) for k, v in pairs)
+
+
+def _save_torch_checkpoint(params, model_config, directory: str) -> None:
+    from cxrtrek_jax import hf_llava
+
+    hf_llava.save_hf_checkpoint(params, model_config, directory)
+
+
+def run_benchmark(bench: TrainBenchConfig, log: Callable[[str], None] = _log) -> dict[str, Any]:
+    """Run the comparison; returns the results (JSON-able): machine, config, per-side timings,
+    steps/s, tokens/s, MFU, the FLOP counts and the first-step losses."""
+    import torch
+
+    from benchmarks import common, model_flops
+    from cxrtrek_jax.model import get_config, to_dict
+
+    model_config = get_config(bench.preset)
+    batch = bench_batch(model_config, bench.batch, bench.seq_len, bench.images, bench.seed)
+    results: dict[str, Any] = {"machine": common.machine_info(), "config": dataclasses.asdict(bench),
+                               "model": to_dict(model_config), "torch_threads": torch.get_num_threads()}
+    log("building and compiling the JAX train step")
+    jax_trainer = JaxTrainer(model_config, bench, batch)
+    results["jax_compile_s"] = {"jax": jax_trainer.compile_s}
+    trainers: dict[str, Any] = {"jax": jax_trainer}
+    for name, options in bench.jax_variants:
+        log(f"compiling JAX variant {name}: {dict(options)}")
+        trainers[name] = JaxTrainer(model_config, bench, batch, compiler_options=_parse_options(options),
+                                    initial_params=jax_trainer.initial_params)
+        results["jax_compile_s"][name] = trainers[name].compile_s
+    torch_device = _torch_device(bench) if bench.torch_sides else None
+    results["torch_device"] = None if torch_device is None else str(torch_device)
+    first_losses: dict[str, float] = {}
+    with tempfile.TemporaryDirectory() as checkpoint_dir:
+        _save_torch_checkpoint(jax_trainer.initial_params, model_config, checkpoint_dir)
+        if torch_device is not None:
+            trainers["torch_eager"] = TorchTrainer(checkpoint_dir, model_config, bench, batch, torch_device,
+                                                   compile=False)
+            if bench.torch_compile:
+                trainers["torch_compile"] = TorchTrainer(checkpoint_dir, model_config, bench, batch, torch_device,
+                                                         compile=True)
+    for name, trainer in list(trainers.items()):
+        log(f"first step: {name}")
+        start = time.perf_counter()
+        try:
+            trainer.run(1)
+        except Exception as err:  # torch.compile needs a working C++ toolchain; report, don't hide
+            if name != "torch_compile":
+                raise
+            results["torch_compile_error"] = f"{type(err).__name__}: {str(err)[:500]}"
+            log(f"torch.compile failed: {results['torch_compile_error']}")
+            del trainers[name]
+            continue
+        first_losses[name] = trainer.loss()
+        results.setdefault("first_step_s", {})[name] = time.perf_counter() - start
+    results["first_step_loss"] = first_losses
+
+    log(f"timing {list(trainers)} and the fp32 matmul peak (n={bench.peak_n}): {bench.rounds} alternating "
+        f"rounds of {bench.steps_per_round} steps")
+    peak_cases, peak_flops = common.matmul_cases(
+        bench.peak_n, ("jax", "torch") if torch_device is not None else ("jax",),
+        torch_device="cpu" if torch_device is None else torch_device.type)
+    cases = {name: (lambda t=t: t.run(bench.steps_per_round)) for name, t in trainers.items()}
+    cases.update({f"matmul/{name}": fn for name, fn in peak_cases.items()})
+    timings = common.alternate(cases, rounds=bench.rounds, warmup=max(bench.warmup - 1, 0))
+    peak = common.MatmulPeak(bench.peak_n, {name.split("/", 1)[1]: peak_flops / timings.pop(name).median_s
+                                            for name in list(timings) if name.startswith("matmul/")})
+    results["matmul_peak"] = peak.to_json()
+    images = bench.batch * bench.images
+    forward = model_flops.forward_flops(model_config, batch=bench.batch, seq_len=bench.seq_len, images=images)
+    model_step_flops = 3.0 * forward.total
+    results["model_flops_per_step"] = model_step_flops
+    results["forward_flops_by_part"] = dataclasses.asdict(forward)
+    results["xla_flops_per_step"] = jax_trainer.xla_flops()
+    tokens = bench.batch * bench.seq_len
+    sides = {}
+    for name, timing in timings.items():
+        step_s = timing.median_s / bench.steps_per_round
+        sides[name] = {
+            **timing.to_json(),
+            "step_s": step_s,
+            "steps_per_s": 1.0 / step_s,
+            "tokens_per_s": tokens / step_s,
+            "model_flops_per_s": model_step_flops / step_s,
+            "mfu": model_step_flops / step_s / peak.peak,
+        }
+    results["sides"] = sides
+    # Per-round ratios: both sides of a round ran within seconds of each other, under the same load.
+    results["paired_jax_speedup"] = {
+        name: statistics.median(o / j for o, j in zip(timing.samples_s, timings["jax"].samples_s))
+        for name, timing in timings.items() if name != "jax"}
+    best_jax = min((n for n in sides if n == "jax" or n in dict(bench.jax_variants)), key=lambda n: sides[n]["step_s"])
+    results["best_jax_side"] = best_jax
+    if "torch_eager" in sides:
+        results["jax_vs_torch_eager"] = sides["torch_eager"]["step_s"] / sides["jax"]["step_s"]
+        results["best_jax_vs_torch_eager"] = sides["torch_eager"]["step_s"] / sides[best_jax]["step_s"]
+    if "torch_compile" in sides:
+        results["jax_vs_torch_compile"] = sides["torch_compile"]["step_s"] / sides["jax"]["step_s"]
+        results["best_jax_vs_torch_compile"] = sides["torch_compile"]["step_s"] / sides[best_jax]["step_s"]
+    results["load_average_end"] = list(os.getloadavg())
+    return results
+
+
+def format_report(results: dict[str, Any]) -> str:
+    """The human-readable summary printed at the end of a run."""
+    c, m = results["config"], results["machine"]
+    peak = results["matmul_peak"]
+    lines = [
+        f"machine: {m['cpu']} ({m['usable_cpus']} usable CPUs, load {m['load_average'][0]:.1f} -> "
+        f"{results['load_average_end'][0]:.1f}); {m['jax_devices']}; torch threads {results['torch_threads']}",
+        "versions: " + ", ".join(f"{k} {v}" for k, v in m["versions"].items() if v != "absent"),
+        f"config: {c['preset']}, batch {c['batch']} x {c['seq_len']} tokens, {c['images']} images/row, fp32, "
+        f"AdamW + clip {c['clip_norm']}; {c['rounds']} alternating rounds x {c['steps_per_round']} steps",
+        "fp32 matmul peak (n={}): ".format(peak["n"])
+        + ", ".join(f"{k} {v / 1e9:.1f}" for k, v in peak["flops_per_s"].items())
+        + f" GFLOP/s -> peak {peak['peak_flops_per_s'] / 1e9:.1f} GFLOP/s",
+        f"model FLOPs/step (analytic) {results['model_flops_per_step'] / 1e9:.1f} G; XLA cost analysis "
+        + ("n/a" if results["xla_flops_per_step"] is None else f"{results['xla_flops_per_step'] / 1e9:.1f} G"
+           f" (ratio {results['xla_flops_per_step'] / results['model_flops_per_step']:.3f})"),
+        "first-step loss: " + ", ".join(f"{k} {v:.6f}" for k, v in results["first_step_loss"].items()),
+        "| side | step s (median) | spread | steps/s | tokens/s | GFLOP/s | MFU |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, s in results["sides"].items():
+        lines.append(f"| {name} | {s['step_s']:.3f} | {s['spread']:.0%} | {s['steps_per_s']:.3f} | "
+                     f"{s['tokens_per_s']:.0f} | {s['model_flops_per_s'] / 1e9:.1f} | {s['mfu']:.1%} |")
+    for key, label in (("jax_vs_torch_eager", "torch eager"), ("jax_vs_torch_compile", "torch.compile")):
+        if key in results:
+            lines.append(f"JAX speed / {label} speed = {results[key]:.2f}")
+            if results["best_jax_side"] != "jax":
+                lines.append(f"{results['best_jax_side']} speed / {label} speed = {results['best_' + key]:.2f}")
+    lines.append("per-round ratios (median over rounds of other side's time / JAX time): "
+                 + ", ".join(f"{k} {v:.2f}" for k, v in results["paired_jax_speedup"].items()))
+    if "torch_compile_error" in results:
+        lines.append(f"torch.compile: not timed ({results['torch_compile_error']})")
+    return "\n".join(lines)
+
+
+def _parser() -> argparse.ArgumentParser:
+    defaults = TrainBenchConfig()
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_train", description=__doc__.split("\n")[0])
+    parser.add_argument("--preset", default=defaults.preset)
+    parser.add_argument("--batch", type=int, default=defaults.batch)
+    parser.add_argument("--seq-len", type=int, default=defaults.seq_len)
+    parser.add_argument("--images", type=int, default=defaults.images, help="present images per row")
+    parser.add_argument("--rounds", type=int, default=defaults.rounds)
+    parser.add_argument("--steps-per-round", type=int, default=defaults.steps_per_round)
+    parser.add_argument("--warmup", type=int, default=defaults.warmup)
+    parser.add_argument("--no-torch-compile", action="store_true")
+    parser.add_argument("--peak-n", type=int, default=defaults.peak_n)
+    parser.add_argument("--device", choices=("cpu", "gpu"), default=defaults.device)
+    parser.add_argument("--no-torch", action="store_true", help="time the JAX side(s) only")
+    parser.add_argument("--jax-variant", dest="jax_variants", type=parse_variant, action="append", default=[],
+                        help="extra JAX side compiled with XLA options, NAME:KEY=VALUE[,KEY=VALUE] (repeatable)")
+    parser.add_argument("--out", help="write the results as JSON here")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.getLogger("cxrtrek_jax.sharding").setLevel(logging.ERROR)
+    import torch
+
+    torch._logging.set_logs(dynamo=logging.ERROR)  # HF LLaVA's graph-break notes
+    bench = TrainBenchConfig(
+        preset=args.preset, batch=args.batch, seq_len=args.seq_len, images=args.images, rounds=args.rounds,
+        steps_per_round=args.steps_per_round, warmup=args.warmup, torch_compile=not args.no_torch_compile,
+        peak_n=args.peak_n, device=args.device, torch_sides=not args.no_torch,
+        jax_variants=tuple(args.jax_variants))
+    results = run_benchmark(bench)
+    from benchmarks import common
+
+    common.write_results(args.out, results)
+    print(format_report(results), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
