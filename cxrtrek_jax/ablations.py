@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from cxrtrek_jax.cli import CLIError
+from cxrtrek_jax.cli.train_cmd import parse_overrides
 
 __all__ = [
     "FINISHED_FILE",
@@ -61,17 +62,6 @@ STAGES = tuple(range(1, 9))
 
 
 # --- running one experiment -------------------------------------------------------------------
-
-def parse_overrides(items: Sequence[str]) -> dict[str, str]:
-    """["data.context=off", ...] -> {"data.context": "off"}; CLIError for an item without "="."""
-    out: dict[str, str] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise CLIError(f"--set {item!r}: expected KEY=VALUE, e.g. train.num_steps=100")
-        out[key.strip()] = value
-    return out
-
 
 def resolve_experiment(name: str, preset: str, overrides: Mapping[str, str]):
     """The registry experiment `name` on model preset `preset` with the dotted-key overrides."""
