@@ -250,6 +250,7 @@ def run_benchmark(bench: InputBenchConfig, work_dir: str | os.PathLike,
     from data_pipeline.tokenizer import load_tokenizer
 
     ensure_absl_flags_parsed()
+    machine = common.machine_info(with_jax=False)  # load average at the start
     data = prepare_data(work_dir, bench, log)
     tokenizer = load_tokenizer(data.tokenizer_dir)
     cases = {}
@@ -267,8 +268,7 @@ def run_benchmark(bench: InputBenchConfig, work_dir: str | os.PathLike,
         for k in range(len(names)):
             name = names[(r + k) % len(names)]
             samples[name].append(cases[name]())
-    results: dict[str, Any] = {"machine": common.machine_info(with_jax=False), "config": dataclasses.asdict(bench),
-                               "cases": {}}
+    results: dict[str, Any] = {"machine": machine, "config": dataclasses.asdict(bench), "cases": {}}
     for name, runs in samples.items():
         loader, fmt, workers = name.split("/")
         results["cases"][name] = {

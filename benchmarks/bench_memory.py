@@ -129,7 +129,10 @@ def _mib(n: float) -> str:
 
 
 def format_report(results: dict[str, Any]) -> str:
-    lines = [f"rules: {results['rules']}"]
+    m = results["machine"]
+    lines = [f"machine: {m['cpu']}, {m['jax_devices']}; "
+             + ", ".join(f"{k} {v}" for k, v in m["versions"].items() if v != "absent"),
+             f"rules: {results['rules']}"]
     for preset, rows in results["real"].items():
         abstract = {r["devices"]: r for r in results["abstract"][preset]}
         lines += [f"{preset} (real arrays, addressable_shards):",
