@@ -58,13 +58,13 @@ class DataPaths:
 
 def _phantom(cfg: ExperimentConfig) -> pathlib.Path:
     """Generate the phantom set into data.path unless a complete one with the same recipe is there."""
-    from cxrtrek_jax.cli.data_phantom import parse_splits
     from data_pipeline.phantom import PhantomConfig, write_phantom_dataset
+    from data_pipeline.phantom.splits import parse_splits
 
     d = cfg.data
     root = pathlib.Path(d.path)
     recipe = {"studies": d.phantom_studies, "seed": d.phantom_seed, "size": d.phantom_size,
-              "splits": d.phantom_splits}
+              "splits": d.phantom_splits, "turns": list(d.phantom_turns)}
     marker = root / _COMPLETE
     if marker.exists() and json.loads(marker.read_text()) == recipe:
         return root / "cxrtrek.json"
@@ -75,7 +75,8 @@ def _phantom(cfg: ExperimentConfig) -> pathlib.Path:
     splits = parse_splits(d.phantom_splits, d.phantom_studies)
     t0 = time.time()
     path = write_phantom_dataset(root, d.phantom_studies, d.phantom_seed,
-                                 PhantomConfig(size=d.phantom_size), split=splits)
+                                 PhantomConfig(size=d.phantom_size, turns_per_study=d.phantom_turns),
+                                 split=splits)
     log.info("generated %d phantom studies in %s (%.1fs)", d.phantom_studies, root, time.time() - t0)
     marker.write_text(json.dumps(recipe))
     return path

@@ -47,7 +47,8 @@ class DataConfig:
       `cxrtrek data build-tfds`).
     path: the phantom output dir, the JSON file or the TFDS data dir.
     image_root: root of relative image paths (json; defaults to the JSON's dir).
-    phantom_*: size of the generated set (studies, seed, image side in px, split fractions).
+    phantom_*: the generated set: studies, seed, image side in px, split fractions and
+      (min, max) QA turns per study (fewer turns = shorter sequences).
     context: "on" (one sequence per study, staged context), "off" (each QA
       pair alone with only the images visible at that turn), "shuffled".
     stages: keep only these stages (None = all); no_prior: drop prior-study images.
@@ -66,6 +67,7 @@ class DataConfig:
     phantom_seed: int = 0
     phantom_size: int = 256
     phantom_splits: str = "train=0.8,validation=0.1,test=0.1"
+    phantom_turns: tuple[int, int] = (20, 26)
     context: str = "on"
     stages: tuple[int, ...] | None = None
     no_prior: bool = False

@@ -63,10 +63,20 @@ def test_all_context_modes_are_decoded_scored_and_reproducible(world, capsys):
     if skipped:
         assert "need more images than the model's image slots" in printed
     assert metrics["identity"]["data_split"] == "test" and metrics["identity"]["checkpoint_step"] == 6
-    for name in ("metrics.md", "stages.png", "report.html", "predictions.scored.jsonl"):
+    for name in ("metrics.md", "stages.png", "report.html", "predictions.scored.jsonl", "baseline_predictions.jsonl"):
         assert (out / name).exists(), name
+    # The majority baseline answered each asked turn once, from the training split's references.
+    baseline = list(read_predictions(out / "baseline_predictions.jsonl"))
+    assert sorted((r.study_id, r.turn_index) for r in baseline) == sorted(
+        (r.study_id, r.turn_index) for r in records if r.context == "own")
+    train_studies = sum(s.cxrtrek_extras["split"] == "train" for s in read_studies(world["data"]))
+    assert metrics["identity"]["baseline"]["fitted_on"]["split_studies"] == train_studies
+    majority = metrics["baselines"]["majority"]
+    assert majority["overall"]["n_items"] == asked
+    assert "majority baseline" in (out / "metrics.md").read_text()
     again = world["root"] / "rescored"
-    assert main(["eval", "--predictions", str(out / "predictions.jsonl"), "--out", str(again), *FAST[2:]]) == 0
+    assert main(["eval", "--predictions", str(out / "predictions.jsonl"), "--baseline-predictions",
+                 str(out / "baseline_predictions.jsonl"), "--out", str(again), *FAST[2:]]) == 0
     rescored = json.loads((again / "metrics.json").read_text())
     metrics.pop("identity"), rescored.pop("identity")
     assert rescored == metrics
@@ -82,4 +92,7 @@ def test_bad_arguments_are_clear_errors(world, capsys):
     assert main(["eval", "--checkpoint", str(world["root"] / "missing"), "--data", str(world["data"]),
                  "--out", out, *FAST]) == 2
     assert "no such directory" in capsys.readouterr().err
+    assert main(["eval", "--checkpoint", world["ckpt"], "--data", str(world["data"]), "--baseline-split", "nope",
+                 "--out", out, *FAST]) == 2
+    assert "--baseline-split nope" in capsys.readouterr().err
     assert main(["eval", "--predictions", str(world["root"] / "none.jsonl"), "--data", "x", "--out", out]) == 2

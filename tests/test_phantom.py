@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from cxrtrek_jax.cli import main
-from cxrtrek_jax.cli.data_phantom import parse_splits
+from data_pipeline.phantom.splits import parse_splits
 from data_pipeline.boxes import parse_boxes
 from data_pipeline.phantom import (
     Acquisition,
@@ -350,7 +350,7 @@ def test_cli_writes_and_summarises(tmp_path, capsys):
 
 @pytest.mark.parametrize(
     "spec, message",
-    [("train=0.5,test=0.2", "add up to 1"), ("train=3,test=2", "not --studies"), ("dev=1.0", "unknown split"),
+    [("train=0.5,test=0.2", "add up to 1"), ("train=3,test=2", "not the number of studies 4"), ("dev=1.0", "unknown split"),
      ("train", "NAME=VALUE"), ("train=1,test=abc", "all counts or all fractions")],
 )
 def test_cli_rejects_bad_splits(tmp_path, capsys, spec, message):

@@ -17,9 +17,7 @@ import collections
 import time
 
 from cxrtrek_jax.cli import CLIError
-
-SPLIT_NAMES = ("train", "validation", "test")
-
+from data_pipeline.phantom.splits import parse_splits
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
@@ -36,35 +34,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
-def parse_splits(spec: str, num_studies: int) -> dict[str, int]:
-    """Split spec -> {split: count}; CLIError naming the problem."""
-    values: dict[str, str] = {}
-    for part in spec.split(","):
-        name, sep, value = part.strip().partition("=")
-        if not sep or not value.strip():
-            raise CLIError(f"--splits: {part.strip()!r} is not NAME=VALUE")
-        if name not in SPLIT_NAMES:
-            raise CLIError(f"--splits: unknown split {name!r}; expected {', '.join(SPLIT_NAMES)}")
-        if name in values:
-            raise CLIError(f"--splits: split {name!r} given twice")
-        values[name] = value.strip()
-    try:
-        if all(v.isdigit() for v in values.values()):
-            counts = {k: int(v) for k, v in values.items()}
-            if sum(counts.values()) != num_studies:
-                raise CLIError(f"--splits: counts add up to {sum(counts.values())}, not --studies {num_studies}")
-            return counts
-        fractions = {k: float(v) for k, v in values.items()}
-    except ValueError:
-        raise CLIError(f"--splits: values must be all counts or all fractions, got {spec!r}") from None
-    if any(f < 0 for f in fractions.values()) or abs(sum(fractions.values()) - 1.0) > 1e-6:
-        raise CLIError(f"--splits: fractions must be non-negative and add up to 1, got {spec!r}")
-    counts = {k: int(f * num_studies) for k, f in fractions.items()}
-    for name in list(counts)[: num_studies - sum(counts.values())]:
-        counts[name] += 1
-    return counts
-
-
 def run(args: argparse.Namespace) -> int:
     from data_pipeline.phantom import PhantomConfig, write_phantom_dataset
 
@@ -76,7 +45,10 @@ def run(args: argparse.Namespace) -> int:
         config = PhantomConfig(size=args.size)
     except ValueError as e:
         raise CLIError(f"--size: {e}") from None
-    split = parse_splits(args.splits, args.studies) if args.splits else None
+    try:
+        split = parse_splits(args.splits, args.studies) if args.splits else None
+    except ValueError as e:
+        raise CLIError(f"--{e}") from None
 
     per_stage: collections.Counter[int] = collections.Counter()
     counts = {"studies": 0, "qa_pairs": 0, "images": 0}

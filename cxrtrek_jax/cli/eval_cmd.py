@@ -1,7 +1,7 @@
 """`cxrtrek eval`: run the CXRTrek benchmark, or re-score a saved predictions file.
 
     cxrtrek eval --checkpoint CKPT --data CXRTREK_JSON_OR_TFDS [--split test] [--context all] --out DIR
-    cxrtrek eval --predictions DIR/predictions.jsonl --out DIR2
+    cxrtrek eval --predictions DIR/predictions.jsonl [--baseline-predictions DIR/baseline_predictions.jsonl] --out DIR2
 
 With --checkpoint the model answers every turn of the data set's studies in
 each context mode (`own`: its own answers are the context, `teacher`: the
@@ -15,6 +15,12 @@ DIR/report.html is written. Both write into DIR:
   comparison, error propagation and the excluded items;
 - metrics.md: the same as readable tables; stages.png: the per-stage chart;
 - predictions.scored.jsonl: the records again with their per-turn scores.
+
+With --checkpoint, a blind majority-answer baseline is fitted on the
+references of --baseline-split (default train) of the same data and answers
+the same turns (DIR/baseline_predictions.jsonl; stage-8 reports get a constant
+normal report); it is scored alike and shown beside the model in
+metrics.json ("baselines") and metrics.md. --baseline-split none skips it.
 
 """
 
@@ -30,6 +36,8 @@ from cxrtrek_jax.cli import CLIError
 
 SCORED_PREDICTIONS_FILE = "predictions.scored.jsonl"
 PREDICTIONS_FILE = "predictions.jsonl"
+BASELINE_PREDICTIONS_FILE = "baseline_predictions.jsonl"
+BASELINE_NAME = "majority"
 REPORT_STUDIES = 8  # studies shown in the case report written by a --checkpoint run
 
 
@@ -54,6 +62,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--max-new-tokens", type=int, default=96, help="answer budget in tokens (default 96)")
     parser.add_argument("--batch-size", type=int, default=4, help="studies decoded together (default 4)")
     parser.add_argument("--out", required=True, metavar="DIR", help="output directory")
+    parser.add_argument("--baseline-split", default="train", metavar="SPLIT",
+                        help="with --checkpoint: split the majority-answer baseline is fitted on "
+                             "(default train; 'none' = no baseline)")
+    parser.add_argument("--baseline-predictions", metavar="JSONL",
+                        help="with --predictions: the baseline's predictions to score beside them")
     parser.add_argument(
         "--identity", metavar="JSON", help="JSON object file merged into the identity (checkpoint/data/config hashes)"
     )
@@ -138,6 +151,47 @@ def _decode(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     return identity
 
 
+def _fit_baseline(args: argparse.Namespace):
+    """The majority-answer baseline fitted on --baseline-split of --data (before any decoding,
+    so a wrong split fails fast)."""
+    from cxrtrek_jax.evaluation.answer_baselines import MajorityAnswerBaseline
+    from cxrtrek_jax.evaluation.model_eval import EvalData, iter_split_studies
+
+    if not args.data:
+        raise CLIError("--checkpoint needs --data (a CXRTrek JSON file or a TFDS data dir)")
+    try:
+        data = EvalData(args.data, split=args.baseline_split, image_root=args.image_root)
+        return MajorityAnswerBaseline.fit(iter_split_studies(data))
+    except (FileNotFoundError, ValueError) as err:
+        raise CLIError(f"--baseline-split {args.baseline_split}: {err}") from None
+
+
+def _write_baseline(baseline, out: Path) -> dict[str, Any]:
+    """The baseline's answers to the model's turns -> out/baseline_predictions.jsonl; returns
+    what it was fitted on."""
+    from cxrtrek_jax.evaluation.answer_baselines import baseline_records
+    from cxrtrek_jax.evaluation.predictions import PredictionWriter, read_predictions
+
+    with PredictionWriter(out / BASELINE_PREDICTIONS_FILE) as writer:
+        for record in baseline_records(read_predictions(out / PREDICTIONS_FILE), baseline):
+            writer.write(record)
+    return {"split_studies": baseline.studies_seen, "turns": baseline.turns_seen,
+            "turns_unusable": baseline.turns_unusable, "min_count": baseline.min_count}
+
+
+def _score_baseline(path: Path, config) -> dict[str, Any]:
+    """The baseline's metrics section: a context section, plus its constant normal report."""
+    from cxrtrek_jax.evaluation.answer_baselines import NORMAL_FINDINGS, NORMAL_IMPRESSION
+    from cxrtrek_jax.evaluation.predictions import read_predictions
+    from cxrtrek_jax.evaluation.scoring import score_predictions
+
+    if not path.is_file():
+        raise CLIError(f"--baseline-predictions {path}: no such file")
+    scored = score_predictions(read_predictions(path), config)
+    (section,) = scored["contexts"].values()
+    return {**section, "normal_report": {"findings": NORMAL_FINDINGS, "impression": NORMAL_IMPRESSION}}
+
+
 def _write_report(args: argparse.Namespace, out: Path) -> Path | None:
     """out/report.html for a JSON data set (its images are files); None for a TFDS data dir,
     whose images live inside the data set (run `cxrtrek report --data JSON` for those)."""
@@ -174,9 +228,16 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     decoded = None
+    fitted = None
     if args.checkpoint is not None:
+        if args.baseline_predictions:
+            raise CLIError("--baseline-predictions goes with --predictions (--checkpoint fits its own baseline)")
+        baseline = _fit_baseline(args) if args.baseline_split != "none" else None
         decoded = _decode(args, out)
         args.predictions = str(out / PREDICTIONS_FILE)
+        if baseline is not None:
+            fitted = {"split": args.baseline_split, **_write_baseline(baseline, out)}
+            args.baseline_predictions = str(out / BASELINE_PREDICTIONS_FILE)
     elif args.data is not None:
         raise CLIError("--data goes with --checkpoint (to re-score, --predictions alone)")
     records, identity = _records_source(args)
@@ -185,6 +246,9 @@ def run(args: argparse.Namespace) -> int:
         metrics = score_predictions(
             records, config, scored_path=out / SCORED_PREDICTIONS_FILE, progress=not args.no_progress
         )
+        if args.baseline_predictions:
+            metrics["baselines"] = {BASELINE_NAME: _score_baseline(Path(args.baseline_predictions), config)}
+            identity["baseline"] = {"predictions": args.baseline_predictions, "fitted_on": fitted}
     except (PredictionFormatError, ValueError) as err:
         raise CLIError(str(err)) from None
     except MeteorUnavailable as err:
@@ -199,6 +263,8 @@ def run(args: argparse.Namespace) -> int:
     if decoded is not None:
         report = _write_report(args, out)
         written = [out / PREDICTIONS_FILE, *written, *([report] if report else [])]
+    if fitted is not None:
+        written.append(out / BASELINE_PREDICTIONS_FILE)
     for path in written:
         print(f"wrote {path}")
     return 0

@@ -24,7 +24,7 @@ import numpy as np
 
 from cxrtrek_jax.evaluation.predictions import PredictionRecord
 
-__all__ = ["EvalData", "iter_eval_studies", "decode_predictions", "checkpoint_identity"]
+__all__ = ["EvalData", "iter_eval_studies", "iter_split_studies", "decode_predictions", "checkpoint_identity"]
 
 CONTEXTS = ("own", "teacher", "none")
 
@@ -60,6 +60,46 @@ def _split_of(study) -> str | None:
     return None if value is None else str(value)
 
 
+def _study_records(data: EvalData) -> Iterator[tuple[Any, Any]]:
+    """(Study, StudyRecord) of the data's split in data order (all of them; images not read).
+
+    A JSON study without a `split` field is an error naming it when a split is asked for
+    (nothing is silently dropped or silently included)."""
+    if data.kind == "tfds":
+        from data_pipeline.sources import TfdsStudySource
+
+        source = TfdsStudySource(data.path, data.split or "test")
+        for i in range(len(source)):
+            record = source[i]
+            yield record.study, record
+        return
+    from data_pipeline.cxrtrek_json import iter_studies
+    from data_pipeline.sources import StudyRecord, resolve_study_images
+
+    for index, study in enumerate(iter_studies(data.path)):
+        if data.split is not None:
+            split = _split_of(study)
+            if split is None:
+                raise ValueError(f"{data.path}: study {study.study_id!r} (sample {index}) has no "
+                                 f"'split' field; pass split=None to evaluate every study")
+            if split != data.split:
+                continue
+        yield study, StudyRecord(study, resolve_study_images(study, data.image_root, data.path, index))
+
+
+def iter_split_studies(data: EvalData) -> Iterator[Any]:
+    """The Study records of the data's split (at most `max_studies`), without reading images.
+    Raises ValueError when the split holds no study."""
+    count = 0
+    for study, _ in _study_records(data):
+        if data.max_studies is not None and count >= data.max_studies:
+            return
+        count += 1
+        yield study
+    if count == 0:
+        raise ValueError(f"{data.path}: no study in split {data.split!r}")
+
+
 def iter_eval_studies(data: EvalData, image_size: int) -> Iterator[tuple[Any, np.ndarray]]:
     """(Study, float32[K, S, S] images at the model's size) in data order, at most `max_studies`.
 
@@ -68,29 +108,7 @@ def iter_eval_studies(data: EvalData, image_size: int) -> Iterator[tuple[Any, np
     from data_pipeline.images import resize_with_pad
 
     count = 0
-    if data.kind == "tfds":
-        from data_pipeline.sources import TfdsStudySource
-
-        source = TfdsStudySource(data.path, data.split or "test")
-        records = (source[i] for i in range(len(source)))
-        pairs = ((r.study, r) for r in records)
-    else:
-        from data_pipeline.cxrtrek_json import iter_studies
-        from data_pipeline.sources import StudyRecord, resolve_study_images
-
-        def json_pairs():
-            for index, study in enumerate(iter_studies(data.path)):
-                if data.split is not None:
-                    split = _split_of(study)
-                    if split is None:
-                        raise ValueError(f"{data.path}: study {study.study_id!r} (sample {index}) has no "
-                                         f"'split' field; pass split=None to evaluate every study")
-                    if split != data.split:
-                        continue
-                yield study, StudyRecord(study, resolve_study_images(study, data.image_root, data.path, index))
-
-        pairs = json_pairs()
-    for study, record in pairs:
+    for study, record in _study_records(data):
         if data.max_studies is not None and count >= data.max_studies:
             return
         images = [resize_with_pad(record.load_image(k), image_size) for k in range(study.num_images)]

@@ -12,7 +12,7 @@ turn for duplicate detection:
 2. The spill is read back in chunks: CIDEr-D (needs the finished document
    frequencies) and METEOR (one JVM call per chunk) complete the open-ended
    scores; every item's statistics are added, per study, to the groups it
-   belongs to: overall, its stage, task type and qtype, and, for
+   belongs to: overall, its stage, task type, qtype and (stage, qtype), and, for
    closed-ended items, "with/without an earlier error" of its stage.
 
 Metrics are computed per context mode from the summed statistics, with
@@ -179,6 +179,7 @@ def _group_keys(record: PredictionRecord) -> list[tuple[str, str]]:
         ("stage", str(record.stage)),
         ("task_type", record.task_type),
         ("qtype", record.qtype),
+        ("stage_qtype", f"{record.stage}/{record.qtype}"),
     ]
 
 
@@ -410,6 +411,7 @@ class _Scorer:
             "by_stage": section("stage"),
             "by_task_type": section("task_type"),
             "by_qtype": section("qtype"),
+            "by_stage_qtype": section("stage_qtype"),
             "generation": self.generation[context].summary(),
         }
 
@@ -494,7 +496,12 @@ def _number(value: np.ndarray | float) -> float | None:
 
 
 def _sort_key(kind: str, name: str) -> tuple:
-    return (int(name), "") if kind == "stage" else (0, name)
+    if kind == "stage":
+        return (int(name), "")
+    if kind == "stage_qtype":
+        stage, qtype = name.split("/", 1)
+        return (int(stage), qtype)
+    return (0, name)
 
 
 def _chunks(path: Path, size: int) -> Iterator[list[dict]]:

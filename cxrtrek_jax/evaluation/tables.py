@@ -2,7 +2,8 @@
 
 Cells read "value [low, high] n=N" (percentile interval of the study
 bootstrap; "–" when a metric is undefined). Groups are rows, context modes
-are columns whenever several were scored.
+are columns whenever several were scored, followed by the blind baselines
+(`metrics["baselines"]`, e.g. the majority answer) where they were scored.
 """
 
 from __future__ import annotations
@@ -67,6 +68,8 @@ def _grouped_section(title: str, kind: str, contexts: dict, label=lambda name: n
         names += [n for n in section[kind] if n not in names]
     if kind == "by_stage":
         names.sort(key=int)
+    if kind == "by_stage_qtype":
+        names.sort(key=lambda n: (int(n.split("/", 1)[0]), n))
     rows = []
     for name in names:
         groups = [section[kind].get(name) for section in contexts.values()]
@@ -171,6 +174,7 @@ def _problem_lines(problems: Mapping[str, Any]) -> list[str]:
 def render_markdown(metrics: Mapping[str, Any], identity: Mapping[str, Any]) -> str:
     """The whole `metrics.md` text for a metrics dictionary from `score_predictions`."""
     contexts = metrics["contexts"]
+    columns = {**contexts, **{f"{name} baseline": b for name, b in metrics.get("baselines", {}).items()}}
     counts = metrics["counts"]
     lines = [
         "# CXRTrek evaluation",
@@ -180,11 +184,12 @@ def render_markdown(metrics: Mapping[str, Any], identity: Mapping[str, Any]) -> 
         "",
     ]
     lines += _identity_lines(identity) + _settings_lines(metrics["settings"])
-    overall_rows = _metric_rows([], [s["overall"] for s in contexts.values()], TABLE_METRICS)
-    lines += ["## Overall", ""] + _table(["metric", *contexts], overall_rows)
-    lines += _grouped_section("By stage", "by_stage", contexts, _stage_label)
-    lines += _grouped_section("By task type", "by_task_type", contexts)
-    lines += _grouped_section("By question type", "by_qtype", contexts)
+    overall_rows = _metric_rows([], [s["overall"] for s in columns.values()], TABLE_METRICS)
+    lines += ["## Overall", ""] + _table(["metric", *columns], overall_rows)
+    lines += _grouped_section("By stage", "by_stage", columns, _stage_label)
+    lines += _grouped_section("By task type", "by_task_type", columns)
+    lines += _grouped_section("By question type", "by_qtype", columns)
+    lines += _grouped_section("By stage and question type", "by_stage_qtype", columns)
     lines += _ce_observation_lines(contexts)
     lines += _comparison_lines(metrics["error_propagation"]["context_comparison"])
     lines += _error_lines(metrics["error_propagation"]["first_errors"])

@@ -266,8 +266,10 @@ def _stage2(truth: StudyTruth, rng) -> tuple[list[Turn], list[Turn]]:
     present = list(exam.findings)
     absent = [KINDS[i] for i in rng.permutation(len(KINDS)) if KINDS[i] not in exam.kinds]
     n_absent = min(len(absent), len(present) if present else 2)  # balanced yes/no
-    core = [_presence(rng, f.kind, f) for f in present]
-    core += [_presence(rng, kind, None) for kind in absent[:n_absent]]
+    asked = [_presence(rng, f.kind, f) for f in present]
+    asked += [_presence(rng, kind, None) for kind in absent[:n_absent]]
+    # Asked in random order: the position of a question must not reveal its answer.
+    core = [asked[i] for i in rng.permutation(len(asked))]
     extra = [_presence(rng, kind, None) for kind in absent[n_absent:]]
     core.append(_which_findings(truth, rng))
     extra += _normality_turns(truth, rng)

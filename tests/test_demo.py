@@ -1,0 +1,41 @@
+"""The demo's learning checks: the model in the `own` context against the majority baseline."""
+
+from cxrtrek_jax.demo import LEARNING_CHECKS, learning_checks
+
+
+def _section(view: float | None, yes_no: float, report_f1: float) -> dict:
+    def entry(metric, value, n=10):
+        return {"n_items": n, "metrics": {metric: {"value": value}}}
+
+    return {
+        "by_task_type": {"View_Information": entry("accuracy", view)},
+        "by_stage_qtype": {"2/yes_no": entry("accuracy", yes_no), "1/yes_no": entry("accuracy", 1.0)},
+        "by_stage": {"8": entry("ce_micro_f1", report_f1, n=4)},
+    }
+
+
+def _metrics(own: dict, baseline: dict) -> dict:
+    return {"contexts": {"own": own, "teacher": _section(1.0, 1.0, 1.0)}, "baselines": {"majority": baseline}}
+
+
+def test_checks_compare_own_context_with_the_baseline_and_need_the_margin():
+    baseline = _section(0.65, 0.55, 0.30)
+    rows = learning_checks(_metrics(_section(0.85, 0.70, 0.31), baseline))
+    assert [r["check"] for r in rows] == [c[0] for c in LEARNING_CHECKS]
+    assert [r["met"] for r in rows] == [True, True, True]
+    assert rows[0]["model"] == 0.85 and rows[0]["baseline"] == 0.65 and rows[0]["items"] == 10
+    # Just below the 15-point margin, or merely equal at stage 8, is not learning.
+    rows = learning_checks(_metrics(_section(0.79, 0.69, 0.30), baseline))
+    assert [r["met"] for r in rows] == [False, False, False]
+    # The teacher context's perfect scores do not count.
+    assert all(r["context"] == "own" for r in rows)
+
+
+def test_a_missing_group_fails_its_check():
+    baseline = _section(0.65, 0.55, 0.30)
+    own = _section(0.90, 0.90, 0.90)
+    del own["by_stage"]["8"]
+    rows = learning_checks(_metrics(own, baseline))
+    assert [r["met"] for r in rows] == [True, True, False] and rows[2]["model"] is None
+    rows = learning_checks(_metrics(_section(None, 0.9, 0.9), baseline))
+    assert rows[0]["met"] is False
