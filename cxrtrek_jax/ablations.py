@@ -197,13 +197,33 @@ def _evaluate(cfg, data, run_dir: Path, *, bootstrap_resamples: int, meteor: boo
                 "contexts": list(cfg.eval.contexts), "turn_filter": turn_filter,
                 "turns_skipped_image_limit": skipped,
                 "predictions": str(predictions), "predictions_sha256": file_sha256(predictions)}
-    metrics = score_predictions(read_predictions(predictions),
-                                ScoringConfig(bootstrap_resamples=bootstrap_resamples, meteor=meteor),
+    scoring = ScoringConfig(bootstrap_resamples=bootstrap_resamples, meteor=meteor)
+    metrics = score_predictions(read_predictions(predictions), scoring,
                                 scored_path=eval_dir / "predictions.scored.jsonl", progress=progress)
+    metrics["baselines"], identity["baseline"] = _majority_baseline(cfg, data, predictions, eval_dir, scoring)
     write_metrics(eval_dir, metrics, identity)
     return {"contexts": list(cfg.eval.contexts), "split": cfg.eval.split, "studies": metrics["counts"]["studies"],
             "turns": metrics["counts"]["records"], "turn_filter": turn_filter,
             "turns_skipped_image_limit": skipped}
+
+
+def _majority_baseline(cfg, data, predictions: Path, eval_dir: Path, scoring) -> tuple[dict, dict]:
+    """The blind majority-answer baseline (fitted on the training split) on the run's evaluated
+    turns: ({"majority": metrics section}, identity entry)."""
+    from cxrtrek_jax.evaluation.answer_baselines import (
+        MajorityAnswerBaseline,
+        score_baseline,
+        write_baseline_predictions,
+    )
+    from cxrtrek_jax.evaluation.model_eval import EvalData, iter_split_studies
+
+    source = data.tfds_dir if cfg.data.kind == "tfds" else data.json_files[0]
+    train = EvalData(source, split=cfg.data.train_split, image_root=data.image_root)
+    baseline = MajorityAnswerBaseline.fit(iter_split_studies(train))
+    path = eval_dir / "baseline_predictions.jsonl"
+    fitted = write_baseline_predictions(baseline, predictions, path)
+    return ({"majority": score_baseline(path, scoring)},
+            {"predictions": str(path), "fitted_on": {"split": cfg.data.train_split, **fitted}})
 
 
 def run_ablation(name: str, preset: str = "small", overrides: Mapping[str, str] | None = None, *,
@@ -289,8 +309,13 @@ def collect_runs(runs_dir: str | os.PathLike = RUNS_DIR, names: Sequence[str] | 
     return out
 
 
+def _sections(metrics: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
+    """Context sections, then the blind baselines scored on the same turns ("majority baseline")."""
+    return {**metrics["contexts"], **{f"{name} baseline": b for name, b in metrics.get("baselines", {}).items()}}
+
+
 def _stage_value(metrics: Mapping[str, Any], context: str, stage: int, metric: str) -> float | None:
-    entry = (metrics["contexts"][context]["by_stage"].get(str(stage)) or {"metrics": {}})["metrics"].get(metric)
+    entry = (_sections(metrics)[context]["by_stage"].get(str(stage)) or {"metrics": {}})["metrics"].get(metric)
     return None if entry is None else entry.get("value")
 
 
@@ -315,12 +340,14 @@ def _markdown(runs: Sequence[RunRecord], keys: Mapping[int, tuple[str, str]], ch
     stages = sorted(keys)
     lines = ["# Ablations", "",
              "Per-stage key metric of each finished run on its evaluation split (value; – = the run has no "
-             "scored turn of that stage). Each run's full tables and intervals: `runs/NAME/eval/metrics.md`.", "",
+             "scored turn of that stage), and of the blind majority-answer baseline (fitted on the training "
+             "split, constant normal report at stage 8) on the same turns. Each run's full tables and "
+             "intervals: `runs/NAME/eval/metrics.md`.", "",
              "| experiment | context | preset | steps | " + " | ".join(f"S{s} {keys[s][1]}" for s in stages)
              + " | overall accuracy |",
              "|---|---|---|---:|" + "---:|" * len(stages) + "---:|"]
     for run in finished:
-        for context, section in run.metrics["contexts"].items():
+        for context, section in _sections(run.metrics).items():
             overall = ((section.get("overall") or {}).get("metrics") or {}).get("accuracy") or {}
             cells = [_cell(_stage_value(run.metrics, context, s, keys[s][0])) for s in stages]
             lines.append(f"| {run.name} | {context} | {run.record['preset']} | {run.record['final_step']} | "

@@ -22,6 +22,7 @@ __all__ = [
     "learning_rate_schedule",
     "decays_weight",
     "weight_decay_mask",
+    "vision_side_mask",
     "trainable_labels",
     "make_optimizer",
     "check_master_weights",
@@ -45,6 +46,9 @@ class OptimConfig:
     weight_decay: decoupled (AdamW) decay, applied to matrices only (not norms / biases).
     clip_norm: global gradient-norm clip over the trainable parameters; None disables it.
     grad_accum_steps: micro-batches per optimizer step; the global batch must be divisible by it.
+    vision_lr_scale: factor on the learning rate of the vision tower and the projector (the
+      parameters under `vision` / `projector`), e.g. 0.1 to move a vision tower more slowly
+      than the decoder.
     """
 
     learning_rate: float = 2e-4
@@ -57,6 +61,7 @@ class OptimConfig:
     weight_decay: float = 0.0
     clip_norm: float | None = 1.0
     grad_accum_steps: int = 1
+    vision_lr_scale: float = 1.0
 
     def __post_init__(self):
         if self.learning_rate < 0:
@@ -75,6 +80,8 @@ class OptimConfig:
             raise ValueError(f"grad_accum_steps must be >= 1, got {self.grad_accum_steps}")
         if self.weight_decay < 0:
             raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
+        if self.vision_lr_scale < 0:
+            raise ValueError(f"vision_lr_scale must be >= 0, got {self.vision_lr_scale}")
 
 
 def learning_rate_schedule(config: OptimConfig) -> optax.Schedule:
@@ -111,6 +118,15 @@ def weight_decay_mask(params: Any) -> Any:
     return jax.tree_util.tree_map_with_path(decays_weight, params)
 
 
+_VISION_SIDE = ("vision", "projector")
+
+
+def vision_side_mask(params: Any) -> Any:
+    """Pytree of bools: True for parameters of the vision tower and the projector (top-level
+    `vision` / `projector`)."""
+    return jax.tree_util.tree_map_with_path(lambda path, _: _key_name(path[0]) in _VISION_SIDE, params)
+
+
 def trainable_labels(trainable: Any) -> Any:
     """`multi_transform` labels ("trainable" / "frozen") from a pytree of bools."""
     return jax.tree.map(lambda t: TRAINABLE if t else FROZEN, trainable)
@@ -133,6 +149,8 @@ def make_optimizer(config: OptimConfig, trainable: Any | None = None) -> optax.G
             weight_decay=config.weight_decay,
             mask=weight_decay_mask,
         ),
+        optax.masked(optax.scale(config.vision_lr_scale), vision_side_mask)
+        if config.vision_lr_scale != 1.0 else optax.identity(),
     )
     if trainable is None:
         return adamw

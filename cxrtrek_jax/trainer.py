@@ -204,10 +204,12 @@ class MetricsLog:
 def _validation(cfg: ExperimentConfig, model: ModelConfig, data: DataPaths,
                 tokenizer: CXRTrekTokenizer, mesh_config: sharding_lib.MeshConfig,
                 log_: MetricsLog, *, current_step, devices: list[jax.Device] | None = None):
-    """params -> {"val_loss", "val_accuracy", per stage}: the loss over up to `eval_batches`
-    validation batches (in order, no augmentation), as a `run_training` evaluate callback
-    (it runs at every checkpoint save; `current_step()` labels the log record)."""
+    """params -> {"val_loss", "val_accuracy", "val_image_gain", per stage}: the loss over up to
+    `eval_batches` validation batches (in order, no augmentation), and how much worse it gets
+    with the images swapped between studies (`evaluation.image_reliance`), as a `run_training`
+    evaluate callback (it runs at every checkpoint save; `current_step()` labels the log record)."""
     from cxrtrek_jax import train_step as step_lib
+    from cxrtrek_jax.evaluation.image_reliance import image_gain, swap_images
 
     if cfg.train.eval_batches == 0:
         return None
@@ -216,13 +218,20 @@ def _validation(cfg: ExperimentConfig, model: ModelConfig, data: DataPaths,
 
     def evaluate(params) -> dict[str, float]:
         iterator = build_eval_iterator(pcfg, tokenizer, jax.process_index(), jax.process_count())
-        total = None
-        for _, batch in zip(range(cfg.train.eval_batches), iterator):
+        total = swapped_total = None
+        for index, batch in zip(range(cfg.train.eval_batches), iterator):
             sums = eval_step(params, batch)
             total = sums if total is None else jax.tree.map(np.add, total, sums)
+            swapped = swap_images(batch, seed=index)
+            if swapped is not None:
+                sums = eval_step(params, swapped)
+                swapped_total = sums if swapped_total is None else jax.tree.map(np.add, swapped_total, sums)
         if total is None:
             raise ValueError(f"validation split {cfg.data.validation_split!r} yielded no batch")
-        values = {f"val_{k}": v for k, v in step_lib.summarize_sums(total).items()}
+        summary = step_lib.summarize_sums(total)
+        if swapped_total is not None:
+            summary.update(image_gain(summary, step_lib.summarize_sums(swapped_total)))
+        values = {f"val_{k}": v for k, v in summary.items()}
         log_.write("validation", current_step(), values)
         return values
 

@@ -119,6 +119,9 @@ def test_report_lists_finished_runs_and_missing_ones(root, baseline, capsys):
             assert f"- {name}: not run" in markdown
     assert runs["baseline"].status == runs["lora_r8"].status == "finished"
     assert "S1 accuracy" in markdown
+    # The blind majority baseline, scored on each run's evaluated turns, sits beside the runs.
+    assert "| baseline | majority baseline |" in markdown
+    assert runs["baseline"].metrics["baselines"]["majority"]["overall"]["n_items"] > 0
 
 
 def test_report_with_no_runs_lists_all_missing(tmp_path):

@@ -114,3 +114,28 @@ def test_compute_dtype_defaults_by_backend():
 
     assert default_compute_dtype("cpu") == "float32"
     assert default_compute_dtype("tpu") == default_compute_dtype("gpu") == "bfloat16"
+
+
+def test_vision_lr_scale_slows_only_the_vision_side():
+    params = {"vision": {"kernel": jnp.ones((4, 4))}, "projector": {"kernel": jnp.ones((4, 4))},
+              "text": {"kernel": jnp.ones((4, 4))}}
+    grads = jax.tree.map(jnp.ones_like, params)
+
+    def first_update(scale, trainable=None):
+        config = opt.OptimConfig(learning_rate=0.1, warmup_steps=0, total_steps=10, clip_norm=None,
+                                 vision_lr_scale=scale)
+        tx = opt.make_optimizer(config, trainable)
+        updates, _ = tx.update(grads, tx.init(params), params)
+        return jax.tree.map(lambda u: float(u[0, 0]), updates)
+
+    plain, slowed = first_update(1.0), first_update(0.1)
+    assert slowed["text"]["kernel"] == pytest.approx(plain["text"]["kernel"])
+    for side in ("vision", "projector"):
+        assert slowed[side]["kernel"] == pytest.approx(0.1 * plain[side]["kernel"])
+    # With a frozen decoder (multi_transform), the vision side is still scaled and the text frozen.
+    frozen_text = first_update(0.1, {"vision": {"kernel": True}, "projector": {"kernel": True},
+                                     "text": {"kernel": False}})
+    assert frozen_text["text"]["kernel"] == 0.0
+    assert frozen_text["vision"]["kernel"] == pytest.approx(0.1 * plain["vision"]["kernel"])
+    with pytest.raises(ValueError, match="vision_lr_scale"):
+        opt.OptimConfig(vision_lr_scale=-1.0)

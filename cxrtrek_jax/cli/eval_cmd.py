@@ -166,32 +166,6 @@ def _fit_baseline(args: argparse.Namespace):
         raise CLIError(f"--baseline-split {args.baseline_split}: {err}") from None
 
 
-def _write_baseline(baseline, out: Path) -> dict[str, Any]:
-    """The baseline's answers to the model's turns -> out/baseline_predictions.jsonl; returns
-    what it was fitted on."""
-    from cxrtrek_jax.evaluation.answer_baselines import baseline_records
-    from cxrtrek_jax.evaluation.predictions import PredictionWriter, read_predictions
-
-    with PredictionWriter(out / BASELINE_PREDICTIONS_FILE) as writer:
-        for record in baseline_records(read_predictions(out / PREDICTIONS_FILE), baseline):
-            writer.write(record)
-    return {"split_studies": baseline.studies_seen, "turns": baseline.turns_seen,
-            "turns_unusable": baseline.turns_unusable, "min_count": baseline.min_count}
-
-
-def _score_baseline(path: Path, config) -> dict[str, Any]:
-    """The baseline's metrics section: a context section, plus its constant normal report."""
-    from cxrtrek_jax.evaluation.answer_baselines import NORMAL_FINDINGS, NORMAL_IMPRESSION
-    from cxrtrek_jax.evaluation.predictions import read_predictions
-    from cxrtrek_jax.evaluation.scoring import score_predictions
-
-    if not path.is_file():
-        raise CLIError(f"--baseline-predictions {path}: no such file")
-    scored = score_predictions(read_predictions(path), config)
-    (section,) = scored["contexts"].values()
-    return {**section, "normal_report": {"findings": NORMAL_FINDINGS, "impression": NORMAL_IMPRESSION}}
-
-
 def _write_report(args: argparse.Namespace, out: Path) -> Path | None:
     """out/report.html for a JSON data set (its images are files); None for a TFDS data dir,
     whose images live inside the data set (run `cxrtrek report --data JSON` for those)."""
@@ -236,7 +210,10 @@ def run(args: argparse.Namespace) -> int:
         decoded = _decode(args, out)
         args.predictions = str(out / PREDICTIONS_FILE)
         if baseline is not None:
-            fitted = {"split": args.baseline_split, **_write_baseline(baseline, out)}
+            from cxrtrek_jax.evaluation.answer_baselines import write_baseline_predictions
+
+            fitted = {"split": args.baseline_split, **write_baseline_predictions(
+                baseline, out / PREDICTIONS_FILE, out / BASELINE_PREDICTIONS_FILE)}
             args.baseline_predictions = str(out / BASELINE_PREDICTIONS_FILE)
     elif args.data is not None:
         raise CLIError("--data goes with --checkpoint (to re-score, --predictions alone)")
@@ -247,7 +224,11 @@ def run(args: argparse.Namespace) -> int:
             records, config, scored_path=out / SCORED_PREDICTIONS_FILE, progress=not args.no_progress
         )
         if args.baseline_predictions:
-            metrics["baselines"] = {BASELINE_NAME: _score_baseline(Path(args.baseline_predictions), config)}
+            from cxrtrek_jax.evaluation.answer_baselines import score_baseline
+
+            if not Path(args.baseline_predictions).is_file():
+                raise CLIError(f"--baseline-predictions {args.baseline_predictions}: no such file")
+            metrics["baselines"] = {BASELINE_NAME: score_baseline(args.baseline_predictions, config)}
             identity["baseline"] = {"predictions": args.baseline_predictions, "fitted_on": fitted}
     except (PredictionFormatError, ValueError) as err:
         raise CLIError(str(err)) from None

@@ -35,6 +35,8 @@ import dataclasses
 import re
 from collections import Counter
 from collections.abc import Hashable, Iterable, Iterator
+from pathlib import Path
+from typing import Any
 
 from cxrtrek_jax.evaluation.answer_parsing import ChoiceOption, parse_closed_answer, parse_options
 from cxrtrek_jax.evaluation.predictions import PredictionRecord
@@ -47,6 +49,8 @@ __all__ = [
     "normal_report",
     "MajorityAnswerBaseline",
     "baseline_records",
+    "write_baseline_predictions",
+    "score_baseline",
 ]
 
 NORMAL_FINDINGS = (
@@ -248,3 +252,27 @@ def baseline_records(records: Iterable[PredictionRecord], baseline: MajorityAnsw
         yield dataclasses.replace(
             record, context="none", scores={}, num_generated_tokens=None, latency_s=None, stop_reason=None,
             prediction=baseline.answer(record.stage, record.task_type, record.qtype, record.question))
+
+
+def write_baseline_predictions(baseline: MajorityAnswerBaseline, model_predictions: str | Path,
+                               out: str | Path) -> dict[str, Any]:
+    """The baseline's answers to the turns of a model's predictions file -> `out` (JSONL);
+    returns what the baseline was fitted on."""
+    from cxrtrek_jax.evaluation.predictions import PredictionWriter, read_predictions
+
+    with PredictionWriter(out) as writer:
+        for record in baseline_records(read_predictions(model_predictions), baseline):
+            writer.write(record)
+    return {"split_studies": baseline.studies_seen, "turns": baseline.turns_seen,
+            "turns_unusable": baseline.turns_unusable, "min_count": baseline.min_count}
+
+
+def score_baseline(predictions: str | Path, config) -> dict[str, Any]:
+    """A baseline predictions file scored like a model (`scoring.score_predictions` with
+    `config`): its single context section, plus the constant normal report it used."""
+    from cxrtrek_jax.evaluation.predictions import read_predictions
+    from cxrtrek_jax.evaluation.scoring import score_predictions
+
+    scored = score_predictions(read_predictions(predictions), config)
+    (section,) = scored["contexts"].values()
+    return {**section, "normal_report": {"findings": NORMAL_FINDINGS, "impression": NORMAL_IMPRESSION}}
