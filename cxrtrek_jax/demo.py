@@ -183,6 +183,10 @@ def main(argv: list[str] | None = None) -> int:
     print(_overall_table(metrics))
     print("\n  learning checks: the trained model against the blind baseline on the same turns")
     print(_checks_table(checks))
+    gain = _last_image_gain(run / "metrics.jsonl")
+    if gain is not None:
+        print(f"\n  image reliance (last validation): loss with the images swapped between studies minus loss with "
+              f"their own images = {gain:+.4f} nats per answer token (about 0: the model ignores its images)")
     for name, path in [("phantom data", data_json), ("TFDS data set", data.tfds_dir), ("run (config, metrics, "
                        "checkpoints, tensorboard)", run), ("evaluation", evaluation / "metrics.md"),
                        ("case report", evaluation / "report.html"), ("Hugging Face export", export),
@@ -194,6 +198,16 @@ def main(argv: list[str] | None = None) -> int:
     print(f"learning checks met: {met} of {len(checks)}" + ("" if met == len(checks) else
           " (see the table above; the README discusses the ones this CPU-scale run does not meet)"))
     return 0 if all(r["identical"] for r in rows) else 1
+
+
+def _last_image_gain(metrics_jsonl: Path) -> float | None:
+    """`val_image_gain` of the run's last validation record (None when there is none)."""
+    gain = None
+    for line in metrics_jsonl.read_text().splitlines():
+        record = json.loads(line)
+        if record.get("split") == "validation" and "val_image_gain" in record:
+            gain = record["val_image_gain"]
+    return gain
 
 
 def _has_baseline(path: Path) -> bool:

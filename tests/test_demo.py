@@ -39,3 +39,17 @@ def test_a_missing_group_fails_its_check():
     assert [r["met"] for r in rows] == [True, True, False] and rows[2]["model"] is None
     rows = learning_checks(_metrics(_section(None, 0.9, 0.9), baseline))
     assert rows[0]["met"] is False
+
+
+def test_last_image_gain_reads_the_newest_validation_record(tmp_path):
+    import json
+
+    from cxrtrek_jax.demo import _last_image_gain
+
+    path = tmp_path / "metrics.jsonl"
+    records = [{"split": "train", "step": 1, "loss": 2.0}, {"split": "validation", "step": 2, "val_image_gain": 0.5},
+               {"split": "validation", "step": 4, "val_image_gain": 0.125}, {"split": "train", "step": 5}]
+    path.write_text("\n".join(json.dumps(r) for r in records) + "\n")
+    assert _last_image_gain(path) == 0.125
+    path.write_text(json.dumps(records[0]) + "\n")
+    assert _last_image_gain(path) is None
