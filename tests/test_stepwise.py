@@ -231,7 +231,11 @@ def test_overflow_inside_an_answer_and_a_question(world):
     np.testing.assert_array_equal(state.overflowed, [False, False, True])
     state, _ = decoder.answer(world["params"], state, GREEDY, 6, 6)
     assert np.asarray(state.num_tokens).tolist() == [2, 6, 0]
-    assert state.stop_reason.tolist() == [StopReason.CACHE_FULL, StopReason.MAX_NEW_TOKENS, StopReason.CACHE_FULL]
+    reasons = state.stop_reason.tolist()
+    assert reasons[0] == reasons[2] == StopReason.CACHE_FULL
+    # Sample 1 fits: its 6th token closes the turn, chosen by the model or appended at the budget
+    # (which of the two depends on the untrained model's argmax, not on the cache).
+    assert reasons[1] in (StopReason.END_OF_TURN, StopReason.MAX_NEW_TOKENS)
     np.testing.assert_array_equal(state.overflowed, [True, False, True])
     assert np.all(np.isfinite(np.asarray(state.next_logits)))
     state = decoder.ask(world["params"], state, [[7], [7], [7]], [2, 2, 2])
