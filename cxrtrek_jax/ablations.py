@@ -85,6 +85,18 @@ def _differences(a: Any, b: Any, prefix: str = "") -> list[str]:
     return [] if a == b else [prefix.rstrip(".")]
 
 
+def _with_defaults(stored: Mapping[str, Any]) -> Any:
+    """A stored requested config with fields added since it was written filled in with their
+    defaults (so a new field at its default is not a difference); the stored tree as it is
+    when it no longer parses (then every changed key is reported)."""
+    from experiments.config import ExperimentConfig
+
+    try:
+        return _as_json(ExperimentConfig.from_dict(stored).to_dict())
+    except (TypeError, ValueError):
+        return stored
+
+
 def _machine() -> dict[str, Any]:
     import jax
 
@@ -246,7 +258,7 @@ def run_ablation(name: str, preset: str = "small", overrides: Mapping[str, str] 
         shutil.rmtree(run_dir)
     if finished_file.exists():
         record = json.loads(finished_file.read_text())
-        changed = _differences(record["requested_config"], requested)
+        changed = _differences(_with_defaults(record["requested_config"]), requested)
         if changed:
             raise CLIError(f"{run_dir} finished with another config (differs in {', '.join(changed)}); "
                            "rerun with --force (make FORCE=1) to replace it")

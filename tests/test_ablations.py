@@ -168,3 +168,14 @@ def test_load_params_into_keeps_fresh_lora_and_names_missing_base_params(tmp_pat
     with pytest.raises(ValueError, match="dense/kernel has shape"):
         ck.load_params_into(tmp_path / "base", {"dense": {"kernel": jax.numpy.zeros((3, 3))}},
                             {"dense": {"kernel": False}})
+
+
+def test_a_field_added_later_at_its_default_is_not_a_config_change():
+    requested = ablations._as_json(ablations.resolve_experiment("baseline", "tiny", {}).to_dict())
+    stored = json.loads(json.dumps(requested))
+    del stored["optim"]["vision_lr_scale"]  # written before the field existed
+    assert ablations._differences(ablations._with_defaults(stored), requested) == []
+    stored["optim"]["learning_rate"] = 0.5
+    assert ablations._differences(ablations._with_defaults(stored), requested) == ["optim.learning_rate"]
+    stored["optim"]["no_such_field"] = 1  # not parseable any more: compared as stored
+    assert "optim.no_such_field" in ablations._differences(ablations._with_defaults(stored), requested)
