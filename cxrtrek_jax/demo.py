@@ -35,6 +35,8 @@ LEARNING_CHECKS = (
     ("stage-8 report label F1 (CE micro)", "by_stage", "8", "ce_micro_f1", 0.0),
 )
 CHECK_CONTEXT = "own"
+# |val_image_gain| below this (nats per answer token) reads as "the images are ignored".
+IGNORES_IMAGES_BELOW = 0.01
 
 
 def _step(title: str) -> float:
@@ -185,8 +187,10 @@ def main(argv: list[str] | None = None) -> int:
     print(_checks_table(checks))
     gain = _last_image_gain(run / "metrics.jsonl")
     if gain is not None:
+        reading = ("about 0: the model ignores its images" if abs(gain) < IGNORES_IMAGES_BELOW
+                   else "the model reads its images")
         print(f"\n  image reliance (last validation): loss with the images swapped between studies minus loss with "
-              f"their own images = {gain:+.4f} nats per answer token (about 0: the model ignores its images)")
+              f"their own images = {gain:+.4f} nats per answer token ({reading})")
     for name, path in [("phantom data", data_json), ("TFDS data set", data.tfds_dir), ("run (config, metrics, "
                        "checkpoints, tensorboard)", run), ("evaluation", evaluation / "metrics.md"),
                        ("case report", evaluation / "report.html"), ("Hugging Face export", export),
