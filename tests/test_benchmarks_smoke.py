@@ -120,3 +120,23 @@ def test_tpu_compile_check_reports_memory_of_a_compiled_step():
     assert report.total_bytes == 15 and not report.fits
     assert tpu_compile_check._parse_train_case("v5p:2x2x2:32:4096:4") == tpu_compile_check.TrainCase(
         "v5p:2x2x2", 32, 4096, 4)
+
+
+def test_image_feature_statistics_and_view_probe():
+    from benchmarks import image_features
+
+    rng = np.random.default_rng(0)
+    common_vector = np.zeros(8)
+    common_vector[0] = 10.0
+    tokens = common_vector + 0.5 * rng.standard_normal((4, 16, 8))
+    stats = image_features.token_statistics(tokens)
+    assert stats["common_mean_norm"] == pytest.approx(10.0, abs=0.3)
+    assert stats["deviation_norm"] == pytest.approx(0.5 * np.sqrt(8), rel=0.2)
+    y = rng.random(60) < 0.4
+    x = rng.standard_normal((60, 5)) * 0.1
+    x[:, 2] = np.where(y, 0.05, -0.05) + 0.001 * rng.standard_normal(60)  # small but clean: standardised away from scale
+    train = np.arange(60) < 40
+    assert image_features.ridge_probe_accuracy(x, y, train, ridge=1.0) == 1.0
+    assert image_features.ridge_probe_accuracy(rng.standard_normal((60, 5)), y, train) < 0.9
+    with pytest.raises(ValueError, match="both sides"):
+        image_features.ridge_probe_accuracy(x, y, np.ones(60, bool))
