@@ -117,8 +117,6 @@ def _decode(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     from cxrtrek_jax.evaluation.model_eval import EvalData, checkpoint_identity, decode_predictions
     from cxrtrek_jax.evaluation.predictions import PredictionWriter
 
-    if not args.data:
-        raise CLIError("--checkpoint needs --data (a CXRTrek JSON file or a TFDS data dir)")
     for name in ("max_new_tokens", "batch_size"):
         if getattr(args, name) < 1:
             raise CLIError(f"--{name.replace('_', '-')} must be >= 1")
@@ -157,8 +155,6 @@ def _fit_baseline(args: argparse.Namespace):
     from cxrtrek_jax.evaluation.answer_baselines import MajorityAnswerBaseline
     from cxrtrek_jax.evaluation.model_eval import EvalData, iter_split_studies
 
-    if not args.data:
-        raise CLIError("--checkpoint needs --data (a CXRTrek JSON file or a TFDS data dir)")
     try:
         data = EvalData(args.data, split=args.baseline_split, image_root=args.image_root)
         return MajorityAnswerBaseline.fit(iter_split_studies(data))
@@ -204,6 +200,8 @@ def run(args: argparse.Namespace) -> int:
     decoded = None
     fitted = None
     if args.checkpoint is not None:
+        if not args.data:
+            raise CLIError("--checkpoint needs --data (a CXRTrek JSON file or a TFDS data dir)")
         if args.baseline_predictions:
             raise CLIError("--baseline-predictions goes with --predictions (--checkpoint fits its own baseline)")
         baseline = _fit_baseline(args) if args.baseline_split != "none" else None

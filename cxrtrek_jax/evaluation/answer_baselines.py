@@ -76,7 +76,7 @@ def _words(text: str) -> tuple[str, ...]:
     return tuple(_WORD.findall(text.lower()))
 
 
-def question_key(question: str, options: tuple[ChoiceOption, ...]) -> tuple[str, ...]:
+def _question_key(question: str, options: tuple[ChoiceOption, ...]) -> tuple[str, ...]:
     """The question's lower-cased words, without image placeholders, option keys and option words."""
     option_words = {w for o in options for w in _words(o.text)} | {o.key.lower() for o in options if o.key}
     text = question.replace(IMAGE_PLACEHOLDER, " ")
@@ -172,7 +172,7 @@ class MajorityAnswerBaseline:
             self.turns_unusable += 1
             return
         offered = [_words(o.text) for o in options]
-        for group in self._groups(stage, task_type, qtype, question_key(question, options)):
+        for group in self._groups(stage, task_type, qtype, _question_key(question, options)):
             self._closed.add(group, values)
             if options:
                 self._offered.add(group, offered)
@@ -191,7 +191,7 @@ class MajorityAnswerBaseline:
                     return str(_majority(found[0]))
             return ""
         options = parse_options(question)
-        groups = self._groups(stage, task_type, qtype, question_key(question, options))
+        groups = self._groups(stage, task_type, qtype, _question_key(question, options))
         for level, group in enumerate(groups):
             found = self._closed.get(group, self.min_count if level == 0 else 1)
             if found is None:
