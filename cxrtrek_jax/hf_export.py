@@ -309,12 +309,9 @@ def _load_tokenizer(tokenizer_dir: Path | None, config: ModelConfig):
         tokenizer = load_tokenizer(tokenizer_dir)
     except (OSError, ValueError) as err:
         raise ExportError(f"cannot load the tokenizer of {tokenizer_dir}: {err}") from err
-    if tokenizer.image_id != config.image_token_id:
-        raise ExportError(f"tokenizer {tokenizer_dir}: image token {tokenizer.format.image!r} has id "
-                          f"{tokenizer.image_id}, the model config's image_token_id is {config.image_token_id}")
-    if tokenizer.vocab_size > config.vocab_size:
-        raise ExportError(f"tokenizer {tokenizer_dir} has {tokenizer.vocab_size} ids, more than the model's "
-                          f"vocab_size {config.vocab_size}")
+    mismatch = tokenizer.model_mismatch(config.image_token_id, config.vocab_size)
+    if mismatch:
+        raise ExportError(f"tokenizer {tokenizer_dir}: {mismatch}")
     return tokenizer
 
 

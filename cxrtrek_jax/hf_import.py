@@ -195,12 +195,9 @@ def _tokenizer(hf_dir: Path, fmt, config):
         flags = ", ".join(FORMAT_FLAGS.values())
         raise HFImportError(f"{hf_dir}: the tokenizer does not fit the chat format {fmt}: {err} "
                             f"(set the tokens with {flags})") from err
-    if tokenizer.image_id != config.image_token_id:
-        raise HFImportError(f"{hf_dir}: image token {fmt.image!r} has id {tokenizer.image_id} in the tokenizer, "
-                            f"but config.json says image_token_id={config.image_token_id}")
-    if tokenizer.vocab_size > config.vocab_size:
-        raise HFImportError(f"{hf_dir}: the tokenizer has {tokenizer.vocab_size} ids, more than the model's "
-                            f"vocab_size {config.vocab_size}")
+    mismatch = tokenizer.model_mismatch(config.image_token_id, config.vocab_size)
+    if mismatch:
+        raise HFImportError(f"{hf_dir}: {mismatch} (from config.json)")
     return tokenizer
 
 

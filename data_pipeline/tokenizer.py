@@ -135,6 +135,17 @@ class CXRTrekTokenizer:
         """Number of ids, added tokens included (the model's embedding rows must cover it)."""
         return self._tokenizer.get_vocab_size(with_added_tokens=True)
 
+    def model_mismatch(self, image_token_id: int, vocab_size: int) -> str | None:
+        """Why a model with this image token id and vocabulary size cannot use this tokenizer
+        (its image token has another id, or it has more ids than the model's embedding rows);
+        None when it can."""
+        if self.image_id != image_token_id:
+            return (f"image token {self.format.image!r} has id {self.image_id} in the tokenizer, "
+                    f"but the model's image_token_id is {image_token_id}")
+        if self.vocab_size > vocab_size:
+            return f"the tokenizer has {self.vocab_size} ids, more than the model's vocab_size {vocab_size}"
+        return None
+
     @property
     def backend(self) -> tokenizers.Tokenizer:
         return self._tokenizer

@@ -251,3 +251,11 @@ def test_cli_train(tmp_path, capsys):
     assert "data file" in capsys.readouterr().err
     assert main(["tokenizer", "train", "--data", str(data), "--vocab-size", "10", "--out", str(tmp_path / "t3")]) == 2
     assert "too small" in capsys.readouterr().err
+
+
+def test_model_mismatch_names_the_image_id_or_the_vocabulary(tok):
+    assert tok.model_mismatch(tok.image_id, tok.vocab_size) is None
+    assert tok.model_mismatch(tok.image_id, tok.vocab_size + 100) is None  # spare embedding rows are fine
+    assert f"has id {tok.image_id} in the tokenizer" in tok.model_mismatch(tok.image_id + 1, tok.vocab_size)
+    assert f"more than the model's vocab_size {tok.vocab_size - 1}" in tok.model_mismatch(
+        tok.image_id, tok.vocab_size - 1)

@@ -105,12 +105,9 @@ class DecodeSpec:
     def for_model(cls, model_config: ModelConfig, tokenizer, *, cache_length: int, max_answer_tokens: int,
                   max_turns: int = 64, min_bucket: int = 16) -> "DecodeSpec":
         """A spec with the control ids of `tokenizer` (a `CXRTrekTokenizer`), checked against the model."""
-        if tokenizer.image_id != model_config.image_token_id:
-            raise ValueError(f"tokenizer image id {tokenizer.image_id} != model image_token_id "
-                             f"{model_config.image_token_id}")
-        if tokenizer.vocab_size > model_config.vocab_size:
-            raise ValueError(f"tokenizer has {tokenizer.vocab_size} ids, the model's vocabulary only "
-                             f"{model_config.vocab_size}")
+        mismatch = tokenizer.model_mismatch(model_config.image_token_id, model_config.vocab_size)
+        if mismatch:
+            raise ValueError(mismatch)
         if cache_length > model_config.text.max_positions:
             raise ValueError(f"cache_length {cache_length} exceeds the model's max_positions "
                              f"{model_config.text.max_positions}")
