@@ -221,8 +221,9 @@ def _evaluate(cfg, data, run_dir: Path, *, bootstrap_resamples: int, meteor: boo
 
 def _majority_baseline(cfg, data, predictions: Path, eval_dir: Path, scoring) -> tuple[dict, dict]:
     """The blind majority-answer baseline (fitted on the training split) on the run's evaluated
-    turns: ({"majority": metrics section}, identity entry)."""
+    turns: ({BASELINE_NAME: metrics section}, identity entry)."""
     from cxrtrek_jax.evaluation.answer_baselines import (
+        BASELINE_NAME,
         MajorityAnswerBaseline,
         score_baseline,
         write_baseline_predictions,
@@ -234,7 +235,7 @@ def _majority_baseline(cfg, data, predictions: Path, eval_dir: Path, scoring) ->
     baseline = MajorityAnswerBaseline.fit(iter_split_studies(train))
     path = eval_dir / "baseline_predictions.jsonl"
     fitted = write_baseline_predictions(baseline, predictions, path)
-    return ({"majority": score_baseline(path, scoring)},
+    return ({BASELINE_NAME: score_baseline(path, scoring)},
             {"predictions": str(path), "fitted_on": {"split": cfg.data.train_split, **fitted}})
 
 

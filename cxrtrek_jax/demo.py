@@ -24,6 +24,8 @@ import sys
 import time
 from pathlib import Path
 
+from cxrtrek_jax.evaluation.answer_baselines import BASELINE_NAME
+
 __all__ = ["main", "LEARNING_CHECKS", "learning_checks"]
 
 # (name, metrics section, group, metric, required margin over the baseline): the demo must show
@@ -228,7 +230,7 @@ def _metric_value(section: dict, kind: str, group: str, metric: str) -> tuple[fl
 def learning_checks(metrics: dict, context: str = CHECK_CONTEXT) -> list[dict]:
     """One row per LEARNING_CHECKS entry: model (in `context`) and baseline values, margin, met."""
     model = metrics["contexts"][context]
-    baseline = metrics["baselines"]["majority"]
+    baseline = metrics["baselines"][BASELINE_NAME]
     rows = []
     for name, kind, group, metric, margin in LEARNING_CHECKS:
         ours, n = _metric_value(model, kind, group, metric)
@@ -258,7 +260,7 @@ def _checks_table(rows: list[dict]) -> str:
 
 def _overall_table(metrics: dict) -> str:
     """metric x context table of the overall metrics (value only)."""
-    by_context = {**metrics["contexts"], "baseline": metrics["baselines"]["majority"]}
+    by_context = {**metrics["contexts"], "baseline": metrics["baselines"][BASELINE_NAME]}
     contexts = list(by_context)
     names = ("accuracy", "multi_option_f1", "mean_iou", "bleu_1", "rouge_l", "cider", "ce_micro_f1")
     lines = [f"  {'metric':18s}" + "".join(f"{c:>10s}" for c in contexts)]

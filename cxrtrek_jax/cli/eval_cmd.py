@@ -37,7 +37,6 @@ from cxrtrek_jax.cli import CLIError
 SCORED_PREDICTIONS_FILE = "predictions.scored.jsonl"
 PREDICTIONS_FILE = "predictions.jsonl"
 BASELINE_PREDICTIONS_FILE = "baseline_predictions.jsonl"
-BASELINE_NAME = "majority"
 REPORT_STUDIES = 8  # studies shown in the case report written by a --checkpoint run
 
 
@@ -222,7 +221,7 @@ def run(args: argparse.Namespace) -> int:
             records, config, scored_path=out / SCORED_PREDICTIONS_FILE, progress=not args.no_progress
         )
         if args.baseline_predictions:
-            from cxrtrek_jax.evaluation.answer_baselines import score_baseline
+            from cxrtrek_jax.evaluation.answer_baselines import BASELINE_NAME, score_baseline
 
             if not Path(args.baseline_predictions).is_file():
                 raise CLIError(f"--baseline-predictions {args.baseline_predictions}: no such file")

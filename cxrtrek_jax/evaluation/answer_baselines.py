@@ -44,6 +44,7 @@ from data_pipeline.records import IMAGE_PLACEHOLDER, Study
 from data_pipeline.stages import Stage, parse_qtype
 
 __all__ = [
+    "BASELINE_NAME",
     "NORMAL_FINDINGS",
     "NORMAL_IMPRESSION",
     "normal_report",
@@ -53,6 +54,8 @@ __all__ = [
     "score_baseline",
 ]
 
+# The key of this baseline under a metrics dictionary's "baselines".
+BASELINE_NAME = "majority"
 NORMAL_FINDINGS = (
     "The lungs are clear. There is no pleural effusion or pneumothorax. "
     "The heart size is normal. No acute osseous abnormality."
