@@ -248,6 +248,7 @@ def run_recipe(rows_file: str | Path, recipe: Recipe, out: str | Path, *, name: 
     from cxrtrek_jax.model import CXRTrekNet
     from cxrtrek_jax.model.config import get_config, override
     from cxrtrek_jax.optimizer import OptimConfig, make_optimizer
+    from cxrtrek_jax.train_step import token_metric_sums
 
     began = time.time()
     lengths = {**ROW_LENGTH, **(row_length or {})}
@@ -291,10 +292,9 @@ def run_recipe(rows_file: str | Path, recipe: Recipe, out: str | Path, *, name: 
     def eval_sums(params, batch):
         logits = logits_fn(params, batch)
         target, mask, stage = batch["target_tokens"], batch["loss_mask"], batch["stage_ids"]
-        token_loss = optax.softmax_cross_entropy_with_integer_labels(logits, target)
-        by_stage = jax.nn.one_hot(stage - 1, 8) * mask[..., None]
+        metric_sums = token_metric_sums(logits, target, mask, stage)
+        sums = {"loss": metric_sums["stage_loss_sum"], "tokens": metric_sums["stage_answer_tokens"]}
         first = mask * (1 - jnp.pad(mask[:, :-1], ((0, 0), (1, 0))))
-        sums = {"loss": jnp.einsum("bl,bls->s", token_loss, by_stage), "tokens": by_stage.sum((0, 1))}
         for key, (a, b) in pairs.items():
             scored = ((target == a) | (target == b)) * first
             correct = ((logits[..., a] > logits[..., b]) == (target == a)) * scored
