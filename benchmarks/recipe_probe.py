@@ -36,8 +36,8 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["Recipe", "RECIPES", "ROW_FIELDS", "Rows", "turn_weights", "dump_rows", "run_recipe",
-           "summary_table", "main"]
+__all__ = ["Recipe", "RECIPES", "ROW_FIELDS", "Rows", "answer_starts", "turn_weights", "dump_rows",
+           "run_recipe", "summary_table", "main"]
 
 ROW_FIELDS = ("input_tokens", "target_tokens", "stage_ids", "loss_mask")
 ROW_LENGTH = {"on": 1024, "off": 384}
@@ -164,7 +164,7 @@ def _pair_token_ids(arrays: dict[str, np.ndarray], tokenizer) -> dict[str, np.nd
     for split in SPLITS:
         p = f"{split}_on_"
         mask = arrays[p + "loss_mask"] > 0
-        firsts = np.flatnonzero(mask & ~np.concatenate([[False], mask[:-1]]))
+        firsts = answer_starts(mask)
         for token in np.unique(arrays[p + "target_tokens"][firsts]):
             word = tokenizer.decode([int(token)])
             if word in wanted:
@@ -215,13 +215,19 @@ class Rows:
         return out
 
 
+def answer_starts(mask: np.ndarray) -> np.ndarray:
+    """Indices where a run of answer tokens begins in a 1-D loss mask (> 0 = answer token)."""
+    on = np.asarray(mask) > 0
+    return np.flatnonzero(on & ~np.concatenate([[False], on[:-1]]))
+
+
 def turn_weights(mask: np.ndarray) -> np.ndarray:
     """loss_mask float[B, L] -> weights float[B, L]: each answer (a run of masked tokens) gets total
     weight 1, spread evenly over its tokens."""
     weights = np.zeros_like(mask)
     for r in range(mask.shape[0]):
         on = mask[r] > 0
-        starts = np.flatnonzero(on & ~np.concatenate([[False], on[:-1]]))
+        starts = answer_starts(on)
         ends = np.flatnonzero(on & ~np.concatenate([on[1:], [False]]))
         for s, e in zip(starts, ends):
             weights[r, s:e + 1] = 1.0 / (e - s + 1)

@@ -19,11 +19,6 @@ def rows(tmp_path_factory):
     return work / "rows.npz", counts
 
 
-def _answer_runs(mask: np.ndarray) -> int:
-    on = mask > 0
-    return int((on & ~np.concatenate([[False], on[:-1]])).sum())
-
-
 def test_dump_has_staged_and_single_qa_rows_with_valid_images(rows):
     path, counts = rows
     data = np.load(path)
@@ -37,7 +32,7 @@ def test_dump_has_staged_and_single_qa_rows_with_valid_images(rows):
             assert index.max() < len(data[p + "images"]) and (index[:, 0] >= 0).all()
             assert data[p + "images"].dtype == np.uint8
             offsets = np.concatenate([[0], np.cumsum(lens)])
-            runs = [_answer_runs(data[p + "loss_mask"][a:b]) for a, b in zip(offsets[:-1], offsets[1:])]
+            runs = [len(rp.answer_starts(data[p + "loss_mask"][a:b])) for a, b in zip(offsets[:-1], offsets[1:])]
             if context == "off":
                 assert set(runs) == {1}
             else:
@@ -49,6 +44,7 @@ def test_dump_has_staged_and_single_qa_rows_with_valid_images(rows):
 def test_turn_weights_give_every_answer_weight_one():
     mask = np.array([[0, 1, 1, 0, 1, 0, 1, 1, 1, 1]], np.float32)
     np.testing.assert_allclose(rp.turn_weights(mask), [[0, .5, .5, 0, 1, 0, .25, .25, .25, .25]])
+    np.testing.assert_array_equal(rp.answer_starts(mask[0]), [1, 4, 6])
 
 
 def test_rows_batch_and_stage_filter(rows):
