@@ -253,7 +253,7 @@ def run_recipe(rows_file: str | Path, recipe: Recipe, out: str | Path, *, name: 
     from cxrtrek_jax.evaluation.image_reliance import swap_images
     from cxrtrek_jax.model import CXRTrekNet
     from cxrtrek_jax.model.config import get_config, override
-    from cxrtrek_jax.optimizer import OptimConfig, make_optimizer
+    from cxrtrek_jax.optimizer import OptimConfig, TowerSchedule, make_optimizer
     from cxrtrek_jax.train_step import token_metric_sums
 
     began = time.time()
@@ -275,7 +275,8 @@ def run_recipe(rows_file: str | Path, recipe: Recipe, out: str | Path, *, name: 
     params = nnx.to_pure_dict(params)
     tx = make_optimizer(OptimConfig(learning_rate=recipe.learning_rate, warmup_steps=max(total // 10, 1),
                                     total_steps=total + 1, weight_decay=recipe.weight_decay,
-                                    vision_lr_scale=recipe.vision_lr_scale))
+                                    vision=TowerSchedule(recipe.learning_rate * recipe.vision_lr_scale),
+                                    projector=TowerSchedule(recipe.learning_rate * recipe.vision_lr_scale)))
     opt_state = tx.init(params)
 
     def logits_fn(params, batch):

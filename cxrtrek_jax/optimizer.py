@@ -1,6 +1,6 @@
 """The optimizer: AdamW with linear warmup + cosine decay, global-norm clipping, weight decay masked
-off norms and biases, and frozen parameters (LoRA / frozen towers) that get neither updates nor
-optimizer state.
+off norms and biases, a learning-rate schedule per tower (vision, projector, text decoder), and
+frozen parameters (LoRA / frozen towers) that get neither updates nor optimizer state.
 
 Parameters are fp32 "master weights" (the model computes in its own `dtype`, e.g. bf16 on TPU);
 `check_master_weights` refuses anything else. Gradient accumulation over micro-batches happens
@@ -18,22 +18,43 @@ import jax.numpy as jnp
 import optax
 
 __all__ = [
+    "TowerSchedule",
     "OptimConfig",
+    "TOWER_NAMES",
+    "tower_schedules",
+    "tower_labels",
     "learning_rate_schedule",
     "decays_weight",
     "weight_decay_mask",
-    "vision_side_mask",
-    "trainable_labels",
     "make_optimizer",
     "check_master_weights",
 ]
 
-TRAINABLE = "trainable"
 FROZEN = "frozen"
 
 # Path components that mark a parameter as exempt from weight decay.
 _NO_DECAY_NAMES = ("bias", "scale")
 _NO_DECAY_SUBSTRINGS = ("norm",)
+
+
+# The towers a parameter belongs to, by its top-level name in the model's parameter tree.
+TOWER_NAMES = ("vision", "projector", "text")
+
+
+@dataclasses.dataclass(frozen=True)
+class TowerSchedule:
+    """One tower's own schedule: its peak learning rate and warmup steps; None takes the
+    `OptimConfig`'s value. The cosine decay to `final_lr_fraction` of the peak over `total_steps`
+    is shared by all towers."""
+
+    learning_rate: float | None = None
+    warmup_steps: int | None = None
+
+    def __post_init__(self):
+        if self.learning_rate is not None and self.learning_rate < 0:
+            raise ValueError(f"TowerSchedule.learning_rate must be >= 0 or None, got {self.learning_rate}")
+        if self.warmup_steps is not None and self.warmup_steps < 0:
+            raise ValueError(f"TowerSchedule.warmup_steps must be >= 0 or None, got {self.warmup_steps}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,9 +67,10 @@ class OptimConfig:
     weight_decay: decoupled (AdamW) decay, applied to matrices only (not norms / biases).
     clip_norm: global gradient-norm clip over the trainable parameters; None disables it.
     grad_accum_steps: micro-batches per optimizer step; the global batch must be divisible by it.
-    vision_lr_scale: factor on the learning rate of the vision tower and the projector (the
-      parameters under `vision` / `projector`), e.g. 0.1 to move a vision tower more slowly
-      than the decoder.
+    vision, projector, text: each tower's own schedule (`TowerSchedule`; the parameters under
+      the model's top-level `vision` / `projector` / `text`), e.g. `vision.learning_rate=1e-4`
+      with `learning_rate=2e-3` trains the image side 20x more gently than the decoder. A
+      parameter outside these towers follows `learning_rate` / `warmup_steps`.
     """
 
     learning_rate: float = 2e-4
@@ -61,7 +83,9 @@ class OptimConfig:
     weight_decay: float = 0.0
     clip_norm: float | None = 1.0
     grad_accum_steps: int = 1
-    vision_lr_scale: float = 1.0
+    vision: TowerSchedule = TowerSchedule()
+    projector: TowerSchedule = TowerSchedule()
+    text: TowerSchedule = TowerSchedule()
 
     def __post_init__(self):
         if self.learning_rate < 0:
@@ -80,12 +104,25 @@ class OptimConfig:
             raise ValueError(f"grad_accum_steps must be >= 1, got {self.grad_accum_steps}")
         if self.weight_decay < 0:
             raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
-        if self.vision_lr_scale < 0:
-            raise ValueError(f"vision_lr_scale must be >= 0, got {self.vision_lr_scale}")
+        for name in TOWER_NAMES:
+            warmup = getattr(self, name).warmup_steps
+            if warmup is not None and self.total_steps <= warmup:
+                raise ValueError(f"{name}.warmup_steps ({warmup}) must be below total_steps ({self.total_steps})")
+
+    def tower(self, name: str) -> "OptimConfig":
+        """This config with tower `name`'s learning rate and warmup in place of the shared ones."""
+        schedule = getattr(self, name)
+        return dataclasses.replace(
+            self,
+            learning_rate=self.learning_rate if schedule.learning_rate is None else schedule.learning_rate,
+            warmup_steps=self.warmup_steps if schedule.warmup_steps is None else schedule.warmup_steps,
+            vision=TowerSchedule(), projector=TowerSchedule(), text=TowerSchedule(),
+        )
 
 
 def learning_rate_schedule(config: OptimConfig) -> optax.Schedule:
-    """Step -> learning rate: linear warmup 0 -> peak, then cosine decay to the final fraction."""
+    """Step -> learning rate: linear warmup 0 -> peak, then cosine decay to the final fraction
+    (the shared schedule; `tower_schedules` gives each tower's)."""
     return optax.warmup_cosine_decay_schedule(
         init_value=0.0,
         peak_value=config.learning_rate,
@@ -118,44 +155,51 @@ def weight_decay_mask(params: Any) -> Any:
     return jax.tree_util.tree_map_with_path(decays_weight, params)
 
 
-_VISION_SIDE = ("vision", "projector")
+_SHARED = "shared"
 
 
-def vision_side_mask(params: Any) -> Any:
-    """Pytree of bools: True for parameters of the vision tower and the projector (top-level
-    `vision` / `projector`)."""
-    return jax.tree_util.tree_map_with_path(lambda path, _: _key_name(path[0]) in _VISION_SIDE, params)
+def tower_schedules(config: OptimConfig) -> dict[str, optax.Schedule]:
+    """Tower name (and "shared" for parameters outside the towers) -> its learning-rate schedule."""
+    out = {name: learning_rate_schedule(config.tower(name)) for name in TOWER_NAMES}
+    out[_SHARED] = learning_rate_schedule(config)
+    return out
 
 
-def trainable_labels(trainable: Any) -> Any:
-    """`multi_transform` labels ("trainable" / "frozen") from a pytree of bools."""
-    return jax.tree.map(lambda t: TRAINABLE if t else FROZEN, trainable)
+def tower_labels(params: Any, trainable: Any | None = None) -> Any:
+    """Pytree of labels (same structure as `params`): the tower of each parameter (its top-level
+    name if that is one of `TOWER_NAMES`, else "shared"), or "frozen" where `trainable` is False."""
+    def label(path, _):
+        name = _key_name(path[0]) if path else ""
+        return name if name in TOWER_NAMES else _SHARED
+
+    labels = jax.tree_util.tree_map_with_path(label, params)
+    if trainable is None:
+        return labels
+    return jax.tree.map(lambda lab, t: lab if t else FROZEN, labels, trainable)
 
 
 def make_optimizer(config: OptimConfig, trainable: Any | None = None) -> optax.GradientTransformation:
-    """The optax transformation for `config`.
+    """The optax transformation for `config`: global-norm clipping over the trainable gradients,
+    then AdamW with each tower's own schedule (`tower_schedules`).
 
     trainable: optional pytree of bools matching the parameters (e.g. the model's LoRA /
       frozen-tower mask). Frozen parameters get `set_to_zero` updates and hold no optimizer
       state; clipping's global norm is over the trainable gradients only.
     """
-    adamw = optax.chain(
+    schedules = tower_schedules(config)
+
+    def adamw(schedule):
+        return optax.adamw(learning_rate=schedule, b1=config.b1, b2=config.b2, eps=config.eps,
+                           weight_decay=config.weight_decay, mask=weight_decay_mask)
+
+    branches = {name: adamw(schedule) for name, schedule in schedules.items()}
+    branches[FROZEN] = optax.set_to_zero()
+    frozen = None if trainable is None else jax.tree.map(lambda t: not t, trainable)
+    return optax.chain(
+        # Frozen gradients are zeroed first so that they do not count towards the clipping norm.
+        optax.masked(optax.set_to_zero(), frozen) if frozen is not None else optax.identity(),
         optax.clip_by_global_norm(config.clip_norm) if config.clip_norm else optax.identity(),
-        optax.adamw(
-            learning_rate=learning_rate_schedule(config),
-            b1=config.b1,
-            b2=config.b2,
-            eps=config.eps,
-            weight_decay=config.weight_decay,
-            mask=weight_decay_mask,
-        ),
-        optax.masked(optax.scale(config.vision_lr_scale), vision_side_mask)
-        if config.vision_lr_scale != 1.0 else optax.identity(),
-    )
-    if trainable is None:
-        return adamw
-    return optax.multi_transform(
-        {TRAINABLE: adamw, FROZEN: optax.set_to_zero()}, trainable_labels(trainable)
+        optax.multi_transform(branches, lambda params: tower_labels(params, trainable)),
     )
 
 
