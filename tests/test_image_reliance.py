@@ -14,18 +14,41 @@ def _batch():
     return {"images": images, "image_mask": mask, "input_tokens": np.ones((3, 4), np.int32)}
 
 
-def test_swap_moves_every_present_image_and_keeps_the_layout():
+def test_swap_never_gives_a_study_an_image_of_its_own_and_keeps_the_layout():
     batch = _batch()
-    for seed in range(5):
+    mask = batch["image_mask"]
+    owner = {float(v): r for r in range(3) for v in batch["images"][r][mask[r]][:, 0, 0]}
+    seen = set()
+    for seed in range(20):
         swapped = swap_images(batch, seed)
-        mask = batch["image_mask"]
         assert swapped["image_mask"] is batch["image_mask"] and swapped["input_tokens"] is batch["input_tokens"]
-        before, after = batch["images"][mask][:, 0, 0], swapped["images"][mask][:, 0, 0]
-        assert sorted(after) == sorted(before)  # a permutation of the present images ...
-        assert np.all(after != before)  # ... with none left in its own slot
-        assert np.all(swapped["images"][~mask] == 0)  # absent slots stay empty
-    assert not np.array_equal(swap_images(batch, 0)["images"], swap_images(batch, 1)["images"])
+        for row in range(3):
+            got = swapped["images"][row][mask[row]][:, 0, 0]
+            # every present slot holds a real image, and it belongs to some other row (study)
+            assert all(float(v) in owner and owner[float(v)] != row for v in got), (seed, row, got)
+            assert np.all(swapped["images"][row][~mask[row]] == 0)  # absent slots stay empty
+        seen.add(swapped["images"].tobytes())
+    assert len(seen) > 1  # the seed changes which study gives to which
     assert np.array_equal(batch["images"], _batch()["images"])  # the input is not modified
+
+
+def test_a_row_with_more_slots_than_its_donor_still_gets_only_foreign_images():
+    # Two studies: A with three images, B with one. Whatever the seed, A's slots hold B's image only.
+    mask = np.array([[True, True, True], [True, False, False]])
+    images = np.zeros((2, 3, 1, 1), np.float32)
+    images[0, :, 0, 0] = [1, 2, 3]
+    images[1, 0, 0, 0] = 9
+    for seed in range(5):
+        swapped = swap_images({"images": images, "image_mask": mask}, seed)["images"]
+        assert swapped[0, :, 0, 0].tolist() == [9, 9, 9]
+        assert swapped[1, 0, 0, 0] == 1
+
+
+def test_nothing_to_swap_within_a_single_study():
+    batch = _batch()
+    batch["image_mask"] = np.zeros((3, 3), bool)
+    batch["image_mask"][1, :2] = True  # two images, but of the same study
+    assert swap_images(batch) is None
 
 
 def test_nothing_to_swap_with_a_single_image():

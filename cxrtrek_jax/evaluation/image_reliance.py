@@ -8,8 +8,8 @@ gets worse when the images belong to someone else. `image_gain = loss(swapped) -
 by the trainer at every validation (`val_image_gain`, and per stage).
 
 `swap_images(batch, seed)` keeps every row's image-slot layout (`image_mask`) and so its image
-token count: it only permutes the present images among all present slots of the batch, with
-no image left in its own slot.
+token count, and fills a row's slots only with images of *another* row: a row holds one study (or,
+packed, several), so no study ever sees an image of its own, not even its other view or its prior.
 """
 
 from __future__ import annotations
@@ -23,21 +23,25 @@ __all__ = ["swap_images", "image_gain"]
 
 
 def swap_images(batch: Mapping[str, Any], seed: int = 0) -> dict[str, Any] | None:
-    """The batch with its present images permuted across slots (none stays in place).
+    """The batch with every row's present image slots filled from another row.
 
-    batch: common.md fields; `images` float32[B, M, H, W], `image_mask` bool[B, M].
-    Returns None when the batch has fewer than two present images (nothing to swap).
+    batch: the batch contract's fields; `images` float32[B, M, H, W], `image_mask` bool[B, M].
+    The rows with images are put in a random cyclic order (a derangement); each takes the present
+    images of the row before it, in slot order, repeated when it has more slots than that row has
+    images. Returns None when fewer than two rows have images (nothing to swap between studies).
     """
     mask = np.asarray(batch["image_mask"], bool)
-    slots = np.argwhere(mask)
-    if len(slots) < 2:
+    rows = np.flatnonzero(mask.any(axis=1))
+    if len(rows) < 2:
         return None
-    order = np.random.default_rng(seed).permutation(len(slots))
-    source = np.empty_like(order)
-    source[order] = np.roll(order, 1)  # a cyclic shift of a random order: a derangement
-    images = np.array(batch["images"], copy=True)
-    rows, cols = slots[:, 0], slots[:, 1]
-    images[rows, cols] = np.asarray(batch["images"])[rows[source], cols[source]]
+    order = rows[np.random.default_rng(seed).permutation(len(rows))]
+    source_of = dict(zip(order, np.roll(order, 1)))
+    given = np.asarray(batch["images"])
+    images = np.array(given, copy=True)
+    for row, source in source_of.items():
+        donors = given[source][mask[source]]
+        slots = np.flatnonzero(mask[row])
+        images[row, slots] = donors[np.arange(len(slots)) % len(donors)]
     return {**batch, "images": images}
 
 
