@@ -8,7 +8,10 @@
 2. tokenizer: the one given (`tokenizer.path`), or a byte-level BPE trained on the training
    split (saved beside the data, reused by later runs with the same vocabulary size);
 3. model config: the preset with the tokenizer's vocabulary size and image token id;
-4. `run_training` (mesh, sharded state, exact resume, pre-emption, NaN stop) with a
+4. with `alignment` set, an image-dense first phase in `<workdir>/alignment` (single QA pairs of
+   stages 1-2, see `experiments.config.AlignmentConfig`), whose last parameters start the main
+   phase; a main phase that has begun (has a checkpoint) is resumed without repeating it;
+5. `run_training` (mesh, sharded state, exact resume, pre-emption, NaN stop) with a
    validation-loss evaluation at every checkpoint, a progress bar (loss, learning rate,
    tokens/s, step time), TensorBoard event files and a JSONL metrics log (overall and per stage).
 
@@ -39,7 +42,7 @@ from data_pipeline.tokenizer import CXRTrekTokenizer, load_tokenizer
 from experiments.config import ExperimentConfig
 
 __all__ = ["DataPaths", "prepare_data", "prepare_tokenizer", "resolve_model_config",
-           "pipeline_config", "train_experiment"]
+           "pipeline_config", "alignment_phase", "train_experiment"]
 
 log = logging.getLogger(__name__)
 
@@ -238,9 +241,52 @@ def _validation(cfg: ExperimentConfig, model: ModelConfig, data: DataPaths,
     return evaluate
 
 
+def alignment_phase(cfg: ExperimentConfig) -> ExperimentConfig:
+    """The experiment of `cfg`'s alignment phase: its data as single QA pairs of the alignment
+    stages (context "off", no packing), its batch, buckets, optimiser and length; no alignment."""
+    a = cfg.alignment
+    if a is None:
+        raise ValueError(f"experiment {cfg.name!r} has no alignment phase")
+    return dataclasses.replace(
+        cfg, name=f"{cfg.name}/alignment", alignment=None,
+        data=dataclasses.replace(cfg.data, context="off", stages=a.stages, packing=False,
+                                 global_batch_size=a.global_batch_size, length_buckets=a.length_buckets),
+        optim=dataclasses.replace(a.optim, total_steps=a.num_steps + 1,
+                                  warmup_steps=min(a.optim.warmup_steps, a.num_steps)),
+        train=dataclasses.replace(cfg.train, num_steps=a.num_steps),
+        checkpoint=dataclasses.replace(cfg.checkpoint, directory="", save_every=a.num_steps),
+    )
+
+
 def train_experiment(cfg: ExperimentConfig, workdir: str | os.PathLike, *, progress: bool = True,
                      devices: list[jax.Device] | None = None) -> train_loop.TrainResult:
-    """Train `cfg` in `workdir` (resuming from its newest checkpoint if any)."""
+    """Train `cfg` in `workdir` (resuming from its newest checkpoint if any): its alignment
+    phase first when it has one and the main phase has not begun, then the main phase."""
+    workdir = pathlib.Path(workdir)
+    init_from = cfg.train.init_from or None
+    if cfg.alignment is not None:
+        main_checkpoints = cfg.checkpoint.directory or str(workdir / "checkpoints")
+        begun = ckpt_lib.Checkpointer(dataclasses.replace(cfg.checkpoint, directory=main_checkpoints))
+        main_begun = bool(begun.steps())
+        begun.close()
+        align_dir = workdir / "alignment"
+        if not main_begun:
+            print(f"alignment phase: {cfg.alignment.num_steps} steps of single QA pairs of stages "
+                  f"{','.join(map(str, cfg.alignment.stages))} -> {align_dir}", flush=True)
+            result = _train_phase(alignment_phase(cfg), align_dir, init_from, progress=progress,
+                                  devices=devices)
+            if result.stop_reason != "completed":
+                return result
+            print(f"alignment phase done at step {result.final_step}; main phase from its parameters",
+                  flush=True)
+        init_from = str(align_dir / "checkpoints")
+    return _train_phase(cfg, workdir, init_from, progress=progress, devices=devices)
+
+
+def _train_phase(cfg: ExperimentConfig, workdir: pathlib.Path, init_from: str | None, *, progress: bool,
+                 devices: list[jax.Device] | None) -> train_loop.TrainResult:
+    """One phase: `cfg` trained in `workdir` (resumed from its newest checkpoint if any, else
+    started from the params checkpoint `init_from` when given)."""
     workdir = pathlib.Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     data = prepare_data(cfg)
@@ -302,7 +348,7 @@ def train_experiment(cfg: ExperimentConfig, workdir: str | os.PathLike, *, progr
             metadata={"experiment": resolved.to_dict(), "tfds_dir": data.tfds_dir,
                       "tokenizer_path": os.path.relpath(workdir / "tokenizer",
                                                         resolved.checkpoint.directory)},
-            init_params_from=cfg.train.init_from or None,
+            init_params_from=init_from,
             devices=devices,
         )
     finally:

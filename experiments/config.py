@@ -29,6 +29,7 @@ __all__ = [
     "TokenizerConfig",
     "TrainConfig",
     "EvalConfig",
+    "AlignmentConfig",
     "ExperimentConfig",
     "base_config",
     "DATA_KINDS",
@@ -128,7 +129,41 @@ class EvalConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class AlignmentConfig:
+    """An image-dense first phase, trained before the staged chains (LLaVA's alignment stage):
+    every QA pair of `stages` alone in its own short row (context "off": its images and its
+    question, no earlier turns), so that nearly every answer token is one the images decide
+    (stage 1: view, quality; stage 2: which findings are present).
+
+    The main phase then starts from this phase's last parameters (with a fresh optimiser); a
+    run resumed in the main phase does not repeat it. Its checkpoints, metrics and validation
+    (on the same kind of rows) live under `<workdir>/alignment/`.
+
+    num_steps: optimiser steps of this phase; global_batch_size: its rows per step;
+    length_buckets: its padded row lengths (a single QA pair with its images is short);
+    optim: its optimiser (its `total_steps` is set to `num_steps` + 1 by the trainer).
+    """
+
+    num_steps: int = 100
+    stages: tuple[int, ...] = (1, 2)
+    global_batch_size: int = 16
+    length_buckets: tuple[int, ...] = (192, 256)
+    optim: OptimConfig = OptimConfig(learning_rate=1e-4, warmup_steps=10, total_steps=101,
+                                     weight_decay=0.01)
+
+    def __post_init__(self) -> None:
+        if self.num_steps < 1 or self.global_batch_size < 1:
+            raise ValueError(f"alignment.num_steps and alignment.global_batch_size must be >= 1, got "
+                             f"{self.num_steps}, {self.global_batch_size}")
+        if not self.stages:
+            raise ValueError("alignment.stages must name at least one stage")
+
+
+@dataclasses.dataclass(frozen=True)
 class ExperimentConfig:
+    """One training run: the model, its data, and the recipe. `alignment` (None = off) is the
+    image-dense first phase; `optim` is the main phase's optimiser."""
+
     name: str
     description: str
     model: ModelConfig
@@ -140,6 +175,7 @@ class ExperimentConfig:
     checkpoint: CheckpointConfig = CheckpointConfig(directory="", save_every=100, keep_last=2)
     train: TrainConfig = TrainConfig()
     eval: EvalConfig = EvalConfig()
+    alignment: AlignmentConfig | None = None
 
     def to_dict(self) -> dict:
         return config_tree.to_dict(self)
@@ -166,6 +202,14 @@ def base_config(preset: str = "small") -> ExperimentConfig:
     """The staged-context baseline on phantom data with the given model preset."""
     return ExperimentConfig(
         name="baseline",
-        description="staged context, all stages, LoRA off, full fine-tuning from scratch",
+        description="staged context, all stages, LoRA off, full fine-tuning from scratch after an "
+                    "image-dense alignment phase",
         model=get_config(preset),
+        alignment=AlignmentConfig(optim=dataclasses.replace(
+            AlignmentConfig().optim, learning_rate=_ALIGNMENT_LEARNING_RATE.get(preset, 1e-4))),
     )
+
+
+# The alignment phase's peak learning rate by preset (default 1e-4): the tiny model, 16 image
+# tokens of 32 px, learns its images at 1e-3 (benchmarks/grounding.py, tests/test_grounding.py).
+_ALIGNMENT_LEARNING_RATE = {"tiny": 1e-3}

@@ -7,11 +7,11 @@ The ablations of the CXRTrek study (what the Makefile's `ablation-NAME` targets 
 
 | name            | what changes                                                          |
 |-----------------|-----------------------------------------------------------------------|
-| baseline        | nothing: staged context, all stages, full training, LoRA off          |
+| baseline        | nothing: alignment phase, then staged context, all stages, LoRA off   |
 | no_context      | each QA pair trained and evaluated alone (context off / mode `none`)  |
 | shuffled_stages | stage order permuted per study during training                        |
 | own_vs_teacher  | the baseline model evaluated with its own vs the reference answers    |
-| lora_r8         | base weights frozen (started from `baseline`'s checkpoint) + LoRA r=8 |
+| lora_r8         | base weights frozen (from `baseline`'s checkpoint, no alignment) + LoRA r=8 |
 | frozen_vision   | vision tower frozen at its random initialisation                      |
 | no_prior        | prior-study images (and the turns needing them) removed               |
 | report_only     | stage 8 alone: the classic report-generation setting                  |
@@ -69,6 +69,7 @@ def lora_r8(preset: str) -> ExperimentConfig:
         cfg, "lora_r8", "frozen baseline weights + LoRA rank 8 on the decoder projections",
         model=model,
         train=dataclasses.replace(cfg.train, init_from="runs/baseline/checkpoints"),
+        alignment=None,  # baseline's checkpoint has been through it
     )
 
 

@@ -11,6 +11,7 @@ from cxrtrek_jax.trainer import train_experiment
 from experiments import experiment_names, get_experiment
 
 STEPS = 24
+ALIGN_STEPS = 4
 
 
 def _tiny_experiment(tmp_path, **overrides):
@@ -29,6 +30,10 @@ def _tiny_experiment(tmp_path, **overrides):
         "train.eval_batches": 1,
         "checkpoint.save_every": 12,
         "mesh.tensor": 2,  # with 8 test devices: fsdp=4 x tensor=2
+        "alignment.num_steps": ALIGN_STEPS,
+        "alignment.global_batch_size": 4,
+        "alignment.length_buckets": "128,256",
+        "alignment.optim.learning_rate": 1e-3,
         **overrides,
     })
     return cfg
@@ -36,10 +41,22 @@ def _tiny_experiment(tmp_path, **overrides):
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
+    from cxrtrek_jax import train_loop
+
     tmp = tmp_path_factory.mktemp("train")
     cfg = _tiny_experiment(tmp)
-    result = train_experiment(cfg, tmp / "run", progress=False)
-    return cfg, tmp, result
+    calls, run_training = [], train_loop.run_training
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs)
+        return run_training(*args, **kwargs)
+
+    train_loop.run_training = spy
+    try:
+        result = train_experiment(cfg, tmp / "run", progress=False)
+    finally:
+        train_loop.run_training = run_training
+    return cfg, tmp, result, calls
 
 
 def _records(workdir, split):
@@ -48,7 +65,7 @@ def _records(workdir, split):
 
 
 def test_tiny_model_loss_falls_on_phantom_data(trained):
-    _, tmp, result = trained
+    _, tmp, result, _ = trained
     assert result.final_step == STEPS and result.stop_reason == "completed"
     train = _records(tmp / "run", "train")
     assert [r["step"] for r in train] == list(range(1, STEPS + 1))
@@ -63,7 +80,7 @@ def test_tiny_model_loss_falls_on_phantom_data(trained):
 
 
 def test_run_writes_resolved_config_metrics_and_checkpoints(trained):
-    cfg, tmp, _ = trained
+    cfg, tmp, _, _ = trained
     run = tmp / "run"
     saved = json.loads((run / "config.json").read_text())
     assert saved["model"]["text"]["vocab_size"] <= 600  # from the trained tokenizer
@@ -79,11 +96,31 @@ def test_run_writes_resolved_config_metrics_and_checkpoints(trained):
     assert (tmp / "phantom" / ".complete").exists() and (tmp / "phantom" / "tfds" / ".complete").exists()
 
 
+def test_the_alignment_phase_trains_single_stage_1_2_pairs_first_and_starts_the_main_phase(trained):
+    _, tmp, _, calls = trained
+    align = tmp / "run" / "alignment"
+    records = _records(align, "train")
+    assert [r["step"] for r in records] == list(range(1, ALIGN_STEPS + 1))
+    # Only stage-1/2 answers carry loss there; the main phase trains all stages.
+    assert {k.split("/")[0] for r in records for k in r if k.startswith("stage") and k.endswith("/tokens")} \
+        <= {"stage1", "stage2"}
+    assert any(f"stage{s}/tokens" in r for r in _records(tmp / "run", "train") for s in range(3, 9))
+    assert _records(align, "validation")[-1]["step"] == ALIGN_STEPS
+    assert sorted(p.name for p in (align / "checkpoints").iterdir() if p.name.isdigit()) == [str(ALIGN_STEPS)]
+    # The alignment phase's batch and length; the main phase starts from its parameters.
+    assert [c["num_steps"] for c in calls] == [ALIGN_STEPS, STEPS]
+    assert calls[0]["init_params_from"] is None
+    assert calls[1]["init_params_from"] == str(align / "checkpoints")
+
+
 def test_a_second_run_resumes_from_the_checkpoint(trained):
-    cfg, tmp, _ = trained
+    cfg, tmp, _, _ = trained
+    align_log = (tmp / "run" / "alignment" / "metrics.jsonl").read_text()
     longer = cfg.override({"train.num_steps": STEPS + 2, "checkpoint.save_every": 2})
     result = train_experiment(longer, tmp / "run", progress=False)
     assert result.resumed_from == STEPS and result.final_step == STEPS + 2
+    # The main phase had begun: the alignment phase is not repeated.
+    assert (tmp / "run" / "alignment" / "metrics.jsonl").read_text() == align_log
 
 
 def test_every_named_experiment_resolves_and_round_trips():
