@@ -7,7 +7,9 @@ import pytest
 import jax
 
 from cxrtrek_jax.cli import main
-from cxrtrek_jax.evaluation.model_eval import EvalData, iter_eval_studies
+import numpy as np
+
+from cxrtrek_jax.evaluation.model_eval import EvalData, iter_eval_studies, with_foreign_images
 from cxrtrek_jax.evaluation.predictions import read_predictions
 from cxrtrek_jax.trainer import train_experiment
 from data_pipeline.cxrtrek_json import read_studies
@@ -23,6 +25,7 @@ def world(tmp_path_factory):
     have turns the model cannot take."""
     root = tmp_path_factory.mktemp("model_eval")
     cfg = get_experiment("baseline", "tiny").override({
+        "alignment": "none",
         "data.path": str(root / "phantom"), "data.phantom_studies": 10, "data.phantom_size": 64,
         "data.phantom_splits": "train=0.6,validation=0.1,test=0.3", "data.length_buckets": "256,512",
         "data.global_batch_size": 2, "tokenizer.vocab_size": 500, "train.num_steps": 6,
@@ -41,6 +44,33 @@ def test_split_selection_and_image_geometry(world):
     assert [s.study_id for s, _ in picked] == test_ids
     assert all(images.shape == (s.num_images, 32, 32) for s, images in picked)
     assert len(list(iter_eval_studies(EvalData(world["data"], split=None, max_studies=4), 32))) == 4
+
+
+def test_swapped_context_gives_every_study_another_studys_images_in_its_own_layout():
+    counts = [2, 1, 3, 1]
+    studies = [(f"s{i}", np.full((n, 2, 2), float(i))) for i, n in enumerate(counts)]
+    out = list(with_foreign_images(iter(studies)))
+    assert [s for s, _ in out] == ["s0", "s1", "s2", "s3"]
+    for (name, own), (_, given) in zip(studies, out):
+        assert given.shape == own.shape  # same number of images
+        assert not np.isin(given, own).any()  # none of its own
+    assert [float(g[0, 0, 0]) for _, g in out] == [1.0, 0.0, 1.0, 2.0]
+    with pytest.raises(ValueError, match="at least two studies"):
+        list(with_foreign_images(iter(studies[:1])))
+
+
+def test_swapped_context_through_the_cli(world, capsys):
+    out = world["root"] / "eval_swapped"
+    assert main(["eval", "--checkpoint", world["ckpt"], "--data", str(world["data"]), "--out", str(out),
+                 "--context", "own,swapped", "--baseline-split", "none", *FAST]) == 0
+    capsys.readouterr()
+    records = list(read_predictions(out / "predictions.jsonl"))
+    own = [(r.study_id, r.turn_index) for r in records if r.context == "own"]
+    assert own and own == [(r.study_id, r.turn_index) for r in records if r.context == "swapped"]
+    assert set(json.loads((out / "metrics.json").read_text())["contexts"]) == {"own", "swapped"}
+    assert main(["eval", "--checkpoint", world["ckpt"], "--data", str(world["data"]), "--out", str(out),
+                 "--context", "own,upside_down", *FAST]) == 2
+    assert "upside_down" in capsys.readouterr().err
 
 
 def test_all_context_modes_are_decoded_scored_and_reproducible(world, capsys):

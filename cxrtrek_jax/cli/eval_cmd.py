@@ -54,8 +54,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--split", default="test", help="data split (JSON: each study's 'split' field; "
                         "'all' = every study of a JSON file); default test")
     parser.add_argument("--image-root", metavar="DIR", help="root of the JSON's image paths (default: its folder)")
-    parser.add_argument("--context", default="all", choices=("own", "teacher", "none", "all"),
-                        help="context mode(s) to run (default all)")
+    parser.add_argument("--context", default="all",
+                        help="context mode(s) to run, comma-separated from own, teacher, none, swapped "
+                             "(swapped: own with another study's images); all = own,teacher,none (default)")
     parser.add_argument("--order", default="given", choices=("given", "canonical"), help="turn order")
     parser.add_argument("--max-studies", type=int, default=None, help="evaluate at most this many studies")
     parser.add_argument("--max-new-tokens", type=int, default=96, help="answer budget in tokens (default 96)")
@@ -109,6 +110,19 @@ def _records_source(args: argparse.Namespace) -> tuple[Iterator, dict[str, Any]]
     return read_predictions(path), identity
 
 
+def _contexts(value: str) -> tuple[str, ...]:
+    """--context's modes: "all" = own, teacher, none; else a comma-separated list of modes."""
+    from cxrtrek_jax.evaluation.model_eval import CONTEXTS
+
+    if value == "all":
+        return ("own", "teacher", "none")
+    modes = tuple(m.strip() for m in value.split(",") if m.strip())
+    unknown = [m for m in modes if m not in CONTEXTS]
+    if unknown or not modes:
+        raise CLIError(f"--context {value!r}: unknown mode(s) {unknown}; choose from {', '.join(CONTEXTS)} or all")
+    return modes
+
+
 def _decode(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     """Decode the checkpoint over the data into out/predictions.jsonl; returns the identity."""
     from tqdm.auto import tqdm
@@ -121,7 +135,7 @@ def _decode(args: argparse.Namespace, out: Path) -> dict[str, Any]:
             raise CLIError(f"--{name.replace('_', '-')} must be >= 1")
     if not Path(args.checkpoint).is_dir():
         raise CLIError(f"--checkpoint {args.checkpoint}: no such directory")
-    contexts = ("own", "teacher", "none") if args.context == "all" else (args.context,)
+    contexts = _contexts(args.context)
     try:
         data = EvalData(args.data, split=None if args.split == "all" else args.split,
                         image_root=args.image_root, max_studies=args.max_studies)

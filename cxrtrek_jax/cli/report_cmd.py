@@ -8,7 +8,7 @@ from pathlib import Path
 
 from cxrtrek_jax.cli import CLIError
 
-_CONTEXTS = ("own", "teacher", "none")  # = evaluation.predictions.CONTEXT_MODES, kept import-free here.
+_CONTEXTS = ("own", "teacher", "none", "swapped")  # = evaluation.predictions.CONTEXT_MODES, kept import-free here.
 
 
 def _positive_int(text: str) -> int:

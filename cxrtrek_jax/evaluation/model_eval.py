@@ -1,7 +1,8 @@
 """Decode a checkpoint over a CXRTrek data set in the evaluation's context modes.
 
 `decode_predictions(...)` streams `PredictionRecord`s: for each context mode
-(`own`, `teacher`, `none`) the studies are read batch by batch (a JSON file,
+(`own`, `teacher`, `none`, and `swapped`: `own` with each study's images taken from another
+study, see `with_foreign_images`) the studies are read batch by batch (a JSON file,
 or one split of a TFDS data dir built by `cxrtrek data build-tfds`), their
 images decoded once per batch, and their conversations run with the explicit
 chain state (`cxrtrek_jax.decoding.run_chain`). Memory is bounded by one batch
@@ -13,6 +14,7 @@ parameters' metadata, data file, config) for `metrics.json`.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -24,9 +26,11 @@ import numpy as np
 
 from cxrtrek_jax.evaluation.predictions import PredictionRecord
 
-__all__ = ["EvalData", "iter_eval_studies", "iter_split_studies", "decode_predictions", "checkpoint_identity"]
+__all__ = ["EvalData", "iter_eval_studies", "iter_split_studies", "with_foreign_images", "decode_predictions",
+           "checkpoint_identity", "CONTEXTS", "SWAPPED"]
 
-CONTEXTS = ("own", "teacher", "none")
+SWAPPED = "swapped"
+CONTEXTS = ("own", "teacher", "none", SWAPPED)
 
 
 class EvalData:
@@ -119,6 +123,25 @@ def iter_eval_studies(data: EvalData, image_size: int) -> Iterator[tuple[Any, np
         raise ValueError(f"{data.path}: no study in split {data.split!r}")
 
 
+def with_foreign_images(studies: Iterator[tuple[Any, np.ndarray]]) -> Iterator[tuple[Any, np.ndarray]]:
+    """(study, images of another study) for each (study, images), in order: a study gets the
+    images of the study before it (the first study those of the second), cycled to fill its own
+    image count, so every study keeps its image layout and sees none of its own images.
+    Raises ValueError with fewer than two studies (nothing to swap with)."""
+    def fill(donor: np.ndarray, count: int) -> np.ndarray:
+        return donor[np.arange(count) % len(donor)] if count and len(donor) else donor[:0]
+
+    it = iter(studies)
+    first, second = next(it, None), next(it, None)
+    if second is None:
+        raise ValueError("the 'swapped' context needs at least two studies to swap images between")
+    yield first[0], fill(second[1], len(first[1]))
+    previous = first
+    for current in (second, *it):
+        yield current[0], fill(previous[1], len(current[1]))
+        previous = current
+
+
 def _chain_study(study, images: np.ndarray, order: str, max_images: int):
     """(ChainStudy, number of turns skipped): turns needing more images than the model's
     `max_images` slots are skipped (as in training) and counted, never silently."""
@@ -187,6 +210,8 @@ def decode_predictions(
     decoder = StepwiseDecoder(loaded.graphdef, config, spec)
     for context in contexts:
         studies = iter_eval_studies(data, config.vision.image_size)
+        if context == SWAPPED:
+            studies = with_foreign_images(studies)
         for batch in _batches(studies, batch_size):
             chain = []
             for study, images in batch:
@@ -194,11 +219,13 @@ def decode_predictions(
                 chain.append(one)
                 if dropped and skipped is not None:
                     skipped[study.study_id] = dropped
-            results = run_chain(decoder, loaded.state, tokenizer, chain, context=context,
+            results = run_chain(decoder, loaded.state, tokenizer, chain,
+                                context="own" if context == SWAPPED else context,
                                 max_new_tokens=max_new_tokens, rng=jax.random.key(0))
             for study_results, (study, _) in zip(results, batch):
                 for turn in study_results:
-                    yield turn.to_prediction()
+                    record = turn.to_prediction()
+                    yield dataclasses.replace(record, context=SWAPPED) if context == SWAPPED else record
                 if on_study is not None:
                     on_study(context, study.study_id)
 

@@ -5,13 +5,15 @@ This is the contract between decoding (which writes the file) and scoring
 
     {"study_id": str, "turn_index": int, "stage": 1..8, "task_type": str,
      "qtype": str, "question": str, "reference": str, "prediction": str,
-     "context": "own" | "teacher" | "none", "scores": {...},
+     "context": "own" | "teacher" | "none" | "swapped", "scores": {...},
      "num_generated_tokens": int | null, "latency_s": float | null,
      "stop_reason": str | null}
 
 `turn_index` is the position of the turn in the study's turn list.
 `context` says which answers filled the earlier turns of the conversation:
-the model's own ("own"), the references ("teacher") or none at all ("none").
+the model's own ("own"), the references ("teacher") or none at all ("none");
+"swapped" is "own" with every study's images replaced by another study's (the image-reliance
+check: a model that reads its radiographs answers worse there).
 `scores` holds the per-turn scores computed by the scorer (empty when
 written by decoding). The last three fields are optional.
 """
@@ -37,7 +39,7 @@ __all__ = [
     "write_predictions",
 ]
 
-CONTEXT_MODES = ("own", "teacher", "none")
+CONTEXT_MODES = ("own", "teacher", "none", "swapped")
 
 _REQUIRED = (
     "study_id",
