@@ -4,8 +4,10 @@
 
 Steps (each skipped when its output is already there, so a second run resumes):
 1. phantom studies (train/validation/test) and their validation report;
-2. TFDS build + a byte-level BPE tokenizer + training (`cxrtrek train`'s trainer; resumes);
-3. evaluation on the held-out test split in the `own`, `teacher` and `none` context modes
+2. TFDS build + a byte-level BPE tokenizer + training (`cxrtrek train`'s trainer; resumes): the
+   `baseline` recipe's image-dense alignment phase, then the staged chains;
+3. evaluation on the held-out test split in the `own`, `teacher`, `none` and `swapped` (own,
+   with another study's images) context modes
    (predictions.jsonl, metrics.json/.md, stages.png, report.html);
    with a blind majority-answer baseline fitted on the training split beside the model;
 4. export to a Hugging Face LLaVA directory and a check that PyTorch answers the first question
@@ -37,6 +39,9 @@ LEARNING_CHECKS = (
     ("stage-8 report label F1 (CE micro)", "by_stage", "8", "ce_micro_f1", 0.0),
 )
 CHECK_CONTEXT = "own"
+# The checks' questions are also answered with every study's images swapped for another study's:
+# a model that reads its radiographs loses accuracy there.
+EVAL_CONTEXTS = ("own", "teacher", "none", "swapped")
 # |val_image_gain| below this (nats per answer token) reads as "the images are ignored".
 IGNORES_IMAGES_BELOW = 0.01
 
@@ -53,7 +58,7 @@ def _done(began: float, what: str) -> None:
 def _experiment(args: argparse.Namespace, out: Path):
     from experiments import get_experiment
 
-    return get_experiment("baseline", args.preset).override({
+    overrides = {
         "data.path": str(out / "phantom"),
         "data.phantom_studies": args.studies,
         "data.phantom_size": 256,
@@ -68,7 +73,12 @@ def _experiment(args: argparse.Namespace, out: Path):
         "train.log_every": 5,
         "train.eval_batches": 2,
         "checkpoint.save_every": max(args.steps // 2, 1),
-    })
+    }
+    if args.alignment_steps:
+        overrides["alignment.num_steps"] = args.alignment_steps
+    else:
+        overrides["alignment"] = "none"
+    return get_experiment("baseline", args.preset).override(overrides)
 
 
 def _pytorch_check(export_dir: Path, ckpt: Path, data_json: Path, count: int, new_tokens: int) -> list[dict]:
@@ -128,6 +138,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--turns", default="10,12", help="min,max QA turns per phantom study")
     parser.add_argument("--buckets", default="512,768,1024", help="padded sequence lengths in tokens")
     parser.add_argument("--learning-rate", type=float, default=2e-3)
+    parser.add_argument("--alignment-steps", type=int, default=100,
+                        help="steps of the image-dense alignment phase before the chains (0 = none)")
     parser.add_argument("--eval-studies", type=int, default=20, help="test studies evaluated")
     args = parser.parse_args(argv)
     from absl import flags
@@ -157,9 +169,10 @@ def main(argv: list[str] | None = None) -> int:
     _done(t, f"step {result.final_step} ({result.stop_reason}), loss {result.last_metrics.get('loss', float('nan')):.3f}")
 
     evaluation = out / "eval"
-    t = _step(f"3. evaluate {args.eval_studies} held-out studies in own/teacher/none contexts -> {evaluation}")
+    t = _step(f"3. evaluate {args.eval_studies} held-out studies in {'/'.join(EVAL_CONTEXTS)} contexts -> {evaluation}")
     if not _has_baseline(evaluation / "metrics.json"):
         code = cli(["eval", "--checkpoint", str(run / "checkpoints"), "--data", str(data_json), "--split", "test",
+                    "--context", ",".join(EVAL_CONTEXTS),
                     "--max-studies", str(args.eval_studies), "--max-new-tokens", "64", "--no-meteor",
                     "--bootstrap-resamples", "200", "--out", str(evaluation)])
         if code:
@@ -185,7 +198,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\n=== summary ({metrics['counts']['studies']} held-out phantom studies; baseline = majority answer "
           "of the training split, constant normal report at stage 8; tables in eval/metrics.md)")
     print(_overall_table(metrics))
-    print("\n  learning checks: the trained model against the blind baseline on the same turns")
+    print("\n  learning checks: the trained model against the blind baseline on the same turns "
+          "(swapped: the model with another study's images)")
     print(_checks_table(checks))
     gain = _last_image_gain(run / "metrics.jsonl")
     if gain is not None:
@@ -239,8 +253,10 @@ def learning_checks(metrics: dict, context: str = CHECK_CONTEXT) -> list[dict]:
         # (1e-9 absorbs float noise such as 0.70 - 0.55 < 0.15).
         met = ours is not None and theirs is not None and (ours - theirs > 0 if margin == 0 else
                                                            ours - theirs >= margin - 1e-9)
+        swapped = (_metric_value(metrics["contexts"]["swapped"], kind, group, metric)[0]
+                   if "swapped" in metrics["contexts"] else None)
         rows.append({"check": name, "context": context, "items": n, "model": ours, "baseline": theirs,
-                     "required_margin": margin, "met": met})
+                     "required_margin": margin, "met": met, "swapped_images": swapped})
     return rows
 
 
@@ -248,12 +264,13 @@ def _checks_table(rows: list[dict]) -> str:
     def fmt(v):
         return "-" if v is None else f"{v:.3f}"
 
-    lines = [f"  {'check (' + CHECK_CONTEXT + ' context)':46s} {'items':>5s} {'model':>7s} {'baseline':>8s} "
-             f"{'margin':>7s} {'needed':>7s}  result"]
+    lines = [f"  {'check (' + CHECK_CONTEXT + ' context)':46s} {'items':>5s} {'model':>7s} {'swapped':>8s} "
+             f"{'baseline':>8s} {'margin':>7s} {'needed':>7s}  result"]
     for r in rows:
         margin = None if r["model"] is None or r["baseline"] is None else r["model"] - r["baseline"]
         needed = f"> {r['required_margin']:.2f}" if r["required_margin"] == 0 else f">= {r['required_margin']:.2f}"
-        lines.append(f"  {r['check']:46s} {r['items']:5d} {fmt(r['model']):>7s} {fmt(r['baseline']):>8s} "
+        lines.append(f"  {r['check']:46s} {r['items']:5d} {fmt(r['model']):>7s} "
+                     f"{fmt(r.get('swapped_images')):>8s} {fmt(r['baseline']):>8s} "
                      f"{fmt(margin):>7s} {needed:>7s}  {'met' if r['met'] else 'NOT MET'}")
     return "\n".join(lines)
 
