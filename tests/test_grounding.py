@@ -1,0 +1,46 @@
+"""The grounding benchmark's short version: under the shipped recipe (the `baseline` experiment's
+alignment phase) the tiny model must answer an image-only question better with each study's own
+radiograph than with another study's, so a recipe change that stops the model reading its images
+fails here."""
+
+import numpy as np
+import pytest
+
+from benchmarks import grounding
+from experiments import get_experiment
+
+
+@pytest.fixture(scope="module")
+def view_run():
+    optim = get_experiment("baseline", "tiny").alignment.optim
+    return grounding.run_grounding(optim, preset="tiny", steps=40, batch_size=16, train_studies=200,
+                                   test_studies=60, eval_every=10, questions=("view",), log=lambda _: None)
+
+
+def test_own_images_beat_swapped_images_and_the_majority(view_run):
+    last = view_run["records"][-1]
+    assert view_run["majority"]["view"] == pytest.approx(0.5)  # balanced held-out rows
+    assert last["own"]["view"] >= last["swapped"]["view"] + 0.15, view_run["records"]
+    assert abs(last["swapped"]["view"] - 0.5) <= 0.15  # another study's image carries no answer
+    assert grounding.first_step_above(view_run["records"], "view", 0.65) is not None
+
+
+def test_the_question_set_is_balanced_per_question_and_held_out():
+    train = grounding.make_grounding_set(40, 0, 32)
+    test = grounding.make_grounding_set(20, 0, 32, first_index=40)
+    assert not set(train.study) & set(test.study)
+    for data in (train, test):
+        for q in np.unique(data.question):
+            answers = data.positive[data.question == q]
+            assert answers.sum() * 2 == len(answers)  # as many yes as no (AP as PA)
+        assert data.images.shape == (len(data), 32, 32) and data.images.dtype == np.float32
+
+
+def test_the_table_reports_the_first_step_above_the_margin():
+    records = [{"step": 10, "own": {"view": 0.6}, "swapped": {"view": 0.5}},
+               {"step": 20, "own": {"view": 0.9}, "swapped": {"view": 0.52}}]
+    result = {"records": records, "majority": {"view": 0.5}, "rows": {"test_per_question": {"view": 40}}}
+    assert grounding.first_step_above(records, "view", 0.65) == 20
+    assert grounding.first_step_above(records, "view", 0.95) is None
+    row = grounding.result_table(result).splitlines()[-1]
+    assert row == "| view | 40 | 0.90 | 0.52 | 0.50 | 20 |"
