@@ -115,9 +115,6 @@ def _tokenizer(vocab_size: int):
     return train_tokenizer(texts, vocab_size, min_frequency=1)
 
 
-IMAGE_FIRST = True
-
-
 def _encoded_rows(tokenizer, tokens_per_image: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
     """Per (question, answer side): token ids [Q, 2, T] (padded), the first-answer position [Q, 2]
     (index into input positions), the two answer tokens [Q, 2] (positive, negative), and T."""
@@ -130,7 +127,7 @@ def _encoded_rows(tokenizer, tokens_per_image: int) -> tuple[np.ndarray, np.ndar
         for answer in (pos, neg):
             chat = tokenizer.encode_chat(
                 [{"role": "system", "content": DEFAULT_SYSTEM_PROMPT},
-                 {"role": "user", "content": f"{IMAGE_PLACEHOLDER}\n{question}" if IMAGE_FIRST else f"{question}\n{IMAGE_PLACEHOLDER}"},
+                 {"role": "user", "content": f"{IMAGE_PLACEHOLDER}\n{question}"},
                  {"role": "assistant", "content": answer}], tokens_per_image=tokens_per_image)
             span = chat.spans[2]
             pair.append(chat.ids[: span.end])
