@@ -46,7 +46,8 @@ def test_expected_labels_derive_no_finding():
 
 def test_agreement_table_and_cli(capsys):
     table = agreement_table(default_labeller(), SENTENCES[:3])
-    assert table["Pneumothorax"]["mentioned"] >= 1 and table["Pneumothorax"]["agree"] <= table["Pneumothorax"]["mentioned"]
+    row = table["Pneumothorax"]
+    assert row["mentioned"] >= 1 and row["agree"] <= row["mentioned"]
     assert "| Pneumothorax |" in format_table(table, 3, 3)
     assert main([str(REFERENCE)]) == 0
     assert "| all 14 labels right (sentences) |" in capsys.readouterr().out

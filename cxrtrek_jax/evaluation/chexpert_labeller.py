@@ -13,7 +13,11 @@ The rules (phrases, cues, windows) live in readable JSON files in
 `labeller_rules/`; their `about` entries document the phrase syntax and the
 scope rules. This is a re-implementation of the approach with its own rule
 lists, not the CheXpert labeller itself (which relies on a dependency parser
-and NegBio patterns); expect close but not identical labels.
+and NegBio patterns); expect close but not identical labels. Its reference
+sentences (`tests/data/labeller_sentences.json`, sourced to the published
+CheXpert/NegBio patterns or our own phrasing) are checked by
+`tests/test_labeller_agreement.py`; `labeller_agreement` prints the
+per-observation agreement.
 
 Label values follow CheXpert: 1 positive, 0 negative, -1 uncertain, None blank.
 """
