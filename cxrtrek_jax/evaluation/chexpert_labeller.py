@@ -13,7 +13,11 @@ The rules (phrases, cues, windows) live in readable JSON files in
 `labeller_rules/`; their `about` entries document the phrase syntax and the
 scope rules. This is a re-implementation of the approach with its own rule
 lists, not the CheXpert labeller itself (which relies on a dependency parser
-and NegBio patterns); expect close but not identical labels.
+and NegBio patterns); expect close but not identical labels. Its reference
+sentences (`tests/data/labeller_sentences.json`, sourced to the published
+CheXpert/NegBio patterns or our own phrasing) are checked by
+`tests/test_labeller_agreement.py`; `labeller_agreement` prints the
+per-observation agreement.
 
 Label values follow CheXpert: 1 positive, 0 negative, -1 uncertain, None blank.
 """
@@ -174,6 +178,15 @@ class _PhraseMatcher:
                 spans.append(_Span(i, best[0], best[2]))
                 i = best[0]
         return spans
+
+
+def _overrun(span: _Span, cues: list[_Span]) -> bool:
+    """Whether a cue starts inside the normal phrase `span` and runs past its end.
+
+    Such a cue wins: "the lungs are clear of effusion" holds the cue "clear of", not the
+    normal phrase "lungs ... clear" (which would say nothing about effusion and hide the cue).
+    """
+    return span.kind.startswith("normal:") and any(span.start < c.start < span.end < c.end for c in cues)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -342,10 +355,11 @@ class ReportLabeller:
         return next(iter(sides), None)
 
     def _sentence_mentions(self, tokens: list[str], index: int) -> list[Mention]:
-        found = self._observation_matcher.find(tokens, blocked=_GAP_BLOCKERS)
+        all_cues = self._cue_matcher.find(tokens)
+        found = [s for s in self._observation_matcher.find(tokens, blocked=_GAP_BLOCKERS) if not _overrun(s, all_cues)]
         covered = {i for s in found for i in range(s.start, s.end)}
         spans = [s for s in found if s.kind != "ignore"]
-        cues = [c for c in self._cue_matcher.find(tokens) if not covered & set(range(c.start, c.end))]
+        cues = [c for c in all_cues if not covered & set(range(c.start, c.end))]
         strong = self._reached_by(tokens, spans, cues, {"uncertainty_over_negation"})
         negated = self._reached_by(tokens, spans, cues, {"negation_pre", "negation_post"})
         uncertain = self._reached_by(tokens, spans, cues, {"uncertainty_pre", "uncertainty_post"})
