@@ -15,7 +15,7 @@ the question's two answer tokens has the larger logit at the first answer positi
 the row's own image and once with another study's image (`evaluation.image_reliance.swap_images`).
 A model that reads its images is right with its own image and at chance with another's.
 
-    python -m benchmarks.grounding                       # the shipped recipe (`baseline`'s alignment phase)
+    python -m benchmarks.grounding                       # the shipped recipe (`aligned`'s alignment phase)
     python -m benchmarks.grounding --steps 150 --set optim.learning_rate=1e-3 --out runs/grounding.json
 
 It prints one line per evaluation, then per question: held-out accuracy with own and swapped
@@ -302,7 +302,8 @@ def result_table(result: Mapping, margin: float = 0.15) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.grounding", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--experiment", default="baseline", help="whose recipe (its alignment phase's optimiser)")
+    ap.add_argument("--experiment", default="aligned",
+                    help="whose recipe: its alignment phase's optimiser, else its main optimiser")
     ap.add_argument("--preset", default="small")
     ap.add_argument("--steps", type=int, default=150)
     ap.add_argument("--batch-size", type=int, default=16)
@@ -319,7 +320,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from experiments import get_experiment
 
     cfg = get_experiment(args.experiment, args.preset).override(parse_overrides(args.set))
-    alignment = getattr(cfg, "alignment", None)
+    alignment = cfg.alignment
     optim = alignment.optim if alignment is not None else cfg.optim
     print(f"recipe: {args.experiment} ({'alignment phase' if alignment is not None else 'main phase'}) "
           f"optimiser {optim}")

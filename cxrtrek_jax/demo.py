@@ -4,8 +4,8 @@
 
 Steps (each skipped when its output is already there, so a second run resumes):
 1. phantom studies (train/validation/test) and their validation report;
-2. TFDS build + a byte-level BPE tokenizer + training (`cxrtrek train`'s trainer; resumes): the
-   `baseline` recipe's image-dense alignment phase, then the staged chains;
+2. TFDS build + a byte-level BPE tokenizer + training (`cxrtrek train`'s trainer; resumes) of the
+   `baseline` recipe (`--alignment-steps N`: the `aligned` recipe, N alignment steps first);
 3. evaluation on the held-out test split in the `own`, `teacher`, `none` and `swapped` (own,
    with another study's images) context modes
    (predictions.jsonl, metrics.json/.md, stages.png, report.html);
@@ -74,11 +74,9 @@ def _experiment(args: argparse.Namespace, out: Path):
         "train.eval_batches": 2,
         "checkpoint.save_every": max(args.steps // 2, 1),
     }
-    if args.alignment_steps:
-        overrides["alignment.num_steps"] = args.alignment_steps
-    else:
-        overrides["alignment"] = "none"
-    return get_experiment("baseline", args.preset).override(overrides)
+    if not args.alignment_steps:
+        return get_experiment("baseline", args.preset).override(overrides)
+    return get_experiment("aligned", args.preset).override({**overrides, "alignment.num_steps": args.alignment_steps})
 
 
 def _pytorch_check(export_dir: Path, ckpt: Path, data_json: Path, count: int, new_tokens: int) -> list[dict]:
@@ -138,8 +136,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--turns", default="10,12", help="min,max QA turns per phantom study")
     parser.add_argument("--buckets", default="512,768,1024", help="padded sequence lengths in tokens")
     parser.add_argument("--learning-rate", type=float, default=2e-3)
-    parser.add_argument("--alignment-steps", type=int, default=100,
-                        help="steps of the image-dense alignment phase before the chains (0 = none)")
+    parser.add_argument("--alignment-steps", type=int, default=0,
+                        help="steps of the `aligned` recipe's image-dense alignment phase before the "
+                             "chains (default 0: the `baseline` recipe; see experiments/RESULTS.md)")
     parser.add_argument("--eval-studies", type=int, default=20, help="test studies evaluated")
     args = parser.parse_args(argv)
     from absl import flags

@@ -7,11 +7,12 @@ The ablations of the CXRTrek study (what the Makefile's `ablation-NAME` targets 
 
 | name            | what changes                                                          |
 |-----------------|-----------------------------------------------------------------------|
-| baseline        | nothing: alignment phase, then staged context, all stages, LoRA off   |
+| baseline        | nothing: staged context, all stages, full training, LoRA off          |
+| aligned         | an image-dense alignment phase (single stage-1/2 QA pairs) first      |
 | no_context      | each QA pair trained and evaluated alone (context off / mode `none`)  |
 | shuffled_stages | stage order permuted per study during training                        |
 | own_vs_teacher  | the baseline model evaluated with its own vs the reference answers    |
-| lora_r8         | base weights frozen (from `baseline`'s checkpoint, no alignment) + LoRA r=8 |
+| lora_r8         | base weights frozen (started from `baseline`'s checkpoint) + LoRA r=8 |
 | frozen_vision   | vision tower frozen at its random initialisation                      |
 | no_prior        | prior-study images (and the turns needing them) removed               |
 | report_only     | stage 8 alone: the classic report-generation setting                  |
@@ -23,7 +24,7 @@ import dataclasses
 from collections.abc import Callable
 
 from cxrtrek_jax.model.config import LoraConfig
-from experiments.config import ExperimentConfig, base_config
+from experiments.config import ExperimentConfig, alignment_for, base_config
 
 __all__ = ["EXPERIMENTS", "experiment_names", "get_experiment", "ABLATIONS"]
 
@@ -34,6 +35,14 @@ def _named(cfg: ExperimentConfig, name: str, description: str, **changes) -> Exp
 
 def baseline(preset: str) -> ExperimentConfig:
     return base_config(preset)
+
+
+def aligned(preset: str) -> ExperimentConfig:
+    return _named(
+        base_config(preset), "aligned",
+        "baseline after an image-dense alignment phase (single QA pairs of stages 1-2)",
+        alignment=alignment_for(preset),
+    )
 
 
 def no_context(preset: str) -> ExperimentConfig:
@@ -69,7 +78,6 @@ def lora_r8(preset: str) -> ExperimentConfig:
         cfg, "lora_r8", "frozen baseline weights + LoRA rank 8 on the decoder projections",
         model=model,
         train=dataclasses.replace(cfg.train, init_from="runs/baseline/checkpoints"),
-        alignment=None,  # baseline's checkpoint has been through it
     )
 
 
@@ -99,6 +107,7 @@ def report_only(preset: str) -> ExperimentConfig:
 
 EXPERIMENTS: dict[str, Callable[[str], ExperimentConfig]] = {
     "baseline": baseline,
+    "aligned": aligned,
     "no_context": no_context,
     "shuffled_stages": shuffled_stages,
     "own_vs_teacher": own_vs_teacher,

@@ -40,10 +40,8 @@ def _smoke_sets(root):
 
 def _run(root, name, *extra):
     sets = _smoke_sets(root)
-    if name == "lora_r8":  # starts from baseline's checkpoint, without an alignment phase of its own
+    if name == "lora_r8":
         sets.append(f"train.init_from={root / 'runs' / 'baseline' / 'checkpoints'}")
-    else:
-        sets += ["alignment.num_steps=2", "alignment.global_batch_size=4"]
     argv = ["run", name, "--preset", "tiny", "--runs-dir", str(root / "runs"), "--bootstrap-resamples", "20",
             "--no-progress", *[a for s in sets for a in ("--set", s)], *extra]
     return ablations.main(argv)

@@ -25,7 +25,6 @@ def world(tmp_path_factory):
     have turns the model cannot take."""
     root = tmp_path_factory.mktemp("model_eval")
     cfg = get_experiment("baseline", "tiny").override({
-        "alignment": "none",
         "data.path": str(root / "phantom"), "data.phantom_studies": 10, "data.phantom_size": 64,
         "data.phantom_splits": "train=0.6,validation=0.1,test=0.3", "data.length_buckets": "256,512",
         "data.global_batch_size": 2, "tokenizer.vocab_size": 500, "train.num_steps": 6,

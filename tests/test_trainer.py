@@ -15,7 +15,7 @@ ALIGN_STEPS = 4
 
 
 def _tiny_experiment(tmp_path, **overrides):
-    cfg = get_experiment("baseline", "tiny").override({
+    cfg = get_experiment("aligned", "tiny").override({
         "data.path": str(tmp_path / "phantom"),
         "data.phantom_studies": 24,
         "data.phantom_size": 128,
