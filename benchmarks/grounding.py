@@ -181,7 +181,6 @@ def run_grounding(optim, *, preset: str = "small", steps: int = 150, batch_size:
     `eval_every` steps. Returns {"records": [{"step", "loss", "own": {q: acc}, "swapped": {q: acc}}],
     "majority": {q: held-out accuracy of the training majority}, "rows": {...}, "seconds"}."""
     import jax
-    import jax.numpy as jnp
     from flax import nnx
 
     from cxrtrek_jax import optimizer as optimizer_lib
