@@ -146,7 +146,7 @@ def _filtered_eval_file(cfg, json_file: Path, out: Path) -> dict[str, Any]:
             stats["turns_in"] += len(study.items)
             stats["turns_kept"] += len(filtered.items)
             if not filtered.items:
-                stats["studies_without_turns"].append(study.study_id)
+                stats["studies_without_turns"].append(study.key)
                 continue
             stats["studies_kept"] += 1
             yield filtered

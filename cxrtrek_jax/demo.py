@@ -105,7 +105,7 @@ def _pytorch_check(export_dir: Path, ckpt: Path, data_json: Path, count: int, ne
                                            cfg.vision.image_size):
         first = study_turns(study)[0]
         n_images = first.image_input_count
-        chain = ChainStudy(study.study_id, images[:n_images], system_prompt_of(study),
+        chain = ChainStudy(study.key, images[:n_images], system_prompt_of(study),
                            functools.partial(fixed_plan, [first]))
         (ours,) = run_chain(decoder, loaded.state, tokenizer, [chain], context="none",
                             max_new_tokens=new_tokens)
@@ -120,7 +120,7 @@ def _pytorch_check(export_dir: Path, ckpt: Path, data_json: Path, count: int, ne
                                           suppress_tokens=[tokenizer.image_id])
         theirs = [t for t in generated[0, inputs["input_ids"].shape[1]:].tolist()
                   if t not in (tokenizer.end_of_turn_id, tokenizer.eos_id)]
-        rows.append({"study_id": study.study_id, "question": first.question, "jax": tokenizer.decode(ours_ids),
+        rows.append({"study_id": study.key, "question": first.question, "jax": tokenizer.decode(ours_ids),
                      "pytorch": tokenizer.decode(theirs), "identical": theirs == ours_ids})
     return rows
 

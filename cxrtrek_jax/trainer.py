@@ -155,10 +155,19 @@ def pipeline_config(cfg: ExperimentConfig, model: ModelConfig, data: DataPaths, 
         image_size=model.vision.image_size, max_images=model.max_images,
         tokens_per_image=model.tokens_per_image, global_batch_size=d.global_batch_size,
         length_buckets=d.length_buckets, packing=d.packing, context=d.context, stages=d.stages,
-        no_prior=d.no_prior, drop_unfittable=True, seed=d.seed,
+        no_prior=d.no_prior, drop_unfittable=True, long_chains=d.long_chains,
+        window_context=d.window_context, seed=d.seed,
         num_workers=d.num_workers if training else 0,
         augment=d.augment if training else AugmentConfig.none(),
     )
+
+
+def _print_coverage(pcfg: PipelineConfig, tokenizer: CXRTrekTokenizer, max_studies: int) -> None:
+    """Print (process 0) how many turns of each stage the run trains, windows and drops."""
+    from data_pipeline.chain_coverage import chain_coverage, format_coverage
+
+    if jax.process_index() == 0:
+        print(format_coverage(chain_coverage(pcfg, tokenizer, max_studies)), flush=True)
 
 
 class MetricsLog:
@@ -303,6 +312,7 @@ def _train_phase(cfg: ExperimentConfig, workdir: pathlib.Path, init_from: str | 
         if not local_tok.exists():
             shutil.copytree(tokenizer_dir, local_tok)
     train_pcfg = pipeline_config(resolved, model, data, cfg.data.train_split, training=True)
+    _print_coverage(train_pcfg, tokenizer, cfg.data.coverage_studies)
     iterators: list = []
 
     def make_batches():
@@ -324,9 +334,12 @@ def _train_phase(cfg: ExperimentConfig, workdir: pathlib.Path, init_from: str | 
         now, steps = time.time(), max(step - clock["step"], 1)
         elapsed = max(now - clock["t"], 1e-9)
         tokens_per_batch = stats.batches.tokens / max(stats.batches.batches, 1) * jax.process_count()
+        seen = stats.studies
         values = dict(summary, tokens_per_s=steps * tokens_per_batch / elapsed,
                       step_time_s=elapsed / steps,
-                      truncated_turns=float(stats.studies.turns_dropped_truncation))
+                      truncated_turns=float(seen.turns_dropped_truncation),
+                      windowed_turns=float(seen.turns_windowed),
+                      dropped_turns=float(seen.turns_in - seen.turns_kept - seen.turns_excluded_by_stage))
         clock.update(t=now, step=step)
         metrics_log.write("train", step, values)
 

@@ -23,11 +23,10 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import re
 
 import numpy as np
 
-from data_pipeline.boxes import Box, parse_boxes
+from data_pipeline.boxes import Box, literal_boxes, map_boxes, parse_boxes
 from data_pipeline.records import Study
 
 __all__ = [
@@ -43,9 +42,6 @@ __all__ = [
     "study_box_extent",
 ]
 
-_NUM = r"([-+]?(?:\d+(?:\.\d*)?|\.\d+))"
-_BOX_TAG = re.compile(r"<\|box\|>(.*?)<\|/box\|>", re.DOTALL)
-_BOX_BODY = re.compile(rf"^\s*\(\s*{_NUM}\s*,\s*{_NUM}\s*\)\s*,\s*\(\s*{_NUM}\s*,\s*{_NUM}\s*\)\s*$")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -147,15 +143,18 @@ class IntensityChange:
 def study_box_extent(study: Study) -> Box | None:
     """The smallest box holding every box of the study's questions and answers (None: no boxes).
 
-    Raises ValueError naming the study and turn for malformed box markup.
+    Answers are parsed strictly, questions leniently (a `<|box|>` format hint is not a box;
+    see `data_pipeline.boxes`). Raises ValueError naming the study and turn for malformed
+    box markup.
     """
     boxes: list[Box] = []
     for index, item in enumerate(study.items):
-        for field in ("question", "answer"):
-            try:
-                boxes += parse_boxes(getattr(item, field))
-            except ValueError as err:
-                raise ValueError(f"study {study.study_id!r} turn {index} {field}: {err}") from None
+        where = f"study {study.key!r} turn {index}"
+        boxes += literal_boxes(item.question, f"{where} question")
+        try:
+            boxes += parse_boxes(item.answer)
+        except ValueError as err:
+            raise ValueError(f"{where} answer: {err}") from None
     if not boxes:
         return None
     return Box(
@@ -189,18 +188,11 @@ def crop_image(image: np.ndarray, window: CropWindow) -> np.ndarray:
     return image[y0:y1, x0:x1]
 
 
-def _remap_body(body: str, window: CropWindow, where: str) -> str:
-    match = _BOX_BODY.match(body)
-    if match is None:
-        raise ValueError(f"{where}: box is not '(x1, y1), (x2, y2)': {body!r}")
-    mapped = window.map_box(Box("", *(float(g) for g in match.groups())))
-    return f"({mapped.x1:.1f}, {mapped.y1:.1f}), ({mapped.x2:.1f}, {mapped.y2:.1f})"
-
-
-def remap_box_markup(text: str, window: CropWindow, where: str = "text") -> str:
-    """`text` with every `<|box|>` body mapped to the window's 0-100 scale (one decimal);
-    the rest of the text is kept as is. `where` labels errors."""
-    return _BOX_TAG.sub(lambda m: f"<|box|>{_remap_body(m.group(1), window, where)}<|/box|>", text)
+def remap_box_markup(text: str, window: CropWindow, where: str = "text", *, strict: bool = True) -> str:
+    """`text` with every box mapped to the window's 0-100 scale (one decimal), the rest kept
+    as is. strict (answers): every `<|box|>` body must be a box; not strict (questions):
+    a body that is not two numeric points is text and stays untouched. `where` labels errors."""
+    return map_boxes(text, window.map_box, strict=strict, where=where)
 
 
 def crop_study_boxes(study: Study, window: CropWindow) -> Study:
@@ -210,8 +202,9 @@ def crop_study_boxes(study: Study, window: CropWindow) -> Study:
     items = tuple(
         dataclasses.replace(
             item,
-            question=remap_box_markup(item.question, window, f"study {study.study_id!r} turn {t} question"),
-            answer=remap_box_markup(item.answer, window, f"study {study.study_id!r} turn {t} answer"),
+            question=remap_box_markup(item.question, window, f"study {study.key!r} turn {t} question",
+                                      strict=False),
+            answer=remap_box_markup(item.answer, window, f"study {study.key!r} turn {t} answer"),
         )
         for t, item in enumerate(study.items)
     )

@@ -3,6 +3,13 @@
 Coordinates are on a 0-100 scale of the image (x to the right, y down), the
 first point the top-left and the second the bottom-right corner. One answer
 may carry several labelled regions; a label may be followed by several boxes.
+
+Answers are parsed strictly (`parse_boxes`). Questions are read leniently
+(`literal_boxes`): released detection questions end with a format hint such
+as ``output in the format <|box|>(x1, y1), (x2, y2)<|/box|>`` whose body is
+placeholder text with no `<|ref|>` label; a `<|box|>` body is a box only when
+it is two numeric points, and every other span is text. `map_boxes` rewrites
+the numeric boxes of a text (crops) and leaves all else untouched.
 """
 
 from __future__ import annotations
@@ -10,12 +17,14 @@ from __future__ import annotations
 import dataclasses
 import re
 
-__all__ = ["Box", "BoxParseError", "parse_boxes", "format_boxes", "has_box_markup", "box_iou"]
+__all__ = ["Box", "BoxParseError", "parse_boxes", "literal_boxes", "map_boxes", "format_boxes",
+           "has_box_markup", "box_iou"]
 
 _NUM = r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)"
 _POINT = rf"\(\s*({_NUM})\s*,\s*({_NUM})\s*\)"
 _BOX_BODY = re.compile(rf"^\s*{_POINT}\s*,\s*{_POINT}\s*$")
 _TOKEN = re.compile(r"<\|(/?)(ref|box)\|>")
+_BOX_SPAN = re.compile(r"<\|box\|>(.*?)<\|/box\|>", re.DOTALL)
 
 
 class BoxParseError(ValueError):
@@ -96,6 +105,45 @@ def parse_boxes(text: str) -> tuple[Box, ...]:
     if not label_has_box:
         raise BoxParseError(f"label {label!r} has no box")
     return tuple(boxes)
+
+
+def literal_boxes(text: str, where: str = "text") -> tuple[Box, ...]:
+    """The numeric boxes of a question-like text, in order, each labelled "".
+
+    A `<|box|>` span whose body is not two numeric points (a format hint such as
+    ``(x1, y1), (x2, y2)``) is not a box and is skipped; a numeric body must be a valid
+    box (0-100 scale, top-left first), else BoxParseError naming `where`.
+    """
+    boxes = []
+    for match in _BOX_SPAN.finditer(text):
+        if _BOX_BODY.match(match.group(1)):
+            try:
+                boxes.append(_parse_box_body(match.group(1), ""))
+            except BoxParseError as err:
+                raise BoxParseError(f"{where}: {err}") from None
+    return tuple(boxes)
+
+
+def map_boxes(text: str, fn, *, strict: bool, where: str = "text") -> str:
+    """`text` with the body of every numeric `<|box|>` replaced by `fn(box)` rendered at one
+    decimal, the rest kept as is.
+
+    strict (answers): every `<|box|>` body must be two numeric points, else BoxParseError
+    naming `where`; not strict (questions): other bodies are text and stay untouched.
+    fn: Box -> Box on the new 0-100 scale.
+    """
+
+    def replace(match: re.Match) -> str:
+        body = match.group(1)
+        if not _BOX_BODY.match(body):
+            if strict:
+                raise BoxParseError(f"{where}: box is not '(x1, y1), (x2, y2)': {body!r}")
+            return match.group(0)
+        x1, y1, x2, y2 = (float(g) for g in _BOX_BODY.match(body).groups())
+        box = fn(Box("", x1, y1, x2, y2))
+        return f"<|box|>({_fmt(box.x1)}, {_fmt(box.y1)}), ({_fmt(box.x2)}, {_fmt(box.y2)})<|/box|>"
+
+    return _BOX_SPAN.sub(replace, text)
 
 
 def _fmt(v: float) -> str:

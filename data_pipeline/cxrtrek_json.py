@@ -37,7 +37,7 @@ import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any, Literal, TextIO
 
-from data_pipeline.records import FrozenMapping, Message, QAItem, Study, freeze, thaw
+from data_pipeline.records import FrozenMapping, Message, QAItem, Study, freeze, study_key, thaw
 
 __all__ = [
     "CXRTrekFormatError",
@@ -385,18 +385,22 @@ def parse_element(element: Any) -> tuple[Study | None, tuple[FormatIssue, ...]]:
     return study, ()
 
 
-def _study_id_of(element: Any) -> str | None:
+def _study_key_of(element: Any) -> str | None:
+    """The study key ("source/pat_id/study_id") of a raw element, None without a study id."""
     _, record = find_cxrtrek_data(element)
-    value = record.get("study_id") if record is not None else None
-    return str(value) if isinstance(value, (str, int)) and not isinstance(value, bool) else None
+    if record is None:
+        return None
+    parts = [record.get(key) for key in ("source", "pat_id", "study_id")]
+    parts = [str(p) if isinstance(p, (str, int)) and not isinstance(p, bool) else "" for p in parts]
+    return study_key(*parts) if parts[2] else None
 
 
 def describe_sample(path: str | os.PathLike | None, index: int | None, element: Any) -> str:
-    """'file: sample 3 (study_id 's1')' — the location prefix of error messages."""
+    """'file: sample 3 (study 'chexpert/patient1/study1')' — the location prefix of error messages."""
     parts = [os.fspath(path)] if path is not None else []
     where = f"sample {index}" if index is not None else "sample"
-    study_id = _study_id_of(element)
-    parts.append(where + (f" (study_id {study_id!r})" if study_id is not None else ""))
+    key = _study_key_of(element)
+    parts.append(where + (f" (study {key!r})" if key is not None else ""))
     return ": ".join(parts)
 
 
@@ -458,7 +462,7 @@ def study_to_element(study: Study, form: ElementForm = "auto") -> dict[str, Any]
     if form == "released" and (study.messages is None or study.abs_images is None):
         missing = [name for name in ("messages", "abs_images") if getattr(study, name) is None]
         raise ValueError(
-            f"study {study.study_id!r}: the released form needs {' and '.join(missing)}; "
+            f"study {study.key!r}: the released form needs {' and '.join(missing)}; "
             "derive them with add_released_fields(study, image_root)"
         )
     record = _cxrtrek_data_to_json(study)
@@ -467,7 +471,7 @@ def study_to_element(study: Study, form: ElementForm = "auto") -> dict[str, Any]
         unfit += [name for name in ("messages", "abs_images") if getattr(study, name) is not None]
         if unfit:
             raise ValueError(
-                f"study {study.study_id!r}: the bare cxrtrek_data form cannot hold {', '.join(unfit)}"
+                f"study {study.key!r}: the bare cxrtrek_data form cannot hold {', '.join(unfit)}"
             )
         return record
     if form not in ("auto", "released", "content"):

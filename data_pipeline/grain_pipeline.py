@@ -111,14 +111,18 @@ class PipelineConfig:
     tokens_per_image: image token ids per image (the vision tower's output tokens).
     global_batch_size: rows per step over all processes.
     length_buckets: allowed row lengths L, ascending; the largest is the
-        longest sequence (whole trailing turns beyond it are dropped and counted).
+        longest sequence (`long_chains` says what happens to a longer chain).
     packing: first-fit pack several sequences per row (segment ids 1..k).
     context: "on" (one sequence per study), "off" (one per turn),
         "shuffled" (stage order permuted per study, seeded by `seed`).
     stages: keep only these stages' turns (None = all); no_prior: drop prior
         images and the turns needing them; system_prompt: None = the study's own.
-    drop_unfittable: a sequence whose first turn alone exceeds the largest
-        bucket is dropped and counted instead of stopping the pipeline.
+    drop_unfittable: a turn that alone exceeds the largest bucket is dropped
+        and counted instead of stopping the pipeline.
+    long_chains: "window" (a longer chain is trained as windows, every turn
+        once) or "truncate" (trailing turns dropped, counted);
+        window_context: a later window's share of text kept for earlier turns
+        (`data_pipeline.sequences`).
     seed: shuffle, augmentation and stage-shuffle seed, in [0, 2**32).
     num_epochs: passes over the data for training (None = forever).
     num_workers: Grain worker processes (0 = in this process); worker_buffer_size:
@@ -142,6 +146,8 @@ class PipelineConfig:
     no_prior: bool = False
     system_prompt: str | None = None
     drop_unfittable: bool = False
+    long_chains: str = "window"
+    window_context: float = 0.5
     seed: int = 0
     num_epochs: int | None = None
     num_workers: int = 0
@@ -195,6 +201,8 @@ class PipelineConfig:
             max_images=self.max_images,
             system_prompt=self.system_prompt,
             drop_unfittable=self.drop_unfittable,
+            long_chains=self.long_chains,
+            window_context=self.window_context,
         )
 
     def per_process_batch_size(self, process_count: int) -> int:
@@ -268,7 +276,7 @@ class PrepareStudy:
         for k in used:
             image = crop_image(loaded[k] if k in loaded else record.load_image(k), window)
             images[k] = self._to_model_input(image, changes[k])
-        return PreparedStudy(study.study_id, tuple(sequences), images, stats)
+        return PreparedStudy(study.key, tuple(sequences), images, stats)
 
     def _to_model_input(self, image: np.ndarray, change: IntensityChange) -> np.ndarray:
         """Resize with padding to the model size; the intensity change touches the content only."""
@@ -331,7 +339,8 @@ class PipelineStats:
 
     @classmethod
     def from_json(cls, data: Mapping[str, Mapping[str, int]]) -> "PipelineStats":
-        return cls(SequenceStats(**data["studies"]), BatchStats(**data["batches"]))
+        studies = {k: tuple(v) if isinstance(v, list) else v for k, v in data["studies"].items()}
+        return cls(SequenceStats(**studies), BatchStats(**data["batches"]))
 
 
 _Item = tuple[TrainingSequence, Mapping[int, np.ndarray]]

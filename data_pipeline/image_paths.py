@@ -18,6 +18,12 @@ Rules of `resolve_image_path(path, image_root, remap_from=anchors)`:
      following symlinks, lies outside the root (a symlink pointing out).
 The result is ``abspath(image_root) / relative part`` without symlinks
 resolved; it need not exist unless `require_exists=True`.
+
+A released study names its images twice: the top-level `image` list holds
+absolute paths from the authors' machine, `data_dict.cxrtrek_data.image` the
+same images relative to an image root. `choose_image_list` prefers the
+relative list and falls back to the absolute one (remapped by rule 3) only
+when the relative list is empty, and says which it used.
 """
 
 from __future__ import annotations
@@ -26,7 +32,11 @@ import os
 from collections.abc import Sequence
 from pathlib import Path, PurePath
 
-__all__ = ["DEFAULT_REMAP_ANCHORS", "ImagePathError", "resolve_image_path"]
+__all__ = ["DEFAULT_REMAP_ANCHORS", "ImagePathError", "resolve_image_path", "choose_image_list",
+           "IMAGE_LISTS"]
+
+# What `choose_image_list` can answer, in the order build summaries print them.
+IMAGE_LISTS = ("relative", "absolute", "none")
 
 DEFAULT_REMAP_ANCHORS: tuple[str, ...] = (
     "mimic_cxr",
@@ -89,3 +99,26 @@ def _relative_part(path: PurePath, root: Path, anchors: tuple[str, ...]) -> Pure
         f"{path}: absolute path outside the image root {root} and with none of the "
         f"anchor folders {list(anchors)} to remap it from"
     )
+
+
+def choose_image_list(
+    relative: Sequence[str],
+    absolute: Sequence[str] | None,
+    image_root: str | os.PathLike,
+    *,
+    remap_from: Sequence[str] = DEFAULT_REMAP_ANCHORS,
+) -> tuple[tuple[str, ...], str]:
+    """(paths relative to `image_root`, which list they came from) for one study.
+
+    which: "relative" (`cxrtrek_data.image`, used whenever it is non-empty), "absolute" (the
+    top-level list, each path placed under the root by `resolve_image_path`; only when the
+    relative list is empty), or "none" (the study names no image). ImagePathError names the
+    absolute path that cannot be placed under the root.
+    """
+    if relative:
+        return tuple(relative), "relative"
+    if absolute:
+        root = Path(os.path.abspath(image_root))
+        placed = [resolve_image_path(path, root, remap_from=remap_from) for path in absolute]
+        return tuple(str(p.relative_to(root)) for p in placed), "absolute"
+    return (), "none"

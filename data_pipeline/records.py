@@ -18,7 +18,7 @@ from typing import Any
 
 from data_pipeline.stages import QType, Stage, parse_qtype
 
-__all__ = ["FrozenMapping", "freeze", "thaw", "Message", "QAItem", "Study", "IMAGE_PLACEHOLDER"]
+__all__ = ["FrozenMapping", "freeze", "thaw", "Message", "QAItem", "Study", "IMAGE_PLACEHOLDER", "study_key"]
 
 # The placeholder that introduces an image inside a question text.
 IMAGE_PLACEHOLDER = "<image>"
@@ -75,6 +75,16 @@ def thaw(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [thaw(v) for v in value]
     return value
+
+
+def study_key(source: str, pat_id: str, study_id: str) -> str:
+    """The identity of a study: "source/pat_id/study_id", empty parts left out.
+
+    `study_id` alone is not an identity: CheXpert-derived studies are numbered per patient
+    (`study1`, `study2`, ... under every `pat_id`). Everything keyed by study (validation,
+    splits, predictions, baselines, case reports) uses this key.
+    """
+    return "/".join(part for part in (source, pat_id, study_id) if part)
 
 
 def _frozen_field() -> Any:
@@ -150,6 +160,11 @@ class Study:
     extras: Mapping[str, Any] = _frozen_field()
     data_dict_extras: Mapping[str, Any] = _frozen_field()
     cxrtrek_extras: Mapping[str, Any] = _frozen_field()
+
+    @property
+    def key(self) -> str:
+        """The study's identity, `study_key(source, pat_id, study_id)`."""
+        return study_key(self.source, self.pat_id, self.study_id)
 
     @property
     def num_images(self) -> int:

@@ -18,8 +18,20 @@ Ablation options (`SequenceConfig`): stage context off (each turn its own
 sequence, with all images visible at that turn placed in its question), a
 seeded shuffle of the stage order (turns within a stage keep their order), a
 subset of stages, and `no_prior` (drop images beyond the current study and the
-turns that need them). Truncation drops whole trailing turns; every dropped
-turn and image is counted in `SequenceStats`.
+turns that need them).
+
+A chain longer than `max_length` (`SequenceConfig.long_chains`):
+  - "window" (the default): the chain becomes several sequences, windows over
+    it. Every turn is trained (carries loss) in exactly one window; a window
+    holds bos, the system prompt, every image its turns need (placed in its
+    first question) and, before its trained turns, as many earlier turns as
+    fit, newest first, as context without loss. The first window starts at
+    the first turn; each later one keeps `window_context` of its text budget
+    (max_length minus bos, system and image tokens) for earlier turns. A chain
+    that fits stays one sequence, exactly as without windowing.
+  - "truncate": one sequence; trailing turns that do not fit are dropped.
+A turn that does not fit even alone (with its images) is dropped. Every
+dropped turn and image is counted in `SequenceStats`, per stage too.
 """
 
 from __future__ import annotations
@@ -37,6 +49,7 @@ from data_pipeline.stages import Stage
 from data_pipeline.tokenizer import CXRTrekTokenizer
 
 __all__ = [
+    "LONG_CHAINS",
     "SequenceConfig",
     "SequenceStats",
     "SequenceTooLongError",
@@ -50,6 +63,9 @@ __all__ = [
 
 _PLACEHOLDER_WITH_NEWLINE = re.compile(re.escape(IMAGE_PLACEHOLDER) + r"\n?")
 _LATER_STUDY_STAGES = (Stage.COMPARISON, Stage.FUTURE_TREND)
+# How a chain longer than max_length is trained (module docstring).
+LONG_CHAINS = ("window", "truncate")
+_NUM_STAGES = len(Stage)
 
 
 class SequenceTooLongError(ValueError):
@@ -70,9 +86,12 @@ class SequenceConfig:
     max_images: the model's image slots; turns that need more images than this
         (their `image_input_count`) are dropped and counted (None = no limit).
     system_prompt: None = the study's own system message, else `DEFAULT_SYSTEM_PROMPT`.
-    drop_unfittable: a sequence whose first turn alone exceeds `max_length` is
-        dropped and counted (`SequenceStats.unfittable`) instead of raising
-        `SequenceTooLongError`.
+    drop_unfittable: a turn that alone exceeds `max_length` (the first turn of
+        the sequence with "truncate") is dropped and counted
+        (`SequenceStats.unfittable`) instead of raising `SequenceTooLongError`.
+    long_chains: "window" or "truncate" (module docstring).
+    window_context: with "window", the fraction of a later window's text budget
+        kept for earlier turns as context, in [0, 1).
     """
 
     max_length: int
@@ -85,8 +104,14 @@ class SequenceConfig:
     max_images: int | None = None
     system_prompt: str | None = None
     drop_unfittable: bool = False
+    long_chains: str = "window"
+    window_context: float = 0.5
 
     def __post_init__(self) -> None:
+        if self.long_chains not in LONG_CHAINS:
+            raise ValueError(f"long_chains must be one of {LONG_CHAINS}, got {self.long_chains!r}")
+        if not 0.0 <= self.window_context < 1.0:
+            raise ValueError(f"window_context must be in [0, 1), got {self.window_context}")
         if self.max_images is not None and self.max_images < 1:
             raise ValueError(f"max_images must be >= 1 or None, got {self.max_images}")
         if self.max_length < 2:
@@ -104,9 +129,15 @@ class SequenceStats:
     """Counts of one or more `build_sequences` calls (add them up with `+`).
 
     turns_in = turns_kept + turns_excluded_by_stage + turns_dropped_no_prior
-    + turns_dropped_image_limit + turns_dropped_truncation. images_dropped: study images that appear in
-    none of the study's sequences. unfittable: sequences whose first turn alone
-    did not fit (their turns count as dropped by truncation).
+    + turns_dropped_image_limit + turns_dropped_truncation. turns_kept counts
+    trained turns (with loss); turns_windowed those of them trained in a window
+    that lacks some earlier turn of the chain. images_dropped: study images that
+    appear in none of the study's sequences. unfittable: turns (with
+    "truncate": sequences) that did not fit alone (their turns count as dropped
+    by truncation).
+    stage_trained / stage_windowed / stage_dropped: the same per stage, index
+    1..8 (index 0 unused); dropped = not trained, for any reason but the
+    `stages` filter.
     """
 
     studies: int = 0
@@ -119,11 +150,25 @@ class SequenceStats:
     turns_dropped_truncation: int = 0
     images_dropped: int = 0
     unfittable: int = 0
+    turns_windowed: int = 0
+    stage_trained: tuple[int, ...] = (0,) * (_NUM_STAGES + 1)
+    stage_windowed: tuple[int, ...] = (0,) * (_NUM_STAGES + 1)
+    stage_dropped: tuple[int, ...] = (0,) * (_NUM_STAGES + 1)
 
     def __add__(self, other: "SequenceStats") -> "SequenceStats":
+        def add(a, b):
+            return tuple(x + y for x, y in zip(a, b)) if isinstance(a, tuple) else a + b
+
         return SequenceStats(
-            **{f.name: getattr(self, f.name) + getattr(other, f.name) for f in dataclasses.fields(self)}
+            **{f.name: add(getattr(self, f.name), getattr(other, f.name)) for f in dataclasses.fields(self)}
         )
+
+    def per_stage(self) -> dict[int, dict[str, int]]:
+        """stage -> {"trained", "windowed", "dropped"} for every stage with a turn."""
+        return {stage: {"trained": self.stage_trained[stage], "windowed": self.stage_windowed[stage],
+                        "dropped": self.stage_dropped[stage]}
+                for stage in range(1, _NUM_STAGES + 1)
+                if self.stage_trained[stage] or self.stage_dropped[stage]}
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -137,6 +182,8 @@ class TrainingSequence:
     image_indices: indices into `Study.images` of the images whose
         placeholders appear in `input_tokens`, in placeholder order.
     turn_indices: indices into `Study.items` of the turns, in sequence order.
+    context_turns: how many leading `turn_indices` are context only (no loss; a
+        window's earlier turns); the rest are trained.
     """
 
     study_id: str
@@ -147,6 +194,11 @@ class TrainingSequence:
     positions: np.ndarray
     image_indices: tuple[int, ...]
     turn_indices: tuple[int, ...]
+    context_turns: int = 0
+
+    @property
+    def trained_turns(self) -> tuple[int, ...]:
+        return self.turn_indices[self.context_turns :]
 
     def __len__(self) -> int:
         return int(self.input_tokens.shape[0])
@@ -189,7 +241,7 @@ def _check_image_counts(study: Study) -> None:
     for index, item in enumerate(study.items):
         if not 0 <= item.image_input_count <= study.num_images:
             raise ValueError(
-                f"study {study.study_id!r} turn {index}: image_input_count {item.image_input_count} "
+                f"study {study.key!r} turn {index}: image_input_count {item.image_input_count} "
                 f"outside 0..{study.num_images} (the study's image count)"
             )
 
@@ -212,7 +264,7 @@ def _select_turns(study: Study, config: SequenceConfig) -> tuple[list[int], dict
         counts["turns_dropped_image_limit"] = len(turns) - len(kept)
         turns = kept
     if config.shuffle_stages:
-        rng = np.random.default_rng([config.shuffle_seed, zlib.crc32(study.study_id.encode("utf-8"))])
+        rng = np.random.default_rng([config.shuffle_seed, zlib.crc32(study.key.encode("utf-8"))])
         present = sorted({study.items[t].stage for t in turns})
         order = {stage: rank for rank, stage in enumerate(rng.permutation(present).tolist())}
         turns = sorted(turns, key=lambda t: order[study.items[t].stage])  # stable: keeps turn order
@@ -248,54 +300,131 @@ def _conversation(
     return messages, introduced
 
 
-def _encode_turns(
-    study: Study, turns: Sequence[int], tokenizer: CXRTrekTokenizer, config: SequenceConfig
-) -> tuple[TrainingSequence | None, int]:
-    """One sequence of the (non-empty) `turns`, trailing turns truncated to fit.
-
-    Returns the sequence (None when its first turn alone does not fit and
-    `config.drop_unfittable`) and the number of turns dropped by truncation.
-    """
+def _encode(study: Study, turns: Sequence[int], trained_from: int, tokenizer: CXRTrekTokenizer,
+            config: SequenceConfig) -> TrainingSequence:
+    """The sequence of `turns` (all of which fit), with loss on `turns[trained_from:]` only."""
     messages, introduced = _conversation(
         study, turns, system_prompt_of(study, config.system_prompt), tokenizer.format.image
     )
     encoded = tokenizer.encode_chat(messages, tokens_per_image=config.tokens_per_image)
+    ids = encoded.ids
     spans = encoded.spans  # [system, user 0, assistant 0, user 1, assistant 1, ...]
-    kept = 0
-    while kept < len(turns) and spans[2 + 2 * kept].end - 1 <= config.max_length:
-        kept += 1
-    if kept == 0:
-        if config.drop_unfittable:
-            return None, len(turns)
-        raise SequenceTooLongError(
-            f"study {study.study_id!r}: the first turn (item {turns[0]}) needs {spans[2].end - 1} "
-            f"input tokens, more than max_length={config.max_length}"
-        )
-    ids = encoded.ids[: spans[2 * kept].end]
     token_stage = np.zeros(ids.shape, np.int32)
     token_loss = np.zeros(ids.shape, np.float32)
-    for j in range(kept):
+    for j in range(len(turns)):
         user, assistant = spans[1 + 2 * j], spans[2 + 2 * j]
         token_stage[user.start : assistant.end] = study.items[turns[j]].stage
-        token_loss[assistant.content_start : assistant.end] = 1.0
-    num_images = introduced[kept - 1]
+        if j >= trained_from:
+            token_loss[assistant.content_start : assistant.end] = 1.0
+    num_images = introduced[-1]
     image_tokens = int(np.count_nonzero(ids == tokenizer.image_id))
     if image_tokens != num_images * config.tokens_per_image:
         raise ValueError(
-            f"study {study.study_id!r}: {image_tokens} image token ids for {num_images} images "
+            f"study {study.key!r}: {image_tokens} image token ids for {num_images} images "
             f"x {config.tokens_per_image} tokens per image"
         )
-    sequence = TrainingSequence(
-        study_id=study.study_id,
+    if ids.size - 1 > config.max_length:
+        raise AssertionError(f"study {study.key!r}: a window of {ids.size - 1} tokens > {config.max_length}")
+    return TrainingSequence(
+        study_id=study.key,
         input_tokens=ids[:-1].astype(np.int32),
         target_tokens=ids[1:].astype(np.int32),
         loss_mask=token_loss[1:],
         stage_ids=token_stage[1:],
         positions=np.arange(ids.size - 1, dtype=np.int32),
         image_indices=tuple(range(num_images)),
-        turn_indices=tuple(turns[:kept]),
+        turn_indices=tuple(turns),
+        context_turns=trained_from,
     )
-    return sequence, len(turns) - kept
+
+
+class _ChainLengths:
+    """Input-token counts of windows over one chain, from per-message encodings (cached), equal
+    to `len(input_tokens)` of the encoded window: messages are encoded one at a time
+    (`CXRTrekTokenizer.encode_chat`), so a window's length is the sum of its messages'."""
+
+    def __init__(self, study: Study, turns: Sequence[int], tokenizer: CXRTrekTokenizer, config: SequenceConfig):
+        self.study, self.turns, self.tokenizer, self.config = study, turns, tokenizer, config
+        system = system_prompt_of(study, config.system_prompt)
+        self.head = 1 + self._message("system", system)  # bos + system message
+        self._users: dict[tuple[int, int], int] = {}
+        self._answers = [self._message("assistant", study.items[t].answer) for t in turns]
+
+    def _message(self, role: str, content: str) -> int:
+        ids = self.tokenizer.encode_text(content)
+        images = sum(1 for i in ids if i == self.tokenizer.image_id)
+        return len(self.tokenizer.prefix_ids(role)) + len(ids) + images * (self.config.tokens_per_image - 1) + 1
+
+    def _user(self, j: int, new_images: int) -> int:
+        key = (j, new_images)
+        if key not in self._users:
+            question = place_placeholders(self.study.items[self.turns[j]].question, new_images,
+                                          self.tokenizer.format.image)
+            self._users[key] = self._message("user", question)
+        return self._users[key]
+
+    def window(self, first: int, end: int) -> int:
+        """Input tokens of the window over turns[first:end] (full ids minus one)."""
+        total, shown = self.head, 0
+        for j in range(first, end):
+            count = self.study.items[self.turns[j]].image_input_count
+            new = max(0, count - shown)
+            total += self._user(j, new) + self._answers[j]
+            shown += new
+        return total - 1
+
+    def image_tokens(self, first: int, end: int) -> int:
+        return max(self.study.items[self.turns[j]].image_input_count for j in range(first, end)) \
+            * self.config.tokens_per_image
+
+
+def _windows(lengths: _ChainLengths, n: int, config: SequenceConfig) -> tuple[list[tuple[int, int, int]], list[int]]:
+    """([(context start, trained start, end)] over turn positions 0..n, [unfittable positions])."""
+    windows, unfittable = [], []
+    start = 0
+    while start < n:
+        if lengths.window(start, start + 1) > config.max_length:
+            unfittable.append(start)
+            start += 1
+            continue
+        end = start + 1
+        while end < n:
+            budget = config.max_length
+            if windows:
+                text = config.max_length - lengths.head - lengths.image_tokens(start, end + 1)
+                budget -= int(config.window_context * max(text, 0))
+            if lengths.window(start, end + 1) > budget:
+                break
+            end += 1
+        first = start
+        while first > 0 and lengths.window(first - 1, end) <= config.max_length:
+            first -= 1
+        windows.append((first, start, end))
+        start = end
+    return windows, unfittable
+
+
+def _truncated(lengths: _ChainLengths, n: int, config: SequenceConfig) -> tuple[list[tuple[int, int, int]], list[int]]:
+    """The "truncate" plan: one window from the first turn, as many turns as fit."""
+    end = 0
+    while end < n and lengths.window(0, end + 1) <= config.max_length:
+        end += 1
+    return ([(0, 0, end)] if end else []), []
+
+
+def _plan(study: Study, group: list[int], tokenizer: CXRTrekTokenizer, config: SequenceConfig):
+    lengths = _ChainLengths(study, group, tokenizer, config)
+    plan = _windows if config.long_chains == "window" and len(group) > 1 else _truncated
+    windows, unfittable = plan(lengths, len(group), config)
+    if not windows and not unfittable:  # "truncate" (or one turn) whose first turn does not fit
+        unfittable = [0]
+    if unfittable and not config.drop_unfittable:
+        j = unfittable[0]
+        raise SequenceTooLongError(
+            f"study {study.key!r}: turn (item {group[j]}) needs {lengths.window(j, j + 1)} "
+            f"input tokens with its images, more than max_length={config.max_length}"
+        )
+    return windows, unfittable
 
 
 def build_sequences(
@@ -304,33 +433,51 @@ def build_sequences(
     """The training sequence(s) of one study and what was left out.
 
     Raises ValueError naming the study for an `image_input_count` outside
-    0..num_images, and `SequenceTooLongError` when a sequence's first turn
-    alone exceeds `config.max_length` (unless `config.drop_unfittable`).
-    A study with no turn left after the stage/no_prior filters gives no sequence.
+    0..num_images, and `SequenceTooLongError` when a turn alone (with
+    "truncate": a sequence's first turn) exceeds `config.max_length` (unless
+    `config.drop_unfittable`). A study with no turn left after the
+    stage/no_prior filters gives no sequence.
     """
     _check_image_counts(study)
     turns, counts = _select_turns(study, config)
     groups: Iterable[list[int]] = [turns] if config.stage_context else [[t] for t in turns]
     sequences: list[TrainingSequence] = []
-    truncated = unfittable = 0
+    unfittable = windowed = 0
+    trained: set[int] = set()
+    windowed_turns: set[int] = set()
     for group in groups:
         if not group:
             continue
-        sequence, dropped = _encode_turns(study, group, tokenizer, config)
-        truncated += dropped
-        if sequence is None:
-            unfittable += 1
-        else:
-            sequences.append(sequence)
+        windows, bad = _plan(study, group, tokenizer, config)
+        unfittable += len(bad) if config.long_chains == "window" and len(group) > 1 else bool(bad)
+        for first, start, end in windows:
+            sequences.append(_encode(study, group[first:end], start - first, tokenizer, config))
+            trained.update(group[start:end])
+            if first > 0:
+                windowed_turns.update(group[start:end])
+    windowed = len(windowed_turns)
     used_images = {i for s in sequences for i in s.image_indices}
+    stage_trained = [0] * (_NUM_STAGES + 1)
+    stage_windowed = [0] * (_NUM_STAGES + 1)
+    stage_dropped = [0] * (_NUM_STAGES + 1)
+    for index, item in enumerate(study.items):
+        if not 1 <= item.stage <= _NUM_STAGES or (config.stages is not None and item.stage not in config.stages):
+            continue  # excluded by the stage filter (or a stage validation rejects), not dropped
+        (stage_trained if index in trained else stage_dropped)[item.stage] += 1
+        stage_windowed[item.stage] += index in windowed_turns
+    kept = len(trained)
     stats = SequenceStats(
         studies=1,
         sequences=len(sequences),
         turns_in=len(study.items),
-        turns_kept=sum(len(s.turn_indices) for s in sequences),
-        turns_dropped_truncation=truncated,
+        turns_kept=kept,
+        turns_dropped_truncation=len(turns) - kept,
         images_dropped=study.num_images - len(used_images),
         unfittable=unfittable,
+        turns_windowed=windowed,
+        stage_trained=tuple(stage_trained),
+        stage_windowed=tuple(stage_windowed),
+        stage_dropped=tuple(stage_dropped),
         **counts,
     )
     return sequences, stats

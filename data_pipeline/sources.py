@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from data_pipeline.cxrtrek_json import read_studies
-from data_pipeline.image_paths import ImagePathError, resolve_image_path
+from data_pipeline.image_paths import ImagePathError, choose_image_list, resolve_image_path
 from data_pipeline.images import load_image, load_image_bytes
 from data_pipeline.records import Study
 
@@ -28,7 +28,7 @@ __all__ = [
     "StudyRecord",
     "TfdsStudySource",
     "open_study_source",
-    "resolve_study_images",
+    "json_study_record",
 ]
 
 SOURCE_KINDS = ("tfds", "json")
@@ -48,7 +48,7 @@ class StudyRecord:
     def __post_init__(self) -> None:
         if len(self.images) != len(self.study.images):
             raise ValueError(
-                f"study {self.study.study_id!r}: {len(self.images)} image(s) for {len(self.study.images)} path(s)"
+                f"study {self.study.key!r}: {len(self.images)} image(s) for {len(self.study.images)} path(s)"
             )
 
     def load_image(self, index: int) -> np.ndarray:
@@ -56,7 +56,7 @@ class StudyRecord:
         image = self.images[index]
         if isinstance(image, str):
             return load_image(image)
-        label = f"study {self.study.study_id!r} image {index} ({self.study.images[index]})"
+        label = f"study {self.study.key!r} image {index} ({self.study.images[index]})"
         return load_image_bytes(bytes(image), label)
 
 
@@ -75,7 +75,7 @@ class JsonStudySource:
         self._records: list[StudyRecord] = []
         for path in files:
             for index, study in enumerate(read_studies(path)):
-                self._records.append(StudyRecord(study, resolve_study_images(study, image_root, path, index)))
+                self._records.append(json_study_record(study, image_root, path, index))
 
     def __len__(self) -> int:
         return len(self._records)
@@ -87,15 +87,23 @@ class JsonStudySource:
         return f"JsonStudySource({len(self)} studies)"
 
 
-def resolve_study_images(study: Study, image_root: str | os.PathLike, path: Any, index: int) -> tuple[str, ...]:
-    """The study's image paths resolved under `image_root`; ImagePathError names the file, sample and image."""
+def json_study_record(study: Study, image_root: str | os.PathLike, path: Any, index: int) -> StudyRecord:
+    """A JSON study with its image paths resolved under `image_root`: the relative
+    `cxrtrek_data.image` list, else the top-level absolute one remapped under the root (the
+    record's study then names those relative paths; `image_paths.choose_image_list`).
+    ImagePathError names the file, sample and image."""
+    where = f"{os.fspath(path)}: sample {index} (study {study.key!r})"
+    try:
+        images, _ = choose_image_list(study.images, study.abs_images, image_root)
+    except ImagePathError as err:
+        raise ImagePathError(f"{where}: {err}") from None
     resolved = []
-    for k, image in enumerate(study.images):
+    for k, image in enumerate(images):
         try:
             resolved.append(os.fspath(resolve_image_path(image, image_root)))
         except ImagePathError as err:
-            raise ImagePathError(f"{os.fspath(path)}: sample {index} (study {study.study_id!r}) image {k}: {err}") from None
-    return tuple(resolved)
+            raise ImagePathError(f"{where} image {k}: {err}") from None
+    return StudyRecord(study.replace(images=images), tuple(resolved))
 
 
 class TfdsStudySource:

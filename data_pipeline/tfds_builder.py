@@ -42,9 +42,9 @@ import tensorflow_datasets as tfds
 from etils import epath
 
 from data_pipeline.cxrtrek_json import find_cxrtrek_data, iter_elements, parse_study
-from data_pipeline.image_paths import ImagePathError, resolve_image_path
+from data_pipeline.image_paths import IMAGE_LISTS, ImagePathError, choose_image_list, resolve_image_path
 from data_pipeline.images import ImageLoadError, encode_png16, is_dicom, load_image_bytes
-from data_pipeline.records import Message, QAItem, Study, freeze, thaw
+from data_pipeline.records import Message, QAItem, Study, freeze, study_key, thaw
 from data_pipeline.validation import Problem, StudyValidator
 
 __all__ = [
@@ -183,8 +183,10 @@ class BuildSummary:
         is then absent from the data set).
     dropped: every dropped sample with its problems (empty without skip_invalid).
     warnings: number of validation warnings (kept samples included).
-    patients_in_several_splits: pat_ids whose studies landed in more than one
-        split (only possible through explicit `split` fields).
+    patients_in_several_splits: patients ("source/pat_id") whose studies landed in more
+        than one split (only possible through explicit `split` fields).
+    image_lists: which image list each written study was read from
+        (`image_paths.choose_image_list`: "relative", "absolute", "none") -> studies.
     """
 
     dataset_dir: str
@@ -192,6 +194,7 @@ class BuildSummary:
     dropped: tuple[DroppedSample, ...]
     warnings: int
     patients_in_several_splits: tuple[str, ...]
+    image_lists: Mapping[str, int] = dataclasses.field(default_factory=dict)
 
     @property
     def dropped_by_field(self) -> dict[str, int]:
@@ -208,6 +211,7 @@ class BuildSummary:
             "dropped": [d.to_json() for d in self.dropped],
             "warnings": self.warnings,
             "patients_in_several_splits": list(self.patients_in_several_splits),
+            "image_lists": dict(self.image_lists),
         }
 
 
@@ -256,7 +260,7 @@ def study_to_example(study: Study, encoded_images: list[bytes]) -> dict[str, Any
     """A Study and its stored image bytes (same order as `study.images`) -> a FEATURES dict."""
     if len(encoded_images) != len(study.images):
         raise ValueError(
-            f"study {study.study_id!r}: {len(encoded_images)} encoded image(s) for {len(study.images)} path(s)"
+            f"study {study.key!r}: {len(encoded_images)} encoded image(s) for {len(study.images)} path(s)"
         )
     rest = {
         "extras": thaw(study.extras),
@@ -360,6 +364,7 @@ class CXRTrekBuilder(tfds.core.GeneratorBasedBuilder):
         self._dropped: list[DroppedSample] = []
         self._warnings = 0
         self._written: collections.Counter[str] = collections.Counter()
+        self._image_lists: collections.Counter[str] = collections.Counter()
         self._patients_in_several_splits: tuple[str, ...] = ()
         kwargs.setdefault("file_format", "array_record")
         super().__init__(**kwargs)
@@ -386,7 +391,7 @@ class CXRTrekBuilder(tfds.core.GeneratorBasedBuilder):
         if not self._options.skip_invalid:
             listed = "; ".join(f"{p.field or 'sample'}: {p.message}" for p in problems)
             raise InvalidSampleError(
-                f"{json_file}: sample {index} (study_id {study_id!r}) is invalid: {listed} "
+                f"{json_file}: sample {index} (study {study_id!r}) is invalid: {listed} "
                 "(use skip_invalid / --skip-invalid to drop such samples)"
             )
         self._dropped.append(DroppedSample(json_file, index, study_id, tuple(problems)))
@@ -406,14 +411,14 @@ class CXRTrekBuilder(tfds.core.GeneratorBasedBuilder):
                     prefix, _ = find_cxrtrek_data(element)
                     split, failure = _split_of(check.study, prefix, options.split)
                     if failure is not None:
-                        problems.append(Problem(index, check.study.study_id, *failure))
-                study_id = problems[0].study_id if problems else check.study.study_id
+                        problems.append(Problem(index, check.study.key, *failure))
+                study_id = problems[0].study_id if problems else check.study.key
                 if problems:
                     self._reject(json_file, index, study_id, problems)
                     continue
                 self._assignment[(file_index, index)] = split
-                if check.study.pat_id:
-                    patient_splits[check.study.pat_id].add(split)
+                if check.study.pat_id:  # a patient is (source, pat_id)
+                    patient_splits[study_key(check.study.source, check.study.pat_id, "")].add(split)
         self._patients_in_several_splits = tuple(sorted(p for p, s in patient_splits.items() if len(s) > 1))
         counts = collections.Counter(self._assignment.values())
         if not counts:
@@ -427,16 +432,23 @@ class CXRTrekBuilder(tfds.core.GeneratorBasedBuilder):
                     continue
                 study = parse_study(element, index=index, path=json_file)
                 prefix, _ = find_cxrtrek_data(element)
+                try:
+                    paths, which = choose_image_list(study.images, study.abs_images, image_root)
+                except ImagePathError as e:
+                    self._reject(json_file, index, study.key, [Problem(index, study.key, "image", str(e))])
+                    continue
+                study = study.replace(images=paths)
                 encoded, problems = [], []
                 for k, path in enumerate(study.images):
                     try:
                         encoded.append(encode_stored_image(resolve_image_path(path, image_root)))
                     except (ImageLoadError, ImagePathError) as e:
-                        problems.append(Problem(index, study.study_id, f"{prefix}image[{k}]", str(e)))
+                        problems.append(Problem(index, study.key, f"{prefix}image[{k}]", str(e)))
                 if problems:
-                    self._reject(json_file, index, study.study_id, problems)
+                    self._reject(json_file, index, study.key, problems)
                     continue
                 self._written[split] += 1
+                self._image_lists[which] += 1
                 yield f"{file_index}:{index}", study_to_example(study, encoded)
         if self._written[split] == 0:
             raise InvalidSampleError(
@@ -451,6 +463,7 @@ class CXRTrekBuilder(tfds.core.GeneratorBasedBuilder):
             dropped=tuple(self._dropped),
             warnings=self._warnings,
             patients_in_several_splits=self._patients_in_several_splits,
+            image_lists={k: self._image_lists[k] for k in IMAGE_LISTS if self._image_lists[k]},
         )
 
 

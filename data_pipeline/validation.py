@@ -38,7 +38,7 @@ from data_pipeline.cxrtrek_json import (
     iter_elements,
     parse_element,
 )
-from data_pipeline.records import IMAGE_PLACEHOLDER, Study
+from data_pipeline.records import IMAGE_PLACEHOLDER, Study, study_key
 from data_pipeline.stages import is_known_task_type, parse_qtype
 
 __all__ = ["Problem", "SampleCheck", "ValidationReport", "StudyValidator", "validate_elements", "validate_file"]
@@ -51,7 +51,8 @@ class Problem:
     """One problem of one sample.
 
     index: 0-based position of the sample in its file.
-    study_id: the sample's study id, "" when it has none.
+    study_id: the sample's study identity (`records.study_key`: "source/pat_id/study_id"),
+        "" when it has no study id.
     field: dotted JSON path inside the element ("" = the element itself).
     """
 
@@ -130,6 +131,15 @@ def _stage_key(value: Any) -> str:
     return str(value) if _is_int(value) or isinstance(value, str) else repr(value)
 
 
+def _identity(record: Mapping[str, Any] | None) -> str:
+    """The study key of a raw record ("" without a usable study id)."""
+    if record is None:
+        return ""
+    parts = [record.get(key) for key in ("source", "pat_id", "study_id")]
+    parts = [str(p) if _is_int(p) or isinstance(p, str) else "" for p in parts]
+    return study_key(*parts) if parts[2] else ""
+
+
 class _Collector:
     """Problems of one sample."""
 
@@ -150,13 +160,13 @@ class StudyValidator:
 
     image_root: when given, every relative image path must resolve (via
         `data_pipeline.image_paths.resolve_image_path`) to an existing file.
-    Study ids are tracked across all `check` calls, so one validator spans
-    several files when duplicates across them matter.
+    Study identities (source, pat_id, study_id) are tracked across all `check` calls, so one
+    validator spans several files when duplicates across them matter.
     """
 
     def __init__(self, image_root: str | os.PathLike | None = None):
         self._image_root = image_root
-        self._first_seen: dict[str, tuple[str | None, int]] = {}  # study id -> (source, index)
+        self._first_seen: dict[str, tuple[str | None, int]] = {}  # study key -> (file, index)
         self._studies = 0
         self._qa_pairs = 0
         self._per_stage: collections.Counter[str] = collections.Counter()
@@ -173,14 +183,13 @@ class StudyValidator:
         """
         study, issues = parse_element(element)
         prefix, record = find_cxrtrek_data(element)
-        study_id = record.get("study_id") if record is not None else None
-        study_id = str(study_id) if _is_int(study_id) or isinstance(study_id, str) else ""
-        out = _Collector(index, study_id)
+        out = _Collector(index, _identity(record))
         for issue in issues:
             out.error(issue.field, issue.message)
         self._studies += 1
         if record is not None:
-            self._check_record(record, prefix, out, source)
+            absolute = element.get("image") if isinstance(element, Mapping) and "data_dict" in element else None
+            self._check_record(record, prefix, out, source, absolute if isinstance(absolute, list) else None)
             if isinstance(element, Mapping) and "data_dict" in element:
                 self._check_element_images(element, record, out)
         if study is not None and study.messages is not None:
@@ -207,7 +216,10 @@ class StudyValidator:
 
     # ------------------------------------------------------------------ checks
 
-    def _check_record(self, record: Mapping[str, Any], prefix: str, out: _Collector, source: str | None) -> None:
+    def _check_record(self, record: Mapping[str, Any], prefix: str, out: _Collector, source: str | None,
+                      absolute: list[Any] | None = None) -> None:
+        """absolute: the element's top-level image list; the study's images when its relative
+        `cxrtrek_data.image` list is empty (`image_paths.choose_image_list`)."""
         study_id = record.get("study_id")
         if isinstance(study_id, str) and not study_id.strip():
             out.error(prefix + "study_id", "empty study id")
@@ -215,10 +227,16 @@ class StudyValidator:
             first_source, first = self._first_seen.setdefault(out.study_id, (source, out.index))
             if (first_source, first) != (source, out.index):
                 where = f"sample {first}" if first_source == source else f"{first_source} sample {first}"
-                out.error(prefix + "study_id", f"duplicate study id {out.study_id!r} (first seen at {where})")
+                out.error(prefix + "study_id",
+                          f"duplicate study {out.study_id!r} (source/pat_id/study_id; first seen at {where})")
         images = record.get("image")
-        n_images = len(images) if isinstance(images, list) else None
-        if n_images is not None:
+        if isinstance(images, list) and not images and absolute:
+            images = None  # read from the absolute list, placed under the image root when built
+            n_images = len(absolute)
+            self._images_per_study[n_images] += 1
+        else:
+            n_images = len(images) if isinstance(images, list) else None
+        if images is not None and n_images is not None:
             self._images_per_study[n_images] += 1
             if n_images == 0:
                 out.warn(prefix + "image", "study has no images")
@@ -312,7 +330,7 @@ class StudyValidator:
     @staticmethod
     def _check_element_images(element: Mapping[str, Any], record: Mapping[str, Any], out: _Collector) -> None:
         absolute, relative = element.get("image"), record.get("image")
-        if isinstance(absolute, list) and isinstance(relative, list) and len(absolute) != len(relative):
+        if isinstance(absolute, list) and isinstance(relative, list) and relative and len(absolute) != len(relative):
             out.error(
                 "image",
                 f"{len(absolute)} absolute image path(s) but {len(relative)} relative ones in cxrtrek_data.image",

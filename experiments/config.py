@@ -55,7 +55,13 @@ class DataConfig:
       pair alone with only the images visible at that turn), "shuffled".
     stages: keep only these stages (None = all); no_prior: drop prior-study images.
     length_buckets: allowed padded row lengths in tokens (ascending); the
-      largest bounds a sequence (whole trailing turns beyond it are dropped and counted).
+      largest bounds a sequence.
+    long_chains: a chain longer than the largest bucket is trained as "window"s
+      (every turn once, with its images and the newest earlier turns that fit) or
+      "truncate"d (trailing turns dropped); window_context: a later window's share
+      of text kept for earlier turns (`data_pipeline.sequences`).
+    coverage_studies: how many training studies the per-stage coverage table
+      printed at the start of every run is computed over (0 = every study).
     global_batch_size: rows per optimiser step over all processes.
     """
 
@@ -74,6 +80,9 @@ class DataConfig:
     stages: tuple[int, ...] | None = None
     no_prior: bool = False
     length_buckets: tuple[int, ...] = (512, 768, 1024)
+    long_chains: str = "window"
+    window_context: float = 0.5
+    coverage_studies: int = 1000
     packing: bool = False
     global_batch_size: int = 8
     num_workers: int = 0

@@ -41,6 +41,9 @@ def _png(path, height, width, value_fn):
     Image.fromarray(value_fn(yy, xx).astype(np.uint8)).save(path)
 
 
+# The studies' identities (records.study_key: source/pat_id/study_id).
+S1, S2 = "phantom/p1/s1", "p2/s2"
+
 def _study_s1():
     items = (
         QAItem(1, "View_Information", "single-choice", 2, VIEW_Q, "A. Posterio-anterior."),
@@ -66,7 +69,7 @@ def _study_s2():
 def _rec(study, turn, prediction, context="own", **kw):
     item = study.items[turn]
     return PredictionRecord(
-        study_id=study.study_id, turn_index=turn, stage=item.stage, task_type=item.task_type,
+        study_id=study.key, turn_index=turn, stage=item.stage, task_type=item.task_type,
         qtype=item.qtype, question=item.question, reference=item.answer, prediction=prediction,
         context=context, **kw,
     )
@@ -107,7 +110,7 @@ def report_html(dataset, tmp_path_factory):
     data, images, _ = dataset
     out = tmp_path_factory.mktemp("out") / "report.html"
     result = write_case_report(_predictions(), read_studies(data), images, out)
-    assert result.study_ids == ("s1", "s2")
+    assert result.study_ids == (S1, S2)
     assert result.context == "own"
     assert result.warnings == ()
     return out.read_text(encoding="utf-8")
@@ -255,9 +258,9 @@ def test_context_choice():
     studies = [_study_s1(), _study_s2()]
     teacher = select_cases(_predictions(), studies, context="teacher")
     assert teacher.context == "teacher"
-    assert [c.study_id for c in teacher.cases] == ["s1"]
+    assert [c.study_id for c in teacher.cases] == [S1]
     assert [t.record.turn_index for t in teacher.cases[0].turns] == [0]
-    assert any("study 's2' has no predictions with context 'teacher'" in w for w in teacher.warnings)
+    assert any("study 'p2/s2' has no predictions with context 'teacher'" in w for w in teacher.warnings)
     only_teacher = [r for r in _predictions() if r.context == "teacher"]
     assert select_cases(only_teacher, studies).context == "teacher"
     with pytest.raises(CaseReportError, match="no predictions with context 'none'; the predictions hold: own, teacher"):
@@ -268,20 +271,20 @@ def test_context_choice():
 
 def test_study_selection():
     studies = [_study_s1(), _study_s2()]
-    assert [c.study_id for c in select_cases(_predictions(), studies, study_ids=["s2", "s1"]).cases] == ["s2", "s1"]
-    assert [c.study_id for c in select_cases(_predictions(), studies, max_studies=1).cases] == ["s1"]
+    assert [c.study_id for c in select_cases(_predictions(), studies, study_ids=[S2, S1]).cases] == [S2, S1]
+    assert [c.study_id for c in select_cases(_predictions(), studies, max_studies=1).cases] == [S1]
     with pytest.raises(CaseReportError, match="no predictions for the requested stud\\(ies\\) 'nope'"):
-        select_cases(_predictions(), studies, study_ids=["s1", "nope"])
+        select_cases(_predictions(), studies, study_ids=[S1, "nope"])
 
 
 def test_study_not_in_data_is_an_error_or_a_listed_warning(tmp_path, dataset):
     _, images, _ = dataset
-    with pytest.raises(CaseReportError, match="1 predicted stud\\(ies\\) not in the data: 's2'"):
+    with pytest.raises(CaseReportError, match="1 predicted stud\\(ies\\) not in the data: 'p2/s2'"):
         select_cases(_predictions(), [_study_s1()])
     out = tmp_path / "r.html"
     result = write_case_report(_predictions(), [_study_s1()], images, out, allow_missing=True)
-    assert result.study_ids == ("s1", "s2")
-    assert result.warnings == ("1 predicted stud(ies) not in the data: 's2'; shown without images",)
+    assert result.study_ids == (S1, S2)
+    assert result.warnings == ("1 predicted stud(ies) not in the data: 'p2/s2'; shown without images",)
     page = out.read_text(encoding="utf-8")
     assert "shown without images" in page and "not in the data: no images" in page
 
@@ -289,9 +292,9 @@ def test_study_not_in_data_is_an_error_or_a_listed_warning(tmp_path, dataset):
 @pytest.mark.parametrize(
     "bad, message",
     [
-        (_rec(_study_s1(), 1, "again"), "study 's1' turn 1 \\(context 'own'\\) appears more than once"),
-        (_rec(_study_s1(), 4, "x").replace(turn_index=9), "study 's1' turn 9 .*has only 5 turn"),
-        (_rec(_study_s1(), 4, "x").replace(stage=7), "study 's1' turn 4 .*stage 7 in the predictions, 8 in the data"),
+        (_rec(_study_s1(), 1, "again"), "study 'phantom/p1/s1' turn 1 \\(context 'own'\\) appears more than once"),
+        (_rec(_study_s1(), 4, "x").replace(turn_index=9), "study 'phantom/p1/s1' turn 9 .*has only 5 turn"),
+        (_rec(_study_s1(), 4, "x").replace(stage=7), "study 'phantom/p1/s1' turn 4 .*stage 7 in the predictions, 8 in the data"),
     ],
 )
 def test_predictions_that_do_not_match_the_data(bad, message):
@@ -301,7 +304,7 @@ def test_predictions_that_do_not_match_the_data(bad, message):
 
 
 def test_duplicate_study_in_data():
-    with pytest.raises(CaseReportError, match="data: study 's1' appears more than once"):
+    with pytest.raises(CaseReportError, match="data: study 'phantom/p1/s1' appears more than once"):
         select_cases(_predictions(), [_study_s1(), _study_s2(), _study_s1()])
 
 
@@ -330,8 +333,8 @@ def test_downscale_keeps_small_images_and_aspect():
 def test_unloadable_image_is_an_error_or_a_listed_warning(tmp_path, dataset):
     data, images, _ = dataset
     broken = _study_s2().replace(images=("p2/missing.png",))
-    predictions = [r for r in _predictions() if r.study_id == "s2"]
-    with pytest.raises(CaseReportError, match="study 's2' image 0 \\(p2/missing.png\\): .*file not found"):
+    predictions = [r for r in _predictions() if r.study_id == S2]
+    with pytest.raises(CaseReportError, match="study 'p2/s2' image 0 \\(p2/missing.png\\): .*file not found"):
         write_case_report(predictions, [broken], images, tmp_path / "r.html")
     result = write_case_report(predictions, [broken], images, tmp_path / "r.html", allow_missing=True)
     assert len(result.warnings) == 1 and "p2/missing.png" in result.warnings[0]
@@ -345,11 +348,11 @@ def test_cli_report(tmp_path, dataset, capsys):
     data, images, predictions = dataset
     out = tmp_path / "cli.html"
     argv = ["report", "--predictions", str(predictions), "--data", str(data), "--image-root", str(images),
-            "--out", str(out), "--study", "s2", "--context", "own"]
+            "--out", str(out), "--study", S2, "--context", "own"]
     assert main(argv) == 0
     assert "1 stud(ies), context 'own', 0 warning(s)" in capsys.readouterr().out
     page = out.read_text(encoding="utf-8")
-    assert "Study s2" in page and "Study s1" not in page
+    assert f"Study {S2}" in page and f"Study {S1}" not in page
 
 
 def test_cli_errors_name_the_problem(tmp_path, dataset, capsys):
@@ -358,10 +361,10 @@ def test_cli_errors_name_the_problem(tmp_path, dataset, capsys):
     only_s1 = tmp_path / "only_s1.json"
     write_studies(only_s1, [_study_s1()])
     assert main([*base, "--data", str(only_s1), "--image-root", str(images)]) == 2
-    assert "not in the data: 's2'" in capsys.readouterr().err
+    assert "not in the data: 'p2/s2'" in capsys.readouterr().err
     # The image root defaults to the data file's folder, where the images are not.
     assert main([*base, "--data", str(data)]) == 2
-    assert "study 's1' image 0 (p1/cur_pa.png)" in capsys.readouterr().err
+    assert "study 'phantom/p1/s1' image 0 (p1/cur_pa.png)" in capsys.readouterr().err
     assert main([*base, "--data", str(tmp_path / "absent.json")]) == 2
     assert "--data" in capsys.readouterr().err and not (tmp_path / "x.html").exists()
 
@@ -374,7 +377,7 @@ def test_cli_on_a_phantom_dataset(tmp_path, capsys):
     data = write_phantom_dataset(tmp_path / "phantom", 2, seed=3)
     studies = read_studies(data)
     records = [
-        PredictionRecord(s.study_id, t, it.stage, it.task_type, it.qtype, it.question, it.answer, it.answer, "teacher")
+        PredictionRecord(s.key, t, it.stage, it.task_type, it.qtype, it.question, it.answer, it.answer, "teacher")
         for s in studies
         for t, it in enumerate(s.items)
     ]

@@ -88,7 +88,7 @@ def _study():
 def _predictions(study):
     answers = ("A. PA.", "No.", _box_markup("nodule", MODEL_SQUARE), "A nodule. <b>not bold</b>")
     return [
-        PredictionRecord(study.study_id, i, it.stage, it.task_type, it.qtype, it.question, it.answer, a, "own")
+        PredictionRecord(study.key, i, it.stage, it.task_type, it.qtype, it.question, it.answer, a, "own")
         for i, (it, a) in enumerate(zip(study.items, answers))
     ]
 

@@ -190,7 +190,7 @@ def test_structural_errors_name_index_study_and_field(tmp_path):
         cj.parse_study(elements[1], index=1, path=path)
     with pytest.raises(cj.CXRTrekFormatError) as err:
         cj.parse_study(elements[2], index=2, path=path)
-    assert "sample 2 (study_id 's3')" in str(err.value)
+    assert "sample 2 (study 'chexpert-mtxray/p1/s3')" in str(err.value)
     assert "content[1].stage: must be an integer, got string 'abc'" in str(err.value)
     assert "content[2].question: must be a string, got null" in str(err.value)
     assert cj.parse_element(elements[3])[1] == (cj.FormatIssue("", "must be a JSON object, got int"),)

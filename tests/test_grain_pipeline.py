@@ -144,7 +144,7 @@ def _expected_image(data, study, index):
     return resize_with_pad(load_image(f"{data['image_root']}/{study.images[index]}"), SIZE)
 
 
-BY_ID = {s.study_id: s for s in STUDIES}
+BY_ID = {s.key: s for s in STUDIES}
 
 
 # ----------------------------------------------------------------------------- config
@@ -177,7 +177,7 @@ def test_eval_batches_equal_padded_sequences_in_source_order(data, tok):
     iterator = build_eval_iterator(cfg, tok)
     assert isinstance(iterator, grain.DatasetIterator)
     batches = _drain(iterator)
-    assert [ids for _, row_ids in batches for ids in row_ids] == [(s.study_id,) for s in STUDIES] + [()]
+    assert [ids for _, row_ids in batches for ids in row_ids] == [(s.key,) for s in STUDIES] + [()]
     seq_cfg = cfg.sequence_config()
     for batch, row_ids in batches:
         assert set(batch) == set(BATCH_FIELDS)
@@ -209,7 +209,7 @@ def test_loss_mask_covers_answers_and_stage_ids_label_turns(data, tok):
     """Hand check on study s0: answer tokens (and their end-of-turn) are scored, labelled by stage."""
     iterator = build_eval_iterator(_config(data, global_batch_size=1), tok)
     batch = next(iterator)
-    assert iterator.last_study_ids == (("s0",),)
+    assert iterator.last_study_ids == (("p0/s0",),)
     targets, mask, stages = batch["target_tokens"][0], batch["loss_mask"][0], batch["stage_ids"][0]
     scored = mask > 0
     answers = [tok.encode_text(item.answer) + [tok.end_of_turn_id] for item in STUDIES[0].items]
@@ -286,7 +286,7 @@ def test_variants_match_the_sequence_builder(data, tok, changes):
     rows = _row_sequences(_drain(build_eval_iterator(cfg, tok)))
     for study in STUDIES:
         expected, _ = build_sequences(study, tok, cfg.sequence_config())
-        got = rows.get(study.study_id, [])
+        got = rows.get(study.key, [])
         assert len(got) == len(expected)
         for (tokens, mask, stages), seq in zip(got, expected):
             np.testing.assert_array_equal(tokens, seq.input_tokens)
@@ -305,20 +305,20 @@ def test_shuffled_context_changes_the_stage_order(data, tok):
     orders = set()
     for seed in range(4):
         rows = _row_sequences(_drain(build_eval_iterator(_config(data, context="shuffled", seed=seed), tok)))
-        stages = rows["s2"][0][2]
+        stages = rows["p2/s2"][0][2]
         orders.add(tuple(dict.fromkeys(s for s in stages.tolist() if s)))
     assert len(orders) > 1 and all(sorted(o) == [1, 2, 5, 8] for o in orders)
 
 
 def test_truncation_drops_whole_turns_and_is_counted(data, tok):
-    cfg = _config(data, length_buckets=(40, 56))
+    cfg = _config(data, length_buckets=(40, 56), long_chains="truncate")
     iterator = build_eval_iterator(cfg, tok)
     rows = _row_sequences(_drain(iterator))
     expected = SequenceStats()
     for study in STUDIES:
         seqs, stats = build_sequences(study, tok, cfg.sequence_config())
         expected += stats
-        (tokens, mask, _), = rows[study.study_id]
+        (tokens, mask, _), = rows[study.key]
         np.testing.assert_array_equal(tokens, seqs[0].input_tokens)
         # The row ends right after a scored end-of-turn: no turn cut in half.
         assert mask[-1] == 1.0 and len(tokens) <= 56
@@ -383,7 +383,7 @@ def test_augmentation_crops_images_and_moves_boxes_together(data, tok):
                 continue
             changed_images += not np.array_equal(batch["images"][r], plain[ids[0]]["images"][0])
             assert 0.0 <= batch["images"][r].min() and batch["images"][r].max() <= 1.0
-            if ids[0] == "s0":
+            if ids[0] == "p0/s0":
                 scored = (batch["stage_ids"][r] == 3) & (batch["loss_mask"][r] > 0)
                 text = tok.decode(batch["target_tokens"][r][scored].tolist())
                 changed_answers += "(55.0, 60.0)" not in text
@@ -445,7 +445,7 @@ def test_restore_gives_the_batch_that_would_have_come(data, tok):
 def test_tfds_source_gives_the_same_rows_as_json(data, tok):
     tfds_source = TfdsStudySource(data["tfds"], "train")
     assert len(tfds_source) == len(STUDIES)
-    assert sorted(tfds_source[i].study.study_id for i in range(len(STUDIES))) == sorted(BY_ID)
+    assert sorted(tfds_source[i].study.key for i in range(len(STUDIES))) == sorted(BY_ID)
     from_json = _drain(build_eval_iterator(_config(data, global_batch_size=1), tok))
     from_tfds = _drain(build_eval_iterator(_config(data, global_batch_size=1, source=data["tfds"], source_kind="tfds"), tok))
     json_rows = {ids[0][0]: b for b, ids in from_json}

@@ -45,9 +45,9 @@ def test_phantom_studies_in_teacher_context_write_predictions(files, capsys):
     studies = read_studies(files["data"])
     records = list(read_predictions(out))
     assert len(records) == sum(len(s.items) for s in studies)
-    assert {r.study_id for r in records} == {s.study_id for s in studies}
+    assert {r.study_id for r in records} == {s.key for s in studies}
     first = studies[0]
-    mine = [r for r in records if r.study_id == first.study_id]
+    mine = [r for r in records if r.study_id == first.key]
     assert [r.stage for r in mine] == sorted(item.stage for item in first.items)
     by_index = {r.turn_index: r for r in mine}
     for index, item in enumerate(first.items):

@@ -38,9 +38,9 @@ def world(tmp_path_factory):
 
 def test_split_selection_and_image_geometry(world):
     studies = read_studies(world["data"])
-    test_ids = [s.study_id for s in studies if s.cxrtrek_extras["split"] == "test"]
+    test_ids = [s.key for s in studies if s.cxrtrek_extras["split"] == "test"]
     picked = list(iter_eval_studies(EvalData(world["data"], split="test"), 32))
-    assert [s.study_id for s, _ in picked] == test_ids
+    assert [s.key for s, _ in picked] == test_ids
     assert all(images.shape == (s.num_images, 32, 32) for s, images in picked)
     assert len(list(iter_eval_studies(EvalData(world["data"], split=None, max_studies=4), 32))) == 4
 
@@ -77,7 +77,7 @@ def test_all_context_modes_are_decoded_scored_and_reproducible(world, capsys):
     assert main(["eval", "--checkpoint", world["ckpt"], "--data", str(world["data"]), "--out", str(out), *FAST]) == 0
     printed = capsys.readouterr().out
     records = list(read_predictions(out / "predictions.jsonl"))
-    studies = {s.study_id: s for s in read_studies(world["data"]) if s.cxrtrek_extras["split"] == "test"}
+    studies = {s.key: s for s in read_studies(world["data"]) if s.cxrtrek_extras["split"] == "test"}
     metrics = json.loads((out / "metrics.json").read_text())
     skipped = metrics["identity"]["turns_skipped_image_limit"]
     asked = sum(len(s.items) for s in studies.values()) - sum(skipped.values())

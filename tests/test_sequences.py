@@ -94,7 +94,9 @@ def test_stage_context_exact_layout_keeps_interleaved_order(tok):
     _check_layout(seq, *_layout(tok, STUDY_A, [0, 1, 2, 3]))
     assert seq.turn_indices == (0, 1, 2, 3) and seq.image_indices == (0, 1)
     assert int(np.sum(seq.input_tokens == tok.image_id)) == 2 * N
-    assert stats == SequenceStats(studies=1, sequences=1, turns_in=4, turns_kept=4)
+    assert stats == SequenceStats(studies=1, sequences=1, turns_in=4, turns_kept=4,
+                                  stage_trained=(0, 1, 1, 1, 0, 0, 0, 0, 1))
+    assert stats.per_stage() == {s: {"trained": 1, "windowed": 0, "dropped": 0} for s in (1, 2, 3, 8)}
 
 
 def test_loss_covers_answers_and_their_end_of_turn_only(tok):
@@ -121,23 +123,98 @@ def _input_length(tok, study, turns, questions=None):
 def test_truncation_drops_whole_trailing_turns_and_their_images(tok):
     through_two = _input_length(tok, STUDY_B, [0, 1])
     for max_length, kept in [(through_two, 2), (through_two + 5, 2), (through_two - 1, 1)]:
-        (seq,), stats = build_sequences(STUDY_B, tok, SequenceConfig(max_length=max_length, tokens_per_image=N))
+        config = SequenceConfig(max_length=max_length, tokens_per_image=N, long_chains="truncate")
+        (seq,), stats = build_sequences(STUDY_B, tok, config)
         assert seq.turn_indices == tuple(range(kept))
         _check_layout(seq, *_layout(tok, STUDY_B, range(kept)))
         assert len(seq) <= max_length
         assert stats.turns_dropped_truncation == 4 - kept and stats.turns_kept == kept
         assert seq.image_indices == (0,) and stats.images_dropped == 1  # the prior came with turn 2
+        assert stats.stage_dropped[8] == 1 and stats.stage_trained[8] == 0  # the report is lost
+
+
+def _window_questions(study, turns):
+    """The questions of a window over `turns`, images placed as a window places them (every image
+    its first turn needs, one per line in front; later new images in their own question)."""
+    questions, shown = [], 0
+    for t in turns:
+        item = study.items[t]
+        new = max(0, item.image_input_count - shown)
+        q = item.question
+        if q.count("<image>") != new:
+            q = "<image>\n" * new + q.replace("<image>\n", "").replace("<image>", "")
+        questions.append(q)
+        shown += new
+    return questions
+
+
+@pytest.mark.parametrize("extra", [0, 4, 9])
+def test_windows_train_every_turn_once_with_its_images_and_the_newest_context(tok, extra):
+    """A chain longer than max_length becomes windows: each turn trained (loss) in exactly one
+    window, each window within max_length, its earlier turns (no loss) the newest ones that fit,
+    its layout the template's with the images in front. Checked against a layout built here."""
+    max_length = _input_length(tok, STUDY_B, [0, 1]) + extra
+    seqs, stats = build_sequences(STUDY_B, tok, SequenceConfig(max_length=max_length, tokens_per_image=N))
+    assert len(seqs) > 1
+    trained = [t for s in seqs for t in s.trained_turns]
+    assert sorted(trained) == [0, 1, 2, 3]  # every turn once
+    for seq in seqs:
+        turns = list(seq.turn_indices)
+        ids, stage, loss = _layout(tok, STUDY_B, turns, _window_questions(STUDY_B, turns))
+        context_end = _input_length(tok, STUDY_B, turns[: seq.context_turns], _window_questions(
+            STUDY_B, turns[: seq.context_turns])) if seq.context_turns else None
+        if context_end is not None:
+            loss[: context_end + 1] = 0.0  # the context's answers carry no loss
+        _check_layout(seq, ids, stage, loss)
+        assert len(seq) <= max_length
+        first = turns[0]
+        if first > 0:  # the newest context that fits: one more earlier turn would not
+            wider = [first - 1] + turns
+            assert _input_length(tok, STUDY_B, wider, _window_questions(STUDY_B, wider)) > max_length
+        assert turns == list(range(turns[0], turns[-1] + 1))  # contiguous, chain order
+        assert seq.image_indices == tuple(range(max(STUDY_B.items[t].image_input_count for t in turns)))
+    windowed = {t for s in seqs if s.turn_indices[0] > 0 for t in s.trained_turns}
+    assert stats.turns_kept == 4 and stats.turns_dropped_truncation == 0 and stats.images_dropped == 0
+    assert stats.turns_windowed == len(windowed) > 0
+    assert stats.stage_trained == (0, 1, 1, 0, 0, 1, 0, 0, 1)
+    assert stats.stage_windowed[8] == (3 in windowed) and sum(stats.stage_dropped) == 0
+
+
+def test_a_chain_that_fits_is_one_sequence_either_way(tok):
+    window, _ = build_sequences(STUDY_B, tok, SequenceConfig(max_length=512, tokens_per_image=N))
+    truncate, _ = build_sequences(STUDY_B, tok, SequenceConfig(max_length=512, tokens_per_image=N,
+                                                               long_chains="truncate"))
+    assert len(window) == len(truncate) == 1
+    np.testing.assert_array_equal(window[0].input_tokens, truncate[0].input_tokens)
+    np.testing.assert_array_equal(window[0].loss_mask, truncate[0].loss_mask)
+    with pytest.raises(ValueError, match="long_chains"):
+        SequenceConfig(max_length=512, tokens_per_image=N, long_chains="slide")
 
 
 def test_first_turn_too_long_is_an_error_or_counted(tok):
     too_short = _input_length(tok, STUDY_B, [0]) - 1
-    with pytest.raises(SequenceTooLongError, match=r"study 'B': the first turn \(item 0\) needs"):
-        build_sequences(STUDY_B, tok, SequenceConfig(max_length=too_short, tokens_per_image=N))
+    for long_chains in ("truncate", "window"):
+        with pytest.raises(SequenceTooLongError, match=r"study 'B': turn \(item 0\) needs"):
+            build_sequences(STUDY_B, tok, SequenceConfig(max_length=too_short, tokens_per_image=N,
+                                                         long_chains=long_chains))
     seqs, stats = build_sequences(
-        STUDY_B, tok, SequenceConfig(max_length=too_short, tokens_per_image=N, drop_unfittable=True)
+        STUDY_B, tok, SequenceConfig(max_length=too_short, tokens_per_image=N, drop_unfittable=True,
+                                     long_chains="truncate")
     )
     assert seqs == [] and stats.unfittable == 1
     assert stats.turns_dropped_truncation == 4 and stats.images_dropped == 2
+
+
+def test_windows_drop_only_the_turns_that_do_not_fit_alone(tok):
+    """Turn 2 needs both images; with room for one turn and one image only it cannot fit alone."""
+    limit = _input_length(tok, STUDY_B, [2], _window_questions(STUDY_B, [2])) - 1
+    assert limit >= _input_length(tok, STUDY_B, [0])
+    seqs, stats = build_sequences(STUDY_B, tok, SequenceConfig(max_length=limit, tokens_per_image=N,
+                                                               drop_unfittable=True))
+    assert sorted(t for s in seqs for t in s.trained_turns) == [0, 1] + ([3] if stats.stage_trained[8] else [])
+    assert 2 not in [t for s in seqs for t in s.turn_indices]
+    assert stats.stage_dropped[5] == 1 and stats.unfittable >= 1
+    assert stats.turns_in == stats.turns_kept + stats.turns_dropped_truncation
 
 
 def test_stage_context_off_one_sequence_per_turn_with_its_visible_images(tok):

@@ -12,6 +12,7 @@ from flax import nnx
 from cxrtrek_jax.decoding import (
     GREEDY,
     ChainStudy,
+    ReferenceDecoder,
     DecodeSpec,
     SamplingConfig,
     StepwiseDecoder,
@@ -24,6 +25,7 @@ from cxrtrek_jax.decoding import (
 )
 from cxrtrek_jax.model import CXRTrekNet, get_config, override
 from data_pipeline.images import resize_with_pad
+from data_pipeline.sequences import place_placeholders
 from data_pipeline.phantom import PhantomConfig, generate_study
 from data_pipeline.tokenizer import train_tokenizer, training_texts
 
@@ -204,19 +206,37 @@ def test_a_26_turn_chain_compiles_nothing_after_warm_up(world):
     assert decoder.compiled_count() == warm
 
 
-def test_cache_overflow_stops_the_sample_with_a_reason(world):
+@pytest.mark.parametrize("context", ["teacher", "own"])
+def test_a_chain_longer_than_the_cache_is_asked_in_windows(world, context):
+    """A turn that no longer fits with the whole chain is asked in a window (the prompt, the
+    images, the newest earlier turns that fit): before it, answers equal the ample cache's; no
+    turn is lost; and (teacher) a windowed turn answers exactly what the cache-free reference
+    decoder answers to the window's conversation built from the plan's turns alone."""
     tight = world["tight"]
     studies = world["studies"][:3]
-    ample = run_chain(world["decoder"], world["params"], world["tokenizer"], studies, context="own",
+    ample = run_chain(world["decoder"], world["params"], world["tokenizer"], studies, context=context,
                       max_new_tokens=BUDGET)
-    cut = run_chain(tight, world["params"], world["tokenizer"], studies, context="own", max_new_tokens=BUDGET)
-    for full, short in zip(ample, cut):
-        reasons = [t.stop_reason for t in short]
-        first = reasons.index("cache_full")
-        assert all(r == "cache_full" for r in reasons[first:])  # the sample stays stopped
-        assert all(t.answer == "" for t in short[first + 1:])
+    cut = run_chain(tight, world["params"], world["tokenizer"], studies, context=context, max_new_tokens=BUDGET)
+    reference = ReferenceDecoder(world["model"], world["tokenizer"], world["spec"])
+    for study, full, short in zip(studies, ample, cut):
+        assert len(short) == len(full)
+        image = world["tokenizer"].format.image
+        turns = list(study.plan())
+        for turn, t in zip(turns, short):  # lost only when it does not fit even alone, with all its images
+            alone = len(_prompt(world["tokenizer"])) + len(_question(
+                world, place_placeholders(turn.question, turn.image_input_count, image))) + BUDGET
+            assert (t.stop_reason == "cache_full") == (alone > TIGHT), (t.turn_index, alone)
+        dropped = [t.context_dropped for t in short]
+        first = next(k for k, d in enumerate(dropped) if d > 0)
+        assert first < next((k for k, t in enumerate(full) if t.context_dropped), len(full))
         assert [t.answer_tokens for t in short[:first]] == [t.answer_tokens for t in full[:first]]
-        assert short[first].answer_tokens == full[first].answer_tokens[: len(short[first].answer_tokens)]
+        if context != "teacher":
+            continue
+        for k in (first, len(short) - 1):
+            window = turns[dropped[k] : k + 1]
+            alone = ChainStudy(study.study_id, study.images, study.system_prompt, lambda w=window: fixed_plan(w))
+            expected = reference.run(alone, context="teacher", max_new_tokens=BUDGET)[-1]
+            assert short[k].answer_tokens == expected.answer_tokens, (study.study_id, k, dropped[k])
 
 
 def test_overflow_inside_an_answer_and_a_question(world):

@@ -155,7 +155,7 @@ def test_split_field_overrides_hash(tmp_path):
     files[1].write_text(json.dumps(elements))
     summary = tb.build_dataset(tb.BuildOptions((str(files[1]),), SPLIT), images, tmp_path / "data")
     assert summary.examples == {"train": 1, "validation": 1, "test": 1}
-    assert summary.patients_in_several_splits == ("p4",)  # s5 (test) and s6 (train)
+    assert summary.patients_in_several_splits == ("mimic_cxr-mtxray/p4",)  # s5 (test) and s6 (train)
     read = {tb.example_to_study(e).study_id: split for split, ex in _read_all(tmp_path / "data").items() for e in ex}
     assert read == {"s4": "validation", "s5": "test", "s6": "train"}
 
@@ -166,14 +166,15 @@ def _invalid_fixture(tmp_path):
     elements[0]["data_dict"]["cxrtrek_data"]["content"][0]["stage"] = 9  # s4: validation error
     (images / "p4/s5/a.png").write_bytes(b"not an image")  # s5: unreadable when written
     elements.append(_record("s7", "", ["p1/s1/a.png"]))  # no pat_id, no split field
-    elements.append(_record("s2", "p9", ["p1/s1/a.png"]))  # duplicate of a.json's s2
+    elements.append(_record("s2", "p1", ["p1/s1/a.png"]))  # duplicate of a.json's s2 (same patient)
     files[1].write_text(json.dumps(elements))
     return images, files
 
 
 def test_invalid_sample_is_a_hard_error_by_default(tmp_path, capsys):
     images, files = _invalid_fixture(tmp_path)
-    with pytest.raises(tb.InvalidSampleError, match=r"sample 0 \(study_id 's4'\).*stage must be in 1..8"):
+    with pytest.raises(tb.InvalidSampleError,
+                       match=r"sample 0 \(study 'mimic_cxr-mtxray/p3/s4'\).*stage must be in 1..8"):
         tb.build_dataset(tb.BuildOptions(tuple(map(str, files)), SPLIT), images, tmp_path / "data")
     argv = ["data", "build-tfds", "--json", *map(str, files), "--image-root", str(images),
             "--out", str(tmp_path / "cli")]
@@ -184,6 +185,9 @@ def test_invalid_sample_is_a_hard_error_by_default(tmp_path, capsys):
 
 def test_skip_invalid_drops_and_counts_with_reasons(tmp_path, capsys):
     images, files = _invalid_fixture(tmp_path)
+    elements = json.loads(files[1].read_text())
+    elements.append(_record("s2", "p9", ["p1/s1/a.png"]))  # another patient's s2: a study of its own
+    files[1].write_text(json.dumps(elements))
     out = tmp_path / "data"
     argv = ["data", "build-tfds", "--json", *map(str, files), "--image-root", str(images), "--out", str(out),
             "--skip-invalid", "--val-fraction", "0.3", "--test-fraction", "0.3", "--split-seed", "4"]
@@ -193,16 +197,18 @@ def test_skip_invalid_drops_and_counts_with_reasons(tmp_path, capsys):
     assert len(summary_files) == 1
     summary = json.loads(summary_files[0].read_text())
     dropped = {d["study_id"]: d["reasons"] for d in summary["dropped"]}
-    assert set(dropped) == {"s4", "s5", "s7", "s2"}
-    assert any("stage must be in 1..8" in r for r in dropped["s4"])
-    assert any(r.startswith("data_dict.cxrtrek_data.image[0]:") for r in dropped["s5"])
-    assert any("pat_id" in r for r in dropped["s7"])
-    assert any(f"duplicate study id 's2' (first seen at {files[0]} sample 1)" in r for r in dropped["s2"])
-    assert summary["dropped_count"] == 4 and summary["total_examples"] == 4
+    m = "mimic_cxr-mtxray/"
+    assert set(dropped) == {m + "p3/s4", m + "p4/s5", m + "s7", m + "p1/s2"}
+    assert any("stage must be in 1..8" in r for r in dropped[m + "p3/s4"])
+    assert any(r.startswith("data_dict.cxrtrek_data.image[0]:") for r in dropped[m + "p4/s5"])
+    assert any("pat_id" in r for r in dropped[m + "s7"])
+    assert any(f"duplicate study '{m}p1/s2' (source/pat_id/study_id; first seen at {files[0]} sample 1)" in r
+               for r in dropped[m + "p1/s2"])
+    assert summary["dropped_count"] == 4 and summary["total_examples"] == 5
     assert summary["dropped_by_field"]["data_dict.cxrtrek_data.content[].stage"] == 1
     assert "dropped: 4 sample(s)" in printed and "stage must be in 1..8" in printed
-    read = {tb.example_to_study(e).study_id for ex in _read_all(out).values() for e in ex}
-    assert read == {"s1", "s2", "s3", "s6"}
+    read = {tb.example_to_study(e).key for ex in _read_all(out).values() for e in ex}
+    assert read == {m + "p1/s1", m + "p1/s2", m + "p2/s3", m + "p4/s6", m + "p9/s2"}
     # A second build into the same place needs --overwrite.
     assert main(argv) == 2
     assert main(argv + ["--overwrite"]) == 0

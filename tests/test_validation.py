@@ -125,7 +125,7 @@ def test_each_error_is_reported_with_index_and_field(case):
     assert (1, field) in _errors(report), report.errors
     assert all(p.index == 1 for p in report.errors)
     if case != "missing_study_id":
-        assert all(p.study_id == "s9" for p in report.errors)
+        assert all(p.study_id == "mimic_cxr-mtxray/p1/s9" for p in report.errors)
 
 
 def test_every_problem_is_reported_not_just_the_first():
@@ -144,8 +144,22 @@ def test_every_problem_is_reported_not_just_the_first():
 def test_duplicate_study_ids_name_the_first():
     report = validate_elements([good_element("s1"), good_element("s2"), good_element("s1")])
     (problem,) = report.errors
-    assert problem == Problem(2, "s1", CX + "study_id", problem.message)
+    assert problem == Problem(2, "mimic_cxr-mtxray/p1/s1", CX + "study_id", problem.message)
     assert "first seen at sample 0" in problem.message
+
+
+def test_a_study_is_source_patient_and_study_id():
+    """CheXpert-derived studies are numbered per patient: study1 under two patients (or under
+    the same pat_id in two sources) are two studies; the same triple twice is a duplicate."""
+    other_source = good_element("study1", pat_id="patient1")
+    other_source["data_dict"]["cxrtrek_data"]["source"] = "chexpert-mtxray"
+    elements = [good_element("study1", pat_id="patient1"), good_element("study1", pat_id="patient2"),
+                other_source]
+    assert validate_elements(elements).ok
+    report = validate_elements(elements + [good_element("study1", pat_id="patient2")])
+    (problem,) = report.errors
+    assert (problem.index, problem.study_id) == (3, "mimic_cxr-mtxray/patient2/study1")
+    assert "first seen at sample 1" in problem.message
 
 
 def test_warnings_for_task_type_and_messages():
@@ -210,7 +224,7 @@ def test_cli_validate_text(data_files, capsys):
 
     assert main(["data", "validate", str(bad), "--image-root", str(root / "images")]) == 1
     out = capsys.readouterr().out
-    assert f"ERROR sample 1 (study s2) {CX}content[2].stage: stage must be in 1..8, got 11" in out
+    assert f"ERROR sample 1 (study mimic_cxr-mtxray/p1/s2) {CX}content[2].stage: stage must be in 1..8, got 11" in out
     # s2's images are missing on disk too.
     assert f"{CX}image[0]" in out and "result: FAILED" in out
 
@@ -232,7 +246,7 @@ def test_cli_validate_json(data_files, capsys):
     assert main(["data", "validate", str(bad), "--json"]) == 1
     data = json.loads(capsys.readouterr().out)
     assert data["errors"] == [
-        {"index": 1, "study_id": "s2", "field": CX + "content[2].stage", "message": "stage must be in 1..8, got 11"}
+        {"index": 1, "study_id": "mimic_cxr-mtxray/p1/s2", "field": CX + "content[2].stage", "message": "stage must be in 1..8, got 11"}
     ]
 
 

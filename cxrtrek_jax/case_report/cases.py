@@ -128,11 +128,11 @@ def _read_studies(studies: Iterable[Study], keep: set[str]) -> tuple[dict[str, S
     found: dict[str, Study] = {}
     all_ids: set[str] = set()
     for study in studies:
-        if study.study_id in all_ids:
-            raise CaseReportError(f"data: study {study.study_id!r} appears more than once")
-        all_ids.add(study.study_id)
-        if study.study_id in keep:
-            found[study.study_id] = study
+        if study.key in all_ids:
+            raise CaseReportError(f"data: study {study.key!r} appears more than once")
+        all_ids.add(study.key)
+        if study.key in keep:
+            found[study.key] = study
     return found, all_ids
 
 

@@ -90,7 +90,7 @@ def study_image_panels(
             local = resolve_image_path(path, image_root)
             image = load_page_image(local, max_image_side)
         except (ImagePathError, ImageLoadError) as err:
-            message = f"study {study.study_id!r} image {index} ({path}): {err}"
+            message = f"study {study.key!r} image {index} ({path}): {err}"
             if not allow_missing:
                 raise CaseReportError(message) from None
             warnings.append(message)
@@ -98,7 +98,7 @@ def study_image_panels(
             continue
         panels.append(ImagePanel(caption, path, image, "", panel_boxes))
     if boxes and not study.images:
-        warnings.append(f"study {study.study_id!r} has detection boxes but no image to draw them on")
+        warnings.append(f"study {study.key!r} has detection boxes but no image to draw them on")
     return tuple(panels), tuple(warnings)
 
 

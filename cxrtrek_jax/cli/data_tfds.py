@@ -63,6 +63,14 @@ def format_summary(summary) -> str:
     lines = [f"dataset: {data['dataset_dir']}"]
     lines += [f"  {split}: {n} example(s)" for split, n in data["examples"].items()]
     lines.append(f"total: {data['total_examples']} example(s); warnings: {data['warnings']}")
+    lists = data["image_lists"]
+    if lists:
+        names = {"relative": "data_dict.cxrtrek_data.image (relative to --image-root)",
+                 "absolute": "the top-level absolute 'image' list, remapped under --image-root "
+                             "(cxrtrek_data.image was empty)",
+                 "none": "no image list (studies without images)"}
+        lines.append("image paths read from:")
+        lines += [f"  {names[kind]}: {n} stud(ies)" for kind, n in lists.items()]
     lines.append(f"dropped: {data['dropped_count']} sample(s)")
     lines += [f"  {field}: {n}" for field, n in data["dropped_by_field"].items()]
     for dropped in data["dropped"]:

@@ -127,7 +127,7 @@ def _decode(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     """Decode the checkpoint over the data into out/predictions.jsonl; returns the identity."""
     from tqdm.auto import tqdm
 
-    from cxrtrek_jax.evaluation.model_eval import EvalData, checkpoint_identity, decode_predictions
+    from cxrtrek_jax.evaluation.model_eval import DecodeCoverage, EvalData, checkpoint_identity, decode_predictions
     from cxrtrek_jax.evaluation.predictions import PredictionWriter
 
     for name in ("max_new_tokens", "batch_size"):
@@ -147,18 +147,22 @@ def _decode(args: argparse.Namespace, out: Path) -> dict[str, Any]:
             bar.update(1)
 
         skipped: dict[str, int] = {}
+        coverage = DecodeCoverage()
         with PredictionWriter(out / PREDICTIONS_FILE) as writer:
             for record in decode_predictions(args.checkpoint, data, contexts=contexts, order=args.order,
                                              max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
                                              on_study=on_study, skipped=skipped):
                 writer.write(record)
+                coverage.add(record)
         bar.close()
     except (FileNotFoundError, ValueError) as err:
         raise CLIError(str(err)) from None
     if skipped:
         print(f"note: {sum(skipped.values())} turn(s) of {len(skipped)} study(ies) need more images than the "
               "model's image slots and were not asked (listed in metrics.json identity)")
+    print(coverage.format())
     identity["turns_skipped_image_limit"] = skipped
+    identity["stage_coverage"] = coverage.to_json()
     return identity
 
 

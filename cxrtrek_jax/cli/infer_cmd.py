@@ -143,19 +143,19 @@ def _data_studies(args: argparse.Namespace, image_size: int):
         try:
             paths = [resolve_image_path(p, root, require_exists=True) for p in study.images]
         except ImagePathError as err:
-            raise CLIError(f"study {study.study_id!r}: {err}") from None
+            raise CLIError(f"study {study.key!r}: {err}") from None
         if not paths:
-            raise CLIError(f"study {study.study_id!r} has no images")
+            raise CLIError(f"study {study.key!r} has no images")
         if study.items:
             turns = study_turns(study, args.order)
             plan = functools.partial(fixed_plan, turns)
         elif args.context == "teacher":
-            raise CLIError(f"study {study.study_id!r} has no questions, so no reference answers for "
+            raise CLIError(f"study {study.key!r} has no questions, so no reference answers for "
                            "--context teacher")
         else:
             current = current_image_count(study)
             plan = functools.partial(default_script, current_images=current, prior_images=len(paths) - current)
-        out.append(ChainStudy(study_id=study.study_id, images=_load_images(paths, image_size),
+        out.append(ChainStudy(study_id=study.key, images=_load_images(paths, image_size),
                               system_prompt=system_prompt_of(study), plan=plan))
     return out
 

@@ -25,10 +25,16 @@ one (e.g. its image tokens). Identical token ids at identical positions give
 identical keys and values, so this equals re-encoding the conversation from
 scratch, which never happens: the images are encoded once by `start`.
 
-A turn that does not fit in the cache ends with stop reason "cache_full". In
-`own` mode the sample then stops: its later turns are reported "cache_full"
-with empty answers (its context would otherwise lose a turn). In `teacher` and
-`none` modes the next turn rewinds and is tried afresh.
+Long chains (own / teacher): when the wanted context plus `max_new_tokens`
+does not fit the cache, the turn is asked in a window, as training windows a
+chain (`data_pipeline.sequences`): the prompt, every image the turn needs
+(placed in the window's first question) and as many earlier turns as fit,
+newest first, with the mode's answers; the cache is rewound to the prompt and
+the window prefilled. Later turns continue in the window until it is full
+again. `TurnResult.context_dropped` counts the earlier turns left out.
+A turn that does not fit even alone (or whose answer runs out of cache) ends
+with stop reason "cache_full"; the next turn rewinds and is tried afresh (in
+`own` mode in a window without the unanswered turn).
 """
 
 from __future__ import annotations
@@ -82,6 +88,7 @@ class TurnResult:
     stop_reason: a `StopReason` label ("end_of_turn", "max_new_tokens",
         "cache_full", "not_asked").
     latency_s: wall time of the whole batched turn (rewind, prefill and decoding), seconds.
+    context_dropped: earlier turns left out of this turn's context to fit the cache (0: none).
     """
 
     study_id: str
@@ -97,6 +104,7 @@ class TurnResult:
     stop_reason: str
     latency_s: float
     context: str
+    context_dropped: int = 0
 
     def to_prediction(self) -> PredictionRecord:
         """The predictions-file record (reference "" when unknown)."""
@@ -104,7 +112,7 @@ class TurnResult:
             study_id=self.study_id, turn_index=self.turn_index, stage=self.stage, task_type=self.task_type,
             qtype=self.qtype, question=self.question, reference=self.reference or "", prediction=self.answer,
             context=self.context, num_generated_tokens=self.num_generated_tokens, latency_s=self.latency_s,
-            stop_reason=self.stop_reason,
+            stop_reason=self.stop_reason, context_dropped=self.context_dropped,
         )
 
 
@@ -151,6 +159,10 @@ class _Conversation:
     shown: int = 0             # images introduced so far (own / teacher)
     overflowed: bool = False   # the last turn ran out of cache (own: the sample has stopped)
     results: list[TurnResult] = dataclasses.field(default_factory=list)
+    # (turn, its answer as the context holds it) of every asked turn, own / teacher
+    history: list[tuple[Turn, list[int]]] = dataclasses.field(default_factory=list)
+    window_start: int = 0      # history turns before this one are not in the current context
+    dropped_now: int = 0       # earlier turns left out of the current turn's context
 
 
 def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
@@ -169,8 +181,10 @@ def _check_turn(conv: _Conversation, turn: Turn, context: str) -> None:
                          "reference answer for every turn")
 
 
-def _wanted_context(conv: _Conversation, turn: Turn, context: str, chat: ChatTokens) -> list[int]:
-    """The tokens the sample's cache must hold to answer `turn` (ending with the assistant prefix)."""
+def _wanted_context(conv: _Conversation, turn: Turn, context: str, chat: ChatTokens, capacity: int,
+                    max_new_tokens: int) -> list[int]:
+    """The tokens the sample's cache must hold to answer `turn` (ending with the assistant prefix):
+    the whole conversation when it and the answer fit in `capacity` tokens, else a window."""
     image_token = chat.tokenizer.format.image
     if context == "none":
         question = place_placeholders(turn.question, turn.image_input_count, image_token)
@@ -178,7 +192,36 @@ def _wanted_context(conv: _Conversation, turn: Turn, context: str, chat: ChatTok
     new_images = max(0, turn.image_input_count - conv.shown)
     question = place_placeholders(turn.question, new_images, image_token)
     earlier = conv.cached if context == "own" else conv.teacher
-    return earlier + chat.question(question)
+    wanted = earlier + chat.question(question)
+    conv.dropped_now = conv.window_start
+    if len(wanted) + max_new_tokens <= capacity:
+        return wanted
+    budget = capacity - max_new_tokens
+    first = len(conv.history)
+    window = _window(conv, first, turn, chat)
+    if len(window) > budget:
+        conv.window_start = conv.dropped_now = first
+        return window  # does not fit even alone: asked as is, it ends "cache_full"
+    while first > 0:
+        wider = _window(conv, first - 1, turn, chat)
+        if len(wider) > budget:
+            break
+        first, window = first - 1, wider
+    conv.window_start = conv.dropped_now = first
+    return window
+
+
+def _window(conv: _Conversation, first: int, turn: Turn, chat: ChatTokens) -> list[int]:
+    """prompt + history[first:] + the current question, every image placed where the window first
+    needs it (all images of its first turn in front of that question)."""
+    tokens = list(conv.prompt)
+    shown = 0
+    for earlier, answer in conv.history[first:]:
+        new = max(0, earlier.image_input_count - shown)
+        tokens += chat.question(place_placeholders(earlier.question, new, chat.tokenizer.format.image)) + answer
+        shown += new
+    new = max(0, turn.image_input_count - shown)
+    return tokens + chat.question(place_placeholders(turn.question, new, chat.tokenizer.format.image))
 
 
 def stack_images(studies: Sequence[ChainStudy], max_images: int) -> tuple[np.ndarray, np.ndarray]:
@@ -264,10 +307,11 @@ def _run_turn(decoder: StepwiseDecoder, params: nnx.State, state: ChainState, co
     for conv in conversations:
         if conv.turn is not None:
             _check_turn(conv, conv.turn, context)
-        wanted.append(None if conv.turn is None else _wanted_context(conv, conv.turn, context, chat))
+        wanted.append(None if conv.turn is None else _wanted_context(
+            conv, conv.turn, context, chat, decoder.spec.cache_length, max_new_tokens))
     keep = [len(conv.cached) if want is None else min(_common_prefix(conv.cached, want), len(want) - 1)
             for conv, want in zip(conversations, wanted)]
-    stuck = context != "own" and any(conv.overflowed for conv in conversations)
+    stuck = any(conv.overflowed for conv in conversations)
     if stuck or any(k < len(conv.cached) for k, conv in zip(keep, conversations)):
         image_id = chat.tokenizer.image_id
         seen = [int(np.count_nonzero(np.asarray(conv.cached[:k]) == image_id)) for conv, k in zip(conversations, keep)]
@@ -288,6 +332,9 @@ def _run_turn(decoder: StepwiseDecoder, params: nnx.State, state: ChainState, co
         _advance(conv, chunks[b], generated, int(lengths[b]), context, chat)
         result = _result(conv, generated, StopReason(int(reasons[b])), latency, context, chat.tokenizer)
         conv.overflowed = result.stop_reason == StopReason.CACHE_FULL.label
+        if conv.overflowed and context == "own":
+            conv.history.pop()  # not answered: no later window holds it
+            conv.window_start = len(conv.history)
         conv.results.append(result)
         if on_turn is not None:
             on_turn(b, result)
@@ -297,17 +344,19 @@ def _run_turn(decoder: StepwiseDecoder, params: nnx.State, state: ChainState, co
 
 def _advance(conv: _Conversation, chunk: list[int], generated: list[int], length: int, context: str,
              chat: ChatTokens) -> None:
-    """Update the sample's host copy of its cache (and teacher context) after a turn."""
-    written = conv.cached + chunk + generated
+    """Update the sample's host copy of its cache, its history (and teacher context) after a turn."""
+    asked = conv.cached + chunk
+    written = asked + generated
     if length not in (len(conv.cached), len(written)):
         raise RuntimeError(f"study {conv.study.study_id!r}: cache length {length} disagrees with the host copy "
                            f"({len(conv.cached)} tokens before the turn, {len(written)} after)")
     conv.cached = written[:length]
     turn = conv.turn
     if context == "teacher":
-        new_images = max(0, turn.image_input_count - conv.shown)
-        question = place_placeholders(turn.question, new_images, chat.tokenizer.format.image)
-        conv.teacher = conv.teacher + chat.question(question) + chat.answer_body(turn.reference)
+        conv.teacher = asked + chat.answer_body(turn.reference)
+        conv.history.append((turn, chat.answer_body(turn.reference)))
+    elif context == "own":
+        conv.history.append((turn, list(generated)))
     conv.shown = max(conv.shown, turn.image_input_count)
 
 
@@ -321,6 +370,7 @@ def _result(conv: _Conversation, generated: list[int], reason: StopReason, laten
         qtype=turn.qtype, question=turn.question, reference=turn.reference,
         answer=tokenizer.decode(answer_tokens), answer_tokens=answer_tokens,
         num_generated_tokens=len(generated), stop_reason=reason.label, latency_s=latency, context=context,
+        context_dropped=conv.dropped_now,
     )
 
 

@@ -78,17 +78,18 @@ def _study_records(data: EvalData) -> Iterator[tuple[Any, Any]]:
             yield record.study, record
         return
     from data_pipeline.cxrtrek_json import iter_studies
-    from data_pipeline.sources import StudyRecord, resolve_study_images
+    from data_pipeline.sources import json_study_record
 
     for index, study in enumerate(iter_studies(data.path)):
         if data.split is not None:
             split = _split_of(study)
             if split is None:
-                raise ValueError(f"{data.path}: study {study.study_id!r} (sample {index}) has no "
+                raise ValueError(f"{data.path}: study {study.key!r} (sample {index}) has no "
                                  f"'split' field; pass split=None to evaluate every study")
             if split != data.split:
                 continue
-        yield study, StudyRecord(study, resolve_study_images(study, data.image_root, data.path, index))
+        record = json_study_record(study, data.image_root, data.path, index)
+        yield record.study, record
 
 
 def iter_split_studies(data: EvalData) -> Iterator[Any]:
@@ -151,10 +152,10 @@ def _chain_study(study, images: np.ndarray, order: str, max_images: int):
     from data_pipeline.sequences import system_prompt_of
 
     if not study.items:
-        raise ValueError(f"study {study.study_id!r} has no questions to evaluate")
+        raise ValueError(f"study {study.key!r} has no questions to evaluate")
     turns = study_turns(study, order)
     kept = tuple(t for t in turns if t.image_input_count <= max_images)
-    chain = ChainStudy(study_id=study.study_id, images=images[:max_images],
+    chain = ChainStudy(study_id=study.key, images=images[:max_images],
                        system_prompt=system_prompt_of(study), plan=functools.partial(fixed_plan, kept))
     return chain, len(turns) - len(kept)
 
@@ -218,7 +219,7 @@ def decode_predictions(
                 one, dropped = _chain_study(study, images, order, config.max_images)
                 chain.append(one)
                 if dropped and skipped is not None:
-                    skipped[study.study_id] = dropped
+                    skipped[study.key] = dropped
             results = run_chain(decoder, loaded.state, tokenizer, chain,
                                 context="own" if context == SWAPPED else context,
                                 max_new_tokens=max_new_tokens, rng=jax.random.key(0))
@@ -227,7 +228,40 @@ def decode_predictions(
                     record = turn.to_prediction()
                     yield dataclasses.replace(record, context=SWAPPED) if context == SWAPPED else record
                 if on_study is not None:
-                    on_study(context, study.study_id)
+                    on_study(context, study.key)
+
+
+class DecodeCoverage:
+    """Per context and stage, how many turns were answered with the whole earlier chain, answered
+    in a window (`context_dropped` > 0: earlier turns left out to fit the cache), or lost (stop
+    reason "cache_full": the turn does not fit the cache even alone)."""
+
+    KINDS = ("whole", "windowed", "lost")
+
+    def __init__(self) -> None:
+        self.counts: dict[str, dict[int, dict[str, int]]] = {}
+
+    def add(self, record: PredictionRecord) -> None:
+        row = self.counts.setdefault(record.context, {}).setdefault(record.stage, dict.fromkeys(self.KINDS, 0))
+        if record.stop_reason == "cache_full":
+            row["lost"] += 1
+        elif record.context_dropped:
+            row["windowed"] += 1
+        else:
+            row["whole"] += 1
+
+    def to_json(self) -> dict[str, dict[str, dict[str, int]]]:
+        return {c: {str(s): dict(r) for s, r in sorted(stages.items())} for c, stages in self.counts.items()}
+
+    def format(self) -> str:
+        lines = ["turns per stage: whole chain / windowed / lost (does not fit the cache even alone)"]
+        for context, stages in self.counts.items():
+            cells = "  ".join(f"{s}: {r['whole']}/{r['windowed']}/{r['lost']}" for s, r in sorted(stages.items()))
+            lines.append(f"  {context:<8} {cells}")
+        lost = sum(r["lost"] for stages in self.counts.values() for r in stages.values())
+        if lost:
+            lines.append(f"  WARNING: {lost} turn(s) could not be asked (scored with empty answers)")
+        return "\n".join(lines)
 
 
 def checkpoint_identity(ckpt_dir: str | os.PathLike) -> dict[str, Any]:

@@ -7,7 +7,7 @@ This is the contract between decoding (which writes the file) and scoring
      "qtype": str, "question": str, "reference": str, "prediction": str,
      "context": "own" | "teacher" | "none" | "swapped", "scores": {...},
      "num_generated_tokens": int | null, "latency_s": float | null,
-     "stop_reason": str | null}
+     "stop_reason": str | null, "context_dropped": int | null}
 
 `turn_index` is the position of the turn in the study's turn list.
 `context` says which answers filled the earlier turns of the conversation:
@@ -15,7 +15,9 @@ the model's own ("own"), the references ("teacher") or none at all ("none");
 "swapped" is "own" with every study's images replaced by another study's (the image-reliance
 check: a model that reads its radiographs answers worse there).
 `scores` holds the per-turn scores computed by the scorer (empty when
-written by decoding). The last three fields are optional.
+written by decoding). `context_dropped`: how many earlier turns were left out of
+this turn's context so that the chain fit the decoder's cache (0: the whole chain;
+see `decoding.chain`, long chains). The last four fields are optional.
 """
 
 from __future__ import annotations
@@ -52,7 +54,7 @@ _REQUIRED = (
     "prediction",
     "context",
 )
-_OPTIONAL = ("scores", "num_generated_tokens", "latency_s", "stop_reason")
+_OPTIONAL = ("scores", "num_generated_tokens", "latency_s", "stop_reason", "context_dropped")
 
 
 class PredictionFormatError(ValueError):
@@ -64,8 +66,8 @@ class PredictionRecord:
     """One decoded turn and its reference.
 
     scores: per-turn scores (JSON-able values), filled in by the scorer.
-    num_generated_tokens / latency_s (seconds) / stop_reason: decoding
-        statistics, None when the decoder did not record them.
+    num_generated_tokens / latency_s (seconds) / stop_reason / context_dropped:
+        decoding statistics, None when the decoder did not record them.
     """
 
     study_id: str
@@ -81,6 +83,7 @@ class PredictionRecord:
     num_generated_tokens: int | None = None
     latency_s: float | None = None
     stop_reason: str | None = None
+    context_dropped: int | None = None
 
     def __post_init__(self) -> None:
         _validate(self)
@@ -141,6 +144,7 @@ def _validate(record: PredictionRecord) -> None:
     _check_type(record, "num_generated_tokens", (int,), optional=True)
     _check_type(record, "latency_s", (int, float), optional=True)
     _check_type(record, "stop_reason", (str,), optional=True)
+    _check_type(record, "context_dropped", (int,), optional=True)
     if not record.study_id:
         raise PredictionFormatError("field 'study_id' is empty")
     if record.turn_index < 0:
