@@ -104,6 +104,7 @@ def dump_rows(workdir: str | Path, studies: int, out: str | Path, *, preset: str
     cfg = get_experiment("baseline", preset).override({
         "data.path": str(Path(workdir) / "phantom"), "data.phantom_studies": studies,
         "data.phantom_size": 256, "data.phantom_turns": (10, 12), "data.length_buckets": (on_length,),
+        "data.long_chains": "truncate",  # as the recorded H200 runs (before windowing existed)
         "data.global_batch_size": 1, "tokenizer.vocab_size": 1024})
     data = trainer.prepare_data(cfg)
     tokenizer, _ = trainer.prepare_tokenizer(cfg, data)

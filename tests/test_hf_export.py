@@ -44,7 +44,7 @@ def _study_images(root, study, size):
 
 
 def _training_batch(root, studies, tokenizer, cfg):
-    seq_config = SequenceConfig(max_length=SEQ_LEN, tokens_per_image=cfg.tokens_per_image)
+    seq_config = SequenceConfig(max_length=SEQ_LEN, tokens_per_image=cfg.tokens_per_image, long_chains="truncate")
     rows, images = [], []
     for study in studies:
         (sequence,), _ = build_sequences(study, tokenizer, seq_config)

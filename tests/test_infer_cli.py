@@ -54,7 +54,7 @@ def test_phantom_studies_in_teacher_context_write_predictions(files, capsys):
         assert by_index[index].reference == item.answer and by_index[index].question == item.question
     assert all(r.context == "teacher" and r.latency_s > 0 and 1 <= r.num_generated_tokens <= 4 for r in records)
     printed = capsys.readouterr().out
-    assert f"== study {first.study_id} (teacher context)" in printed
+    assert f"== study {first.key} (teacher context)" in printed
     assert "[stage 1: image quality and view] Q: " in printed and "reference: " in printed
     assert f"2 studies, {len(records)} turns" in printed
 
