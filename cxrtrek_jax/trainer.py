@@ -162,25 +162,64 @@ def pipeline_config(cfg: ExperimentConfig, model: ModelConfig, data: DataPaths, 
 
 
 class MetricsLog:
-    """JSONL + TensorBoard + a tqdm progress bar; only process 0 writes."""
+    """JSONL + TensorBoard + a tqdm progress bar; only process 0 writes.
 
-    def __init__(self, workdir: pathlib.Path, total_steps: int, start_step: int, *, progress: bool):
+    `start(step)` opens it once training knows where it starts (the restored checkpoint's step,
+    0 when fresh): records of later steps — written by a run that stopped before checkpointing
+    them, so they are redone — are dropped first (the file rewritten atomically, the count
+    logged), so every step is logged once however often training is interrupted."""
+
+    def __init__(self, workdir: pathlib.Path, total_steps: int, *, progress: bool):
         self.active = jax.process_index() == 0
-        self._jsonl = open(workdir / "metrics.jsonl", "a") if self.active else None
-        self._tb = None
-        self._bar = None
-        if self.active:
-            from tensorboardX import SummaryWriter
+        self.path = pathlib.Path(workdir) / "metrics.jsonl"
+        self._total_steps, self._progress = total_steps, progress
+        self._jsonl = self._tb = self._bar = None
 
-            self._tb = SummaryWriter(str(workdir / "tensorboard"))
-            if progress:
-                from tqdm.auto import tqdm
+    def start(self, step: int) -> None:
+        """Drop the records after `step`, then open the log for appending."""
+        if not self.active:
+            return
+        if self.path.exists():
+            self._drop_after(step)
+        self._jsonl = open(self.path, "a")
+        from tensorboardX import SummaryWriter
 
-                self._bar = tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True)
+        self._tb = SummaryWriter(str(self.path.parent / "tensorboard"))
+        if self._progress:
+            from tqdm.auto import tqdm
+
+            self._bar = tqdm(total=self._total_steps, initial=step, unit="step", dynamic_ncols=True)
+
+    def _drop_after(self, step: int) -> None:
+        text = self.path.read_text()
+        kept, dropped, partial = [], 0, 0
+        for line in text.splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                partial += 1  # a line cut short by a kill
+                continue
+            if record.get("step", 0) > step:
+                dropped += 1
+            else:
+                kept.append(line)
+        if not (dropped or partial or (text and not text.endswith("\n"))):
+            return
+        tmp = self.path.with_name(f".{self.path.name}.tmp")
+        tmp.write_text("".join(f"{line}\n" for line in kept))
+        os.replace(tmp, self.path)
+        message = (f"{self.path}: dropped {dropped} records of steps after {step} (the run that "
+                   f"wrote them stopped before checkpointing them; they are redone)")
+        if partial:
+            message += f" and {partial} incomplete line(s)"
+        log.warning("%s", message)
+        print(message, flush=True)
 
     def write(self, split: str, step: int, values: Mapping[str, float]) -> None:
         if not self.active:
             return
+        if self._jsonl is None:
+            raise RuntimeError(f"MetricsLog.write({split!r}, step {step}) before start()")
         record = {"split": split, "step": step, "time": time.time(), **values}
         self._jsonl.write(json.dumps(record) + "\n")
         self._jsonl.flush()
@@ -206,11 +245,12 @@ class MetricsLog:
 
 def _validation(cfg: ExperimentConfig, model: ModelConfig, data: DataPaths,
                 tokenizer: CXRTrekTokenizer, mesh_config: sharding_lib.MeshConfig,
-                log_: MetricsLog, *, current_step, devices: list[jax.Device] | None = None):
-    """params -> {"val_loss", "val_accuracy", "val_image_gain", per stage}: the loss over up to
+                log_: MetricsLog, *, devices: list[jax.Device] | None = None):
+    """(params, step) -> {"val_loss", "val_accuracy", "val_image_gain", per stage}: the loss over up to
     `eval_batches` validation batches (in order, no augmentation), and how much worse it gets
     with the images swapped between studies (`evaluation.image_reliance`), as a `run_training`
-    evaluate callback (it runs at every checkpoint save; `current_step()` labels the log record)."""
+    evaluate callback (it runs at every checkpoint save; `step`, the step of the checkpoint
+    saved with it, labels the log record)."""
     from cxrtrek_jax import train_step as step_lib
     from cxrtrek_jax.evaluation.image_reliance import image_gain, swap_images
 
@@ -219,7 +259,7 @@ def _validation(cfg: ExperimentConfig, model: ModelConfig, data: DataPaths,
     pcfg = pipeline_config(cfg, model, data, cfg.data.validation_split, training=False)
     eval_step = step_lib.make_eval_step(model, sharding_lib.make_mesh(mesh_config, devices))
 
-    def evaluate(params) -> dict[str, float]:
+    def evaluate(params, step: int) -> dict[str, float]:
         iterator = build_eval_iterator(pcfg, tokenizer, jax.process_index(), jax.process_count())
         total = swapped_total = None
         for index, batch in zip(range(cfg.train.eval_batches), iterator):
@@ -235,7 +275,7 @@ def _validation(cfg: ExperimentConfig, model: ModelConfig, data: DataPaths,
         if swapped_total is not None:
             summary.update(image_gain(summary, step_lib.summarize_sums(swapped_total)))
         values = {f"val_{k}": v for k, v in summary.items()}
-        log_.write("validation", current_step(), values)
+        log_.write("validation", step, values)
         return values
 
     return evaluate
@@ -310,11 +350,12 @@ def _train_phase(cfg: ExperimentConfig, workdir: pathlib.Path, init_from: str | 
                                               jax.process_count()))
         return iterators[-1]
 
-    existing = ckpt_lib.Checkpointer(resolved.checkpoint)
-    start_step = (existing.steps() or [0])[-1]
-    existing.close()
-    metrics_log = MetricsLog(workdir, cfg.train.num_steps, start_step, progress=progress)
-    clock = {"t": time.time(), "step": start_step}
+    metrics_log = MetricsLog(workdir, cfg.train.num_steps, progress=progress)
+    clock = {"t": time.time(), "step": 0}
+
+    def on_start(step: int) -> None:
+        metrics_log.start(step)
+        clock.update(t=time.time(), step=step)
 
     def on_log(step: int, summary: dict[str, float]) -> None:
         """Adds throughput over the steps since the last log line: tokens/s = steps x (real,
@@ -331,7 +372,7 @@ def _train_phase(cfg: ExperimentConfig, workdir: pathlib.Path, init_from: str | 
         metrics_log.write("train", step, values)
 
     evaluate = _validation(resolved, model, data, tokenizer, resolved.mesh, metrics_log,
-                           current_step=lambda: clock["step"], devices=devices)
+                           devices=devices)
     try:
         return train_loop.run_training(
             model,
@@ -343,6 +384,7 @@ def _train_phase(cfg: ExperimentConfig, workdir: pathlib.Path, init_from: str | 
             seed=cfg.train.seed,
             log_every=cfg.train.log_every,
             on_log=on_log,
+            on_start=on_start,
             evaluate=evaluate,
             # tokenizer_path: relative to the checkpoint dir, so a moved run dir stays whole.
             metadata={"experiment": resolved.to_dict(), "tfds_dir": data.tfds_dir,
