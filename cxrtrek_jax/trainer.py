@@ -7,6 +7,12 @@
    training always reads through the Grain pipeline over `tfds.data_source`;
 2. tokenizer: the one given (`tokenizer.path`), or a byte-level BPE trained on the training
    split (saved beside the data, reused by later runs with the same vocabulary size);
+
+   In a multi-process job, steps 1-2 (and the workdir's config and tokenizer copy) are done by
+   process 0 alone; the others wait at a barrier (`sync_global_devices`) and then check that
+   what process 0 made is there and complete (its `.complete` markers match), raising an error
+   naming what is missing otherwise. Those directories must be on a file system all processes
+   share.
 3. model config: the preset with the tokenizer's vocabulary size and image token id;
 4. with `alignment` set, an image-dense first phase in `<workdir>/alignment` (single QA pairs of
    stages 1-2, see `experiments.config.AlignmentConfig`), whose last parameters start the main
@@ -49,6 +55,40 @@ log = logging.getLogger(__name__)
 _COMPLETE = ".complete"
 
 
+def _barrier(name: str) -> None:
+    """Wait until every process of a multi-process job reaches `name` (no-op with one)."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
+
+
+def _on_process_0_then_barrier(name: str, make) -> None:
+    """Run `make()` on process 0 only, then hold every process at the barrier `name`. Process 0
+    reaches the barrier even when `make` fails (then re-raises), so the others do not hang;
+    they find its output missing and say so."""
+    if jax.process_index() != 0:
+        _barrier(name)
+        return
+    try:
+        make()
+    finally:
+        _barrier(name)
+
+
+def _check_marker(marker: pathlib.Path, expected: Mapping, what: str) -> None:
+    """On processes other than 0, after the barrier: `marker` must hold `expected`."""
+    if not marker.exists():
+        raise FileNotFoundError(
+            f"process {jax.process_index()}: {what} is not complete ({marker} is missing) after "
+            "process 0 prepared it; see process 0's error, and check that this directory is on a "
+            "file system every process shares")
+    found = json.loads(marker.read_text())
+    if found != expected:
+        raise ValueError(f"process {jax.process_index()}: {what} was made for {found}, this process "
+                         f"expects {expected} ({marker}); do all processes run the same config?")
+
+
 @dataclasses.dataclass(frozen=True)
 class DataPaths:
     """tfds_dir: the built TFDS data dir; json_files: the JSON it was built from (if any);
@@ -66,8 +106,7 @@ def _phantom(cfg: ExperimentConfig) -> pathlib.Path:
 
     d = cfg.data
     root = pathlib.Path(d.path)
-    recipe = {"studies": d.phantom_studies, "seed": d.phantom_seed, "size": d.phantom_size,
-              "splits": d.phantom_splits, "turns": list(d.phantom_turns)}
+    recipe = _phantom_recipe(cfg)
     marker = root / _COMPLETE
     if marker.exists() and json.loads(marker.read_text()) == recipe:
         return root / "cxrtrek.json"
@@ -85,11 +124,23 @@ def _phantom(cfg: ExperimentConfig) -> pathlib.Path:
     return path
 
 
+def _phantom_recipe(cfg: ExperimentConfig) -> dict:
+    """What the phantom set's `.complete` marker records (a set is reused only if it matches)."""
+    d = cfg.data
+    return {"studies": d.phantom_studies, "seed": d.phantom_seed, "size": d.phantom_size,
+            "splits": d.phantom_splits, "turns": list(d.phantom_turns)}
+
+
+def _tfds_stamp(json_file: pathlib.Path) -> dict:
+    """What a TFDS build's `.complete` marker records: the JSON it was built from."""
+    return {"json": str(json_file.resolve()), "mtime": json_file.stat().st_mtime}
+
+
 def _build_tfds(json_file: pathlib.Path, image_root: pathlib.Path, tfds_dir: pathlib.Path) -> None:
     from data_pipeline.tfds_builder import BuildOptions, build_dataset
 
     marker = tfds_dir / _COMPLETE
-    stamp = {"json": str(json_file.resolve()), "mtime": json_file.stat().st_mtime}
+    stamp = _tfds_stamp(json_file)
     if marker.exists() and json.loads(marker.read_text()) == stamp:
         return
     summary = build_dataset(BuildOptions(json_files=(str(json_file),)), image_root, tfds_dir,
@@ -99,43 +150,72 @@ def _build_tfds(json_file: pathlib.Path, image_root: pathlib.Path, tfds_dir: pat
 
 
 def prepare_data(cfg: ExperimentConfig) -> DataPaths:
-    """The TFDS data dir to train from, generating/building what is missing (idempotent)."""
+    """The TFDS data dir to train from, generating/building what is missing (idempotent; done by
+    process 0 alone, the other processes wait for it and check its markers)."""
     d = cfg.data
     if d.kind == "tfds":
         return DataPaths(tfds_dir=d.path, image_root=d.image_root)
     if d.kind == "phantom":
-        json_file = _phantom(cfg)
-        image_root = json_file.parent
-        tfds_dir = json_file.parent / "tfds"
+        root = pathlib.Path(d.path)
+        json_file, image_root, tfds_dir = root / "cxrtrek.json", root, root / "tfds"
     else:
         json_file = pathlib.Path(d.path)
         if not json_file.is_file():
             raise FileNotFoundError(f"data.path {json_file}: no such CXRTrek JSON file")
         image_root = pathlib.Path(d.image_root) if d.image_root else json_file.parent
         tfds_dir = pathlib.Path("runs") / "tfds_cache" / json_file.stem
-    if jax.process_index() == 0:
+
+    def make() -> None:
+        if d.kind == "phantom":
+            _phantom(cfg)
         _build_tfds(json_file, image_root, tfds_dir)
+
+    _on_process_0_then_barrier("cxrtrek_prepare_data", make)
+    if jax.process_index() != 0:
+        if d.kind == "phantom":
+            _check_marker(pathlib.Path(d.path) / _COMPLETE, _phantom_recipe(cfg), f"the phantom set {d.path}")
+        _check_marker(tfds_dir / _COMPLETE, _tfds_stamp(json_file), f"the TFDS build {tfds_dir}")
     return DataPaths(tfds_dir=str(tfds_dir), json_files=(str(json_file),), image_root=str(image_root))
 
 
 def prepare_tokenizer(cfg: ExperimentConfig, data: DataPaths) -> tuple[CXRTrekTokenizer, str]:
-    """(tokenizer, its directory): the configured one, or one trained on the training split."""
+    """(tokenizer, its directory): the configured one, or one trained on the training split
+    (by process 0 alone, written to a temporary directory and renamed, so a directory that
+    exists is complete; the other processes wait for it and load it)."""
     if cfg.tokenizer.path:
         return load_tokenizer(cfg.tokenizer.path), cfg.tokenizer.path
-    from data_pipeline.sources import TfdsStudySource
-    from data_pipeline.tokenizer import train_tokenizer, training_texts
-
     directory = pathlib.Path(data.tfds_dir) / f"tokenizer-bpe{cfg.tokenizer.vocab_size}"
-    if (directory / "tokenizer.json").exists():
-        return load_tokenizer(directory), str(directory)
-    source = TfdsStudySource(data.tfds_dir, cfg.data.train_split)
-    studies = (source[i].study for i in range(len(source)))
-    tok = train_tokenizer(training_texts(studies), cfg.tokenizer.vocab_size,
-                          min_frequency=cfg.tokenizer.min_frequency)
-    tok.save(directory)
-    log.info("trained a %d-token BPE tokenizer on %d training studies -> %s",
-             tok.vocab_size, len(source), directory)
-    return tok, str(directory)
+
+    def make() -> None:
+        if directory.is_dir():
+            return
+        from data_pipeline.sources import TfdsStudySource
+        from data_pipeline.tokenizer import train_tokenizer, training_texts
+
+        source = TfdsStudySource(data.tfds_dir, cfg.data.train_split)
+        studies = (source[i].study for i in range(len(source)))
+        tok = train_tokenizer(training_texts(studies), cfg.tokenizer.vocab_size,
+                              min_frequency=cfg.tokenizer.min_frequency)
+        _save_atomically(directory, tok.save)
+        log.info("trained a %d-token BPE tokenizer on %d training studies -> %s",
+                 tok.vocab_size, len(source), directory)
+
+    _on_process_0_then_barrier("cxrtrek_prepare_tokenizer", make)
+    if not (directory / "tokenizer.json").exists():
+        raise FileNotFoundError(
+            f"process {jax.process_index()}: the tokenizer {directory} is missing after process 0 "
+            "trained it; see process 0's error, and check that the data dir is on a file system "
+            "every process shares")
+    return load_tokenizer(directory), str(directory)
+
+
+def _save_atomically(directory: pathlib.Path, write) -> None:
+    """`write(tmp)` into a temporary sibling of `directory`, then rename it into place."""
+    tmp = directory.with_name(f".{directory.name}.tmp-{os.getpid()}")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    write(tmp)
+    os.replace(tmp, directory)
 
 
 def resolve_model_config(model: ModelConfig, tokenizer: CXRTrekTokenizer) -> ModelConfig:
@@ -337,11 +417,14 @@ def _train_phase(cfg: ExperimentConfig, workdir: pathlib.Path, init_from: str | 
         checkpoint=dataclasses.replace(cfg.checkpoint,
                                        directory=cfg.checkpoint.directory or str(workdir / "checkpoints")),
     )
-    if jax.process_index() == 0:
+
+    def write_workdir() -> None:
         (workdir / "config.json").write_text(resolved.to_json() + "\n")
         local_tok = workdir / "tokenizer"
         if not local_tok.exists():
-            shutil.copytree(tokenizer_dir, local_tok)
+            _save_atomically(local_tok, lambda tmp: shutil.copytree(tokenizer_dir, tmp))
+
+    _on_process_0_then_barrier("cxrtrek_workdir", write_workdir)
     train_pcfg = pipeline_config(resolved, model, data, cfg.data.train_split, training=True)
     iterators: list = []
 

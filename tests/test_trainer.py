@@ -175,3 +175,44 @@ def test_cli_prints_config_and_refuses_bad_overrides(capsys):
     assert main(["train", "--print-config", "--set", "optim.nope=1"]) == 2
     assert "has no field 'nope'" in capsys.readouterr().err
     assert main(["train", "--print-config", "--set", "novalue"]) == 2
+
+
+def test_data_and_tokenizer_are_prepared_by_process_0_behind_a_barrier(tmp_path, monkeypatch):
+    """Two processes simulated in one: process 1 never writes, waits at the barrier, then checks
+    what process 0 made (the real two-process run is in test_fault_injection)."""
+    import jax
+
+    from cxrtrek_jax import trainer
+
+    cfg = _tiny_experiment(tmp_path, **{"data.phantom_studies": 8, "data.phantom_size": 64})
+    barriers = []
+    monkeypatch.setattr(trainer, "_barrier", barriers.append)
+    monkeypatch.setattr(jax, "process_count", lambda: 2)
+    as_process = lambda i: monkeypatch.setattr(jax, "process_index", lambda: i)  # noqa: E731
+
+    as_process(1)  # before process 0 made anything: waits, writes nothing, names what is missing
+    with pytest.raises(FileNotFoundError, match=r"process 1: the phantom set .* is not complete"):
+        trainer.prepare_data(cfg)
+    assert barriers == ["cxrtrek_prepare_data"] and not (tmp_path / "phantom").exists()
+
+    as_process(0)  # a failure on process 0 still reaches the barrier (the others do not hang)
+    monkeypatch.setattr(trainer, "_phantom", lambda cfg: 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        trainer.prepare_data(cfg)
+    assert barriers == ["cxrtrek_prepare_data"] * 2
+    monkeypatch.undo()
+    monkeypatch.setattr(trainer, "_barrier", barriers.append)
+    monkeypatch.setattr(jax, "process_count", lambda: 2)
+
+    as_process(0)
+    data = trainer.prepare_data(cfg)
+    tokenizer, tokenizer_dir = trainer.prepare_tokenizer(cfg, data)
+    assert barriers[2:] == ["cxrtrek_prepare_data", "cxrtrek_prepare_tokenizer"]
+    as_process(1)  # after process 0: finds and checks its markers, loads its tokenizer
+    mtimes = {p: p.stat().st_mtime for p in (tmp_path / "phantom").rglob("*") if p.is_file()}
+    assert trainer.prepare_data(cfg) == data
+    loaded, loaded_dir = trainer.prepare_tokenizer(cfg, data)
+    assert loaded_dir == tokenizer_dir and loaded.vocab_size == tokenizer.vocab_size
+    assert {p: p.stat().st_mtime for p in mtimes} == mtimes  # process 1 rewrote nothing
+    with pytest.raises(ValueError, match=r"process 1: the phantom set .* was made for"):
+        trainer.prepare_data(cfg.override({"data.phantom_seed": 7}))
