@@ -28,6 +28,7 @@ Workdir layout: `config.json` (the fully resolved experiment), `checkpoints/`, `
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import logging
 import os
@@ -341,16 +342,28 @@ def _validation(cfg: ExperimentConfig, model: ModelConfig, data: DataPaths,
 
     def evaluate(params, step: int) -> dict[str, float]:
         iterator = build_eval_iterator(pcfg, tokenizer, jax.process_index(), jax.process_count())
+        batches = list(itertools.islice(iterator, cfg.train.eval_batches))
+        swapped = [swap_images(batch, seed=index) for index, batch in enumerate(batches)]
+        # Every process must run the same eval steps (they are collectives): the batch count
+        # and whether a batch has a swapped twin are agreed on first.
+        counts = _gather_ints([len(batches)] + [int(s is not None) for s in swapped]
+                              + [0] * (cfg.train.eval_batches - len(batches)))
+        usable = int(counts[:, 0].min())
+        if usable == 0:
+            empty = [i for i, row in enumerate(counts) if row[0] == 0]
+            raise ValueError(f"validation split {cfg.data.validation_split!r} yielded no batch on "
+                             f"process(es) {empty} (of {len(counts)}); it needs at least one "
+                             "global batch of studies")
+        if usable < len(batches):
+            log.warning("validation: %d batches on this process, %d on the one with fewest; "
+                        "evaluating %d", len(batches), usable, usable)
         total = swapped_total = None
-        for index, batch in zip(range(cfg.train.eval_batches), iterator):
+        for index, batch in enumerate(batches[:usable]):
             sums = eval_step(params, batch)
             total = sums if total is None else jax.tree.map(np.add, total, sums)
-            swapped = swap_images(batch, seed=index)
-            if swapped is not None:
-                sums = eval_step(params, swapped)
+            if counts[:, 1 + index].all():
+                sums = eval_step(params, swapped[index])
                 swapped_total = sums if swapped_total is None else jax.tree.map(np.add, swapped_total, sums)
-        if total is None:
-            raise ValueError(f"validation split {cfg.data.validation_split!r} yielded no batch")
         summary = step_lib.summarize_sums(total)
         if swapped_total is not None:
             summary.update(image_gain(summary, step_lib.summarize_sums(swapped_total)))
@@ -359,6 +372,16 @@ def _validation(cfg: ExperimentConfig, model: ModelConfig, data: DataPaths,
         return values
 
     return evaluate
+
+
+def _gather_ints(values: list[int]) -> np.ndarray:
+    """[process, value]: `values` (the same length on every process) from all processes."""
+    local = np.asarray(values, np.int32)
+    if jax.process_count() == 1:
+        return local[None]
+    from jax.experimental import multihost_utils
+
+    return np.asarray(multihost_utils.process_allgather(local)).reshape(jax.process_count(), -1)
 
 
 def alignment_phase(cfg: ExperimentConfig) -> ExperimentConfig:
