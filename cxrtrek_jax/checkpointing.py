@@ -12,18 +12,34 @@ Orbax writes into a temporary directory and renames it when complete. Kept: the 
 `keep_last` steps plus the `keep_best` steps with the best validation metric.
 
 Restoring takes abstract arrays (`jax.ShapeDtypeStruct` with a sharding), so a checkpoint saved
-on one mesh restores onto any other. A step that cannot be read (a missing or truncated file)
-is skipped with a warning and moved to `<directory>/unreadable/` once an older step restores,
-so later saves can reuse its number; leftover Orbax temporary directories are reported and
+on one mesh restores onto any other. Leftover Orbax temporary directories are reported and
 ignored.
+
+Checksums: once a step's write has finished, process 0 records every file of it (size and
+CRC-32) in `<directory>/checksums/<step>.json`. OCDBT checksums only its b-tree nodes, not the
+array bytes, so without this a flipped bit in a parameter would restore silently.
+
+`restore_latest` falls back to an older step only when the newest is *proven* corrupt: a file
+its checksum manifest lists is missing, has another size or another CRC-32, a file every step has
+is missing, or the storage layer reports lost/missing/short data (TensorStore DATA_LOSS,
+NOT_FOUND, OUT_OF_RANGE; unparsable JSON; a missing item). The corrupt step is moved to
+`<directory>/unreadable/` once an older step restores, so later saves can reuse its number.
+Transient errors (OSError such as a timeout or a dropped connection, TensorStore UNAVAILABLE /
+DEADLINE_EXCEEDED / ABORTED / RESOURCE_EXHAUSTED) are retried with backoff and, if they persist,
+raised: a read error must not roll training back. Any other error of an intact step (e.g. a
+changed model config) is raised too, naming the step. Every skip is logged and printed to
+stderr. In a multi-process job all processes must restore the same step (checked).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
+import sys
 import time
+import zlib
 from collections.abc import Mapping
 from typing import Any
 
@@ -44,7 +60,10 @@ __all__ = [
     "RestoredCheckpoint",
     "Checkpointer",
     "NoRestorableCheckpointError",
+    "CheckpointRestoreError",
+    "StepMismatchError",
     "abstract_arrays",
+    "check_same_step",
     "flatten_logical_names",
     "load_params",
     "load_params_into",
@@ -59,6 +78,7 @@ ITEM_OPT_STATE = "opt_state"
 ITEM_METADATA = "metadata"
 ITEM_DATA_ITERATOR = "data_iterator"
 UNREADABLE_DIR = "unreadable"
+CHECKSUMS_DIR = "checksums"
 _TMP_MARKER = ".orbax-checkpoint-tmp"
 
 
@@ -100,8 +120,98 @@ class RestoredCheckpoint:
     data_iterator: Any | None
 
 
-class NoRestorableCheckpointError(RuntimeError):
-    """Checkpoints exist but none could be restored."""
+class CheckpointRestoreError(RuntimeError):
+    """A checkpoint step that is not proven corrupt could not be restored (a persisting
+    transient read error, or an intact step that does not fit the model); nothing was moved."""
+
+
+class NoRestorableCheckpointError(CheckpointRestoreError):
+    """Checkpoints exist but every one is corrupt."""
+
+
+class StepMismatchError(RuntimeError):
+    """The processes of a multi-process job restored different checkpoint steps."""
+
+
+# TensorStore reports errors as ValueError("<STATUS>: ..."); these statuses mean the bytes are
+# lost, absent or short (a checksum failed, a file is missing, a file is truncated).
+_CORRUPT_STATUSES = ("DATA_LOSS", "NOT_FOUND", "OUT_OF_RANGE")
+# ... and these that the storage could not be reached just now.
+_TRANSIENT_STATUSES = ("UNAVAILABLE", "DEADLINE_EXCEEDED", "ABORTED", "RESOURCE_EXHAUSTED")
+# Files every finished step has, per item (Orbax's pytree and JSON item layouts).
+_REQUIRED_FILES = {
+    ITEM_PARAMS: ("_METADATA", "manifest.ocdbt"),
+    ITEM_OPT_STATE: ("_METADATA", "manifest.ocdbt"),
+    ITEM_METADATA: ("metadata",),
+}
+
+
+def _error_kind(err: BaseException) -> str:
+    """"corrupt" (the bytes are missing, short or fail a checksum), "transient" (worth retrying)
+    or "other" (e.g. a shape mismatch with the model: the checkpoint is intact)."""
+    if isinstance(err, (FileNotFoundError, NotADirectoryError, IsADirectoryError, json.JSONDecodeError,
+                        EOFError)):
+        return "corrupt"
+    if isinstance(err, KeyError) and "not found in the checkpoint" in str(err):
+        return "corrupt"  # Orbax: an item directory is missing
+    text = str(err)
+    if any(text.startswith(f"{status}:") for status in _CORRUPT_STATUSES):
+        return "corrupt"
+    if any(text.startswith(f"{status}:") for status in _TRANSIENT_STATUSES):
+        return "transient"
+    if isinstance(err, PermissionError):
+        return "other"  # retrying will not help and the bytes may be fine
+    if isinstance(err, (OSError, TimeoutError, ConnectionError)):
+        return "transient"
+    return "other"
+
+
+def _file_crc32(path: os.PathLike) -> int:
+    crc = 0
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            crc = zlib.crc32(chunk, crc)
+    return crc
+
+
+def _step_files(step_dir: epath.Path) -> dict[str, os.PathLike]:
+    root = os.fspath(step_dir)
+    out = {}
+    for dirpath, _, filenames in os.walk(root):
+        for name in filenames:
+            full = os.path.join(dirpath, name)
+            out[os.path.relpath(full, root)] = full
+    return out
+
+
+def _warn(message: str) -> None:
+    """A warning on the log and on stderr (absl/logging set-ups may hide the log)."""
+    log.warning("%s", message)
+    print(f"checkpoint warning: {message}", file=sys.stderr, flush=True)
+
+
+def _gather_steps(value: int) -> list[int]:
+    from jax.experimental import multihost_utils
+    import numpy as np
+
+    return [int(v) for v in np.asarray(multihost_utils.process_allgather(np.int32(value))).reshape(-1)]
+
+
+def check_same_step(step: int | None, directory, *, gather=None) -> None:
+    """Raise StepMismatchError unless every process restored `step` (None = none restored).
+    `gather(int) -> [int per process]` defaults to `process_allgather` (multi-process only)."""
+    if gather is None:
+        if jax.process_count() == 1:
+            return
+        gather = _gather_steps
+    steps = gather(-1 if step is None else int(step))
+    if len(set(steps)) > 1:
+        per_process = ", ".join(f"process {i}: {'none' if s < 0 else f'step {s}'}"
+                                for i, s in enumerate(steps))
+        raise StepMismatchError(
+            f"the processes restored different checkpoints from {directory} ({per_process}); they "
+            "must start from the same step — check that every process sees the same checkpoint "
+            "directory (a shared file system) and that no step was damaged on one host only")
 
 
 def _item_handlers() -> dict[str, ocp.CheckpointHandler]:
@@ -184,11 +294,18 @@ class Checkpointer:
     """The training run's checkpoints (params, opt_state, metadata, data iterator) in one
     directory. Use as a context manager, or call `close()` (waits for pending saves)."""
 
+    #: restore attempts per step on a transient error, and the first wait between them (doubling)
+    restore_attempts: int = 4
+    retry_backoff_s: float = 1.0
+
     def __init__(self, config: CheckpointConfig):
         self.config = config
         self.directory = epath.Path(config.directory).absolute()
         _warn_about_temporary_dirs(self.directory)
         self._manager = _open_manager(self.directory, create=True, config=config)
+        self._unsummed: set[int] = set()  # steps saved here whose checksums are not written yet
+        # Checksums are computed with local file reads; on an object store (gs://...) they are off.
+        self.checksums = "://" not in str(config.directory)
 
     def __enter__(self) -> "Checkpointer":
         return self
@@ -220,12 +337,76 @@ class Checkpointer:
         }
         if data_iterator is not None:
             items[ITEM_DATA_ITERATOR] = grain_checkpoint.CheckpointSave(data_iterator)
+        # Orbax waits for the previous save before starting this one anyway; waiting here first
+        # lets that finished step get its checksums.
+        self.wait_until_finished()
         self._manager.save(
             int(step),
             args=ocp.args.Composite(**items),
             metrics=dict(metrics) if metrics else None,
             force=True,
         )
+        self._unsummed.add(int(step))
+
+    def checksum_path(self, step: int) -> epath.Path:
+        """The checksum manifest of `step`: {"files": {relative path: {"size", "crc32"}}}."""
+        return self.directory / CHECKSUMS_DIR / f"{int(step)}.json"
+
+    def _write_checksums(self) -> None:
+        """Record the checksums of the finished steps saved here; drop those of deleted steps
+        (process 0 only)."""
+        steps = set(self._manager.all_steps())
+        pending, self._unsummed = self._unsummed, set()
+        if jax.process_index() != 0 or not self.checksums:
+            return
+        for step in sorted(pending & steps):
+            files = _step_files(self.directory / str(step))
+            manifest = {"step": step, "files": {
+                rel: {"size": os.path.getsize(full), "crc32": _file_crc32(full)}
+                for rel, full in sorted(files.items())}}
+            target = self.checksum_path(step)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            tmp = target.parent / f".{target.name}.tmp"
+            tmp.write_text(json.dumps(manifest))
+            os.replace(os.fspath(tmp), os.fspath(target))
+        checksum_dir = self.directory / CHECKSUMS_DIR
+        if checksum_dir.exists():
+            for path in checksum_dir.glob("*.json"):
+                if path.stem.isdigit() and int(path.stem) not in steps:
+                    path.unlink()
+
+    def verify_step(self, step: int, *, with_data_iterator: bool = False) -> list[str]:
+        """Why `step` is corrupt ([] = no evidence it is): files its checksum manifest lists that
+        are missing or differ in size or CRC-32, or (without a manifest, e.g. killed right after
+        the write) files every step has that are missing. May raise OSError (transient)."""
+        step_dir = self.directory / str(step)
+        if not step_dir.is_dir():
+            return [f"{step_dir} is missing"]
+        problems = []
+        items = dict(_REQUIRED_FILES, **({ITEM_DATA_ITERATOR: ()} if with_data_iterator else {}))
+        for item, names in items.items():
+            if not (step_dir / item).is_dir():
+                problems.append(f"item {item!r} is missing")
+                continue
+            problems += [f"{item}/{name} is missing" for name in names
+                         if not (step_dir / item / name).exists()]
+        manifest_path = self.checksum_path(step)
+        if self.checksums and manifest_path.exists():
+            try:
+                listed = json.loads(manifest_path.read_text())["files"]
+            except (json.JSONDecodeError, KeyError, TypeError) as err:
+                log.warning("ignoring the unreadable checksum manifest %s: %s", manifest_path, err)
+                return problems
+            files = _step_files(step_dir)
+            for rel, want in sorted(listed.items()):
+                if rel not in files:
+                    problems.append(f"{rel} is missing")
+                elif os.path.getsize(files[rel]) != want["size"]:
+                    problems.append(f"{rel} has {os.path.getsize(files[rel])} bytes, "
+                                    f"{want['size']} when saved")
+                elif _file_crc32(files[rel]) != want["crc32"]:
+                    problems.append(f"{rel} fails its CRC-32 checksum")
+        return sorted(set(problems))
 
     def restore(
         self,
@@ -262,34 +443,68 @@ class Checkpointer:
     ) -> RestoredCheckpoint | None:
         """The newest step that restores; None when there is no checkpoint.
 
-        Unreadable steps are skipped with a warning; once an older step restores they are moved
-        to `unreadable/`. If steps exist but none restores, raises NoRestorableCheckpointError
-        listing each step's error (nothing is moved: the cause may be a changed model config).
+        A step proven corrupt (see the module docstring) is skipped with a warning (log and
+        stderr) naming the step and the evidence, and moved to `unreadable/` once an older step
+        restores. Transient errors are retried `restore_attempts` times with doubling waits,
+        then raised as CheckpointRestoreError, as is any other error of an intact step; nothing
+        is moved then. If every step is corrupt, raises NoRestorableCheckpointError listing each
+        step's evidence (nothing moved). In a multi-process job, raises StepMismatchError
+        unless all processes restored the same step.
         """
-        failures: list[tuple[int, str]] = []
+        corrupt: list[tuple[int, str]] = []
+        restored = None
         for step in reversed(self.steps()):
-            try:
-                restored = self.restore(
-                    step,
-                    abstract_params=abstract_params,
-                    abstract_opt_state=abstract_opt_state,
-                    data_iterator=data_iterator,
-                )
-            except Exception as err:  # Orbax/TensorStore raise many types for damaged files.
-                reason = f"{type(err).__name__}: {err}"
-                log.warning("checkpoint step %d in %s is unreadable, skipping it: %s",
-                            step, self.directory, reason)
-                failures.append((step, reason))
-                continue
-            for bad_step, _ in failures:
-                self._move_aside(bad_step)
-            return restored
-        if failures:
-            details = "; ".join(f"step {s}: {r}" for s, r in failures)
+            evidence = self._try_restore(step, abstract_params, abstract_opt_state, data_iterator)
+            if isinstance(evidence, RestoredCheckpoint):
+                restored = evidence
+                break
+            _warn(f"skipping checkpoint step {step} in {self.directory}: it is corrupt ({evidence})")
+            corrupt.append((step, evidence))
+        if corrupt and restored is None:
+            details = "; ".join(f"step {s}: {r}" for s, r in corrupt)
             raise NoRestorableCheckpointError(
-                f"no checkpoint in {self.directory} could be restored ({details})"
+                f"no checkpoint in {self.directory} could be restored; every step is corrupt ({details})"
             )
-        return None
+        check_same_step(None if restored is None else restored.step, self.directory)
+        for bad_step, _ in corrupt:
+            self._move_aside(bad_step)
+        if corrupt:
+            _warn(f"restored step {restored.step} instead; the training since then is redone")
+        return restored
+
+    def _try_restore(self, step, abstract_params, abstract_opt_state, data_iterator
+                     ) -> RestoredCheckpoint | str:
+        """The restored step, or the evidence (text) that it is corrupt; raises
+        CheckpointRestoreError when it is neither restorable nor proven corrupt."""
+        for attempt in range(1, self.restore_attempts + 1):
+            try:
+                problems = self.verify_step(step, with_data_iterator=data_iterator is not None)
+                if problems:
+                    return "; ".join(problems)
+                return self.restore(step, abstract_params=abstract_params,
+                                    abstract_opt_state=abstract_opt_state, data_iterator=data_iterator)
+            except Exception as err:  # Orbax/TensorStore raise many types; classified below
+                reason = f"{type(err).__name__}: {err}"
+                kind = _error_kind(err)
+                if kind == "corrupt":
+                    return reason
+                if kind == "other":
+                    raise CheckpointRestoreError(
+                        f"checkpoint step {step} in {self.directory} could not be restored, but it "
+                        f"is not corrupt (its files are intact), so no older step is used instead: "
+                        f"{reason}. A changed model or optimiser config (shapes, structure) causes "
+                        "this; train in a fresh directory or restore the config") from err
+                if attempt == self.restore_attempts:
+                    raise CheckpointRestoreError(
+                        f"checkpoint step {step} in {self.directory} could not be read after "
+                        f"{attempt} attempts (transient error: {reason}); not falling back to an "
+                        "older step, which would silently redo training — retry when the storage "
+                        "is reachable") from err
+                wait = self.retry_backoff_s * 2 ** (attempt - 1)
+                _warn(f"reading checkpoint step {step} in {self.directory} failed (attempt "
+                      f"{attempt} of {self.restore_attempts}, transient: {reason}); retrying in {wait:g}s")
+                time.sleep(wait)
+        raise AssertionError("unreachable")
 
     def _move_aside(self, step: int) -> None:
         if jax.process_index() == 0:
@@ -297,14 +512,22 @@ class Checkpointer:
             target_dir.mkdir(parents=True, exist_ok=True)
             target = target_dir / f"{step}-{time.strftime('%Y%m%d-%H%M%S')}"
             (self.directory / str(step)).rename(target)
-            log.warning("moved unreadable checkpoint step %d to %s", step, target)
+            if self.checksum_path(step).exists():
+                self.checksum_path(step).rename(target / "checksums.json")
+            _warn(f"moved corrupt checkpoint step {step} to {target}")
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+
+            multihost_utils.sync_global_devices(f"checkpoint_move_aside_{step}")
         self._manager.reload()
 
     def wait_until_finished(self) -> None:
+        """Wait for the pending save; then write the checksums of the finished steps."""
         self._manager.wait_until_finished()
+        self._write_checksums()
 
     def close(self) -> None:
-        self._manager.wait_until_finished()
+        self.wait_until_finished()
         self._manager.close()
 
 

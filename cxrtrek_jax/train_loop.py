@@ -100,7 +100,8 @@ def run_training(
     seed: int = 0,
     log_every: int = 1,
     on_log: StepCallback | None = None,
-    evaluate: Callable[[Any], Mapping[str, float]] | None = None,
+    on_start: Callable[[int], None] | None = None,
+    evaluate: Callable[[Any, int], Mapping[str, float]] | None = None,
     metadata: Mapping[str, Any] | None = None,
     init_params_from: str | None = None,
     preemption: preemption_lib.PreemptionWatcher | None = None,
@@ -113,8 +114,10 @@ def run_training(
     make_batches: returns a fresh checkpointable iterator of process-local batches (common.md
       fields, numpy, leading dim = global batch / process count).
     on_log: called as on_log(step, summary) every `log_every` steps and at the last step.
-    evaluate: optional params -> {"val_loss": ...} run at each save; passed to the checkpoint
-      manager to keep the best steps.
+    on_start: called as on_start(step) once the start is known: the restored checkpoint's step,
+      or 0 for a fresh run (e.g. to drop log records of steps after it, which are redone).
+    evaluate: optional (params, step) -> {"val_loss": ...} run at each save, `step` being the
+      step of the checkpoint saved with it; passed to the checkpoint manager to keep the best steps.
     metadata: extra JSON-able entries for the checkpoint metadata (e.g. tokenizer_path).
     init_params_from: a params checkpoint (e.g. from `import-hf`) to start a fresh run from; for a
       LoRA model it may lack the adapters (a base model's checkpoint), which start fresh.
@@ -175,6 +178,8 @@ def run_training(
             else:
                 params = step_lib.init_params(model_fn, seed, shardings.params)
             state = step_lib.create_train_state(params, tx, shardings)
+        if on_start is not None:
+            on_start(0 if restored is None else restored.step)
         return _loop(
             state, train_step, batches, mesh, checkpointer,
             start=0 if restored is None else restored.step,
@@ -192,7 +197,7 @@ def run_training(
 def _loop(state, train_step, batches, mesh, checkpointer, *, start, num_steps, save_every,
           log_every, on_log, evaluate, metadata, preemption, resumed_from) -> TrainResult:
     def save(step: int, state) -> None:
-        metrics = dict(evaluate(state.params)) if evaluate else None
+        metrics = dict(evaluate(state.params, step)) if evaluate else None
         checkpointer.save(step, params=state.params, opt_state=state.opt_state,
                           metadata=metadata, data_iterator=batches, metrics=metrics)
 

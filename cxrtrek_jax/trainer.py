@@ -7,6 +7,12 @@
    training always reads through the Grain pipeline over `tfds.data_source`;
 2. tokenizer: the one given (`tokenizer.path`), or a byte-level BPE trained on the training
    split (saved beside the data, reused by later runs with the same vocabulary size);
+
+   In a multi-process job, steps 1-2 (and the workdir's config and tokenizer copy) are done by
+   process 0 alone; the others wait at a barrier (`sync_global_devices`) and then check that
+   what process 0 made is there and complete (its `.complete` markers match), raising an error
+   naming what is missing otherwise. Those directories must be on a file system all processes
+   share.
 3. model config: the preset with the tokenizer's vocabulary size and image token id;
 4. with `alignment` set, an image-dense first phase in `<workdir>/alignment` (single QA pairs of
    stages 1-2, see `experiments.config.AlignmentConfig`), whose last parameters start the main
@@ -22,6 +28,7 @@ Workdir layout: `config.json` (the fully resolved experiment), `checkpoints/`, `
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import logging
 import os
@@ -49,6 +56,40 @@ log = logging.getLogger(__name__)
 _COMPLETE = ".complete"
 
 
+def _barrier(name: str) -> None:
+    """Wait until every process of a multi-process job reaches `name` (no-op with one)."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
+
+
+def _on_process_0_then_barrier(name: str, make) -> None:
+    """Run `make()` on process 0 only, then hold every process at the barrier `name`. Process 0
+    reaches the barrier even when `make` fails (then re-raises), so the others do not hang;
+    they find its output missing and say so."""
+    if jax.process_index() != 0:
+        _barrier(name)
+        return
+    try:
+        make()
+    finally:
+        _barrier(name)
+
+
+def _check_marker(marker: pathlib.Path, expected: Mapping, what: str) -> None:
+    """On processes other than 0, after the barrier: `marker` must hold `expected`."""
+    if not marker.exists():
+        raise FileNotFoundError(
+            f"process {jax.process_index()}: {what} is not complete ({marker} is missing) after "
+            "process 0 prepared it; see process 0's error, and check that this directory is on a "
+            "file system every process shares")
+    found = json.loads(marker.read_text())
+    if found != expected:
+        raise ValueError(f"process {jax.process_index()}: {what} was made for {found}, this process "
+                         f"expects {expected} ({marker}); do all processes run the same config?")
+
+
 @dataclasses.dataclass(frozen=True)
 class DataPaths:
     """tfds_dir: the built TFDS data dir; json_files: the JSON it was built from (if any);
@@ -66,8 +107,7 @@ def _phantom(cfg: ExperimentConfig) -> pathlib.Path:
 
     d = cfg.data
     root = pathlib.Path(d.path)
-    recipe = {"studies": d.phantom_studies, "seed": d.phantom_seed, "size": d.phantom_size,
-              "splits": d.phantom_splits, "turns": list(d.phantom_turns)}
+    recipe = _phantom_recipe(cfg)
     marker = root / _COMPLETE
     if marker.exists() and json.loads(marker.read_text()) == recipe:
         return root / "cxrtrek.json"
@@ -85,11 +125,23 @@ def _phantom(cfg: ExperimentConfig) -> pathlib.Path:
     return path
 
 
+def _phantom_recipe(cfg: ExperimentConfig) -> dict:
+    """What the phantom set's `.complete` marker records (a set is reused only if it matches)."""
+    d = cfg.data
+    return {"studies": d.phantom_studies, "seed": d.phantom_seed, "size": d.phantom_size,
+            "splits": d.phantom_splits, "turns": list(d.phantom_turns)}
+
+
+def _tfds_stamp(json_file: pathlib.Path) -> dict:
+    """What a TFDS build's `.complete` marker records: the JSON it was built from."""
+    return {"json": str(json_file.resolve()), "mtime": json_file.stat().st_mtime}
+
+
 def _build_tfds(json_file: pathlib.Path, image_root: pathlib.Path, tfds_dir: pathlib.Path) -> None:
     from data_pipeline.tfds_builder import BuildOptions, build_dataset
 
     marker = tfds_dir / _COMPLETE
-    stamp = {"json": str(json_file.resolve()), "mtime": json_file.stat().st_mtime}
+    stamp = _tfds_stamp(json_file)
     if marker.exists() and json.loads(marker.read_text()) == stamp:
         return
     summary = build_dataset(BuildOptions(json_files=(str(json_file),)), image_root, tfds_dir,
@@ -99,43 +151,72 @@ def _build_tfds(json_file: pathlib.Path, image_root: pathlib.Path, tfds_dir: pat
 
 
 def prepare_data(cfg: ExperimentConfig) -> DataPaths:
-    """The TFDS data dir to train from, generating/building what is missing (idempotent)."""
+    """The TFDS data dir to train from, generating/building what is missing (idempotent; done by
+    process 0 alone, the other processes wait for it and check its markers)."""
     d = cfg.data
     if d.kind == "tfds":
         return DataPaths(tfds_dir=d.path, image_root=d.image_root)
     if d.kind == "phantom":
-        json_file = _phantom(cfg)
-        image_root = json_file.parent
-        tfds_dir = json_file.parent / "tfds"
+        root = pathlib.Path(d.path)
+        json_file, image_root, tfds_dir = root / "cxrtrek.json", root, root / "tfds"
     else:
         json_file = pathlib.Path(d.path)
         if not json_file.is_file():
             raise FileNotFoundError(f"data.path {json_file}: no such CXRTrek JSON file")
         image_root = pathlib.Path(d.image_root) if d.image_root else json_file.parent
         tfds_dir = pathlib.Path("runs") / "tfds_cache" / json_file.stem
-    if jax.process_index() == 0:
+
+    def make() -> None:
+        if d.kind == "phantom":
+            _phantom(cfg)
         _build_tfds(json_file, image_root, tfds_dir)
+
+    _on_process_0_then_barrier("cxrtrek_prepare_data", make)
+    if jax.process_index() != 0:
+        if d.kind == "phantom":
+            _check_marker(pathlib.Path(d.path) / _COMPLETE, _phantom_recipe(cfg), f"the phantom set {d.path}")
+        _check_marker(tfds_dir / _COMPLETE, _tfds_stamp(json_file), f"the TFDS build {tfds_dir}")
     return DataPaths(tfds_dir=str(tfds_dir), json_files=(str(json_file),), image_root=str(image_root))
 
 
 def prepare_tokenizer(cfg: ExperimentConfig, data: DataPaths) -> tuple[CXRTrekTokenizer, str]:
-    """(tokenizer, its directory): the configured one, or one trained on the training split."""
+    """(tokenizer, its directory): the configured one, or one trained on the training split
+    (by process 0 alone, written to a temporary directory and renamed, so a directory that
+    exists is complete; the other processes wait for it and load it)."""
     if cfg.tokenizer.path:
         return load_tokenizer(cfg.tokenizer.path), cfg.tokenizer.path
-    from data_pipeline.sources import TfdsStudySource
-    from data_pipeline.tokenizer import train_tokenizer, training_texts
-
     directory = pathlib.Path(data.tfds_dir) / f"tokenizer-bpe{cfg.tokenizer.vocab_size}"
-    if (directory / "tokenizer.json").exists():
-        return load_tokenizer(directory), str(directory)
-    source = TfdsStudySource(data.tfds_dir, cfg.data.train_split)
-    studies = (source[i].study for i in range(len(source)))
-    tok = train_tokenizer(training_texts(studies), cfg.tokenizer.vocab_size,
-                          min_frequency=cfg.tokenizer.min_frequency)
-    tok.save(directory)
-    log.info("trained a %d-token BPE tokenizer on %d training studies -> %s",
-             tok.vocab_size, len(source), directory)
-    return tok, str(directory)
+
+    def make() -> None:
+        if directory.is_dir():
+            return
+        from data_pipeline.sources import TfdsStudySource
+        from data_pipeline.tokenizer import train_tokenizer, training_texts
+
+        source = TfdsStudySource(data.tfds_dir, cfg.data.train_split)
+        studies = (source[i].study for i in range(len(source)))
+        tok = train_tokenizer(training_texts(studies), cfg.tokenizer.vocab_size,
+                              min_frequency=cfg.tokenizer.min_frequency)
+        _save_atomically(directory, tok.save)
+        log.info("trained a %d-token BPE tokenizer on %d training studies -> %s",
+                 tok.vocab_size, len(source), directory)
+
+    _on_process_0_then_barrier("cxrtrek_prepare_tokenizer", make)
+    if not (directory / "tokenizer.json").exists():
+        raise FileNotFoundError(
+            f"process {jax.process_index()}: the tokenizer {directory} is missing after process 0 "
+            "trained it; see process 0's error, and check that the data dir is on a file system "
+            "every process shares")
+    return load_tokenizer(directory), str(directory)
+
+
+def _save_atomically(directory: pathlib.Path, write) -> None:
+    """`write(tmp)` into a temporary sibling of `directory`, then rename it into place."""
+    tmp = directory.with_name(f".{directory.name}.tmp-{os.getpid()}")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    write(tmp)
+    os.replace(tmp, directory)
 
 
 def resolve_model_config(model: ModelConfig, tokenizer: CXRTrekTokenizer) -> ModelConfig:
@@ -171,25 +252,64 @@ def _print_coverage(pcfg: PipelineConfig, tokenizer: CXRTrekTokenizer, max_studi
 
 
 class MetricsLog:
-    """JSONL + TensorBoard + a tqdm progress bar; only process 0 writes."""
+    """JSONL + TensorBoard + a tqdm progress bar; only process 0 writes.
 
-    def __init__(self, workdir: pathlib.Path, total_steps: int, start_step: int, *, progress: bool):
+    `start(step)` opens it once training knows where it starts (the restored checkpoint's step,
+    0 when fresh): records of later steps — written by a run that stopped before checkpointing
+    them, so they are redone — are dropped first (the file rewritten atomically, the count
+    logged), so every step is logged once however often training is interrupted."""
+
+    def __init__(self, workdir: pathlib.Path, total_steps: int, *, progress: bool):
         self.active = jax.process_index() == 0
-        self._jsonl = open(workdir / "metrics.jsonl", "a") if self.active else None
-        self._tb = None
-        self._bar = None
-        if self.active:
-            from tensorboardX import SummaryWriter
+        self.path = pathlib.Path(workdir) / "metrics.jsonl"
+        self._total_steps, self._progress = total_steps, progress
+        self._jsonl = self._tb = self._bar = None
 
-            self._tb = SummaryWriter(str(workdir / "tensorboard"))
-            if progress:
-                from tqdm.auto import tqdm
+    def start(self, step: int) -> None:
+        """Drop the records after `step`, then open the log for appending."""
+        if not self.active:
+            return
+        if self.path.exists():
+            self._drop_after(step)
+        self._jsonl = open(self.path, "a")
+        from tensorboardX import SummaryWriter
 
-                self._bar = tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True)
+        self._tb = SummaryWriter(str(self.path.parent / "tensorboard"))
+        if self._progress:
+            from tqdm.auto import tqdm
+
+            self._bar = tqdm(total=self._total_steps, initial=step, unit="step", dynamic_ncols=True)
+
+    def _drop_after(self, step: int) -> None:
+        text = self.path.read_text()
+        kept, dropped, partial = [], 0, 0
+        for line in text.splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                partial += 1  # a line cut short by a kill
+                continue
+            if record.get("step", 0) > step:
+                dropped += 1
+            else:
+                kept.append(line)
+        if not (dropped or partial or (text and not text.endswith("\n"))):
+            return
+        tmp = self.path.with_name(f".{self.path.name}.tmp")
+        tmp.write_text("".join(f"{line}\n" for line in kept))
+        os.replace(tmp, self.path)
+        message = (f"{self.path}: dropped {dropped} records of steps after {step} (the run that "
+                   f"wrote them stopped before checkpointing them; they are redone)")
+        if partial:
+            message += f" and {partial} incomplete line(s)"
+        log.warning("%s", message)
+        print(message, flush=True)
 
     def write(self, split: str, step: int, values: Mapping[str, float]) -> None:
         if not self.active:
             return
+        if self._jsonl is None:
+            raise RuntimeError(f"MetricsLog.write({split!r}, step {step}) before start()")
         record = {"split": split, "step": step, "time": time.time(), **values}
         self._jsonl.write(json.dumps(record) + "\n")
         self._jsonl.flush()
@@ -215,11 +335,12 @@ class MetricsLog:
 
 def _validation(cfg: ExperimentConfig, model: ModelConfig, data: DataPaths,
                 tokenizer: CXRTrekTokenizer, mesh_config: sharding_lib.MeshConfig,
-                log_: MetricsLog, *, current_step, devices: list[jax.Device] | None = None):
-    """params -> {"val_loss", "val_accuracy", "val_image_gain", per stage}: the loss over up to
+                log_: MetricsLog, *, devices: list[jax.Device] | None = None):
+    """(params, step) -> {"val_loss", "val_accuracy", "val_image_gain", per stage}: the loss over up to
     `eval_batches` validation batches (in order, no augmentation), and how much worse it gets
     with the images swapped between studies (`evaluation.image_reliance`), as a `run_training`
-    evaluate callback (it runs at every checkpoint save; `current_step()` labels the log record)."""
+    evaluate callback (it runs at every checkpoint save; `step`, the step of the checkpoint
+    saved with it, labels the log record)."""
     from cxrtrek_jax import train_step as step_lib
     from cxrtrek_jax.evaluation.image_reliance import image_gain, swap_images
 
@@ -228,26 +349,48 @@ def _validation(cfg: ExperimentConfig, model: ModelConfig, data: DataPaths,
     pcfg = pipeline_config(cfg, model, data, cfg.data.validation_split, training=False)
     eval_step = step_lib.make_eval_step(model, sharding_lib.make_mesh(mesh_config, devices))
 
-    def evaluate(params) -> dict[str, float]:
+    def evaluate(params, step: int) -> dict[str, float]:
         iterator = build_eval_iterator(pcfg, tokenizer, jax.process_index(), jax.process_count())
+        batches = list(itertools.islice(iterator, cfg.train.eval_batches))
+        swapped = [swap_images(batch, seed=index) for index, batch in enumerate(batches)]
+        # Every process must run the same eval steps (they are collectives): the batch count
+        # and whether a batch has a swapped twin are agreed on first.
+        counts = _gather_ints([len(batches)] + [int(s is not None) for s in swapped]
+                              + [0] * (cfg.train.eval_batches - len(batches)))
+        usable = int(counts[:, 0].min())
+        if usable == 0:
+            empty = [i for i, row in enumerate(counts) if row[0] == 0]
+            raise ValueError(f"validation split {cfg.data.validation_split!r} yielded no batch on "
+                             f"process(es) {empty} (of {len(counts)}); it needs at least one "
+                             "global batch of studies")
+        if usable < len(batches):
+            log.warning("validation: %d batches on this process, %d on the one with fewest; "
+                        "evaluating %d", len(batches), usable, usable)
         total = swapped_total = None
-        for index, batch in zip(range(cfg.train.eval_batches), iterator):
+        for index, batch in enumerate(batches[:usable]):
             sums = eval_step(params, batch)
             total = sums if total is None else jax.tree.map(np.add, total, sums)
-            swapped = swap_images(batch, seed=index)
-            if swapped is not None:
-                sums = eval_step(params, swapped)
+            if counts[:, 1 + index].all():
+                sums = eval_step(params, swapped[index])
                 swapped_total = sums if swapped_total is None else jax.tree.map(np.add, swapped_total, sums)
-        if total is None:
-            raise ValueError(f"validation split {cfg.data.validation_split!r} yielded no batch")
         summary = step_lib.summarize_sums(total)
         if swapped_total is not None:
             summary.update(image_gain(summary, step_lib.summarize_sums(swapped_total)))
         values = {f"val_{k}": v for k, v in summary.items()}
-        log_.write("validation", current_step(), values)
+        log_.write("validation", step, values)
         return values
 
     return evaluate
+
+
+def _gather_ints(values: list[int]) -> np.ndarray:
+    """[process, value]: `values` (the same length on every process) from all processes."""
+    local = np.asarray(values, np.int32)
+    if jax.process_count() == 1:
+        return local[None]
+    from jax.experimental import multihost_utils
+
+    return np.asarray(multihost_utils.process_allgather(local)).reshape(jax.process_count(), -1)
 
 
 def alignment_phase(cfg: ExperimentConfig) -> ExperimentConfig:
@@ -306,11 +449,14 @@ def _train_phase(cfg: ExperimentConfig, workdir: pathlib.Path, init_from: str | 
         checkpoint=dataclasses.replace(cfg.checkpoint,
                                        directory=cfg.checkpoint.directory or str(workdir / "checkpoints")),
     )
-    if jax.process_index() == 0:
+
+    def write_workdir() -> None:
         (workdir / "config.json").write_text(resolved.to_json() + "\n")
         local_tok = workdir / "tokenizer"
         if not local_tok.exists():
-            shutil.copytree(tokenizer_dir, local_tok)
+            _save_atomically(local_tok, lambda tmp: shutil.copytree(tokenizer_dir, tmp))
+
+    _on_process_0_then_barrier("cxrtrek_workdir", write_workdir)
     train_pcfg = pipeline_config(resolved, model, data, cfg.data.train_split, training=True)
     _print_coverage(train_pcfg, tokenizer, cfg.data.coverage_studies)
     iterators: list = []
@@ -320,11 +466,12 @@ def _train_phase(cfg: ExperimentConfig, workdir: pathlib.Path, init_from: str | 
                                               jax.process_count()))
         return iterators[-1]
 
-    existing = ckpt_lib.Checkpointer(resolved.checkpoint)
-    start_step = (existing.steps() or [0])[-1]
-    existing.close()
-    metrics_log = MetricsLog(workdir, cfg.train.num_steps, start_step, progress=progress)
-    clock = {"t": time.time(), "step": start_step}
+    metrics_log = MetricsLog(workdir, cfg.train.num_steps, progress=progress)
+    clock = {"t": time.time(), "step": 0}
+
+    def on_start(step: int) -> None:
+        metrics_log.start(step)
+        clock.update(t=time.time(), step=step)
 
     def on_log(step: int, summary: dict[str, float]) -> None:
         """Adds throughput over the steps since the last log line: tokens/s = steps x (real,
@@ -344,7 +491,7 @@ def _train_phase(cfg: ExperimentConfig, workdir: pathlib.Path, init_from: str | 
         metrics_log.write("train", step, values)
 
     evaluate = _validation(resolved, model, data, tokenizer, resolved.mesh, metrics_log,
-                           current_step=lambda: clock["step"], devices=devices)
+                           devices=devices)
     try:
         return train_loop.run_training(
             model,
@@ -356,6 +503,7 @@ def _train_phase(cfg: ExperimentConfig, workdir: pathlib.Path, init_from: str | 
             seed=cfg.train.seed,
             log_every=cfg.train.log_every,
             on_log=on_log,
+            on_start=on_start,
             evaluate=evaluate,
             # tokenizer_path: relative to the checkpoint dir, so a moved run dir stays whole.
             metadata={"experiment": resolved.to_dict(), "tfds_dir": data.tfds_dir,

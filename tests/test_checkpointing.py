@@ -134,18 +134,36 @@ def test_grain_iterator_position_is_restored(tmp_path):
 
 
 def _damage(step_dir: pathlib.Path, how: str) -> None:
-    data_files = sorted(p for p in (step_dir / "params").rglob("*") if p.is_file() and p.parent.name == "d")
-    if how == "truncated":
-        with open(data_files[0], "r+b") as f:
+    data_files = sorted((p for p in (step_dir / "params").rglob("*") if p.is_file() and p.parent.name == "d"),
+                        key=lambda p: p.stat().st_size)
+    if how == "truncated":  # the merged OCDBT data file (params/d/*) that restores read
+        with open(next((step_dir / "params" / "d").iterdir()), "r+b") as f:
             f.truncate(3)
     elif how == "missing":
         (step_dir / "metadata" / "metadata").unlink()
+    elif how == "flipped":  # one bit of the largest data file: only the checksum manifest sees it
+        data = bytearray(data_files[-1].read_bytes())
+        data[len(data) // 2] ^= 0x04
+        data_files[-1].write_bytes(bytes(data))
     else:
         raise ValueError(how)
 
 
-@pytest.mark.parametrize("how", ["truncated", "missing"])
-def test_damaged_newest_step_is_skipped_and_previous_restored(tmp_path, caplog, how):
+def test_finished_steps_get_checksum_manifests_and_deleted_steps_lose_them(tmp_path):
+    mesh = sh.make_mesh(sh.MeshConfig(), jax.devices()[:1])
+    config = _save_steps(_config(tmp_path, keep_last=2, keep_best=0), [1, 2, 3], mesh)
+    root = pathlib.Path(config.directory)
+    assert sorted(p.name for p in (root / ck.CHECKSUMS_DIR).iterdir()) == ["2.json", "3.json"]
+    listed = json.loads((root / ck.CHECKSUMS_DIR / "3.json").read_text())["files"]
+    on_disk = sorted(str(p.relative_to(root / "3")) for p in (root / "3").rglob("*") if p.is_file())
+    assert sorted(listed) == on_disk
+    with ck.Checkpointer(config) as checkpointer:
+        assert checkpointer.verify_step(3, with_data_iterator=False) == []
+        assert checkpointer.verify_step(3, with_data_iterator=True) == ["item 'data_iterator' is missing"]
+
+
+@pytest.mark.parametrize("how", ["truncated", "missing", "flipped"])
+def test_damaged_newest_step_is_skipped_and_previous_restored(tmp_path, caplog, capsys, how):
     mesh = sh.make_mesh(sh.MeshConfig(), jax.devices()[:1])
     config = _save_steps(_config(tmp_path, keep_last=5), [1, 2, 3], mesh)
     root = pathlib.Path(config.directory)
@@ -162,23 +180,93 @@ def test_damaged_newest_step_is_skipped_and_previous_restored(tmp_path, caplog, 
             # The damaged step was moved aside, so training can save step 3 again.
             params, opt_state, _, _ = _placed(mesh, offset=30.0)
             checkpointer.save(3, params=params, opt_state=opt_state, metadata={})
-    assert "checkpoint step 3" in caplog.text and "unreadable" in caplog.text
+    evidence = {"truncated": "has 3 bytes", "missing": "metadata/metadata is missing",
+                "flipped": "fails its CRC-32 checksum"}[how]
+    for text in (caplog.text, capsys.readouterr().err):  # on the log and on the console
+        assert "skipping checkpoint step 3" in text and "corrupt" in text and evidence in text
+        assert "moved corrupt checkpoint step 3" in text and "restored step 2 instead" in text
     assert "4.orbax-checkpoint-tmp-1700000000" in caplog.text
-    assert len(list((root / ck.UNREADABLE_DIR).iterdir())) == 1
+    moved = list((root / ck.UNREADABLE_DIR).iterdir())
+    assert len(moved) == 1 and (moved[0] / "checksums.json").exists()
     np.testing.assert_array_equal(np.asarray(ck.load_params(root)["norm"]["scale"]), 31.0)
 
 
-def test_all_steps_unreadable_is_an_error_and_nothing_moves(tmp_path):
+def test_without_a_manifest_storage_errors_still_prove_corruption(tmp_path):
+    """A step killed between its write and its checksums: TensorStore's own checks decide."""
+    mesh = sh.make_mesh(sh.MeshConfig(), jax.devices()[:1])
+    config = _save_steps(_config(tmp_path, keep_last=5), [1, 2], mesh)
+    root = pathlib.Path(config.directory)
+    (root / ck.CHECKSUMS_DIR / "2.json").unlink()
+    _damage(root / "2", "truncated")
+    with ck.Checkpointer(config) as checkpointer:
+        restored = checkpointer.restore_latest(abstract_params=_targets(mesh)[0],
+                                               abstract_opt_state=_targets(mesh)[1])
+        assert restored.step == 1 and checkpointer.steps() == [1]
+
+
+def test_an_intact_step_that_does_not_fit_is_an_error_and_nothing_moves(tmp_path):
     mesh = sh.make_mesh(sh.MeshConfig(), jax.devices()[:1])
     config = _save_steps(_config(tmp_path), [1, 2], mesh)
     wrong_params = jax.tree.map(lambda x: jax.ShapeDtypeStruct((3,) + x.shape, x.dtype,
                                                                sharding=x.sharding),
                                 _targets(mesh)[0])
     with ck.Checkpointer(config) as checkpointer:
-        with pytest.raises(ck.NoRestorableCheckpointError, match="step 2: .*step 1: "):
+        with pytest.raises(ck.CheckpointRestoreError,
+                           match=r"checkpoint step 2 in .* could not be restored, but it is not corrupt"):
             checkpointer.restore_latest(abstract_params=wrong_params,
                                         abstract_opt_state=_targets(mesh)[1])
         assert checkpointer.steps() == [1, 2]
+    assert not (pathlib.Path(config.directory) / ck.UNREADABLE_DIR).exists()
+
+
+def test_every_step_corrupt_is_an_error_listing_each_and_nothing_moves(tmp_path):
+    mesh = sh.make_mesh(sh.MeshConfig(), jax.devices()[:1])
+    config = _save_steps(_config(tmp_path), [1, 2], mesh)
+    for step in (1, 2):
+        _damage(pathlib.Path(config.directory) / str(step), "missing")
+    with ck.Checkpointer(config) as checkpointer:
+        with pytest.raises(ck.NoRestorableCheckpointError,
+                           match=r"every step is corrupt \(step 2: .*missing; step 1: .*missing\)"):
+            checkpointer.restore_latest(abstract_params=_targets(mesh)[0],
+                                        abstract_opt_state=_targets(mesh)[1])
+        assert checkpointer.steps() == [1, 2]
+
+
+@pytest.mark.parametrize("failures", [2, 99])
+def test_transient_read_errors_are_retried_never_rolled_back(tmp_path, capsys, failures):
+    mesh = sh.make_mesh(sh.MeshConfig(), jax.devices()[:1])
+    config = _save_steps(_config(tmp_path), [1, 2], mesh)
+    with ck.Checkpointer(config) as checkpointer:
+        checkpointer.retry_backoff_s = 0.01
+        real_restore, calls = checkpointer.restore, []
+
+        def flaky(step, **kwargs):
+            calls.append(step)
+            if len(calls) <= failures:
+                raise ConnectionResetError(104, "Connection reset by peer")
+            return real_restore(step, **kwargs)
+
+        checkpointer.restore = flaky
+        targets = dict(abstract_params=_targets(mesh)[0], abstract_opt_state=_targets(mesh)[1])
+        if failures < checkpointer.restore_attempts:
+            assert checkpointer.restore_latest(**targets).step == 2
+            assert calls == [2] * (failures + 1)
+            assert "attempt 2 of 4, transient: ConnectionResetError" in capsys.readouterr().err
+        else:
+            with pytest.raises(ck.CheckpointRestoreError,
+                               match=r"step 2 .* after 4 attempts \(transient error: ConnectionResetError"):
+                checkpointer.restore_latest(**targets)
+            assert calls == [2] * 4  # never fell back to step 1
+        assert checkpointer.steps() == [1, 2]
+
+
+def test_processes_that_restored_different_steps_are_an_error():
+    ck.check_same_step(4, "ckpt", gather=lambda step: [step, step])
+    ck.check_same_step(None, "ckpt", gather=lambda step: [step, step])
+    with pytest.raises(ck.StepMismatchError, match=r"process 0: step 4, process 1: step 2"):
+        ck.check_same_step(4, "ckpt", gather=lambda step: [step, 2])
+    with pytest.raises(ck.StepMismatchError, match=r"process 0: step 4, process 1: none"):
+        ck.check_same_step(4, "ckpt", gather=lambda step: [step, -1])
 
 
 def test_save_params_only_for_import(tmp_path):

@@ -116,11 +116,41 @@ def test_the_alignment_phase_trains_single_stage_1_2_pairs_first_and_starts_the_
 def test_a_second_run_resumes_from_the_checkpoint(trained):
     cfg, tmp, _, _ = trained
     align_log = (tmp / "run" / "alignment" / "metrics.jsonl").read_text()
-    longer = cfg.override({"train.num_steps": STEPS + 2, "checkpoint.save_every": 2})
+    # What a run killed after logging steps 25-26 but before checkpointing them leaves behind.
+    with open(tmp / "run" / "metrics.jsonl", "a") as f:
+        for step in (STEPS + 1, STEPS + 2):
+            f.write(json.dumps({"split": "train", "step": step, "loss": 0.0}) + "\n")
+        f.write('{"split": "train", "st')  # cut short by the kill
+    # Saves (27, 28) that are not log steps (26, 28): validation rows carry the saved step.
+    longer = cfg.override({"train.num_steps": STEPS + 4, "checkpoint.save_every": 3,
+                           "train.log_every": 2})
     result = train_experiment(longer, tmp / "run", progress=False)
-    assert result.resumed_from == STEPS and result.final_step == STEPS + 2
+    assert result.resumed_from == STEPS and result.final_step == STEPS + 4
+    train = _records(tmp / "run", "train")
+    assert [r["step"] for r in train] == list(range(1, STEPS + 1)) + [STEPS + 2, STEPS + 4]
+    assert all(r["loss"] > 0 for r in train)  # the stale rows are gone, not kept beside the new
+    assert [r["step"] for r in _records(tmp / "run", "validation")] == [12, 24, 27, 28]
     # The main phase had begun: the alignment phase is not repeated.
     assert (tmp / "run" / "alignment" / "metrics.jsonl").read_text() == align_log
+
+
+def test_metrics_log_drops_records_after_the_start_step(tmp_path, capsys):
+    from cxrtrek_jax.trainer import MetricsLog
+
+    rows = [{"split": "train", "step": s, "loss": float(s)} for s in (1, 2, 3, 4)]
+    rows.insert(3, {"split": "validation", "step": 3, "val_loss": 1.0})
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows) + '{"spl')
+    log = MetricsLog(tmp_path, 10, progress=False)
+    log.start(3)
+    log.write("train", 4, {"loss": 40.0})
+    log.close()
+    got = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["split"], r["step"], r.get("loss")) for r in got] == [
+        ("train", 1, 1.0), ("train", 2, 2.0), ("train", 3, 3.0), ("validation", 3, None),
+        ("train", 4, 40.0)]
+    assert "dropped 1 records of steps after 3" in capsys.readouterr().out
+    with pytest.raises(RuntimeError, match="before start"):
+        MetricsLog(tmp_path, 10, progress=False).write("train", 5, {"loss": 1.0})
 
 
 def test_every_named_experiment_resolves_and_round_trips():
@@ -145,3 +175,44 @@ def test_cli_prints_config_and_refuses_bad_overrides(capsys):
     assert main(["train", "--print-config", "--set", "optim.nope=1"]) == 2
     assert "has no field 'nope'" in capsys.readouterr().err
     assert main(["train", "--print-config", "--set", "novalue"]) == 2
+
+
+def test_data_and_tokenizer_are_prepared_by_process_0_behind_a_barrier(tmp_path, monkeypatch):
+    """Two processes simulated in one: process 1 never writes, waits at the barrier, then checks
+    what process 0 made (the real two-process run is in test_fault_injection)."""
+    import jax
+
+    from cxrtrek_jax import trainer
+
+    cfg = _tiny_experiment(tmp_path, **{"data.phantom_studies": 8, "data.phantom_size": 64})
+    barriers = []
+    monkeypatch.setattr(trainer, "_barrier", barriers.append)
+    monkeypatch.setattr(jax, "process_count", lambda: 2)
+    as_process = lambda i: monkeypatch.setattr(jax, "process_index", lambda: i)  # noqa: E731
+
+    as_process(1)  # before process 0 made anything: waits, writes nothing, names what is missing
+    with pytest.raises(FileNotFoundError, match=r"process 1: the phantom set .* is not complete"):
+        trainer.prepare_data(cfg)
+    assert barriers == ["cxrtrek_prepare_data"] and not (tmp_path / "phantom").exists()
+
+    as_process(0)  # a failure on process 0 still reaches the barrier (the others do not hang)
+    monkeypatch.setattr(trainer, "_phantom", lambda cfg: 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        trainer.prepare_data(cfg)
+    assert barriers == ["cxrtrek_prepare_data"] * 2
+    monkeypatch.undo()
+    monkeypatch.setattr(trainer, "_barrier", barriers.append)
+    monkeypatch.setattr(jax, "process_count", lambda: 2)
+
+    as_process(0)
+    data = trainer.prepare_data(cfg)
+    tokenizer, tokenizer_dir = trainer.prepare_tokenizer(cfg, data)
+    assert barriers[2:] == ["cxrtrek_prepare_data", "cxrtrek_prepare_tokenizer"]
+    as_process(1)  # after process 0: finds and checks its markers, loads its tokenizer
+    mtimes = {p: p.stat().st_mtime for p in (tmp_path / "phantom").rglob("*") if p.is_file()}
+    assert trainer.prepare_data(cfg) == data
+    loaded, loaded_dir = trainer.prepare_tokenizer(cfg, data)
+    assert loaded_dir == tokenizer_dir and loaded.vocab_size == tokenizer.vocab_size
+    assert {p: p.stat().st_mtime for p in mtimes} == mtimes  # process 1 rewrote nothing
+    with pytest.raises(ValueError, match=r"process 1: the phantom set .* was made for"):
+        trainer.prepare_data(cfg.override({"data.phantom_seed": 7}))

@@ -89,6 +89,7 @@ def run(args: argparse.Namespace) -> int:
         result = train_experiment(cfg, workdir, progress=not args.no_progress)
     except NonFiniteError as err:
         raise CLIError(str(err)) from None
-    print(f"done: step {result.final_step} ({result.stop_reason}); "
+    resumed = "" if result.resumed_from is None else f", resumed from step {result.resumed_from}"
+    print(f"done: step {result.final_step} ({result.stop_reason}{resumed}); "
           f"loss {result.last_metrics.get('loss', float('nan')):.4f}; checkpoints in {workdir}/checkpoints")
     return 0
