@@ -65,7 +65,7 @@ def format_coverage(coverage: ChainCoverage) -> str:
         lines.append(f"  {stage:>5}  {turns:>6}  {row['trained']:>7}  {row['windowed']:>8}  {row['dropped']:>7}")
     dropped = stats.turns_in - stats.turns_kept - stats.turns_excluded_by_stage
     if dropped:
-        reasons = {"too long even alone": stats.turns_dropped_truncation,
+        reasons = {"cut by truncate or too long even alone": stats.turns_dropped_truncation,
                    "more images than the model has": stats.turns_dropped_image_limit,
                    "no_prior": stats.turns_dropped_no_prior}
         listed = ", ".join(f"{n} {why}" for why, n in reasons.items() if n)
