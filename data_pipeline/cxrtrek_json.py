@@ -45,6 +45,7 @@ __all__ = [
     "DEFAULT_SYSTEM_PROMPT",
     "CXRTREK_DATA_PATH",
     "find_cxrtrek_data",
+    "record_key",
     "describe_sample",
     "iter_elements",
     "parse_element",
@@ -385,9 +386,9 @@ def parse_element(element: Any) -> tuple[Study | None, tuple[FormatIssue, ...]]:
     return study, ()
 
 
-def _study_key_of(element: Any) -> str | None:
-    """The study key ("source/pat_id/study_id") of a raw element, None without a study id."""
-    _, record = find_cxrtrek_data(element)
+def record_key(record: Mapping[str, Any] | None) -> str | None:
+    """The study key ("source/pat_id/study_id", `records.study_key`) of a raw `cxrtrek_data`
+    record, None without a usable study id."""
     if record is None:
         return None
     parts = [record.get(key) for key in ("source", "pat_id", "study_id")]
@@ -399,7 +400,7 @@ def describe_sample(path: str | os.PathLike | None, index: int | None, element: 
     """'file: sample 3 (study 'chexpert/patient1/study1')' — the location prefix of error messages."""
     parts = [os.fspath(path)] if path is not None else []
     where = f"sample {index}" if index is not None else "sample"
-    key = _study_key_of(element)
+    key = record_key(find_cxrtrek_data(element)[1])
     parts.append(where + (f" (study {key!r})" if key is not None else ""))
     return ": ".join(parts)
 

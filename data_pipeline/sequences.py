@@ -405,19 +405,18 @@ def _windows(lengths: _ChainLengths, n: int, config: SequenceConfig) -> tuple[li
 
 
 def _truncated(lengths: _ChainLengths, n: int, config: SequenceConfig) -> tuple[list[tuple[int, int, int]], list[int]]:
-    """The "truncate" plan: one window from the first turn, as many turns as fit."""
+    """The "truncate" plan: one window from the first turn, as many turns as fit (the first
+    turn unfittable when it alone does not)."""
     end = 0
     while end < n and lengths.window(0, end + 1) <= config.max_length:
         end += 1
-    return ([(0, 0, end)] if end else []), []
+    return ([(0, 0, end)], []) if end else ([], [0])
 
 
 def _plan(study: Study, group: list[int], tokenizer: CXRTrekTokenizer, config: SequenceConfig):
     lengths = _ChainLengths(study, group, tokenizer, config)
-    plan = _windows if config.long_chains == "window" and len(group) > 1 else _truncated
+    plan = _windows if config.long_chains == "window" else _truncated
     windows, unfittable = plan(lengths, len(group), config)
-    if not windows and not unfittable:  # "truncate" (or one turn) whose first turn does not fit
-        unfittable = [0]
     if unfittable and not config.drop_unfittable:
         j = unfittable[0]
         raise SequenceTooLongError(
@@ -442,20 +441,19 @@ def build_sequences(
     turns, counts = _select_turns(study, config)
     groups: Iterable[list[int]] = [turns] if config.stage_context else [[t] for t in turns]
     sequences: list[TrainingSequence] = []
-    unfittable = windowed = 0
+    unfittable = 0
     trained: set[int] = set()
     windowed_turns: set[int] = set()
     for group in groups:
         if not group:
             continue
         windows, bad = _plan(study, group, tokenizer, config)
-        unfittable += len(bad) if config.long_chains == "window" and len(group) > 1 else bool(bad)
+        unfittable += len(bad)
         for first, start, end in windows:
             sequences.append(_encode(study, group[first:end], start - first, tokenizer, config))
             trained.update(group[start:end])
             if first > 0:
                 windowed_turns.update(group[start:end])
-    windowed = len(windowed_turns)
     used_images = {i for s in sequences for i in s.image_indices}
     stage_trained = [0] * (_NUM_STAGES + 1)
     stage_windowed = [0] * (_NUM_STAGES + 1)
@@ -474,7 +472,7 @@ def build_sequences(
         turns_dropped_truncation=len(turns) - kept,
         images_dropped=study.num_images - len(used_images),
         unfittable=unfittable,
-        turns_windowed=windowed,
+        turns_windowed=len(windowed_turns),
         stage_trained=tuple(stage_trained),
         stage_windowed=tuple(stage_windowed),
         stage_dropped=tuple(stage_dropped),

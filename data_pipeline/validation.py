@@ -37,8 +37,9 @@ from data_pipeline.cxrtrek_json import (
     find_cxrtrek_data,
     iter_elements,
     parse_element,
+    record_key,
 )
-from data_pipeline.records import IMAGE_PLACEHOLDER, Study, study_key
+from data_pipeline.records import IMAGE_PLACEHOLDER, Study
 from data_pipeline.stages import is_known_task_type, parse_qtype
 
 __all__ = ["Problem", "SampleCheck", "ValidationReport", "StudyValidator", "validate_elements", "validate_file"]
@@ -131,15 +132,6 @@ def _stage_key(value: Any) -> str:
     return str(value) if _is_int(value) or isinstance(value, str) else repr(value)
 
 
-def _identity(record: Mapping[str, Any] | None) -> str:
-    """The study key of a raw record ("" without a usable study id)."""
-    if record is None:
-        return ""
-    parts = [record.get(key) for key in ("source", "pat_id", "study_id")]
-    parts = [str(p) if _is_int(p) or isinstance(p, str) else "" for p in parts]
-    return study_key(*parts) if parts[2] else ""
-
-
 class _Collector:
     """Problems of one sample."""
 
@@ -183,7 +175,7 @@ class StudyValidator:
         """
         study, issues = parse_element(element)
         prefix, record = find_cxrtrek_data(element)
-        out = _Collector(index, _identity(record))
+        out = _Collector(index, record_key(record) or "")
         for issue in issues:
             out.error(issue.field, issue.message)
         self._studies += 1
