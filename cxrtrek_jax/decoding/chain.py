@@ -353,8 +353,9 @@ def _advance(conv: _Conversation, chunk: list[int], generated: list[int], length
     conv.cached = written[:length]
     turn = conv.turn
     if context == "teacher":
-        conv.teacher = asked + chat.answer_body(turn.reference)
-        conv.history.append((turn, chat.answer_body(turn.reference)))
+        reference = chat.answer_body(turn.reference)
+        conv.teacher = asked + reference
+        conv.history.append((turn, reference))
     elif context == "own":
         conv.history.append((turn, list(generated)))
     conv.shown = max(conv.shown, turn.image_input_count)
