@@ -37,7 +37,7 @@ test-slow: $(STAMP)  ## run only the slow tests (multi-process, hard-kill resume
 	$(PY) -m pytest -m slow tests
 
 demo: $(STAMP)  ## the main job end to end on a generated phantom CXRTrek set
-	$(PY) -m cxrtrek_jax.demo --out $(DEMO_DIR)
+	$(PY) -m experiments.demo --out $(DEMO_DIR)
 
 # --- benchmarks (BENCHMARKS.md records their latest figures) -----------------------------------
 TPU_VENV := .venv-tpu
@@ -91,14 +91,14 @@ ABLATION_SETS = $(if $(DATA),--set data.kind=json --set data.path=$(DATA) $(if $
 .PHONY: ablations ablations-report
 
 ablation-%: $(STAMP)  ## train + evaluate one ablation into runs/NAME (NAME: see ABLATIONS; FORCE=1 redoes it)
-	$(PY) -m cxrtrek_jax.ablations run $* --preset $(PRESET) $(ABLATION_SETS) $(if $(FORCE),--force) $(ABLATION_ARGS)
+	$(PY) -m experiments.ablations run $* --preset $(PRESET) $(ABLATION_SETS) $(if $(FORCE),--force) $(ABLATION_ARGS)
 
 ablation-lora_r8: ablation-baseline
 
 ablations: $(addprefix ablation-,$(ABLATIONS))  ## every ablation in turn (finished ones are skipped)
 
 ablations-report: $(STAMP)  ## runs/ablations.md + .png: per-stage metrics of every finished ablation
-	$(PY) -m cxrtrek_jax.ablations report
+	$(PY) -m experiments.ablations report
 
 clean:  ## remove build and demo outputs (keeps .venv)
 	rm -rf build dist *.egg-info $(DEMO_DIR) .pytest_cache

@@ -49,7 +49,7 @@ from flax import nnx
 from transformers import LlavaForConditionalGeneration
 
 from benchmarks import common
-from cxrtrek_jax import hf_llava
+from cxrtrek_jax.hf import llava as hf_llava
 from cxrtrek_jax.decoding import GREEDY, ChainStudy, DecodeSpec, StepwiseDecoder, Turn, fixed_plan, run_chain
 from cxrtrek_jax.decoding.chain import ChatTokens, stack_images
 from cxrtrek_jax.model import CXRTrekNet, get_config, override

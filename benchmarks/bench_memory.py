@@ -28,8 +28,8 @@ DEFAULT_ABSTRACT_COUNTS = (1, 2, 4, 8, 16, 64, 256)
 
 
 def _split_and_tx(preset: str):
-    from cxrtrek_jax import optimizer as optimizer_lib
-    from cxrtrek_jax import train_step as step_lib
+    from cxrtrek_jax.train import optimizer as optimizer_lib
+    from cxrtrek_jax.train import step as step_lib
     from cxrtrek_jax.model import CXRTrekNet, get_config
 
     config = get_config(preset)
@@ -40,7 +40,7 @@ def _split_and_tx(preset: str):
 def _fsdp_mesh(count: int):
     import jax
 
-    from cxrtrek_jax import sharding as sharding_lib
+    from cxrtrek_jax.train import sharding as sharding_lib
 
     if count > jax.device_count():
         raise ValueError(f"{count} devices requested, {jax.device_count()} available (set XLA_FLAGS="
@@ -54,7 +54,7 @@ def real_bytes_per_device(preset: str, count: int) -> dict[str, Any]:
     import jax
     import numpy as np
 
-    from cxrtrek_jax import train_step as step_lib
+    from cxrtrek_jax.train import step as step_lib
 
     split, tx = _split_and_tx(preset)
     mesh = _fsdp_mesh(count)
@@ -86,8 +86,8 @@ def abstract_bytes_per_device(preset: str, count: int) -> dict[str, Any]:
     import jax
     import numpy as np
 
-    from cxrtrek_jax import sharding as sharding_lib
-    from cxrtrek_jax import train_step as step_lib
+    from cxrtrek_jax.train import sharding as sharding_lib
+    from cxrtrek_jax.train import step as step_lib
 
     split, tx = _split_and_tx(preset)
     mesh = jax.sharding.AbstractMesh((1, count, 1), sharding_lib.MESH_AXES)
@@ -115,7 +115,7 @@ def run_benchmark(real_counts=DEFAULT_REAL_COUNTS, abstract_counts=DEFAULT_ABSTR
 
     return {
         "machine": common.machine_info(),
-        "rules": "data=1, fsdp=N, tensor=1; cxrtrek_jax.sharding.LOGICAL_AXIS_RULES",
+        "rules": "data=1, fsdp=N, tensor=1; cxrtrek_jax.train.sharding.LOGICAL_AXIS_RULES",
         "real": {small_preset: [real_bytes_per_device(small_preset, n) for n in real_counts]},
         "abstract": {
             small_preset: [abstract_bytes_per_device(small_preset, n) for n in real_counts],
@@ -181,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
     if not counts:
         raise SystemExit(f"none of the device counts {args.devices} is available ({jax.device_count()} devices)")
 
-    logging.getLogger("cxrtrek_jax.sharding").setLevel(logging.ERROR)
+    logging.getLogger("cxrtrek_jax.train.sharding").setLevel(logging.ERROR)
     from benchmarks import common
 
     results = run_benchmark(counts, tuple(args.abstract_devices))

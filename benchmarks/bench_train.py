@@ -5,10 +5,10 @@
 
 Both sides train the same batch (B rows of L tokens, every row with `images` present images,
 no padding), fp32, AdamW with global-norm clipping and weight decay on matrices. The JAX side is
-the project's jitted train step (`cxrtrek_jax.train_step`, donated state, one device); the
+the project's jitted train step (`cxrtrek_jax.train.step`, donated state, one device); the
 PyTorch side is what a PyTorch user writes: forward, masked token cross-entropy, backward,
 `clip_grad_norm_`, `AdamW(foreach=True)`. The weights are the JAX initial parameters exported
-with `cxrtrek_jax.hf_llava` and loaded by `from_pretrained` from a temporary directory, and the
+with `cxrtrek_jax.hf.llava` and loaded by `from_pretrained` from a temporary directory, and the
 first-step losses of both sides are printed as the parity check.
 
 Reported per side (median over alternating rounds, `benchmarks.common.alternate`): steps/s,
@@ -123,9 +123,9 @@ class JaxTrainer:
                  compiler_options: dict[str, Any] | None = None, initial_params: Any = None):
         import jax
 
-        from cxrtrek_jax import optimizer as optimizer_lib
-        from cxrtrek_jax import sharding as sharding_lib
-        from cxrtrek_jax import train_step as step_lib
+        from cxrtrek_jax.train import optimizer as optimizer_lib
+        from cxrtrek_jax.train import sharding as sharding_lib
+        from cxrtrek_jax.train import step as step_lib
         from cxrtrek_jax.model import CXRTrekNet
 
         def model_fn(rngs):
@@ -259,7 +259,7 @@ def parse_variant(text: str) -> tuple[str, tuple[tuple[str, str], ...]]:
 
 
 def _save_torch_checkpoint(params, model_config, directory: str) -> None:
-    from cxrtrek_jax import hf_llava
+    from cxrtrek_jax.hf import llava as hf_llava
 
     hf_llava.save_hf_checkpoint(params, model_config, directory)
 
@@ -415,7 +415,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    logging.getLogger("cxrtrek_jax.sharding").setLevel(logging.ERROR)
+    logging.getLogger("cxrtrek_jax.train.sharding").setLevel(logging.ERROR)
     import torch
 
     torch._logging.set_logs(dynamo=logging.ERROR)  # HF LLaVA's graph-break notes

@@ -183,9 +183,9 @@ def run_grounding(optim, *, preset: str = "small", steps: int = 150, batch_size:
     import jax
     from flax import nnx
 
-    from cxrtrek_jax import optimizer as optimizer_lib
-    from cxrtrek_jax import sharding as sharding_lib
-    from cxrtrek_jax import train_step as step_lib
+    from cxrtrek_jax.train import optimizer as optimizer_lib
+    from cxrtrek_jax.train import sharding as sharding_lib
+    from cxrtrek_jax.train import step as step_lib
     from cxrtrek_jax.evaluation.image_reliance import swap_images
     from cxrtrek_jax.model import CXRTrekNet
     from cxrtrek_jax.model.config import get_config, override

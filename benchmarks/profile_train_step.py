@@ -130,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=2)
     parser.add_argument("--out", help="write the results as JSON here")
     args = parser.parse_args(argv)
-    logging.getLogger("cxrtrek_jax.sharding").setLevel(logging.ERROR)
+    logging.getLogger("cxrtrek_jax.train.sharding").setLevel(logging.ERROR)
 
     from benchmarks import bench_train, common
     from cxrtrek_jax.model import get_config

@@ -96,7 +96,7 @@ def dump_rows(workdir: str | Path, studies: int, out: str | Path, *, preset: str
               on_length: int = ROW_LENGTH["on"]) -> dict:
     """Generate the phantom set under `workdir`, and write its rows to `out` (.npz); studies longer
     than `on_length` tokens are left out (as the trainer does). Returns the row counts."""
-    from cxrtrek_jax import trainer
+    from cxrtrek_jax.train import run as trainer
     from data_pipeline.grain_pipeline import build_eval_iterator, ensure_absl_flags_parsed
     from experiments import get_experiment
 
@@ -254,8 +254,8 @@ def run_recipe(rows_file: str | Path, recipe: Recipe, out: str | Path, *, name: 
     from cxrtrek_jax.evaluation.image_reliance import swap_images
     from cxrtrek_jax.model import CXRTrekNet
     from cxrtrek_jax.model.config import get_config, override
-    from cxrtrek_jax.optimizer import OptimConfig, TowerSchedule, make_optimizer
-    from cxrtrek_jax.train_step import token_metric_sums
+    from cxrtrek_jax.train.optimizer import OptimConfig, TowerSchedule, make_optimizer
+    from cxrtrek_jax.train.step import token_metric_sums
 
     began = time.time()
     lengths = {**ROW_LENGTH, **(row_length or {})}

@@ -4,8 +4,8 @@
 
 libtpu can compile for a TPU topology without a TPU: `jax.experimental.topologies` describes
 the topology's devices, the mesh is built on them, and the full jitted train step of the
-project (`cxrtrek_jax.train_step.make_train_step`: forward, backward, AdamW update, with the
-real logical-axis sharding rules of `cxrtrek_jax.sharding`) is lowered from abstract inputs
+project (`cxrtrek_jax.train.step.make_train_step`: forward, backward, AdamW update, with the
+real logical-axis sharding rules of `cxrtrek_jax.train.sharding`) is lowered from abstract inputs
 (`jax.ShapeDtypeStruct`s carrying shardings; nothing is materialised) and compiled. The
 compiled executable's memory analysis gives the bytes each chip needs (arguments, outputs,
 temporaries; donated outputs alias their arguments), checked against the chip's HBM; its cost
@@ -130,7 +130,7 @@ def topology_mesh(topology: str, axes: tuple[int, int, int]):
     from jax.experimental import mesh_utils
     from jax.sharding import Mesh
 
-    from cxrtrek_jax import sharding as sharding_lib
+    from cxrtrek_jax.train import sharding as sharding_lib
 
     devices = topology_devices(topology)
     sizes = sharding_lib.MeshConfig(*axes).axis_sizes(len(devices))
@@ -186,9 +186,9 @@ def compile_train_step(case: TrainCase, model_config=None, *, mesh=None, hbm: in
     chip (tests compile on CPU devices)."""
     import jax
 
-    from cxrtrek_jax import optimizer as optimizer_lib
-    from cxrtrek_jax import sharding as sharding_lib
-    from cxrtrek_jax import train_step as step_lib
+    from cxrtrek_jax.train import optimizer as optimizer_lib
+    from cxrtrek_jax.train import sharding as sharding_lib
+    from cxrtrek_jax.train import step as step_lib
     from cxrtrek_jax.model import CXRTrekNet, get_config
 
     from benchmarks import model_flops
@@ -249,8 +249,8 @@ def compile_decode_steps(case: DecodeCase, model_config=None, *, mesh=None, hbm:
     from flax import nnx
     from jax.sharding import NamedSharding
 
-    from cxrtrek_jax import sharding as sharding_lib
-    from cxrtrek_jax import train_step as step_lib
+    from cxrtrek_jax.train import sharding as sharding_lib
+    from cxrtrek_jax.train import step as step_lib
     from cxrtrek_jax.model import KV_AXES, SLOT_AXES, CXRTrekNet, KVCache, axis_rules, get_config
 
     cfg = model_config or get_config("cxrtreknet-7b")
@@ -380,7 +380,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    logging.getLogger("cxrtrek_jax.sharding").setLevel(logging.ERROR)
+    logging.getLogger("cxrtrek_jax.train.sharding").setLevel(logging.ERROR)
 
     from benchmarks import common
 

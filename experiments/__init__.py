@@ -1,6 +1,6 @@
 """Named, typed experiment configs (config as code) and the ablation registry."""
 
-from experiments.config import (
+from cxrtrek_jax.train.config import (
     DataConfig,
     EvalConfig,
     ExperimentConfig,

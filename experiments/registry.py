@@ -24,7 +24,7 @@ import dataclasses
 from collections.abc import Callable
 
 from cxrtrek_jax.model.config import LoraConfig
-from experiments.config import ExperimentConfig, alignment_for, base_config
+from cxrtrek_jax.train.config import ExperimentConfig, alignment_for, base_config
 
 __all__ = ["EXPERIMENTS", "experiment_names", "get_experiment", "ABLATIONS"]
 

@@ -6,8 +6,8 @@ import jax
 import numpy as np
 import pytest
 
-from cxrtrek_jax import ablations
-from cxrtrek_jax import checkpointing as ck
+from experiments import ablations
+from cxrtrek_jax.train import checkpointing as ck
 from data_pipeline.records import QAItem, Study
 from experiments import ABLATIONS
 

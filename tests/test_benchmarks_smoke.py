@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 
 from benchmarks import bench_input, bench_memory, bench_train, common, model_flops, tpu_compile_check
-from cxrtrek_jax import sharding as sh
+from cxrtrek_jax.train import sharding as sh
 from cxrtrek_jax.model import get_config, override
 from data_pipeline.images import load_image_bytes
 
-logging.getLogger("cxrtrek_jax.sharding").setLevel(logging.ERROR)
+logging.getLogger("cxrtrek_jax.train.sharding").setLevel(logging.ERROR)
 TINY = get_config("tiny")
 
 

@@ -7,7 +7,7 @@ import torch
 from flax import nnx
 from transformers import LlavaForConditionalGeneration
 
-from cxrtrek_jax import hf_llava
+from cxrtrek_jax.hf import llava as hf_llava
 from cxrtrek_jax.decoding import (
     ChainStudy,
     DecodeSpec,

@@ -7,7 +7,7 @@ import pytest
 from flax import nnx
 from jax.sharding import PartitionSpec
 
-from cxrtrek_jax import sharding as sharding_lib
+from cxrtrek_jax.train import sharding as sharding_lib
 from cxrtrek_jax.decoding import (
     GREEDY,
     ChainState,

@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from cxrtrek_jax import checkpointing as ck
-from cxrtrek_jax import sharding as sh
+from cxrtrek_jax.train import checkpointing as ck
+from cxrtrek_jax.train import sharding as sh
 
 NAMES = {
     "layers": {0: {"kernel": ("embed", "mlp")}, 1: {"kernel": ("embed", "mlp")}},
@@ -291,7 +291,7 @@ def test_save_params_only_for_import(tmp_path):
 def _driver(workdir, metrics_file, steps, cache_dir, extra=()):
     env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=str(cache_dir),
                JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=8")
-    command = [sys.executable, "-m", "cxrtrek_jax.train_loop", "--workdir", str(workdir),
+    command = [sys.executable, "-m", "cxrtrek_jax.testing.synthetic_training", "--workdir", str(workdir),
                "--steps", str(steps), "--mesh", "2,2,2", "--save-every", "4", "--keep-last", "5",
                "--metrics-file", str(metrics_file), *extra]
     return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,

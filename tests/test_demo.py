@@ -1,6 +1,6 @@
 """The demo's learning checks: the model in the `own` context against the majority baseline."""
 
-from cxrtrek_jax.demo import LEARNING_CHECKS, learning_checks
+from experiments.demo import LEARNING_CHECKS, learning_checks
 
 
 def _section(view: float | None, yes_no: float, report_f1: float) -> dict:
@@ -44,7 +44,7 @@ def test_a_missing_group_fails_its_check():
 def test_last_image_gain_reads_the_newest_validation_record(tmp_path):
     import json
 
-    from cxrtrek_jax.demo import _last_image_gain
+    from experiments.demo import _last_image_gain
 
     path = tmp_path / "metrics.jsonl"
     records = [{"split": "train", "step": 1, "loss": 2.0}, {"split": "validation", "step": 2, "val_image_gain": 0.5},

@@ -21,7 +21,7 @@ import jax
 import numpy as np
 import pytest
 
-from cxrtrek_jax import checkpointing as ck
+from cxrtrek_jax.train import checkpointing as ck
 
 STEPS = 12
 SAVE_EVERY = 3

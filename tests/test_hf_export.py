@@ -15,10 +15,11 @@ from PIL import Image
 from safetensors.numpy import load_file
 from transformers import AutoProcessor, AutoTokenizer, LlavaForConditionalGeneration
 
-from cxrtrek_jax import checkpointing, hf_export
-from cxrtrek_jax import optimizer as opt
-from cxrtrek_jax import sharding as sh
-from cxrtrek_jax import train_step as ts
+from cxrtrek_jax.train import checkpointing
+from cxrtrek_jax.hf import exporter as hf_export
+from cxrtrek_jax.train import optimizer as opt
+from cxrtrek_jax.train import sharding as sh
+from cxrtrek_jax.train import step as ts
 from cxrtrek_jax.cli import main
 from cxrtrek_jax.decoding.model_loading import load_decoding_model, split_for_decoding
 from cxrtrek_jax.model import CXRTrekNet, LoraConfig, get_config, override, to_dict

@@ -13,8 +13,9 @@ from flax import nnx
 from safetensors.numpy import load_file, save_file
 from transformers import LlamaConfig, LlavaConfig, LlavaForConditionalGeneration, SiglipVisionConfig
 
-from cxrtrek_jax import checkpointing, hf_import
-from cxrtrek_jax import sharding as sh
+from cxrtrek_jax.train import checkpointing
+from cxrtrek_jax.hf import importer as hf_import
+from cxrtrek_jax.train import sharding as sh
 from cxrtrek_jax.cli import main
 from cxrtrek_jax.decoding.model_loading import load_decoding_model
 from data_pipeline.chat_template import CHAT_FORMAT_FILE, ChatFormat

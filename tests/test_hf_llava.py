@@ -12,7 +12,7 @@ import torch
 from flax import nnx
 from transformers import LlamaConfig, LlavaConfig, LlavaForConditionalGeneration, SiglipVisionConfig
 
-from cxrtrek_jax import hf_llava
+from cxrtrek_jax.hf import llava as hf_llava
 from cxrtrek_jax.model import CXRTrekNet, get_config, override
 
 IMAGE_SIZE, PATCH = 32, 8

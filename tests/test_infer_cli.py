@@ -9,7 +9,7 @@ from flax import nnx
 from PIL import Image
 from pydicom.data import get_testdata_file
 
-from cxrtrek_jax.checkpointing import save_params_only
+from cxrtrek_jax.train.checkpointing import save_params_only
 from cxrtrek_jax.cli import main
 from cxrtrek_jax.evaluation.predictions import read_predictions
 from cxrtrek_jax.model import CXRTrekNet, get_config, override, to_dict

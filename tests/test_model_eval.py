@@ -11,7 +11,7 @@ import numpy as np
 
 from cxrtrek_jax.evaluation.model_eval import EvalData, iter_eval_studies, with_foreign_images
 from cxrtrek_jax.evaluation.predictions import read_predictions
-from cxrtrek_jax.trainer import train_experiment
+from cxrtrek_jax.train.run import train_experiment
 from data_pipeline.cxrtrek_json import read_studies
 from experiments import get_experiment
 

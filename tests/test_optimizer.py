@@ -6,7 +6,7 @@ import numpy as np
 import optax
 import pytest
 
-from cxrtrek_jax import optimizer as opt
+from cxrtrek_jax.train import optimizer as opt
 
 
 def _params():
@@ -110,7 +110,7 @@ def test_check_master_weights_rejects_low_precision():
 
 
 def test_compute_dtype_defaults_by_backend():
-    from cxrtrek_jax.train_loop import default_compute_dtype
+    from cxrtrek_jax.train.loop import default_compute_dtype
 
     assert default_compute_dtype("cpu") == "float32"
     assert default_compute_dtype("tpu") == default_compute_dtype("gpu") == "bfloat16"

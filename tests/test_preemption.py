@@ -12,13 +12,14 @@ import jax
 import numpy as np
 import pytest
 
-from cxrtrek_jax import checkpointing as ck
-from cxrtrek_jax import optimizer as opt
-from cxrtrek_jax import preemption
-from cxrtrek_jax import sharding as sh
-from cxrtrek_jax import synthetic_batches as sb
-from cxrtrek_jax import train_loop
-from cxrtrek_jax import train_step as ts
+from cxrtrek_jax.train import checkpointing as ck
+from cxrtrek_jax.train import optimizer as opt
+from cxrtrek_jax.train import preemption
+from cxrtrek_jax.train import sharding as sh
+from cxrtrek_jax.testing import synthetic_batches as sb
+from cxrtrek_jax.testing import synthetic_training
+from cxrtrek_jax.train import loop as train_loop
+from cxrtrek_jax.train import step as ts
 from cxrtrek_jax.model import CXRTrekNet, get_config, override, to_dict
 
 
@@ -66,7 +67,7 @@ def test_sigterm_during_training_saves_the_current_step_and_exits_zero(tmp_path,
 
     killer = threading.Thread(target=send_sigterm_after_step_2, daemon=True)
     killer.start()
-    code = train_loop.main(["--workdir", str(workdir), "--steps", "50", "--save-every", "100",
+    code = synthetic_training.main(["--workdir", str(workdir), "--steps", "50", "--save-every", "100",
                             "--metrics-file", str(metrics), "--sleep-per-step", "0.5",
                             "--init-params-from", str(tmp_path / "imported")])
     killer.join()

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from cxrtrek_jax import optimizer as optimizer_lib
-from cxrtrek_jax import sharding as sh
+from cxrtrek_jax.train import optimizer as optimizer_lib
+from cxrtrek_jax.train import sharding as sh
 
 
 def test_mesh_config_resolves_minus_one_and_rejects_bad_sizes():
@@ -140,7 +140,7 @@ def test_initialize_distributed_only_when_configured():
 # --- The sharded train step gives the same numbers on 1 device and on 8 -----------------------
 
 def _equivalence_setup():
-    from cxrtrek_jax import synthetic_batches as sb
+    from cxrtrek_jax.testing import synthetic_batches as sb
     from cxrtrek_jax.model import CXRTrekNet, get_config
 
     config = get_config("tiny")
@@ -153,8 +153,8 @@ def _equivalence_setup():
 
 
 def _three_steps(mesh):
-    from cxrtrek_jax import synthetic_batches as sb
-    from cxrtrek_jax import train_step as ts
+    from cxrtrek_jax.testing import synthetic_batches as sb
+    from cxrtrek_jax.train import step as ts
 
     model_fn, spec = _equivalence_setup()
     optim = optimizer_lib.OptimConfig(learning_rate=3e-3, warmup_steps=1, total_steps=50,
@@ -211,7 +211,7 @@ def _driver(tmp_path, name, devices_per_process, extra=()):
 
     env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_COMPILATION_CACHE_DIR=str(tmp_path / "cache"),
                XLA_FLAGS=f"--xla_force_host_platform_device_count={devices_per_process}")
-    command = [sys.executable, "-m", "cxrtrek_jax.train_loop", "--workdir", str(tmp_path / name),
+    command = [sys.executable, "-m", "cxrtrek_jax.testing.synthetic_training", "--workdir", str(tmp_path / name),
                "--steps", "3", "--save-every", "100", "--mesh", "2,2,2",
                "--metrics-file", str(tmp_path / f"{name}.jsonl"), *extra]
     return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from cxrtrek_jax import synthetic_batches as sb
-from cxrtrek_jax import train_step as ts
+from cxrtrek_jax.testing import synthetic_batches as sb
+from cxrtrek_jax.train import step as ts
 
 SPEC = sb.SyntheticSpec(batch_size=4, seq_len=48, vocab_size=512, image_token_id=511,
                         tokens_per_image=16, max_images=2, image_size=32, seed=3)

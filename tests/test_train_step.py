@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from cxrtrek_jax import optimizer as opt
-from cxrtrek_jax import sharding as sh
-from cxrtrek_jax import synthetic_batches as sb
-from cxrtrek_jax import train_step as ts
+from cxrtrek_jax.train import optimizer as opt
+from cxrtrek_jax.train import sharding as sh
+from cxrtrek_jax.testing import synthetic_batches as sb
+from cxrtrek_jax.train import step as ts
 from cxrtrek_jax.model import CXRTrekNet, get_config, override, trainable_mask
 
 CONFIG = get_config("tiny")

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from cxrtrek_jax.cli import main
-from cxrtrek_jax.trainer import train_experiment
+from cxrtrek_jax.train.run import train_experiment
 from experiments import experiment_names, get_experiment
 
 STEPS = 24
@@ -41,7 +41,7 @@ def _tiny_experiment(tmp_path, **overrides):
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    from cxrtrek_jax import train_loop
+    from cxrtrek_jax.train import loop as train_loop
 
     tmp = tmp_path_factory.mktemp("train")
     cfg = _tiny_experiment(tmp)
@@ -135,7 +135,7 @@ def test_a_second_run_resumes_from_the_checkpoint(trained):
 
 
 def test_metrics_log_drops_records_after_the_start_step(tmp_path, capsys):
-    from cxrtrek_jax.trainer import MetricsLog
+    from cxrtrek_jax.train.run import MetricsLog
 
     rows = [{"split": "train", "step": s, "loss": float(s)} for s in (1, 2, 3, 4)]
     rows.insert(3, {"split": "validation", "step": 3, "val_loss": 1.0})
@@ -154,7 +154,7 @@ def test_metrics_log_drops_records_after_the_start_step(tmp_path, capsys):
 
 
 def test_every_named_experiment_resolves_and_round_trips():
-    from experiments.config import ExperimentConfig
+    from cxrtrek_jax.train.config import ExperimentConfig
 
     for name in experiment_names():
         cfg = get_experiment(name, "tiny")
@@ -182,7 +182,7 @@ def test_data_and_tokenizer_are_prepared_by_process_0_behind_a_barrier(tmp_path,
     what process 0 made (the real two-process run is in test_fault_injection)."""
     import jax
 
-    from cxrtrek_jax import trainer
+    from cxrtrek_jax.train import run as trainer
 
     cfg = _tiny_experiment(tmp_path, **{"data.phantom_studies": 8, "data.phantom_size": 64})
     barriers = []

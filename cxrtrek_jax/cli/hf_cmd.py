@@ -75,7 +75,8 @@ def _register_export(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _import(args: argparse.Namespace) -> int:
-    from cxrtrek_jax import hf_import, hf_llava
+    from cxrtrek_jax.hf import importer as hf_import
+    from cxrtrek_jax.hf import llava as hf_llava
 
     if args.max_images < 1:
         raise CLIError(f"--max-images must be >= 1, got {args.max_images}")
@@ -94,7 +95,8 @@ def _import(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from cxrtrek_jax import hf_export, hf_llava
+    from cxrtrek_jax.hf import exporter as hf_export
+    from cxrtrek_jax.hf import llava as hf_llava
     from cxrtrek_jax.decoding.model_loading import CheckpointMismatchError
 
     try:

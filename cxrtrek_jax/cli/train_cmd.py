@@ -71,15 +71,15 @@ def run(args: argparse.Namespace) -> int:
 
     if not flags.FLAGS.is_parsed():
         flags.FLAGS(sys.argv[:1])
-    from cxrtrek_jax.sharding import DistributedConfig, initialize_distributed
+    from cxrtrek_jax.train.sharding import DistributedConfig, initialize_distributed
 
     try:
         initialize_distributed(DistributedConfig(args.coordinator, args.num_processes, args.process_id))
     except ValueError as err:
         raise CLIError(str(err)) from None
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from cxrtrek_jax.preemption import NonFiniteError
-    from cxrtrek_jax.trainer import train_experiment
+    from cxrtrek_jax.train.preemption import NonFiniteError
+    from cxrtrek_jax.train.run import train_experiment
 
     workdir = args.workdir or f"runs/{cfg.name}"
     print(f"experiment {cfg.name} ({cfg.description}); model preset dims "

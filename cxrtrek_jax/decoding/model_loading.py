@@ -5,7 +5,7 @@
     run_chain(decoder, loaded.state, tokenizer, ...)
 
 The checkpoint's metadata must hold the model config (`model_config`, as
-written by `cxrtrek_jax.checkpointing`); every stored parameter must have the
+written by `cxrtrek_jax.train.checkpointing`); every stored parameter must have the
 path and shape the config implies, or `CheckpointMismatchError` lists each
 missing, unexpected and misshapen parameter.
 """
@@ -21,7 +21,7 @@ from typing import Any
 import jax
 from flax import nnx
 
-from cxrtrek_jax import checkpointing
+from cxrtrek_jax.train import checkpointing
 from cxrtrek_jax.model import CXRTrekNet, ModelConfig, from_dict
 
 __all__ = ["CheckpointMismatchError", "DecodingModel", "load_decoding_model", "split_for_decoding",

@@ -43,7 +43,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 
-from cxrtrek_jax import sharding as sharding_lib
+from cxrtrek_jax.train import sharding as sharding_lib
 from cxrtrek_jax.decoding.chain_state import ChainState, StopReason, state_logical_axes
 from cxrtrek_jax.decoding.sampling import SamplingConfig, sample_tokens
 from cxrtrek_jax.model import CXRTrekNet, ModelConfig, axis_rules

@@ -266,7 +266,7 @@ class DecodeCoverage:
 
 def checkpoint_identity(ckpt_dir: str | os.PathLike) -> dict[str, Any]:
     """The checkpoint dir, its newest step, and a SHA-256 of its metadata (model config included)."""
-    from cxrtrek_jax.checkpointing import read_metadata
+    from cxrtrek_jax.train.checkpointing import read_metadata
 
     metadata = read_metadata(ckpt_dir)
     blob = json.dumps(metadata, sort_keys=True, default=str).encode()

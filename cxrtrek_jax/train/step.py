@@ -29,8 +29,8 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 
-from cxrtrek_jax import optimizer as optimizer_lib
-from cxrtrek_jax import sharding as sharding_lib
+from cxrtrek_jax.train import optimizer as optimizer_lib
+from cxrtrek_jax.train import sharding as sharding_lib
 from cxrtrek_jax.model import axis_rules
 from data_pipeline.grain_pipeline import BATCH_FIELDS  # the batch contract, defined by the data side
 

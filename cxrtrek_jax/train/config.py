@@ -18,10 +18,10 @@ import dataclasses
 import json
 
 from cxrtrek_jax import config_tree
-from cxrtrek_jax.checkpointing import CheckpointConfig
+from cxrtrek_jax.train.checkpointing import CheckpointConfig
 from cxrtrek_jax.model.config import ModelConfig, get_config
-from cxrtrek_jax.optimizer import OptimConfig
-from cxrtrek_jax.sharding import MeshConfig
+from cxrtrek_jax.train.optimizer import OptimConfig
+from cxrtrek_jax.train.sharding import MeshConfig
 from data_pipeline.augment import AugmentConfig
 
 __all__ = [

@@ -49,7 +49,7 @@ from etils import epath
 from grain import checkpoint as grain_checkpoint
 from jax.sharding import Mesh, NamedSharding, Sharding
 
-from cxrtrek_jax import sharding as sharding_lib
+from cxrtrek_jax.train import sharding as sharding_lib
 
 __all__ = [
     "ITEM_PARAMS",

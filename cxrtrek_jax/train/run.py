@@ -15,7 +15,7 @@
    share.
 3. model config: the preset with the tokenizer's vocabulary size and image token id;
 4. with `alignment` set, an image-dense first phase in `<workdir>/alignment` (single QA pairs of
-   stages 1-2, see `experiments.config.AlignmentConfig`), whose last parameters start the main
+   stages 1-2, see `cxrtrek_jax.train.config.AlignmentConfig`), whose last parameters start the main
    phase; a main phase that has begun (has a checkpoint) is resumed without repeating it;
 5. `run_training` (mesh, sharded state, exact resume, pre-emption, NaN stop) with a
    validation-loss evaluation at every checkpoint, a progress bar (loss, learning rate,
@@ -40,13 +40,13 @@ from collections.abc import Mapping
 import jax
 import numpy as np
 
-from cxrtrek_jax import checkpointing as ckpt_lib
-from cxrtrek_jax import sharding as sharding_lib
-from cxrtrek_jax import train_loop
+from cxrtrek_jax.train import checkpointing as ckpt_lib
+from cxrtrek_jax.train import sharding as sharding_lib
+from cxrtrek_jax.train import loop as train_loop
 from cxrtrek_jax.model.config import ModelConfig, override
 from data_pipeline.grain_pipeline import PipelineConfig, build_eval_iterator, build_train_iterator
 from data_pipeline.tokenizer import CXRTrekTokenizer, load_tokenizer
-from experiments.config import ExperimentConfig
+from cxrtrek_jax.train.config import ExperimentConfig
 
 __all__ = ["DataPaths", "prepare_data", "prepare_tokenizer", "resolve_model_config",
            "pipeline_config", "alignment_phase", "train_experiment"]
@@ -341,7 +341,7 @@ def _validation(cfg: ExperimentConfig, model: ModelConfig, data: DataPaths,
     with the images swapped between studies (`evaluation.image_reliance`), as a `run_training`
     evaluate callback (it runs at every checkpoint save; `step`, the step of the checkpoint
     saved with it, labels the log record)."""
-    from cxrtrek_jax import train_step as step_lib
+    from cxrtrek_jax.train import step as step_lib
     from cxrtrek_jax.evaluation.image_reliance import image_gain, swap_images
 
     if cfg.train.eval_batches == 0:

@@ -1,7 +1,7 @@
 """The ablations: train and evaluate one named experiment, and collect finished runs into a report.
 
-    python -m cxrtrek_jax.ablations run NAME [--preset P] [--force] [--set k=v ...]
-    python -m cxrtrek_jax.ablations report
+    python -m experiments.ablations run NAME [--preset P] [--force] [--set k=v ...]
+    python -m experiments.ablations report
 
 `run NAME` (what `make ablation-NAME` calls) resolves `experiments.get_experiment(NAME, P)` with
 the `--set` overrides, trains it into `runs/NAME/` (config.json, checkpoints/, metrics.jsonl, ...;
@@ -89,7 +89,7 @@ def _with_defaults(stored: Mapping[str, Any]) -> Any:
     """A stored requested config with fields added since it was written filled in with their
     defaults (so a new field at its default is not a difference); the stored tree as it is
     when it no longer parses (then every changed key is reported)."""
-    from experiments.config import ExperimentConfig
+    from cxrtrek_jax.train.config import ExperimentConfig
 
     try:
         return _as_json(ExperimentConfig.from_dict(stored).to_dict())
@@ -248,7 +248,7 @@ def run_ablation(name: str, preset: str = "small", overrides: Mapping[str, str] 
     returned); one finished with another config is a CLIError unless `force`, which deletes the
     run dir first. Training that stops before its last step (pre-emption, data exhausted) is a
     CLIError and leaves the run unfinished (running again resumes it)."""
-    from cxrtrek_jax.trainer import prepare_data, train_experiment
+    from cxrtrek_jax.train.run import prepare_data, train_experiment
 
     overrides = dict(overrides or {})
     cfg = resolve_experiment(name, preset, overrides)
@@ -434,7 +434,7 @@ def write_report(runs_dir: str | os.PathLike = RUNS_DIR) -> tuple[Path, Path, li
 # --- command line -----------------------------------------------------------------------------
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m cxrtrek_jax.ablations",
+    parser = argparse.ArgumentParser(prog="python -m experiments.ablations",
                                      description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)

@@ -34,7 +34,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from cxrtrek_jax import hf_llava
+from cxrtrek_jax.hf import llava as hf_llava
 
 __all__ = [
     "KNOWN_TURN_FORMATS",
@@ -212,9 +212,9 @@ def import_hf_checkpoint(hf_dir: str | os.PathLike, out_dir: str | os.PathLike, 
     """
     from flax import nnx
 
-    from cxrtrek_jax import checkpointing
+    from cxrtrek_jax.train import checkpointing
     from cxrtrek_jax.model import to_dict
-    from cxrtrek_jax.train_step import param_logical_names
+    from cxrtrek_jax.train.step import param_logical_names
 
     hf_dir, out_dir = Path(hf_dir), Path(out_dir)
     if not hf_dir.is_dir():

@@ -51,7 +51,7 @@ from typing import Any
 
 import numpy as np
 
-from cxrtrek_jax import hf_llava
+from cxrtrek_jax.hf import llava as hf_llava
 from cxrtrek_jax.model import LoraConfig, ModelConfig, VisionConfig
 
 __all__ = [
@@ -144,7 +144,7 @@ def load_checkpoint(ckpt_dir: str | os.PathLike, step: int | None = None) -> Loa
     """
     from flax import nnx
 
-    from cxrtrek_jax import checkpointing
+    from cxrtrek_jax.train import checkpointing
     from cxrtrek_jax.decoding.model_loading import split_for_decoding, tokenizer_dir_of
     from cxrtrek_jax.model import from_dict
 

@@ -1,6 +1,6 @@
 """`make demo`: the main job end to end on a generated phantom CXRTrek set.
 
-    python -m cxrtrek_jax.demo --out demo_out [--preset small] [--steps N] [--studies N]
+    python -m experiments.demo --out demo_out [--preset small] [--steps N] [--studies N]
 
 Steps (each skipped when its output is already there, so a second run resumes):
 1. phantom studies (train/validation/test) and their validation report;
@@ -126,7 +126,7 @@ def _pytorch_check(export_dir: Path, ckpt: Path, data_json: Path, count: int, ne
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m cxrtrek_jax.demo", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m experiments.demo", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="demo_out")
     parser.add_argument("--preset", default=os.environ.get("PRESET", "small"))
@@ -154,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     began_all = time.time()
 
     from cxrtrek_jax.cli import main as cli
-    from cxrtrek_jax.trainer import prepare_data, train_experiment
+    from cxrtrek_jax.train.run import prepare_data, train_experiment
 
     t = _step(f"1. phantom CXRTrek set: {args.studies} studies -> {out / 'phantom'}")
     data = prepare_data(cfg)
