@@ -2,14 +2,20 @@
 
 A conversation renders as
 
-    {bos}{system_prefix}SYSTEM{end_of_turn}{user_prefix}QUESTION{end_of_turn}
+    {bos}{system_prefix}SYSTEM{system_end}{user_prefix}QUESTION{user_end}
     {assistant_prefix}ANSWER{end_of_turn}{user_prefix}...
 
-(no separators: every content string sits between two control tokens, so
-encoding it on its own gives exactly the ids it gets inside the whole string).
-Image placeholders (`ChatFormat.image`, `<image>` by default) sit inside user
-texts where an image is introduced; with `tokens_per_image = N` each one
-becomes N copies, the LLaVA-style expansion the model expects.
+where `system_end` / `user_end` are the end-of-turn token unless the format
+sets other text (a foreign template such as llava-1.5's "USER: ... ASSISTANT:
+...</s>" closes user turns with a space); an assistant turn always ends with
+`end_of_turn`, the token decoding stops at, which may be the end-of-sequence
+token itself. In the CXRTrek format every content string sits between two
+control tokens, so encoding it on its own gives exactly the ids it gets inside
+the whole string. Image placeholders (`ChatFormat.image`, `<image>` by
+default) sit inside user texts where an image is introduced; with
+`tokens_per_image = N` each one becomes `image_open` + N copies +
+`image_close` (both empty by default: the LLaVA-style expansion; Gemma 3 wraps
+the run in "\n\n<start_of_image>" ... "<end_of_image>\n\n").
 
 The same template exists twice: `render` here (Python) and `jinja_template`,
 the string stored as `chat_template` in tokenizer_config.json so Hugging Face's
@@ -37,6 +43,8 @@ __all__ = [
 
 CHAT_FORMAT_FILE = "cxrtrek_chat_format.json"
 ROLES = ("system", "user", "assistant")
+_SINGLE_TOKEN_FIELDS = ("bos", "eos", "pad", "image", "end_of_turn")
+_END_FIELDS = ("system_end", "user_end")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,9 +52,13 @@ class ChatFormat:
     """The token strings of the chat template.
 
     bos/eos/pad/image/end_of_turn must each be a single token of the
-    tokenizer (checked when a tokenizer is built). The role prefixes are
-    single tokens in the CXRTrek format; a foreign tokenizer may declare
-    longer prefixes (e.g. "<|im_start|>user\\n"), which are encoded as text.
+    tokenizer (checked when a tokenizer is built); they are distinct, except
+    that end_of_turn may be eos (llava-1.5 / Vicuna close an answer with
+    "</s>"). The role prefixes are single tokens in the CXRTrek format; a
+    foreign tokenizer may declare longer prefixes (e.g. "<|im_start|>user\\n")
+    or none (""), which are encoded as text. `system_end` / `user_end`: the
+    text closing a system / user message, None = the end_of_turn token.
+    `image_open` / `image_close`: text around each expanded image.
     """
 
     bos: str = "<|bos|>"
@@ -57,15 +69,28 @@ class ChatFormat:
     system_prefix: str = "<|system|>"
     user_prefix: str = "<|user|>"
     assistant_prefix: str = "<|assistant|>"
+    system_end: str | None = None
+    user_end: str | None = None
+    image_open: str = ""
+    image_close: str = ""
 
     def __post_init__(self) -> None:
         for field in dataclasses.fields(self):
             value = getattr(self, field.name)
-            if not isinstance(value, str) or not value:
-                raise ValueError(f"ChatFormat.{field.name} must be a non-empty string, got {value!r}")
+            if field.name in _SINGLE_TOKEN_FIELDS:
+                ok = isinstance(value, str) and bool(value)
+                what = "a non-empty string"
+            else:
+                ok = isinstance(value, str) or (value is None and field.name in _END_FIELDS)
+                what = "a string" + (" or None" if field.name in _END_FIELDS else "")
+            if not ok:
+                raise ValueError(f"ChatFormat.{field.name} must be {what}, got {value!r}")
         singles = self.single_token_fields()
-        if len(set(singles.values())) != len(singles):
-            raise ValueError(f"ChatFormat bos/eos/pad/image/end_of_turn must be distinct: {singles}")
+        distinct = {name: text for name, text in singles.items() if name != "end_of_turn"}
+        others = {name: text for name, text in distinct.items() if name != "eos"}
+        if len(set(distinct.values())) != len(distinct) or self.end_of_turn in others.values():
+            raise ValueError(f"ChatFormat bos/eos/pad/image/end_of_turn must be distinct (end_of_turn may "
+                             f"equal eos): {singles}")
 
     def single_token_fields(self) -> dict[str, str]:
         """The fields that must each be exactly one token id."""
@@ -83,9 +108,22 @@ class ChatFormat:
             raise ValueError(f"unknown chat role {role!r}; expected one of {', '.join(ROLES)}")
         return getattr(self, f"{role}_prefix")
 
+    def turn_end(self, role: str) -> str:
+        """The text closing a message of `role` (the end-of-turn token unless the format says otherwise)."""
+        self.prefix(role)
+        end = getattr(self, f"{role}_end", None)
+        return self.end_of_turn if end is None else end
+
     def control_strings(self) -> tuple[str, ...]:
-        """Every token string of the format (none may occur inside message content, bar `image`)."""
-        return tuple(getattr(self, f.name) for f in dataclasses.fields(self))
+        """Every control string of the format that may not occur inside message content (bar `image`
+        in user messages): the token strings, and the prefixes, ends and image wrappers that hold
+        more than white space."""
+        values = (getattr(self, f.name) for f in dataclasses.fields(self))
+        return tuple(dict.fromkeys(v for v in values if isinstance(v, str) and v.strip()))
+
+    def expand_image(self, tokens_per_image: int) -> str:
+        """What one image placeholder becomes in rendered text."""
+        return self.image_open + self.image * tokens_per_image + self.image_close
 
     def to_dict(self) -> dict[str, str]:
         return dataclasses.asdict(self)
@@ -158,8 +196,8 @@ def render(
         raise ValueError(f"tokens_per_image must be >= 1, got {tokens_per_image}")
     parts = [fmt.bos]
     for message in as_messages(messages, fmt):
-        content = message.content.replace(fmt.image, fmt.image * tokens_per_image)
-        parts += [fmt.prefix(message.role), content, fmt.end_of_turn]
+        content = message.content.replace(fmt.image, fmt.expand_image(tokens_per_image))
+        parts += [fmt.prefix(message.role), content, fmt.turn_end(message.role)]
     if add_generation_prompt:
         parts.append(fmt.assistant_prefix)
     return "".join(parts)
@@ -177,10 +215,12 @@ def jinja_template(fmt: ChatFormat = ChatFormat()) -> str:
     image placeholder, as `render(..., tokens_per_image=N)` does.
     """
     image = json.dumps(fmt.image)
+    expanded = f"{json.dumps(fmt.image_open)} ~ {image} * n_image ~ {json.dumps(fmt.image_close)}"
+    content = f"{{{{ message['content'] | replace({image}, {expanded}) }}}}"
     role_branches = "".join(
         ("{%- if" if i == 0 else "{%- elif")
         + f" message['role'] == {json.dumps(role)} -%}}"
-        + _literal(fmt.prefix(role))
+        + _literal(fmt.prefix(role)) + content + _literal(fmt.turn_end(role))
         for i, role in enumerate(ROLES)
     )
     return (
@@ -189,8 +229,6 @@ def jinja_template(fmt: ChatFormat = ChatFormat()) -> str:
         + "{%- for message in messages -%}"
         + role_branches
         + "{%- else -%}{{ raise_exception('unknown chat role ' ~ message['role']) }}{%- endif -%}"
-        + f"{{{{ message['content'] | replace({image}, {image} * n_image) }}}}"
-        + _literal(fmt.end_of_turn)
         + "{%- endfor -%}"
         + "{%- if add_generation_prompt -%}"
         + _literal(fmt.assistant_prefix)

@@ -63,7 +63,8 @@ class MessageSpan:
     """Where one message sits in `EncodedChat.ids` (half-open index ranges).
 
     [start, content_start): role prefix; [content_start, content_end): content
-    (image placeholders expanded); [content_end, end): end-of-turn.
+    (image placeholders expanded); [content_end, end): the turn's end (the
+    end-of-turn token, or the format's `system_end` / `user_end` text).
     """
 
     index: int
@@ -107,7 +108,12 @@ class CXRTrekTokenizer:
                     "(it could be split or merged with neighbouring text)"
                 )
             self._single_ids[name] = token_id
-        self._prefix_ids = {role: self.encode_text(fmt.prefix(role)) for role in ("system", "user", "assistant")}
+        roles = ("system", "user", "assistant")
+        self._prefix_ids = {role: self.encode_text(fmt.prefix(role)) for role in roles}
+        self._end_ids = {role: ([self.end_of_turn_id] if fmt.turn_end(role) == fmt.end_of_turn
+                                else self.encode_text(fmt.turn_end(role))) for role in roles}
+        self._image_open_ids = self.encode_text(fmt.image_open)
+        self._image_close_ids = self.encode_text(fmt.image_close)
 
     # --- ids of the control tokens -------------------------------------------------------
     @property
@@ -173,7 +179,8 @@ class CXRTrekTokenizer:
         CXRTrek format (its role prefixes and end-of-turn are special tokens);
         a foreign format's text prefixes should end in a special token or a
         newline. Each image placeholder in a user message becomes `tokens_per_image`
-        copies of `image_id`. Raises ValueError naming the message for bad
+        copies of `image_id`, wrapped in the ids of the format's `image_open` /
+        `image_close` text. Raises ValueError naming the message for bad
         roles or control tokens inside content (see `as_messages`).
         """
         if tokens_per_image < 1:
@@ -187,14 +194,18 @@ class CXRTrekTokenizer:
             content = np.asarray(self.encode_text(message.content), np.int32)
             is_image = content == self.image_id
             num_images += int(is_image.sum())
-            if tokens_per_image > 1 and is_image.any():
-                content = np.repeat(content, np.where(is_image, tokens_per_image, 1))
+            if is_image.any() and (tokens_per_image > 1 or self._image_open_ids or self._image_close_ids):
+                expanded = np.asarray(self._image_open_ids + [self.image_id] * tokens_per_image
+                                      + self._image_close_ids, np.int32)
+                content = np.concatenate([expanded if image else content[i:i + 1]
+                                          for i, image in enumerate(is_image)])
+            end_ids = np.asarray(self._end_ids[message.role], np.int32)
             start = length
             content_start = start + prefix.size
             content_end = content_start + content.size
-            end = content_end + 1
+            end = content_end + end_ids.size
             spans.append(MessageSpan(index, message.role, start, content_start, content_end, end))
-            pieces += [prefix, content, np.array([self.end_of_turn_id], np.int32)]
+            pieces += [prefix, content, end_ids]
             length = end
         generation_start = None
         if add_generation_prompt:
@@ -220,7 +231,7 @@ class CXRTrekTokenizer:
         directory.mkdir(parents=True, exist_ok=True)
         fmt = self.format
         self._tokenizer.save(str(directory / TOKENIZER_FILE), pretty=True)
-        extra_special = [fmt.image, fmt.end_of_turn] + [
+        extra_special = list(dict.fromkeys([fmt.image, fmt.end_of_turn])) + [
             fmt.prefix(role) for role in ("system", "user", "assistant") if fmt.prefix(role) in self._added_special()
         ]
         special_map = {
@@ -320,8 +331,8 @@ def train_tokenizer(
     prefixes), then bytes and merges, then `extra_tokens` (non-special).
     Control strings inside the texts are cut out before training.
     """
-    specials = list(dict.fromkeys([fmt.pad, fmt.bos, fmt.eos, fmt.end_of_turn, fmt.image,
-                                   fmt.system_prefix, fmt.user_prefix, fmt.assistant_prefix]))
+    specials = [t for t in dict.fromkeys([fmt.pad, fmt.bos, fmt.eos, fmt.end_of_turn, fmt.image,
+                                          fmt.system_prefix, fmt.user_prefix, fmt.assistant_prefix]) if t]
     extra = [t for t in dict.fromkeys(extra_tokens) if t not in specials]
     alphabet = pre_tokenizers.ByteLevel.alphabet()
     minimum = len(specials) + len(alphabet) + len(extra)

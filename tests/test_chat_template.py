@@ -33,6 +33,14 @@ CHATML = ChatFormat(
     user_prefix="<|im_start|>user\n",
     assistant_prefix="<|im_start|>assistant\n",
 )
+# llava-1.5 / Vicuna: no system prefix, user and system turns closed by a space, answers by "</s>" (= eos).
+VICUNA = ChatFormat(bos="<s>", eos="</s>", pad="<unk>", image="<image>", end_of_turn="</s>", system_prefix="",
+                    user_prefix="USER: ", assistant_prefix="ASSISTANT: ", system_end=" ", user_end=" ")
+# Gemma 3's image expansion around its soft image token.
+GEMMA_IMAGES = ChatFormat(bos="<bos>", eos="<eos>", pad="<pad>", image="<image_soft_token>",
+                          end_of_turn="<end_of_turn>", system_prefix="<start_of_turn>system\n",
+                          user_prefix="<start_of_turn>user\n", assistant_prefix="<start_of_turn>model\n",
+                          image_open="\n\n<start_of_image>", image_close="<end_of_image>\n\n")
 
 
 def test_render_exact_layout():
@@ -66,7 +74,7 @@ def hf_tokenizers(tmp_path_factory):
 
     texts = [m["content"] for m in MESSAGES] * 3
     out = []
-    for fmt in (ChatFormat(), CHATML):
+    for fmt in (ChatFormat(), CHATML, VICUNA, GEMMA_IMAGES):
         directory = tmp_path_factory.mktemp("tok")
         train_tokenizer(texts, 300, fmt=fmt).save(directory)
         out.append((fmt, transformers.AutoTokenizer.from_pretrained(str(directory))))
@@ -124,7 +132,37 @@ def test_chat_format_validation():
     with pytest.raises(ValueError, match="end_of_turn must be a non-empty string"):
         ChatFormat(end_of_turn="")
     with pytest.raises(ValueError, match="distinct"):
-        ChatFormat(eos="<|end|>")
+        ChatFormat(bos="<|end|>")
+    with pytest.raises(ValueError, match="distinct"):
+        ChatFormat(pad="<|eos|>")
+    with pytest.raises(ValueError, match="system_end must be a string or None"):
+        ChatFormat(system_end=3)
+    # An answer may end with the end-of-sequence token itself (llava-1.5).
+    assert ChatFormat(eos="<|end|>").end_of_turn == ChatFormat(eos="<|end|>").eos
+
+
+def test_vicuna_layout_and_spans():
+    text = render(MESSAGES[:4], VICUNA, tokens_per_image=2, add_generation_prompt=True)
+    assert text == ("<s>Read the film. USER: <image><image>\n<image><image>\nWhich view is this? "
+                    "ASSISTANT: PA view.</s>USER: Any effusion? ASSISTANT: ")
+    tokenizer = train_tokenizer([m["content"] for m in MESSAGES] * 3, 300, fmt=VICUNA)
+    encoded = tokenizer.encode_chat(MESSAGES[:3], tokens_per_image=2)
+    system, user, answer = encoded.spans
+    assert encoded.ids[system.content_end:system.end].tolist() == tokenizer.encode_text(" ")
+    assert encoded.ids[answer.content_end:answer.end].tolist() == [tokenizer.eos_id]
+    assert tokenizer.decode(encoded.ids[answer.content_start:]) == "PA view."
+    assert tokenizer.backend.decode(encoded.ids.tolist(), skip_special_tokens=False) == render(
+        MESSAGES[:3], VICUNA, tokens_per_image=2)
+
+
+def test_gemma_image_wrapping_in_ids():
+    tokenizer = train_tokenizer([m["content"] for m in MESSAGES] * 3, 300, fmt=GEMMA_IMAGES,
+                                extra_tokens=("<start_of_image>", "<end_of_image>"))
+    messages = [{"role": "user", "content": "<image_soft_token>Which view?"}]
+    encoded = tokenizer.encode_chat(messages, tokens_per_image=3)
+    assert tokenizer.backend.decode(encoded.ids.tolist(), skip_special_tokens=False) == render(
+        messages, GEMMA_IMAGES, tokens_per_image=3)
+    assert int((encoded.ids == tokenizer.image_id).sum()) == 3
     with pytest.raises(ValueError, match="unknown chat role"):
         ChatFormat().prefix("tool")
 

@@ -219,13 +219,24 @@ def test_a_tokenizer_without_image_token_needs_the_flag(hf_dir, tmp_path, capsys
     assert load_tokenizer(tmp_path / "out" / "tokenizer").format == fmt
 
 
+def _drop_chat_template(directory):
+    config_path = directory / "tokenizer_config.json"
+    config = json.loads(config_path.read_text())
+    del config["chat_template"]
+    config_path.write_text(json.dumps(config))
+
+
 def test_a_tokenizer_without_end_of_turn_needs_the_flags(hf_dir, tmp_path, capsys):
     fmt = ChatFormat(bos="<s>", eos="</s>", pad="<pad>", image="<image>", end_of_turn="<|eot|>",
                      system_prefix="<|sys|>", user_prefix="<|usr|>", assistant_prefix="<|bot|>")
     directory = _with_tokenizer(hf_dir[0], tmp_path, fmt)
+    # Its own chat_template tells the format ...
+    assert hf_import.derive_chat_format(directory) == fmt
+    # ... without one, an unknown end-of-turn token needs the flags.
+    _drop_chat_template(directory)
     assert main(["import-hf", str(directory), "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
-    assert "end_of_turn" in err and "--end-of-turn-token" in err
+    assert "end_of_turn" in err and "--end-of-turn-token" in err and "no chat_template" in err
     flags = ["--end-of-turn-token", "<|eot|>", "--system-prefix", "<|sys|>", "--user-prefix", "<|usr|>",
              "--assistant-prefix", "<|bot|>"]
     assert main(["import-hf", str(directory), "--out", str(tmp_path / "out"), *flags]) == 0

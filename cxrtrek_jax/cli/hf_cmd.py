@@ -15,6 +15,8 @@ _FORMAT_FIELDS = (
     ("system_prefix", "--system-prefix", "text opening a system message"),
     ("user_prefix", "--user-prefix", "text opening a user message"),
     ("assistant_prefix", "--assistant-prefix", "text opening an assistant message"),
+    ("system_end", "--system-end", "text closing a system message (default: the end-of-turn token)"),
+    ("user_end", "--user-end", "text closing a user message (default: the end-of-turn token)"),
 )
 
 
@@ -32,7 +34,9 @@ def _register_import(subparsers: argparse._SubParsersAction) -> None:
             "safetensors with an index, tokenizer files) into a params-only checkpoint that training "
             "and decoding load, with the tokenizer copied into CKPT_DIR/tokenizer. Pickle checkpoints "
             "(.bin) are refused. The chat format comes from cxrtrek_chat_format.json when present, "
-            "else from the tokenizer's special tokens; the token flags override it."
+            "else from the tokenizer's own chat_template (rendered on probe messages), else from its "
+            "special tokens; the token flags override it. The end-of-turn token may be the "
+            "end-of-sequence token."
         ),
     )
     parser.add_argument("hf_dir", metavar="HF_DIR", help="Hugging Face model directory")
@@ -89,7 +93,7 @@ def _import(args: argparse.Namespace) -> int:
     cfg = result.config
     print(f"imported {args.hf_dir}: vision {cfg.vision.depth} layers x {cfg.vision.width}, text "
           f"{cfg.text.num_layers} layers x {cfg.text.embed_dim}, vocab {cfg.vocab_size}")
-    print(f"chat format: {result.chat_format}")
+    print(f"chat format (from {result.chat_format_source}): {hf_import.format_summary(result.chat_format)}")
     print(f"checkpoint written to {result.directory} (tokenizer in {result.tokenizer_dir})")
     return 0
 

@@ -15,14 +15,18 @@ whose metadata holds the model config and `tokenizer_path: "tokenizer"`, so
 training can start from it and decoding loads it.
 
 The `ChatFormat` comes from, in order: the directory's
-cxrtrek_chat_format.json (present in our own exports); the tokenizer's
+cxrtrek_chat_format.json (present in our own exports); the tokenizer's own
+Jinja `chat_template`, rendered on probe conversations (`template_format`:
+the prefixes and turn ends are read off the rendered text, and the derived
+format must render the probes exactly as the template does); the tokenizer's
 special tokens (bos/eos/pad; pad falls back to unk), its image token
 (`image_token` of the tokenizer or processor_config.json, else an added
 "<image>" token) and a known end-of-turn family among its added tokens
 (`KNOWN_TURN_FORMATS`: ChatML, Llama 3, Gemma, ours), which also fixes the
 role prefixes; any field given in `overrides` (the command-line flags)
 wins. A tokenizer without an image or end-of-turn token, with neither
-given, is refused with a message naming the flag to pass.
+given, is refused with a message naming the flag to pass. The end-of-turn
+token may be the end-of-sequence token (llava-1.5 closes answers with "</s>").
 """
 
 from __future__ import annotations
@@ -81,6 +85,8 @@ FORMAT_FLAGS = {
     "system_prefix": "--system-prefix",
     "user_prefix": "--user-prefix",
     "assistant_prefix": "--assistant-prefix",
+    "system_end": "--system-end",
+    "user_end": "--user-end",
 }
 
 
@@ -96,6 +102,7 @@ class ImportResult:
     config: Any
     chat_format: Any
     tokenizer_dir: Path
+    chat_format_source: str = ""
 
 
 # ---------------------------------------------------------------------------
@@ -137,9 +144,134 @@ def _load_hf_tokenizer(hf_dir: Path):
         raise HFImportError(f"{hf_dir}: cannot load its tokenizer files: {err}") from err
 
 
+# Probe contents: plain words that templates neither escape nor trim.
+_PROBES = {"system": "CXRTrekProbeSystem", "user": "CXRTrekProbeUserA", "assistant": "CXRTrekProbeAnswerA",
+           "user2": "CXRTrekProbeUserB", "assistant2": "CXRTrekProbeAnswerB"}
+
+
+class TemplateFormatError(ValueError):
+    """A chat template that does not follow the prefix / content / turn-end layout of a ChatFormat."""
+
+
+def _probe_conversations() -> dict[str, tuple[list[dict], bool]]:
+    p = _PROBES
+    system = {"role": "system", "content": p["system"]}
+    first = [{"role": "user", "content": p["user"]}, {"role": "assistant", "content": p["assistant"]},
+             {"role": "user", "content": p["user2"]}]
+    return {
+        "with_system": ([system, *first], False),
+        "without_system": (first, False),
+        "prompt": ([system, *first], True),
+        "two_answers": ([system, *first, {"role": "assistant", "content": p["assistant2"]}], False),
+    }
+
+
+def _between(text: str, start: str | None, end: str | None, what: str) -> str:
+    """The text after probe `start` (None: from the beginning) and before probe `end` (None: to the end)."""
+    begin = 0
+    if start is not None:
+        if text.count(start) != 1:
+            raise TemplateFormatError(f"the template does not render the {what} content once, verbatim")
+        begin = text.index(start) + len(start)
+    stop = len(text)
+    if end is not None:
+        if text.count(end) != 1:
+            raise TemplateFormatError(f"the template does not render the {what} content once, verbatim")
+        stop = text.index(end)
+    if stop < begin:
+        raise TemplateFormatError(f"the template reorders the messages ({what})")
+    return text[begin:stop]
+
+
+def _strip_suffix(text: str, suffix: str, what: str) -> str:
+    if not text.endswith(suffix):
+        raise TemplateFormatError(f"{what}: {text!r} does not end with {suffix!r}")
+    return text[: len(text) - len(suffix)]
+
+
+def template_format(hf_tokenizer, base: Mapping[str, str | None]):
+    """The `ChatFormat` read off the tokenizer's Jinja `chat_template`, with bos/eos/pad/image from
+    `base` (and an end_of_turn there, if any, checked against the template's).
+
+    Renders probe conversations with `apply_chat_template`: the text before the first message,
+    between messages and after the generation prompt gives bos, each role's prefix and each
+    role's turn end; an assistant turn must end with one added token (the end-of-turn token, which
+    may be eos). Raises TemplateFormatError when the template has another layout (e.g. the system
+    prompt folded into the first user turn, content trimmed or rewritten, a generation prompt unlike
+    the assistant prefix), verified by re-rendering every probe with the derived format.
+    """
+    from data_pipeline.chat_template import ChatFormat, render
+
+    if not getattr(hf_tokenizer, "chat_template", None):
+        raise TemplateFormatError("the tokenizer has no chat_template")
+    p = _PROBES
+    rendered = {}
+    for name, (messages, generation) in _probe_conversations().items():
+        try:
+            rendered[name] = hf_tokenizer.apply_chat_template(messages, tokenize=False,
+                                                              add_generation_prompt=generation)
+        except Exception as err:  # a template may raise anything (raise_exception, TypeError, ...)
+            raise TemplateFormatError(f"the chat template cannot render plain string messages: {err}") from None
+        if not isinstance(rendered[name], str):
+            raise TemplateFormatError("apply_chat_template did not return text")
+    full, bare = rendered["with_system"], rendered["without_system"]
+    bos = base.get("bos")
+    if not bos or not full.startswith(bos) or not bare.startswith(bos):
+        raise TemplateFormatError(f"the template does not begin with the bos token {bos!r}")
+    system_prefix = _between(full, None, p["system"], "system")[len(bos):]
+    user_prefix = _between(bare, None, p["user"], "user")[len(bos):]
+    user_end = _between(full, p["user2"], None, "second user")
+    question_to_answer = _between(full, p["user"], p["assistant"], "user/assistant")
+    if not question_to_answer.startswith(user_end):
+        raise TemplateFormatError("the first user turn does not end like the last one")
+    assistant_prefix = question_to_answer[len(user_end):]
+    end_of_turn = _strip_suffix(_between(full, p["assistant"], p["user2"], "assistant/user"), user_prefix,
+                                "the text between an answer and the next question")
+    system_end = _strip_suffix(_between(full, p["system"], p["user"], "system/user"), user_prefix,
+                               "the text between the system prompt and the first question")
+    generation = rendered["prompt"]
+    if not generation.startswith(full) or generation[len(full):] != assistant_prefix:
+        raise TemplateFormatError(f"the generation prompt {generation[len(full):]!r} is not the assistant "
+                                  f"prefix {assistant_prefix!r} the template writes before answers")
+    added = {token.content for token in hf_tokenizer.added_tokens_decoder.values()}
+    if end_of_turn not in added:
+        raise TemplateFormatError(f"answers end with {end_of_turn!r}, which is not one added token")
+    given = base.get("end_of_turn")
+    if given and given != end_of_turn:
+        raise TemplateFormatError(f"the template ends answers with {end_of_turn!r}, not {given!r}")
+    try:
+        fmt = ChatFormat(
+            bos=bos, eos=base.get("eos"), pad=base.get("pad"), image=base.get("image"), end_of_turn=end_of_turn,
+            system_prefix=system_prefix, user_prefix=user_prefix, assistant_prefix=assistant_prefix,
+            system_end=None if system_end == end_of_turn else system_end,
+            user_end=None if user_end == end_of_turn else user_end)
+    except (TypeError, ValueError) as err:
+        raise TemplateFormatError(str(err)) from None
+    for name, (messages, generation) in _probe_conversations().items():
+        try:
+            ours = render(messages, fmt, add_generation_prompt=generation)
+        except ValueError as err:
+            raise TemplateFormatError(f"probe {name!r}: {err}") from None
+        if ours != rendered[name]:
+            raise TemplateFormatError(f"probe {name!r}: the template renders {rendered[name]!r}, a ChatFormat "
+                                      f"with the prefixes and turn ends read off it renders {ours!r}")
+    return fmt
+
+
+def format_summary(fmt) -> str:
+    """One line naming every field of a ChatFormat (for `cxrtrek import-hf`)."""
+    return ", ".join(f"{name}={value!r}" for name, value in fmt.to_dict().items()
+                     if value is not None and (value != "" or name.endswith("prefix")))
+
+
 def derive_chat_format(hf_dir: str | os.PathLike, overrides: Mapping[str, str | None] | None = None):
     """The `ChatFormat` of the tokenizer in `hf_dir` (module docstring); `overrides` maps
     ChatFormat field names to token strings (None = derive)."""
+    return _derive_chat_format(hf_dir, overrides)[0]
+
+
+def _derive_chat_format(hf_dir, overrides) -> tuple[Any, str]:
+    """(ChatFormat, where it came from: "chat format file", "chat_template", "special tokens")."""
     from data_pipeline.chat_template import CHAT_FORMAT_FILE, ChatFormat
 
     hf_dir = Path(hf_dir)
@@ -149,7 +281,7 @@ def derive_chat_format(hf_dir: str | os.PathLike, overrides: Mapping[str, str | 
         raise HFImportError(f"unknown chat format fields {unknown}; known: {sorted(FORMAT_FLAGS)}")
     if (hf_dir / CHAT_FORMAT_FILE).exists():
         try:
-            return dataclasses.replace(ChatFormat.load(hf_dir), **given)
+            return dataclasses.replace(ChatFormat.load(hf_dir), **given), CHAT_FORMAT_FILE
         except ValueError as err:
             raise HFImportError(str(err)) from err
 
@@ -161,22 +293,33 @@ def derive_chat_format(hf_dir: str | os.PathLike, overrides: Mapping[str, str | 
         "pad": _token_text(hf_tokenizer.pad_token) or _token_text(hf_tokenizer.unk_token),
         "image": _image_token(hf_dir, hf_tokenizer, added),
     }
+    template_problem = None
+    if all(fields[name] or given.get(name) for name in ("bos", "eos", "pad", "image")):
+        try:
+            fmt = template_format(hf_tokenizer, {**fields, **given})
+            return dataclasses.replace(fmt, **given), "the tokenizer's chat_template"
+        except TemplateFormatError as err:
+            template_problem = str(err)
+        except ValueError as err:
+            raise HFImportError(f"{hf_dir}: {err}") from err
     end_of_turn = given.get("end_of_turn")
     family = next((f for f in KNOWN_TURN_FORMATS
                    if (f.end_of_turn == end_of_turn if end_of_turn else f.end_of_turn in added)), None)
     fields["end_of_turn"] = family.end_of_turn if family else None
     fields.update(family.prefixes() if family else dict.fromkeys(("system_prefix", "user_prefix",
                                                                  "assistant_prefix")))
+    fields.update(dict.fromkeys(("system_end", "user_end")))
     fields.update(given)
-    missing = [name for name, value in fields.items() if value is None]
+    missing = [name for name, value in fields.items() if value is None and name not in ("system_end", "user_end")]
     if missing:
         what = {"image": "an image token", "end_of_turn": "a known end-of-turn token"}
         reasons = ", ".join(f"{name} ({what.get(name, 'no such special token')}; pass {FORMAT_FLAGS[name]})"
                             for name in missing)
+        template = f" Its chat_template was not used: {template_problem}." if template_problem else ""
         raise HFImportError(f"{hf_dir}: cannot derive the chat format from the tokenizer: missing {reasons}. "
-                            f"Known end-of-turn tokens: {[f.end_of_turn for f in KNOWN_TURN_FORMATS]}")
+                            f"Known end-of-turn tokens: {[f.end_of_turn for f in KNOWN_TURN_FORMATS]}.{template}")
     try:
-        return ChatFormat(**fields)
+        return ChatFormat(**fields), "special tokens" + (" and flags" if given else "")
     except ValueError as err:
         raise HFImportError(f"{hf_dir}: {err}") from err
 
@@ -222,7 +365,7 @@ def import_hf_checkpoint(hf_dir: str | os.PathLike, out_dir: str | os.PathLike, 
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
         raise HFImportError(f"output directory {out_dir} exists and is not empty; choose a new directory")
     config, state = hf_llava.load_hf_checkpoint(str(hf_dir), max_images=max_images, dtype=dtype)
-    fmt = derive_chat_format(hf_dir, chat_format)
+    fmt, source = _derive_chat_format(hf_dir, chat_format)
     tokenizer = _tokenizer(hf_dir, fmt, config)
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -235,4 +378,4 @@ def import_hf_checkpoint(hf_dir: str | os.PathLike, out_dir: str | os.PathLike, 
         tokenizer_path=TOKENIZER_SUBDIR,
         extra_metadata={"imported_from": str(hf_dir.resolve())},
     )
-    return ImportResult(out_dir, config, fmt, tokenizer_dir)
+    return ImportResult(out_dir, config, fmt, tokenizer_dir, source)
