@@ -308,7 +308,12 @@ def _text_specs(t: TextConfig) -> list[TensorSpec]:
 
 
 def hf_tensor_specs(cfg: ModelConfig, *, vision_head: bool = False) -> list[TensorSpec]:
-    """Every HF tensor of the LLaVA checkpoint for `cfg`, in checkpoint order."""
+    """Every HF tensor of the LLaVA checkpoint for `cfg` (of the Gemma 3 checkpoint for a
+    Gemma 3 family config, `hf.gemma3`), in checkpoint order."""
+    from cxrtrek_jax.hf import gemma3
+
+    if gemma3.is_gemma3(cfg):
+        return gemma3.hf_tensor_specs(cfg, vision_head=vision_head)
     specs = _vision_specs(cfg.vision) + _projector_specs(cfg) + _text_specs(cfg.text)
     return specs + (_vision_head_specs(cfg.vision) if vision_head else [])
 
@@ -567,12 +572,23 @@ def save_hf_checkpoint(params: Any, cfg: ModelConfig, directory: str, *, dtype: 
 
 def load_hf_checkpoint(directory: str, *, max_images: int = 1, dtype: str = "float32",
                        ) -> tuple[ModelConfig, nnx.State]:
-    """(ModelConfig, parameter state) of a local `transformers` LLaVA checkpoint directory."""
+    """(ModelConfig, parameter state) of a local `transformers` checkpoint directory: LLaVA, or
+    Gemma 3 / MedGemma (`model_type` "gemma3", read by `hf.gemma3`)."""
     from transformers import LlavaConfig
 
     config_path = os.path.join(directory, "config.json")
     if not os.path.exists(config_path):
         raise HFCheckpointError(f"{directory} has no config.json")
+    with open(config_path) as f:
+        model_type = json.load(f).get("model_type")
+    if model_type == "gemma3":
+        from cxrtrek_jax.hf import gemma3
+
+        return gemma3.load_hf_checkpoint(directory, max_images=max_images, dtype=dtype)
+    if model_type != "llava":
+        raise HFConfigError(f"{config_path}: model_type {model_type!r} is not supported; supported: 'llava' "
+                            "(LlavaForConditionalGeneration: SigLIP + Llama) and 'gemma3' "
+                            "(Gemma3ForConditionalGeneration: Gemma 3, MedGemma)")
     hf_config = LlavaConfig.from_json_file(config_path)
     cfg = from_hf_config(hf_config, max_images=max_images, dtype=dtype)
     tensors = read_safetensors_dir(directory)

@@ -31,6 +31,8 @@ __all__ = [
     "LoraConfig",
     "ModelConfig",
     "TOWERS",
+    "TEXT_FAMILIES",
+    "PROJECTOR_KINDS",
     "ACTIVATIONS",
     "COMPUTE_DTYPES",
     "get_config",
@@ -46,6 +48,11 @@ ACTIVATIONS = ("gelu", "gelu_pytorch_tanh")
 COMPUTE_DTYPES = ("float32", "bfloat16")
 # Top-level towers of the model, the units of freezing.
 TOWERS = ("vision", "projector", "text")
+# Decoder families (`TextConfig.family`) and projector kinds (`ProjectorConfig.kind`).
+TEXT_FAMILIES = ("llama", "gemma3")
+PROJECTOR_KINDS = ("mlp", "gemma3")
+MLP_ACTIVATIONS = ("silu", "gelu_pytorch_tanh")
+LAYER_TYPES = ("full", "sliding")
 
 
 def _require(condition: bool, message: str) -> None:
@@ -131,19 +138,52 @@ class VisionConfig:
 
 @dataclasses.dataclass(frozen=True)
 class ProjectorConfig:
-    """LLaVA's 2-layer MLP projector: vision width -> text embed -> text embed."""
+    """The multi-modal projector.
+
+    kind "mlp": LLaVA's 2-layer MLP, vision width -> text embed -> text embed
+    (`activation`, `use_bias`); one token per patch.
+    kind "gemma3": Gemma 3's projector: the patch grid average-pooled to
+    `tokens_per_image` tokens (a square whose side divides the grid side),
+    a Gemma RMSNorm (weight + 1, `norm_eps`), one linear map without bias.
+    """
 
     activation: str = "gelu"
     use_bias: bool = True
+    kind: str = "mlp"
+    tokens_per_image: int | None = None
+    norm_eps: float = 1e-6
 
     def __post_init__(self) -> None:
         _require(self.activation in ACTIVATIONS,
                  f"ProjectorConfig.activation must be one of {ACTIVATIONS}, got {self.activation!r}")
+        _require(self.kind in PROJECTOR_KINDS,
+                 f"ProjectorConfig.kind must be one of {PROJECTOR_KINDS}, got {self.kind!r}")
+        if self.kind == "gemma3":
+            n = self.tokens_per_image
+            _require(isinstance(n, int) and n > 0 and round(n**0.5) ** 2 == n,
+                     f"ProjectorConfig.tokens_per_image must be a positive square for kind 'gemma3', got {n!r}")
+        else:
+            _require(self.tokens_per_image is None,
+                     "ProjectorConfig.tokens_per_image is only for kind 'gemma3' (the MLP keeps every patch)")
 
 
 @dataclasses.dataclass(frozen=True)
 class TextConfig:
-    """Llama-style decoder (RMSNorm, rotate-half RoPE, GQA, SwiGLU)."""
+    """The decoder: rotate-half RoPE, GQA, a gated MLP.
+
+    family "llama": RMSNorm, SwiGLU, two norms per block, the fields below
+    the first group at their defaults. family "gemma3" (`model/gemma3.py`):
+    RMSNorm as x * (1 + weight), query/key norms, four norms per block,
+    embeddings scaled by sqrt(embed_dim), and
+
+      mlp_activation         gate activation ("gelu_pytorch_tanh" in Gemma 3)
+      query_pre_attn_scalar  attention logits scaled by its -1/2 power (None: head_dim)
+      layer_types            "full" / "sliding" per layer (() = all full)
+      sliding_window         keys within this many slots (query's included) for "sliding" layers
+      local_rope_theta       RoPE base of the sliding layers (None: rope_theta)
+      rope_scaling_factor    linear RoPE scaling (positions / factor) of the full layers
+      bidirectional_image_attention  the tokens of one image attend to each other both ways
+    """
 
     vocab_size: int
     embed_dim: int
@@ -156,10 +196,39 @@ class TextConfig:
     rms_norm_eps: float = 1e-6
     tie_embeddings: bool = False
     max_positions: int = 2048
+    family: str = "llama"
+    mlp_activation: str = "silu"
+    query_pre_attn_scalar: float | None = None
+    layer_types: tuple[str, ...] = ()
+    sliding_window: int | None = None
+    local_rope_theta: float | None = None
+    rope_scaling_factor: float = 1.0
+    bidirectional_image_attention: bool = False
 
     def __post_init__(self) -> None:
         _require_positive(self, "vocab_size", "embed_dim", "num_layers", "num_heads",
                           "num_kv_heads", "head_dim", "mlp_dim", "max_positions")
+        _require(self.family in TEXT_FAMILIES,
+                 f"TextConfig.family must be one of {TEXT_FAMILIES}, got {self.family!r}")
+        _require(self.mlp_activation in MLP_ACTIVATIONS,
+                 f"TextConfig.mlp_activation must be one of {MLP_ACTIVATIONS}, got {self.mlp_activation!r}")
+        _require(not self.layer_types or len(self.layer_types) == self.num_layers,
+                 f"TextConfig.layer_types has {len(self.layer_types)} entries for {self.num_layers} layers")
+        _require(all(t in LAYER_TYPES for t in self.layer_types),
+                 f"TextConfig.layer_types entries must be in {LAYER_TYPES}, got {self.layer_types}")
+        _require("sliding" not in self.layer_types or (isinstance(self.sliding_window, int)
+                                                        and self.sliding_window > 0),
+                 f"TextConfig.sliding_window must be a positive integer with sliding layers, got "
+                 f"{self.sliding_window!r}")
+        _require(self.rope_scaling_factor > 0,
+                 f"TextConfig.rope_scaling_factor must be > 0, got {self.rope_scaling_factor}")
+        if self.family == "llama":
+            gemma_only = {"mlp_activation": "silu", "query_pre_attn_scalar": None, "layer_types": (),
+                          "sliding_window": None, "local_rope_theta": None, "rope_scaling_factor": 1.0,
+                          "bidirectional_image_attention": False}
+            changed = [name for name, default in gemma_only.items() if getattr(self, name) != default]
+            _require(not changed, f"TextConfig fields {changed} are only for family 'gemma3' (the Llama "
+                                  "decoder implements none of them)")
         _require(self.num_heads % self.num_kv_heads == 0,
                  f"TextConfig.num_heads ({self.num_heads}) must be a multiple of "
                  f"num_kv_heads ({self.num_kv_heads})")
@@ -224,9 +293,16 @@ class ModelConfig:
                  f"ModelConfig.dtype must be one of {COMPUTE_DTYPES}, got {self.dtype!r}")
         unknown = [t for t in self.frozen if t not in TOWERS]
         _require(not unknown, f"ModelConfig.frozen names unknown towers {unknown}; known: {TOWERS}")
+        if self.projector.kind == "gemma3":
+            side, grid = round(self.projector.tokens_per_image**0.5), self.vision.grid_size
+            _require(grid % side == 0, f"ProjectorConfig.tokens_per_image {self.projector.tokens_per_image} "
+                                       f"({side} per side) must pool the {grid}x{grid} patch grid evenly")
 
     @property
     def tokens_per_image(self) -> int:
+        """Image tokens in the text per image: one per patch (MLP), or the pooled count (Gemma 3)."""
+        if self.projector.kind == "gemma3":
+            return self.projector.tokens_per_image
         return self.vision.tokens_per_image
 
     @property

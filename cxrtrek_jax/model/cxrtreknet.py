@@ -1,4 +1,5 @@
-"""CXRTrekNet: SigLIP-style vision tower -> LLaVA projector -> Llama decoder.
+"""CXRTrekNet: SigLIP-style vision tower -> projector -> decoder; the LLaVA family (MLP
+projector, Llama decoder) or the Gemma 3 family (`gemma3.py`), chosen by the config.
 
     model = CXRTrekNet(get_config("tiny"), rngs=nnx.Rngs(0))
     logits, _ = model(tokens, images, image_mask, positions, segment_ids)
@@ -15,6 +16,7 @@ import numpy as np
 from flax import nnx
 
 from cxrtrek_jax.model.config import ModelConfig
+from cxrtrek_jax.model.gemma3 import Gemma3Decoder, Gemma3Projector
 from cxrtrek_jax.model.kv_cache import KVCache
 from cxrtrek_jax.model.layers import to_dtype
 from cxrtrek_jax.model.llama import LlamaDecoder
@@ -44,9 +46,11 @@ class CXRTrekNet(nnx.Module):
         self.config = config
         dtype = to_dtype(config.dtype)
         self.vision = VisionTower(config.vision, dtype=dtype, remat=config.remat, rngs=rngs)
-        self.projector = Projector(config.projector, vision_width=config.vision.width,
-                                   text_width=config.text.embed_dim, dtype=dtype, rngs=rngs)
-        self.text = LlamaDecoder(config.text, dtype=dtype, remat=config.remat, rngs=rngs)
+        widths = dict(vision_width=config.vision.width, text_width=config.text.embed_dim, dtype=dtype, rngs=rngs)
+        self.projector = (Gemma3Projector(config.projector, grid_size=config.vision.grid_size, **widths)
+                          if config.projector.kind == "gemma3" else Projector(config.projector, **widths))
+        decoder = Gemma3Decoder if config.text.family == "gemma3" else LlamaDecoder
+        self.text = decoder(config.text, dtype=dtype, remat=config.remat, rngs=rngs)
         if config.lora is not None:
             apply_lora(self, config.lora, rngs=rngs)
 
@@ -113,7 +117,10 @@ class CXRTrekNet(nnx.Module):
         if _concrete(tokens, segment_ids, image_mask, cache_index, seen):
             self._raise_if_inconsistent(tokens, segment_ids, image_mask, seen, cache, cache_index)
 
-        logits, cache = self.text(embeds, positions, segment_ids, cache, cache_index)
+        extra = {}
+        if self.config.text.family == "gemma3":  # which image each image token belongs to, -1 for text
+            extra["image_blocks"] = jnp.where(is_image, feature_index // self.config.tokens_per_image, -1)
+        logits, cache = self.text(embeds, positions, segment_ids, cache, cache_index, **extra)
         logits = jnp.where(bad_rows[:, None, None], jnp.nan, logits)
         if cache is not None:
             cache = cache.replace(image_tokens_seen=seen_after)
