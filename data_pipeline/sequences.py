@@ -353,7 +353,9 @@ class _ChainLengths:
     def _message(self, role: str, content: str) -> int:
         ids = self.tokenizer.encode_text(content)
         images = sum(1 for i in ids if i == self.tokenizer.image_id)
-        return len(self.tokenizer.prefix_ids(role)) + len(ids) + images * (self.config.tokens_per_image - 1) + 1
+        expanded = self.tokenizer.expanded_image_length(self.config.tokens_per_image)
+        return len(self.tokenizer.prefix_ids(role)) + len(ids) + images * (expanded - 1) + len(
+            self.tokenizer.end_ids(role))
 
     def _user(self, j: int, new_images: int) -> int:
         key = (j, new_images)
@@ -375,7 +377,7 @@ class _ChainLengths:
 
     def image_tokens(self, first: int, end: int) -> int:
         return max(self.study.items[self.turns[j]].image_input_count for j in range(first, end)) \
-            * self.config.tokens_per_image
+            * self.tokenizer.expanded_image_length(self.config.tokens_per_image)
 
 
 def _windows(lengths: _ChainLengths, n: int, config: SequenceConfig) -> tuple[list[tuple[int, int, int]], list[int]]:

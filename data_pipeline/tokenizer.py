@@ -160,6 +160,14 @@ class CXRTrekTokenizer:
         """The ids of the role prefix that opens a message of `role`."""
         return tuple(self._prefix_ids[role])
 
+    def end_ids(self, role: str) -> tuple[int, ...]:
+        """The ids closing a message of `role` (the end-of-turn id, or the format's end text)."""
+        return tuple(self._end_ids[role])
+
+    def expanded_image_length(self, tokens_per_image: int) -> int:
+        """Ids one image placeholder becomes: image_open, `tokens_per_image` image ids, image_close."""
+        return len(self._image_open_ids) + tokens_per_image + len(self._image_close_ids)
+
     # --- encoding ------------------------------------------------------------------------
     def encode_text(self, text: str) -> list[int]:
         """Plain text to ids; no bos, no expansion of image placeholders."""

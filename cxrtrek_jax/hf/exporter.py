@@ -1,4 +1,7 @@
-"""`cxrtrek export-hf`: a project checkpoint as a Hugging Face LLaVA directory.
+"""`cxrtrek export-hf`: a project checkpoint as a Hugging Face LLaVA directory, or, for a Gemma 3
+family model, as a `Gemma3ForConditionalGeneration` directory (config.json, generation_config.json,
+safetensors, the tokenizer files with the chat template, preprocessor_config.json; `hf_gemma3`).
+The rest of this docstring describes the LLaVA directory.
 
 The directory loads with no network in `transformers`:
 
@@ -51,6 +54,7 @@ from typing import Any
 
 import numpy as np
 
+from cxrtrek_jax.hf import gemma3 as hf_gemma3
 from cxrtrek_jax.hf import llava as hf_llava
 from cxrtrek_jax.model import LoraConfig, ModelConfig, VisionConfig
 
@@ -341,11 +345,38 @@ def write_processor(directory: str | os.PathLike, tokenizer, config: ModelConfig
     processor.save_pretrained(str(directory))
 
 
+def _image_marker_ids(tokenizer) -> dict[str, int]:
+    """Gemma 3's start/end-of-image ids: the added tokens of the format's image_open / image_close."""
+    fmt, backend = tokenizer.format, tokenizer.backend
+    added = {t.content for t in backend.get_added_tokens_decoder().values()}
+    found = {}
+    for key, text in (("boi_token_id", fmt.image_open), ("eoi_token_id", fmt.image_close)):
+        tokens = [t for t in added if t in text]
+        if len(tokens) != 1:
+            raise ExportError(f"a Gemma 3 export needs one added token in the chat format's "
+                              f"{'image_open' if key.startswith('boi') else 'image_close'} {text!r} "
+                              "(Gemma 3's start/end-of-image token)")
+        found[key] = backend.token_to_id(tokens[0])
+    return found
+
+
+def write_gemma3_processor(directory: str | os.PathLike, tokenizer, config: ModelConfig) -> None:
+    """The tokenizer files (tokenizer.json, tokenizer_config.json with the chat template, which expands
+    each image placeholder as `Gemma3Processor` does, cxrtrek_chat_format.json) and the image
+    processor (preprocessor_config.json: `JanusImageProcessorPil`, reproducing ours)."""
+    from transformers.models.janus.image_processing_pil_janus import JanusImageProcessorPil
+
+    directory = Path(directory)
+    tokenizer.save(directory, model_max_length=config.text.max_positions)
+    JanusImageProcessorPil(**image_processor_options(config.vision)).save_pretrained(str(directory))
+
+
 def _write_generation_config(directory: Path, tokenizer) -> None:
     """Greedy-by-default generation that stops at end-of-turn (or eos)."""
     from transformers import GenerationConfig
 
-    GenerationConfig(bos_token_id=tokenizer.bos_id, eos_token_id=[tokenizer.end_of_turn_id, tokenizer.eos_id],
+    stops = list(dict.fromkeys([tokenizer.end_of_turn_id, tokenizer.eos_id]))  # one id when they coincide
+    GenerationConfig(bos_token_id=tokenizer.bos_id, eos_token_id=stops,
                      pad_token_id=tokenizer.pad_id).save_pretrained(str(directory))
 
 
@@ -404,14 +435,21 @@ def export_checkpoint(ckpt_dir: str | os.PathLike, out_dir: str | os.PathLike, *
         base_params = _without_lora(params)
     tensors = hf_llava.to_hf_tensors(base_params, base_config, dtype=dtype)
 
+    token_ids = dict(bos_token_id=tokenizer.bos_id, eos_token_id=tokenizer.eos_id, pad_token_id=tokenizer.pad_id)
+    if hf_gemma3.is_gemma3(base_config):
+        hf_config = hf_gemma3.to_hf_config(base_config, **token_ids, **_image_marker_ids(tokenizer))
+    else:
+        hf_config = hf_llava.to_hf_config(base_config, **token_ids)
+
     out_dir.mkdir(parents=True, exist_ok=True)
-    hf_config = hf_llava.to_hf_config(base_config, bos_token_id=tokenizer.bos_id, eos_token_id=tokenizer.eos_id,
-                                      pad_token_id=tokenizer.pad_id)
     hf_config.dtype = dtype
     hf_config.to_json_file(str(out_dir / "config.json"))
     hf_llava.write_safetensors_dir(tensors, str(out_dir), max_shard_bytes=max_shard_bytes)
     _write_generation_config(out_dir, tokenizer)
-    write_processor(out_dir, tokenizer, base_config)
+    if hf_gemma3.is_gemma3(base_config):
+        write_gemma3_processor(out_dir, tokenizer, base_config)
+    else:
+        write_processor(out_dir, tokenizer, base_config)
     if lora == "adapter":
         write_lora_adapter(out_dir / ADAPTER_DIR, config.lora, adapter_tensors, lora_modules,
                            base_model_path=str(out_dir.resolve()))

@@ -159,7 +159,7 @@ def from_hf_config(hf_config: Any, *, max_images: int = 1, dtype: str = "float32
         head_dim=tc.head_dim or tc.hidden_size // tc.num_attention_heads, mlp_dim=tc.intermediate_size,
         rope_theta=float(full.get("rope_theta", 1_000_000.0)), rms_norm_eps=float(tc.rms_norm_eps),
         tie_embeddings=bool(hf_config.tie_word_embeddings), max_positions=tc.max_position_embeddings,
-        family="gemma3", mlp_activation=tc.hidden_activation, query_pre_attn_scalar=float(tc.query_pre_attn_scalar),
+        family="gemma3", mlp_activation=tc.hidden_activation, query_pre_attn_scalar=int(tc.query_pre_attn_scalar),
         layer_types=layer_types, sliding_window=int(tc.sliding_window) if "sliding" in layer_types else None,
         local_rope_theta=float(sliding.get("rope_theta", 10_000.0)), rope_scaling_factor=factor,
         bidirectional_image_attention=True)

@@ -126,13 +126,37 @@ def _read_json(path: Path) -> dict:
     return data
 
 
+def _model_config_json(hf_dir: Path) -> dict:
+    path = hf_dir / "config.json"
+    return _read_json(path) if path.exists() else {}
+
+
 def _image_token(hf_dir: Path, hf_tokenizer, added: set[str]) -> str | None:
     candidates = [_token_text(getattr(hf_tokenizer, "image_token", None))]
     processor_config = hf_dir / PROCESSOR_CONFIG_FILE
     if processor_config.exists():
         candidates.append(_token_text(_read_json(processor_config).get("image_token")))
+    model_config = _model_config_json(hf_dir)
+    image_id = model_config.get("image_token_index", model_config.get("image_token_id"))
+    if isinstance(image_id, int):  # the model's own image token
+        candidates.append(hf_tokenizer.convert_ids_to_tokens(image_id))
     candidates.append(DEFAULT_IMAGE_TOKEN)
     return next((token for token in candidates if token in added), None)
+
+
+def _image_wrapping(hf_dir: Path, hf_tokenizer, added: set[str]) -> dict[str, str]:
+    """Gemma 3's processor writes each image as "\n\n<start_of_image>" + N image tokens +
+    "<end_of_image>\n\n" (`Gemma3Processor.full_image_sequence`); other models add nothing."""
+    model_config = _model_config_json(hf_dir)
+    if model_config.get("model_type") != "gemma3":
+        return {}
+    boi, eoi = (hf_tokenizer.convert_ids_to_tokens(model_config.get(key, default))
+                for key, default in (("boi_token_index", 255_999), ("eoi_token_index", 256_000)))
+    if boi not in added or eoi not in added:
+        raise HFImportError(f"{hf_dir}: the tokenizer lacks Gemma 3's start/end-of-image tokens "
+                            f"(ids {model_config.get('boi_token_index')}, {model_config.get('eoi_token_index')} "
+                            f"are {boi!r}, {eoi!r})")
+    return {"image_open": f"\n\n{boi}", "image_close": f"{eoi}\n\n"}
 
 
 def _load_hf_tokenizer(hf_dir: Path):
@@ -297,7 +321,8 @@ def _derive_chat_format(hf_dir, overrides) -> tuple[Any, str]:
     if all(fields[name] or given.get(name) for name in ("bos", "eos", "pad", "image")):
         try:
             fmt = template_format(hf_tokenizer, {**fields, **given})
-            return dataclasses.replace(fmt, **given), "the tokenizer's chat_template"
+            wrapping = _image_wrapping(hf_dir, hf_tokenizer, added)
+            return dataclasses.replace(fmt, **{**wrapping, **given}), "the tokenizer's chat_template"
         except TemplateFormatError as err:
             template_problem = str(err)
         except ValueError as err:
@@ -309,6 +334,7 @@ def _derive_chat_format(hf_dir, overrides) -> tuple[Any, str]:
     fields.update(family.prefixes() if family else dict.fromkeys(("system_prefix", "user_prefix",
                                                                  "assistant_prefix")))
     fields.update(dict.fromkeys(("system_end", "user_end")))
+    fields.update(_image_wrapping(hf_dir, hf_tokenizer, added))
     fields.update(given)
     missing = [name for name, value in fields.items() if value is None and name not in ("system_end", "user_end")]
     if missing:
@@ -319,7 +345,8 @@ def _derive_chat_format(hf_dir, overrides) -> tuple[Any, str]:
         raise HFImportError(f"{hf_dir}: cannot derive the chat format from the tokenizer: missing {reasons}. "
                             f"Known end-of-turn tokens: {[f.end_of_turn for f in KNOWN_TURN_FORMATS]}.{template}")
     try:
-        return ChatFormat(**fields), "special tokens" + (" and flags" if given else "")
+        unused = f"; its chat_template was not used: {template_problem}" if template_problem else ""
+        return ChatFormat(**fields), "special tokens" + (" and flags" if given else "") + unused
     except ValueError as err:
         raise HFImportError(f"{hf_dir}: {err}") from err
 

@@ -198,7 +198,7 @@ class TextConfig:
     max_positions: int = 2048
     family: str = "llama"
     mlp_activation: str = "silu"
-    query_pre_attn_scalar: float | None = None
+    query_pre_attn_scalar: int | None = None
     layer_types: tuple[str, ...] = ()
     sliding_window: int | None = None
     local_rope_theta: float | None = None

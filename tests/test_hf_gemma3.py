@@ -1,0 +1,161 @@
+"""A tiny random `Gemma3ForConditionalGeneration` directory end to end: `cxrtrek import-hf` (no flags),
+a few train steps from the import with `make_train_step`, a staged chain with `run_chain`, `cxrtrek
+export-hf`, and the exported PyTorch model's greedy answers equal to the JAX chain's."""
+
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+import torch
+from transformers import AutoTokenizer, Gemma3ForConditionalGeneration
+
+from cxrtrek_jax.cli import main
+from cxrtrek_jax.decoding import ChainStudy, DecodeSpec, StepwiseDecoder, Turn, fixed_plan, run_chain, study_turns
+from cxrtrek_jax.decoding.model_loading import load_decoding_model
+from cxrtrek_jax.model import CXRTrekNet
+from cxrtrek_jax.train import checkpointing
+from cxrtrek_jax.train import optimizer as opt
+from cxrtrek_jax.train import sharding as sh
+from cxrtrek_jax.train import step as ts
+from data_pipeline.chat_template import CHAT_FORMAT_FILE, ChatFormat, render
+from data_pipeline.cxrtrek_json import read_studies
+from data_pipeline.images import load_image, resize_with_pad
+from data_pipeline.packing import pad_sequence, stack_rows
+from data_pipeline.phantom import PhantomConfig, write_phantom_dataset
+from data_pipeline.records import IMAGE_PLACEHOLDER
+from data_pipeline.sequences import SequenceConfig, build_sequences
+from data_pipeline.tokenizer import BOX_MARKUP_TOKENS, load_tokenizer, train_tokenizer, training_texts
+from tests.test_gemma3 import tiny_gemma3
+
+# Gemma's control tokens; the tokenizer's own template folds the system prompt into the first user
+# turn (as Gemma 3's does), which a ChatFormat cannot express, so the import falls back to the
+# special tokens (the known Gemma end-of-turn family).
+GEMMA = ChatFormat(bos="<bos>", eos="<eos>", pad="<pad>", image="<image_soft_token>", end_of_turn="<end_of_turn>",
+                   system_prefix="<start_of_turn>system\n", user_prefix="<start_of_turn>user\n",
+                   assistant_prefix="<start_of_turn>model\n")
+GEMMA_TEMPLATE = (
+    "{{ bos_token }}{% if messages[0]['role'] == 'system' %}{% set first = messages[0]['content'] + '\n\n' %}"
+    "{% set loop_messages = messages[1:] %}{% else %}{% set first = '' %}{% set loop_messages = messages %}{% endif %}"
+    "{% for message in loop_messages %}{% set role = 'model' if message['role'] == 'assistant' else message['role'] %}"
+    "{{ '<start_of_turn>' + role + '\n' + (first if loop.first else '') + message['content'] | trim + "
+    "'<end_of_turn>\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<start_of_turn>model\n' }}{% endif %}"
+)
+IMAGE_MARKERS = ("<start_of_image>", "<end_of_image>")
+SEQ_LEN = 192
+BUDGET = 8
+TRAIN_STEPS = 3
+
+
+def _study_images(root, study, size):
+    return np.stack([resize_with_pad(load_image(os.path.join(root, p)), size) for p in study.images])
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    root = tmp_path_factory.mktemp("phantom")
+    studies = read_studies(write_phantom_dataset(root, 2, seed=5, config=PhantomConfig(size=64)))
+    hf_dir = tmp_path_factory.mktemp("gemma") / "gemma3"
+    tokenizer = train_tokenizer(training_texts(studies), 400, fmt=GEMMA, extra_tokens=BOX_MARKUP_TOKENS + IMAGE_MARKERS)
+    tokenizer.save(hf_dir)
+    (hf_dir / CHAT_FORMAT_FILE).unlink()
+    config_path = hf_dir / "tokenizer_config.json"
+    config_path.write_text(json.dumps({**json.loads(config_path.read_text()), "chat_template": GEMMA_TEMPLATE}))
+    ids = tokenizer.backend.token_to_id
+    hf_model = tiny_gemma3(seed=4, vocab_size=tokenizer.vocab_size, image_token_id=tokenizer.image_id,
+                           boi=ids(IMAGE_MARKERS[0]), eoi=ids(IMAGE_MARKERS[1]))
+    hf_model.save_pretrained(str(hf_dir))
+    return dict(root=root, studies=studies, hf_dir=hf_dir, hf_model=hf_model)
+
+
+def test_import_train_chain_export_and_pytorch_answers_equal(world, tmp_path, capsys):
+    imported = tmp_path / "imported"
+    assert main(["import-hf", str(world["hf_dir"]), "--out", str(imported), "--max-images", "2"]) == 0
+    printed = capsys.readouterr().out
+    assert "from special tokens; its chat_template was not used" in printed
+    tokenizer = load_tokenizer(imported / "tokenizer")
+    fmt = tokenizer.format
+    assert (fmt.end_of_turn, fmt.assistant_prefix) == ("<end_of_turn>", "<start_of_turn>model\n")
+    assert (fmt.image_open, fmt.image_close) == ("\n\n<start_of_image>", "<end_of_image>\n\n")
+    cfg = load_decoding_model(imported).config
+    assert cfg.text.family == "gemma3" and cfg.tokens_per_image == 16
+
+    # A few training steps from the imported weights.
+    size = cfg.vision.image_size
+    seq_config = SequenceConfig(max_length=SEQ_LEN, tokens_per_image=cfg.tokens_per_image, long_chains="truncate")
+    rows, images = [], []
+    for study in world["studies"][:2]:
+        (sequence,), _ = build_sequences(study, tokenizer, seq_config)
+        row = pad_sequence(sequence, SEQ_LEN, cfg.max_images, tokenizer.pad_id)
+        slots = np.zeros((cfg.max_images, size, size), np.float32)
+        for slot, (_, index) in enumerate(row.image_sources):
+            slots[slot] = _study_images(world["root"], study, size)[index]
+        rows.append(row)
+        images.append(slots)
+    batch = stack_rows(rows, np.stack(images))
+    mesh = sh.make_mesh(sh.MeshConfig(), jax.devices()[:1])
+    optim = opt.OptimConfig(learning_rate=3e-3, warmup_steps=1, total_steps=TRAIN_STEPS)
+    split = ts.split_abstract_model(lambda rngs: CXRTrekNet(cfg, rngs=rngs))
+    tx = opt.make_optimizer(optim)
+    shardings = ts.state_shardings(split, tx, mesh)
+    state = ts.create_train_state(checkpointing.load_params(imported), tx, shardings)
+    step_fn = ts.make_train_step(split, tx, optim, shardings)
+    device_batch = sh.put_batch(batch, mesh)
+    losses = []
+    for _ in range(TRAIN_STEPS):
+        state, metrics = step_fn(state, device_batch)
+        losses.append(float(metrics["loss"]))
+    assert np.isfinite(losses).all() and losses[-1] < losses[0], losses
+    trained = tmp_path / "trained"
+    tokenizer.save(trained / "tokenizer")
+    checkpointing.save_params_only(trained, jax.device_get(state.params),
+                                   model_config=checkpointing.read_metadata(imported)["model_config"],
+                                   tokenizer_path="tokenizer")
+
+    # The staged chain on the trained weights: the first image introduced with the first question.
+    loaded = load_decoding_model(trained)
+    spec = DecodeSpec.for_model(cfg, tokenizer, cache_length=512, max_answer_tokens=BUDGET, max_turns=8)
+    decoder = StepwiseDecoder(loaded.graphdef, cfg, spec)
+    chain_studies = []
+    for study in world["studies"][:2]:
+        pixels = _study_images(world["root"], study, size)[:1]
+        turns = [Turn(t.turn_index, t.stage, t.task_type, t.qtype, t.question.replace(IMAGE_PLACEHOLDER, ""), 1,
+                      t.reference) for t in study_turns(study)[:3]]
+        chain_studies.append(ChainStudy(study.study_id, pixels, "You read chest X-rays.",
+                                        lambda turns=turns: fixed_plan(turns)))
+    ours = run_chain(decoder, loaded.state, tokenizer, chain_studies, context="own", max_new_tokens=BUDGET)
+
+    # Export, and the PyTorch model answers every turn with the same tokens.
+    exported = tmp_path / "exported"
+    assert main(["export-hf", str(trained), "--out", str(exported)]) == 0
+    torch_model = Gemma3ForConditionalGeneration.from_pretrained(str(exported)).eval()
+    hf_tokenizer = AutoTokenizer.from_pretrained(str(exported))
+    messages = [{"role": "system", "content": "Sys."}, {"role": "user", "content": f"{fmt.image}\nQ?"},
+                {"role": "assistant", "content": "A."}, {"role": "user", "content": "Q2?"}]
+    for tokens_per_image in (1, 16):
+        assert hf_tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True,
+                                                tokens_per_image=tokens_per_image) == render(
+            messages, fmt, tokens_per_image=tokens_per_image, add_generation_prompt=True)
+    suppress = [tokenizer.image_id, tokenizer.bos_id, tokenizer.pad_id]
+    lengths = set()
+    for study, results in zip(chain_studies, ours):
+        pixels = torch.tensor(np.repeat(study.images[:1, None], 3, axis=1) * 2.0 - 1.0)
+        ids = tokenizer.encode_chat([{"role": "system", "content": study.system_prompt}]).ids.tolist()
+        for k, (turn, result) in enumerate(zip(study.plan(), results, strict=True)):
+            question = (fmt.image + "\n" if k == 0 else "") + turn.question
+            ids += tokenizer.encode_chat([{"role": "user", "content": question}], add_generation_prompt=True,
+                                         tokens_per_image=cfg.tokens_per_image).ids[1:].tolist()
+            input_ids = torch.tensor([ids])
+            with torch.no_grad():
+                out = torch_model.generate(input_ids=input_ids, pixel_values=pixels,
+                                           token_type_ids=(input_ids == tokenizer.image_id).long(), do_sample=False,
+                                           max_new_tokens=BUDGET - 1, eos_token_id=tokenizer.end_of_turn_id,
+                                           pad_token_id=tokenizer.pad_id, suppress_tokens=suppress)
+            generated = out[0, len(ids):].tolist()
+            if generated[-1:] != [tokenizer.end_of_turn_id]:
+                generated.append(tokenizer.end_of_turn_id)  # the chain closes a turn that ran out of budget
+            assert list(result.answer_tokens) == generated[:-1], (study.study_id, turn.turn_index)
+            lengths.add(len(result.answer_tokens))
+            ids += generated
+    assert max(lengths) > 0
