@@ -51,8 +51,11 @@ def forward_flops(cfg: ModelConfig, *, batch: int, seq_len: int, images: int) ->
     per_token_mlp = 3 * t.embed_dim * t.mlp_dim
     text_dense = 2.0 * tokens * t.num_layers * (per_token_attn_proj + per_token_mlp)
     text_attention = 4.0 * batch * seq_len**2 * t.num_heads * t.head_dim * t.num_layers
-    projector_tokens = images * v.tokens_per_image
-    projector = 2.0 * projector_tokens * (v.width * t.embed_dim + t.embed_dim * t.embed_dim)
+    if cfg.projector.kind == "gemma3":  # pooled tokens through one [vision width, text embed] map
+        projector = 2.0 * images * cfg.tokens_per_image * v.width * t.embed_dim
+    else:
+        projector_tokens = images * v.tokens_per_image
+        projector = 2.0 * projector_tokens * (v.width * t.embed_dim + t.embed_dim * t.embed_dim)
     return ForwardFlops(
         vision=images * _vision_per_image(cfg),
         projector=projector,

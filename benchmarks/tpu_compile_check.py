@@ -1,4 +1,4 @@
-"""TPU compile-and-fit check of `cxrtreknet-7b`, on a CPU-only machine.
+"""TPU compile-and-fit check of `cxrtreknet-7b` and `medgemma-4b`, on a CPU-only machine.
 
     make tpu-compile-check        # creates .venv-tpu (jax[tpu] = libtpu), then runs this module
 
@@ -36,6 +36,7 @@ __all__ = [
     "DecodeCase",
     "DEFAULT_TRAIN_CASES",
     "DEFAULT_DECODE_CASE",
+    "DEFAULT_DECODE_CASES",
     "MemoryReport",
     "topology_mesh",
     "compile_train_step",
@@ -60,6 +61,7 @@ class TrainCase:
     seq_len: int
     images: int
     mesh: tuple[int, int, int] = (1, -1, 1)
+    preset: str = "cxrtreknet-7b"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,16 +75,25 @@ class DecodeCase:
     cache_len: int
     images: int
     mesh: tuple[int, int, int] = (1, -1, 1)
+    preset: str = "cxrtreknet-7b"
 
 
 # 4 images x 729 tokens = 2916 image tokens + ~1180 text tokens per row. A 64-chip v5p
 # (--case v5p:4x4x4:256:4096:4) also lowers, but its compile needs more than the 24 GiB of RAM of
 # the project's machines (killed at 18 GiB resident after 27 min), so it is not a default case.
+# medgemma-4b: 4 images x (256 image tokens + 2 markers and 4 newlines of Gemma 3's wrapping) per
+# 4096-token row, each image 896 x 896 px through the 27-layer SigLIP (4096 patches).
 DEFAULT_TRAIN_CASES = (
     TrainCase("v5p:2x2x2", global_batch=32, seq_len=4096, images=4),
     TrainCase("v5e:4x4", global_batch=16, seq_len=4096, images=4),
+    TrainCase("v5p:2x2x2", global_batch=32, seq_len=4096, images=4, preset="medgemma-4b"),
+    TrainCase("v5e:4x4", global_batch=16, seq_len=4096, images=4, preset="medgemma-4b"),
 )
 DEFAULT_DECODE_CASE = DecodeCase("v5p:2x2x2", batch=32, prompt_len=2048, cache_len=4096, images=2)
+DEFAULT_DECODE_CASES = (
+    DEFAULT_DECODE_CASE,
+    DecodeCase("v5p:2x2x2", batch=32, prompt_len=2048, cache_len=4096, images=2, preset="medgemma-4b"),
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -193,7 +204,7 @@ def compile_train_step(case: TrainCase, model_config=None, *, mesh=None, hbm: in
 
     from benchmarks import model_flops
 
-    cfg = model_config or get_config("cxrtreknet-7b")
+    cfg = model_config or get_config(case.preset)
     mesh = mesh if mesh is not None else topology_mesh(case.topology, case.mesh)
     split = step_lib.split_abstract_model(lambda rngs: CXRTrekNet(cfg, rngs=rngs))
     optim = optimizer_lib.OptimConfig(weight_decay=0.1)
@@ -253,7 +264,7 @@ def compile_decode_steps(case: DecodeCase, model_config=None, *, mesh=None, hbm:
     from cxrtrek_jax.train import step as step_lib
     from cxrtrek_jax.model import KV_AXES, SLOT_AXES, CXRTrekNet, KVCache, axis_rules, get_config
 
-    cfg = model_config or get_config("cxrtreknet-7b")
+    cfg = model_config or get_config(case.preset)
     mesh = mesh if mesh is not None else topology_mesh(case.topology, case.mesh)
     hbm = hbm_bytes(mesh) if hbm is None else hbm
     split = step_lib.split_abstract_model(lambda rngs: CXRTrekNet(cfg, rngs=rngs))
@@ -316,19 +327,22 @@ def _case_json(case) -> dict[str, Any]:
 
 def _previous_results(path: str | None) -> dict[str, Any]:
     if path is None or not os.path.exists(path):
-        return {"train": [], "decode": None}
+        return {"train": [], "decode": []}
     with open(path) as f:
         data = json.load(f)
-    return {"train": data.get("train", []), "decode": data.get("decode")}
+    decode = data.get("decode") or []
+    return {"train": data.get("train", []), "decode": [decode] if isinstance(decode, dict) else decode}
 
 
 def _parse_train_case(text: str) -> TrainCase:
-    """TOPOLOGY:BATCH:SEQ_LEN:IMAGES, e.g. v5p:2x2x2:32:4096:4."""
+    """TOPOLOGY:BATCH:SEQ_LEN:IMAGES[:PRESET], e.g. v5p:2x2x2:32:4096:4 or v5e:4x4:16:4096:4:medgemma-4b."""
     parts = text.split(":")
-    if len(parts) != 5:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected TOPOLOGY:BATCH:SEQ_LEN:IMAGES, e.g. v5p:2x2x2:32:4096:4")
+    if len(parts) not in (5, 6):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected TOPOLOGY:BATCH:SEQ_LEN:IMAGES[:PRESET], e.g. "
+                                         "v5p:2x2x2:32:4096:4")
     try:
-        return TrainCase(f"{parts[0]}:{parts[1]}", int(parts[2]), int(parts[3]), int(parts[4]))
+        preset = {"preset": parts[5]} if len(parts) == 6 else {}
+        return TrainCase(f"{parts[0]}:{parts[1]}", int(parts[2]), int(parts[3]), int(parts[4]), **preset)
     except ValueError as err:
         raise argparse.ArgumentTypeError(f"{text!r}: {err}") from None
 
@@ -338,12 +352,12 @@ def _gib(n: float) -> str:
 
 
 def _print_train_table(results: list[dict[str, Any]]) -> None:
-    print("| topology | chips | global batch x L (images) | args GiB | out GiB | alias GiB | temp GiB | total GiB | HBM GiB | fits | TFLOP/chip (XLA) | TFLOP/chip (model / +remat) | compile s |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("| preset | topology | chips | global batch x L (images) | args GiB | out GiB | alias GiB | temp GiB | total GiB | HBM GiB | fits | TFLOP/chip (XLA) | TFLOP/chip (model / +remat) | compile s |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in results:
         m, c = r["memory"], r["case"]
         xla = "n/a" if m["flops"] is None else f"{m['flops'] / 1e12:.1f}"
-        print(f"| {c['topology']} | {r['chips']} | {c['global_batch']} x {c['seq_len']} ({c['images']}) | "
+        print(f"| {c.get('preset', 'cxrtreknet-7b')} | {c['topology']} | {r['chips']} | {c['global_batch']} x {c['seq_len']} ({c['images']}) | "
               f"{_gib(m['argument_bytes'])} | {_gib(m['output_bytes'])} | {_gib(m['alias_bytes'])} | "
               f"{_gib(m['temp_bytes'])} | {_gib(m['total_bytes'])} | {_gib(m['hbm_bytes'])} | "
               f"{'yes' if m['fits'] else 'NO'} | {xla} | {r['analytic_model_flops_per_chip'] / 1e12:.1f} / "
@@ -352,7 +366,7 @@ def _print_train_table(results: list[dict[str, Any]]) -> None:
 
 def _print_decode_table(result: dict[str, Any]) -> None:
     c = result["case"]
-    print(f"decode on {c['topology']} ({result['chips']} chips): batch {c['batch']}, prompt {c['prompt_len']} "
+    print(f"{c.get('preset', 'cxrtreknet-7b')} decode on {c['topology']} ({result['chips']} chips): batch {c['batch']}, prompt {c['prompt_len']} "
           f"tokens ({c['images']} images), cache {c['cache_len']} slots, bf16 weights")
     print("| program | args GiB | out GiB | alias GiB | temp GiB | total GiB | HBM GiB | fits | GFLOP/chip (XLA) | compile s |")
     print("|---|---|---|---|---|---|---|---|---|---|")
@@ -385,40 +399,43 @@ def main(argv: list[str] | None = None) -> int:
     from benchmarks import common
 
     cases = args.cases or list(DEFAULT_TRAIN_CASES)
-    previous = _previous_results(args.out) if args.resume else {"train": [], "decode": None}
-    results: dict[str, Any] = {"machine": common.machine_info(), "train": [], "decode": None}
+    previous = _previous_results(args.out) if args.resume else {"train": [], "decode": []}
+    results: dict[str, Any] = {"machine": common.machine_info(), "train": [], "decode": []}
     _log(f"machine: {results['machine']['cpu']}, versions {results['machine']['versions']}")
     for case in cases:
         done = [r for r in previous["train"] if r["case"] == _case_json(case)]
         if done:
-            _log(f"{case.topology}: kept from {args.out}")
+            _log(f"{case.preset} {case.topology}: kept from {args.out}")
             results["train"].append(done[0])
             continue
-        _log(f"compiling the cxrtreknet-7b train step for {case}")
+        _log(f"compiling the {case.preset} train step for {case}")
         result = compile_train_step(case)
         results["train"].append(result)
         m = result["memory"]
-        _log(f"{case.topology}: total {m['total_gib']:.2f} GiB of {m['hbm_gib']:.0f} GiB per chip, "
+        _log(f"{case.preset} {case.topology}: total {m['total_gib']:.2f} GiB of {m['hbm_gib']:.0f} GiB per chip, "
              f"fits={m['fits']}, compile {result['compile_s']:.0f} s")
         common.write_results(args.out, results)
     if not args.no_decode:
-        decode = previous["decode"]
-        if decode is not None and decode["case"] == _case_json(DEFAULT_DECODE_CASE):
-            _log(f"decode: kept from {args.out}")
-        else:
-            _log(f"compiling prefill + decode step for {DEFAULT_DECODE_CASE}")
-            decode = compile_decode_steps(DEFAULT_DECODE_CASE)
-        results["decode"] = decode
-        common.write_results(args.out, results)
+        for case in DEFAULT_DECODE_CASES:
+            done = [r for r in previous["decode"] if r["case"] == _case_json(case)]
+            if done:
+                _log(f"{case.preset} decode: kept from {args.out}")
+                decode = done[0]
+            else:
+                _log(f"compiling prefill + decode step for {case}")
+                decode = compile_decode_steps(case)
+            results["decode"].append(decode)
+            common.write_results(args.out, results)
     print()
     _print_train_table(results["train"])
-    if results["decode"] is not None:
+    for decode in results["decode"]:
         print()
-        _print_decode_table(results["decode"])
-    failed = [r["case"]["topology"] for r in results["train"] if not r["memory"]["fits"]]
-    if results["decode"] is not None:
-        failed += [f"{results['decode']['case']['topology']} {name}" for name in ("prefill", "decode_step")
-                   if not results["decode"][name]["memory"]["fits"]]
+        _print_decode_table(decode)
+    failed = [f"{r['case'].get('preset', 'cxrtreknet-7b')} {r['case']['topology']}" for r in results["train"]
+              if not r["memory"]["fits"]]
+    for decode in results["decode"]:
+        failed += [f"{decode['case'].get('preset', 'cxrtreknet-7b')} {decode['case']['topology']} {name}"
+                   for name in ("prefill", "decode_step") if not decode[name]["memory"]["fits"]]
     if failed:
         print(f"DOES NOT FIT: {', '.join(failed)}", file=sys.stderr)
         return 1

@@ -6,6 +6,7 @@ path equals the uncached one; the config mapping refuses what it cannot represen
 
 import dataclasses
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -161,3 +162,23 @@ def test_gemma_fields_on_a_llama_decoder_are_refused():
         dataclasses.replace(tiny.text, sliding_window=4, layer_types=("sliding", "full"))
     with pytest.raises(ValueError, match="must pool the 4x4 patch grid evenly"):
         dataclasses.replace(tiny, projector=dataclasses.replace(tiny.projector, kind="gemma3", tokens_per_image=9))
+
+
+def test_medgemma_preset_has_the_shapes_of_transformers_gemma3():
+    """`medgemma-4b` exported as a Gemma3Config builds (on the meta device) a PyTorch model whose every
+    tensor our mapping names with the same shape; ~4.3 B parameters like MedGemma 4B."""
+    cfg = get_config("medgemma-4b")
+    hf_config = hf_gemma3.to_hf_config(cfg, boi_token_id=255_999, eoi_token_id=256_000)
+    text = hf_config.text_config
+    assert text.layer_types.count("full_attention") == 5 and text.layer_types[5] == "full_attention"
+    assert dataclasses.replace(hf_gemma3.from_hf_config(hf_config, max_images=4, dtype="bfloat16"), remat=True) == cfg
+    with torch.device("meta"):
+        model = Gemma3ForConditionalGeneration(hf_config)
+    theirs = {hf_llava._canonical_name(k): tuple(v.shape) for k, v in model.state_dict().items()
+              if k != "lm_head.weight"}
+    ours = {spec.hf_name: spec.hf_shape for spec in hf_llava.hf_tensor_specs(cfg)}
+    assert ours == theirs
+    abstract = nnx.eval_shape(lambda: CXRTrekNet(cfg, rngs=nnx.Rngs(0)))
+    count = sum(x.size for x in jax.tree.leaves(nnx.state(abstract, nnx.Param)))
+    assert count == sum(p.numel() for n, p in model.named_parameters() if n != "lm_head.weight")
+    assert 4.2e9 < count < 4.4e9, count

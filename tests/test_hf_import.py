@@ -209,14 +209,17 @@ def _with_tokenizer(hf_dir, tmp_path, fmt):
     return directory
 
 
-def test_a_tokenizer_without_image_token_needs_the_flag(hf_dir, tmp_path, capsys):
+def test_the_image_token_comes_from_the_model_config_or_the_flag(hf_dir, tmp_path, capsys):
     fmt = ChatFormat(**{**CHATML.to_dict(), "image": "<img>"})
     directory = _with_tokenizer(hf_dir[0], tmp_path, fmt)
-    assert main(["import-hf", str(directory), "--out", str(tmp_path / "out")]) == 2
-    err = capsys.readouterr().err
-    assert "image" in err and "--image-token" in err
-    assert main(["import-hf", str(directory), "--out", str(tmp_path / "out"), "--image-token", "<img>"]) == 0
+    # config.json's image_token_index names "<img>" ...
+    assert main(["import-hf", str(directory), "--out", str(tmp_path / "out")]) == 0
     assert load_tokenizer(tmp_path / "out" / "tokenizer").format == fmt
+    # ... without it, a tokenizer with no known image token needs the flag.
+    (directory / "config.json").unlink()
+    with pytest.raises(hf_import.HFImportError, match="image.*--image-token"):
+        hf_import.derive_chat_format(directory)
+    assert hf_import.derive_chat_format(directory, {"image": "<img>"}) == fmt
 
 
 def _drop_chat_template(directory):

@@ -9,7 +9,7 @@ Configs are plain frozen dataclasses of JSON-able values:
   * `override(cfg, {"text.num_layers": 4})` changes fields by dotted key;
     string values (from a command line) are parsed to the field's type;
   * `to_dict(cfg)` / `from_dict(d)` round-trip through JSON for checkpoints;
-  * `get_config(name)` returns a preset ("tiny", "small", "cxrtreknet-7b").
+  * `get_config(name)` returns a preset ("tiny", "small", "cxrtreknet-7b", "medgemma-4b").
 
 This module imports no JAX so that command-line parsing stays cheap.
 """
@@ -348,10 +348,38 @@ def _cxrtreknet_7b() -> ModelConfig:
     )
 
 
+def _medgemma_4b() -> ModelConfig:
+    # MedGemma 4B (google/medgemma-4b-it; the shapes of Gemma 3 4B, google/gemma-3-4b-it), as in its
+    # config.json: SigLIP-so400m/14 at 896 px (hidden 1152, mlp 4304, 27 layers, 16 heads, a 64x64
+    # patch grid) pooled 4x4 to mm_tokens_per_image 256; Gemma 3 text: vocab 262208, hidden 2560,
+    # intermediate 10240, 34 layers, 8 heads / 4 KV heads of head_dim 256, query_pre_attn_scalar 256,
+    # sliding_window 1024 with every 6th layer global (sliding_window_pattern 6: layers 5, 11, 17,
+    # 23, 29), rope_theta 1e6 with linear scaling factor 8 on the global layers,
+    # rope_local_base_freq 1e4, max_position_embeddings 131072, rms_norm_eps 1e-6, gelu_pytorch_tanh,
+    # tied embeddings; image_token_index 262144 (boi 255999, eoi 256000 are the tokenizer's).
+    num_layers = 34
+    return ModelConfig(
+        vision=VisionConfig(image_size=896, patch_size=14, width=1152, depth=27, num_heads=16, mlp_dim=4304),
+        text=TextConfig(vocab_size=262_208, embed_dim=2560, num_layers=num_layers, num_heads=8, num_kv_heads=4,
+                        head_dim=256, mlp_dim=10_240, rope_theta=1_000_000.0, rms_norm_eps=1e-6,
+                        tie_embeddings=True, max_positions=131_072, family="gemma3",
+                        mlp_activation="gelu_pytorch_tanh", query_pre_attn_scalar=256,
+                        layer_types=tuple("full" if (i + 1) % 6 == 0 else "sliding" for i in range(num_layers)),
+                        sliding_window=1024, local_rope_theta=10_000.0, rope_scaling_factor=8.0,
+                        bidirectional_image_attention=True),
+        projector=ProjectorConfig(kind="gemma3", tokens_per_image=256, norm_eps=1e-6),
+        image_token_id=262_144,
+        max_images=4,
+        dtype="bfloat16",
+        remat=True,
+    )
+
+
 _PRESETS = {
     "tiny": _tiny,
     "small": _small,
     "cxrtreknet-7b": _cxrtreknet_7b,
+    "medgemma-4b": _medgemma_4b,
 }
 
 
