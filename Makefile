@@ -85,12 +85,20 @@ MESH ?=
 FORCE ?=
 ABLATION_ARGS ?=  # more runner arguments, e.g. --set train.num_steps=100 --meteor
 comma := ,
+# INIT=<Hugging Face dir> (LLaVA or Gemma 3 / MedGemma): imported once into INIT_DIR, then every
+# ablation starts from its weights and uses its tokenizer (LoRA: ablation-lora_r8; full: the others).
+INIT ?=
+INIT_DIR ?= runs/init-$(PRESET)
 ABLATION_SETS = $(if $(DATA),--set data.kind=json --set data.path=$(DATA) $(if $(IMAGE_ROOT),--set data.image_root=$(IMAGE_ROOT))) \
+  $(if $(INIT),--set train.init_from=$(INIT_DIR) --set tokenizer.path=$(INIT_DIR)/tokenizer) \
   $(if $(MESH),--set mesh.data=$(word 1,$(subst $(comma), ,$(MESH))) --set mesh.fsdp=$(word 2,$(subst $(comma), ,$(MESH))) \
   --set mesh.tensor=$(word 3,$(subst $(comma), ,$(MESH))))
 .PHONY: ablations ablations-report
 
-ablation-%: $(STAMP)  ## train + evaluate one ablation into runs/NAME (NAME: see ABLATIONS; FORCE=1 redoes it)
+$(INIT_DIR)/tokenizer/tokenizer.json:
+	$(PY) -m cxrtrek_jax.cli import-hf $(INIT) --out $(INIT_DIR)
+
+ablation-%: $(STAMP) $(if $(INIT),$(INIT_DIR)/tokenizer/tokenizer.json)  ## train + evaluate one ablation into runs/NAME (NAME: see ABLATIONS; FORCE=1 redoes it; INIT=hf_dir starts from a pretrained model)
 	$(PY) -m experiments.ablations run $* --preset $(PRESET) $(ABLATION_SETS) $(if $(FORCE),--force) $(ABLATION_ARGS)
 
 ablation-lora_r8: ablation-baseline

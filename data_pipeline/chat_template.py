@@ -208,15 +208,21 @@ def _literal(text: str) -> str:
     return "{{ " + json.dumps(text) + " }}"
 
 
-def jinja_template(fmt: ChatFormat = ChatFormat()) -> str:
+def jinja_template(fmt: ChatFormat = ChatFormat(), *, image_text: str | None = None) -> str:
     """The Hugging Face `chat_template` equivalent of `render` for `fmt`.
 
     Optional template variable `tokens_per_image` (default 1) expands each
     image placeholder, as `render(..., tokens_per_image=N)` does.
+    `image_text`: what each placeholder renders as when `tokens_per_image` is
+    not given (e.g. Gemma 3's "<start_of_image>", which `Gemma3Processor`
+    expands to the whole image); None: the expansion with one token.
     """
     image = json.dumps(fmt.image)
     expanded = f"{json.dumps(fmt.image_open)} ~ {image} * n_image ~ {json.dumps(fmt.image_close)}"
     content = f"{{{{ message['content'] | replace({image}, {expanded}) }}}}"
+    if image_text is not None:
+        content = ("{%- if tokens_per_image is defined -%}" + content + "{%- else -%}"
+                   + f"{{{{ message['content'] | replace({image}, {json.dumps(image_text)}) }}}}" + "{%- endif -%}")
     role_branches = "".join(
         ("{%- if" if i == 0 else "{%- elif")
         + f" message['role'] == {json.dumps(role)} -%}}"

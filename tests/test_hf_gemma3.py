@@ -9,7 +9,8 @@ import jax
 import numpy as np
 import pytest
 import torch
-from transformers import AutoTokenizer, Gemma3ForConditionalGeneration
+from PIL import Image
+from transformers import AutoProcessor, AutoTokenizer, Gemma3ForConditionalGeneration
 
 from cxrtrek_jax.cli import main
 from cxrtrek_jax.decoding import ChainStudy, DecodeSpec, StepwiseDecoder, Turn, fixed_plan, run_chain, study_turns
@@ -133,10 +134,20 @@ def test_import_train_chain_export_and_pytorch_answers_equal(world, tmp_path, ca
     hf_tokenizer = AutoTokenizer.from_pretrained(str(exported))
     messages = [{"role": "system", "content": "Sys."}, {"role": "user", "content": f"{fmt.image}\nQ?"},
                 {"role": "assistant", "content": "A."}, {"role": "user", "content": "Q2?"}]
-    for tokens_per_image in (1, 16):
+    for tokens_per_image in (1, 16):  # given the count, the tokenizer's template expands images itself
         assert hf_tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True,
                                                 tokens_per_image=tokens_per_image) == render(
             messages, fmt, tokens_per_image=tokens_per_image, add_generation_prompt=True)
+    # AutoProcessor: the chat template writes one start-of-image per image, the processor expands it.
+    processor = AutoProcessor.from_pretrained(str(exported))
+    prompt = processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    square = (np.arange(size * size).reshape(size, size) % 251).astype(np.uint8)
+    inputs = processor(text=prompt, images=[Image.fromarray(square)], return_tensors="np")
+    assert tokenizer.backend.decode(inputs["input_ids"][0].tolist(), skip_special_tokens=False) == render(
+        messages, fmt, tokens_per_image=cfg.tokens_per_image, add_generation_prompt=True)
+    expected = (resize_with_pad(square.astype(np.float32) / 255, size) - 0.5) / 0.5
+    np.testing.assert_allclose(inputs["pixel_values"][0], np.repeat(expected[None], 3, axis=0), atol=1e-5)
+    assert inputs["token_type_ids"][0].sum() == cfg.tokens_per_image
     suppress = [tokenizer.image_id, tokenizer.bos_id, tokenizer.pad_id]
     lengths = set()
     for study, results in zip(chain_studies, ours):

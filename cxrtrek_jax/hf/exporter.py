@@ -361,14 +361,45 @@ def _image_marker_ids(tokenizer) -> dict[str, int]:
 
 
 def write_gemma3_processor(directory: str | os.PathLike, tokenizer, config: ModelConfig) -> None:
-    """The tokenizer files (tokenizer.json, tokenizer_config.json with the chat template, which expands
-    each image placeholder as `Gemma3Processor` does, cxrtrek_chat_format.json) and the image
-    processor (preprocessor_config.json: `JanusImageProcessorPil`, reproducing ours)."""
-    from transformers.models.janus.image_processing_pil_janus import JanusImageProcessorPil
+    """The tokenizer files and processor_config.json of an `AutoProcessor` (`Gemma3Processor`: its
+    PIL image processor with our rescaling and normalisation). The one chat template (tokenizer
+    and processor) writes "<start_of_image>" per image, which the processor expands to
+    image_open + N image tokens + image_close; given `tokens_per_image=N` it writes that
+    expansion itself (as `render` does).
+
+    Gemma 3's image processor resizes straight to S x S (the aspect is not kept) where ours fits
+    the longest side and pads (`data_pipeline.images.resize_with_pad`): the pixels agree for
+    square images; pad others to a square first.
+    """
+    from transformers import AutoTokenizer, Gemma3Processor
+    from transformers.models.gemma3.image_processing_pil_gemma3 import Gemma3ImageProcessorPil
+
+    from data_pipeline.chat_template import jinja_template
 
     directory = Path(directory)
+    fmt, vision = tokenizer.format, config.vision
+    markers = _image_marker_ids(tokenizer)
+    boi, eoi = (tokenizer.backend.id_to_token(markers[k]) for k in ("boi_token_id", "eoi_token_id"))
+    if (fmt.image_open, fmt.image_close) != (f"\n\n{boi}", f"{eoi}\n\n"):
+        raise ExportError(f"Gemma3Processor writes each image as '\\n\\n{boi}' + image tokens + '{eoi}\\n\\n'; "
+                          f"the chat format has image_open={fmt.image_open!r}, image_close={fmt.image_close!r}")
+    if vision.num_channels != 3:
+        raise ExportError(f"the Hugging Face image processor gives 3-channel pixels; the vision tower takes "
+                          f"{vision.num_channels} (vision.num_channels)")
     tokenizer.save(directory, model_max_length=config.text.max_positions)
-    JanusImageProcessorPil(**image_processor_options(config.vision)).save_pretrained(str(directory))
+    config_path = directory / "tokenizer_config.json"
+    tokenizer_config = json.loads(config_path.read_text())
+    tokenizer_config["extra_special_tokens"] = {"boi_token": boi, "eoi_token": eoi, "image_token": fmt.image}
+    config_path.write_text(json.dumps(tokenizer_config, indent=2, ensure_ascii=False) + "\n")
+    hf_tokenizer = AutoTokenizer.from_pretrained(str(directory), local_files_only=True)
+    image_processor = Gemma3ImageProcessorPil(
+        do_convert_rgb=True, do_resize=True, size={"height": vision.image_size, "width": vision.image_size},
+        do_rescale=True, rescale_factor=1 / 255, do_normalize=True, image_mean=[vision.pixel_mean] * 3,
+        image_std=[vision.pixel_std] * 3, do_pan_and_scan=False)
+    processor = Gemma3Processor(image_processor=image_processor, tokenizer=hf_tokenizer,
+                                chat_template=jinja_template(fmt, image_text=boi),
+                                image_seq_length=config.tokens_per_image)
+    processor.save_pretrained(str(directory))
 
 
 def _write_generation_config(directory: Path, tokenizer) -> None:

@@ -220,7 +220,11 @@ def _save_atomically(directory: pathlib.Path, write) -> None:
 
 
 def resolve_model_config(model: ModelConfig, tokenizer: CXRTrekTokenizer) -> ModelConfig:
-    """The model config with the tokenizer's vocabulary size and image token id."""
+    """The model config with the tokenizer's vocabulary size and image token id. A preset that
+    already fits the tokenizer (same image token id, at least its ids: a pretrained model such as
+    `medgemma-4b` with its embedding rows padded beyond the tokenizer's ids) is kept as it is."""
+    if model.image_token_id == tokenizer.image_id and model.vocab_size >= tokenizer.vocab_size:
+        return model
     return override(model, {"text.vocab_size": tokenizer.vocab_size,
                             "image_token_id": tokenizer.image_id})
 
