@@ -95,7 +95,7 @@ def test_import_train_chain_export_and_pytorch_answers_equal(world, tmp_path, ca
         rows.append(row)
         images.append(slots)
     batch = stack_rows(rows, np.stack(images))
-    mesh = sh.make_mesh(sh.MeshConfig(), jax.devices()[:1])
+    mesh = sh.make_mesh(sh.MeshConfig(data=1, fsdp=2, tensor=2), jax.devices()[:4])  # the FSDP + tensor rules
     optim = opt.OptimConfig(learning_rate=3e-3, warmup_steps=1, total_steps=TRAIN_STEPS)
     split = ts.split_abstract_model(lambda rngs: CXRTrekNet(cfg, rngs=rngs))
     tx = opt.make_optimizer(optim)
@@ -108,6 +108,8 @@ def test_import_train_chain_export_and_pytorch_answers_equal(world, tmp_path, ca
         state, metrics = step_fn(state, device_batch)
         losses.append(float(metrics["loss"]))
     assert np.isfinite(losses).all() and losses[-1] < losses[0], losses
+    q_proj = state.params["text"]["layers"][0]["attn"]["q_proj"]["kernel"]
+    assert tuple(q_proj.sharding.spec)[:2] == ("fsdp", "tensor")
     trained = tmp_path / "trained"
     tokenizer.save(trained / "tokenizer")
     checkpointing.save_params_only(trained, jax.device_get(state.params),
@@ -170,3 +172,16 @@ def test_import_train_chain_export_and_pytorch_answers_equal(world, tmp_path, ca
             lengths.add(len(result.answer_tokens))
             ids += generated
     assert max(lengths) > 0
+
+
+def test_an_unsupported_architecture_is_refused_by_name(tmp_path, capsys):
+    """PaliGemma (prefix-LM attention over the whole prompt, an unpooled linear projector with bias,
+    image features scaled by 1/sqrt(width)) is not one of the supported architectures."""
+    directory = tmp_path / "paligemma"
+    directory.mkdir()
+    (directory / "config.json").write_text(json.dumps({"model_type": "paligemma",
+                                                       "architectures": ["PaliGemmaForConditionalGeneration"]}))
+    assert main(["import-hf", str(directory), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "'paligemma' is not supported" in err and "'gemma3'" in err and "'llava'" in err
+    assert not (tmp_path / "out").exists()
