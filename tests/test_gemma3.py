@@ -182,3 +182,41 @@ def test_medgemma_preset_has_the_shapes_of_transformers_gemma3():
     count = sum(x.size for x in jax.tree.leaves(nnx.state(abstract, nnx.Param)))
     assert count == sum(p.numel() for n, p in model.named_parameters() if n != "lm_head.weight")
     assert 4.2e9 < count < 4.4e9, count
+
+
+def test_lora_merged_export_and_peft_adapter_match_pytorch(pair, tmp_path):
+    """A Gemma 3 model with non-zero LoRA adapters: merged and saved as a Gemma 3 checkpoint, PyTorch
+    gives the unmerged JAX model's logits; the PEFT tensors name real Linear modules of that model."""
+    from cxrtrek_jax.hf import exporter as hf_export
+    from cxrtrek_jax.model import merge_lora
+    from cxrtrek_jax.model.layers import LoraAdapter
+
+    hf_model, cfg, base = pair
+    lora_cfg = dataclasses.replace(cfg, lora=LoraConfig(targets=r"text\.layers\.\d+\.(attn\.[qv]_proj|mlp\.down_proj)"
+                                                        r"|projector\.linear", rank=2, alpha=4.0))
+    model = CXRTrekNet(lora_cfg, rngs=nnx.Rngs(0))
+    nnx.update(model, nnx.state(base, nnx.Param))
+    rng = np.random.default_rng(5)
+    for _, node in nnx.iter_graph(model):
+        if isinstance(node, LoraAdapter):
+            node.a[...] = jnp.asarray(rng.standard_normal(node.a.shape) * 0.3, jnp.float32)
+            node.b[...] = jnp.asarray(rng.standard_normal(node.b.shape) * 0.3, jnp.float32)
+    params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+    with pytest.raises(hf_export.ExportError, match=r"no Hugging Face Linear module.*projector\.linear.*--merge-lora"):
+        hf_export.lora_adapter_tensors(lora_cfg, params)
+    text_only = dataclasses.replace(lora_cfg, lora=dataclasses.replace(lora_cfg.lora, targets=r"text\..*"))
+    without_projector = {**params, "projector": {"linear": {"kernel": params["projector"]["linear"]["kernel"]},
+                                                 "norm": params["projector"]["norm"]}}
+    adapter, modules = hf_export.lora_adapter_tensors(text_only, without_projector)
+    torch_modules = dict(hf_model.named_modules())
+    assert len(modules) == 3 * cfg.text.num_layers and len(adapter) == 2 * len(modules)
+    assert all(isinstance(torch_modules[m], torch.nn.Linear) for m in modules)
+    tokens, images = _inputs(np.random.default_rng(6))
+    ours = np.asarray(model(jnp.asarray(tokens), jnp.asarray(images[None]))[0])
+    merge_lora(model)
+    hf_gemma3.save_hf_checkpoint(nnx.state(model, nnx.Param), dataclasses.replace(lora_cfg, lora=None), str(tmp_path),
+                                 boi_token_id=BOI, eoi_token_id=EOI)
+    merged = Gemma3ForConditionalGeneration.from_pretrained(str(tmp_path), attn_implementation="eager").eval()
+    # x @ (W + s A B) against x @ W + s (x @ A) @ B: the same function, rounded in another order.
+    np.testing.assert_allclose(ours, _torch_logits(merged, tokens, images), atol=5e-5, rtol=0)
+    assert np.abs(ours - _torch_logits(hf_model, tokens, images)).max() > 1e-2  # the adapters matter

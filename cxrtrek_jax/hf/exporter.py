@@ -203,7 +203,9 @@ def lora_adapter_tensors(config: ModelConfig, params: Mapping, *, dtype: str = "
     adapted = {path[:-2] for path in flat if len(path) > 2 and path[-2] == "lora"}
     stray = sorted(".".join(map(str, p)) for p in adapted - {spec.path[:-1] for spec in dense})
     if stray:
-        raise ExportError(f"LoRA adapters on layers with no Hugging Face weight: {stray}")
+        raise ExportError(f"LoRA adapters on layers with no Hugging Face Linear module (a PEFT adapter cannot "
+                          f"target them; Gemma 3's projector is a plain weight matrix): {stray}; export them "
+                          "merged (--merge-lora)")
     tensors: dict[str, np.ndarray] = {}
     modules = []
     for spec in dense:
