@@ -81,13 +81,15 @@ class DecodeCase:
 # 4 images x 729 tokens = 2916 image tokens + ~1180 text tokens per row. A 64-chip v5p
 # (--case v5p:4x4x4:256:4096:4) also lowers, but its compile needs more than the 24 GiB of RAM of
 # the project's machines (killed at 18 GiB resident after 27 min), so it is not a default case.
-# medgemma-4b: 4 images x (256 image tokens + 2 markers and 4 newlines of Gemma 3's wrapping) per
-# 4096-token row, each image 896 x 896 px through the 27-layer SigLIP (4096 patches).
+# medgemma-4b: 4 images x (256 image tokens + Gemma 3's markers) per 4096-token row, each image
+# 896 x 896 px through the 27-layer SigLIP (4096 patches); the 262208-way logits of a row are
+# 4 GiB in fp32. With one row per chip (fsdp only) v5e-16 needs 20.2 GiB of temporaries (of 15.75);
+# with the vocabulary, heads and MLP split over tensor=2 (one row per two chips) it fits (15.3 GiB).
 DEFAULT_TRAIN_CASES = (
     TrainCase("v5p:2x2x2", global_batch=32, seq_len=4096, images=4),
     TrainCase("v5e:4x4", global_batch=16, seq_len=4096, images=4),
-    TrainCase("v5p:2x2x2", global_batch=32, seq_len=4096, images=4, preset="medgemma-4b"),
-    TrainCase("v5e:4x4", global_batch=16, seq_len=4096, images=4, preset="medgemma-4b"),
+    TrainCase("v5p:2x2x2", global_batch=16, seq_len=4096, images=4, preset="medgemma-4b"),
+    TrainCase("v5e:4x4", global_batch=8, seq_len=4096, images=4, mesh=(1, 8, 2), preset="medgemma-4b"),
 )
 DEFAULT_DECODE_CASE = DecodeCase("v5p:2x2x2", batch=32, prompt_len=2048, cache_len=4096, images=2)
 DEFAULT_DECODE_CASES = (
