@@ -177,8 +177,8 @@ def _pair_token_ids(arrays: dict[str, np.ndarray], tokenizer) -> dict[str, np.nd
 
 
 class Rows:
-    """One split and context of a dump; `batch(idx, length)` builds model batches (common.md
-    fields) of the rows `idx` (indices into the kept rows), cut or padded to `length`."""
+    """One split and context of a dump; `batch(idx, length)` builds model batches (the
+    `data_pipeline.grain_pipeline` batch fields) of the rows `idx` (indices into the kept rows), cut or padded to `length`."""
 
     def __init__(self, data, split: str, context: str, stages: Sequence[int] = ()):
         p = f"{split}_{context}_"

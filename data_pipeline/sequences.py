@@ -50,6 +50,7 @@ from data_pipeline.tokenizer import CXRTrekTokenizer
 
 __all__ = [
     "LONG_CHAINS",
+    "TRAINING_CONTEXTS",
     "SequenceConfig",
     "SequenceStats",
     "SequenceTooLongError",
@@ -65,6 +66,9 @@ _PLACEHOLDER_WITH_NEWLINE = re.compile(re.escape(IMAGE_PLACEHOLDER) + r"\n?")
 _LATER_STUDY_STAGES = (Stage.COMPARISON, Stage.FUTURE_TREND)
 # How a chain longer than max_length is trained (module docstring).
 LONG_CHAINS = ("window", "truncate")
+# How a study's turns are grouped into training sequences (`SequenceConfig.context`); not the
+# decoding context modes (own / teacher / none) of `cxrtrek_jax.evaluation.predictions`.
+TRAINING_CONTEXTS = ("on", "off", "shuffled")
 _NUM_STAGES = len(Stage)
 
 
@@ -76,15 +80,18 @@ class SequenceTooLongError(ValueError):
 class SequenceConfig:
     """How studies become training sequences.
 
-    max_length: most tokens in `input_tokens` (the full id sequence holds one more).
-    tokens_per_image: image token ids per image (the model's patch-token count).
-    stage_context: one sequence per study (True) or one per turn (False).
-    shuffle_stages: permute the order of the stages, seeded by
-        (`shuffle_seed`, study id); turns within a stage keep their order.
+    max_length: most tokens in `input_tokens` (the full id sequence holds one more);
+        None = not yet set (the input pipeline sets it to its largest length bucket).
+    tokens_per_image: image token ids per image (the model's patch-token count);
+        None = not yet set (a training run takes it from the model).
+    context: "on" (one sequence per study, the staged context), "off" (one
+        sequence per turn) or "shuffled" (stage order permuted per study, seeded
+        by (`shuffle_seed`, study key); turns within a stage keep their order).
     stages: keep only turns of these stages (None = all).
     no_prior: drop images beyond the current study and the turns needing them.
     max_images: the model's image slots; turns that need more images than this
-        (their `image_input_count`) are dropped and counted (None = no limit).
+        (their `image_input_count`) are dropped and counted (None = no limit; the
+        input pipeline needs it set, a training run takes it from the model).
     system_prompt: None = the study's own system message, else `DEFAULT_SYSTEM_PROMPT`.
     drop_unfittable: a turn that alone exceeds `max_length` (the first turn of
         the sequence with "truncate") is dropped and counted
@@ -94,10 +101,9 @@ class SequenceConfig:
         kept for earlier turns as context, in [0, 1).
     """
 
-    max_length: int
-    tokens_per_image: int
-    stage_context: bool = True
-    shuffle_stages: bool = False
+    max_length: int | None = None
+    tokens_per_image: int | None = None
+    context: str = "on"
     shuffle_seed: int = 0
     stages: tuple[int, ...] | None = None
     no_prior: bool = False
@@ -108,20 +114,40 @@ class SequenceConfig:
     window_context: float = 0.5
 
     def __post_init__(self) -> None:
+        if self.context not in TRAINING_CONTEXTS:
+            raise ValueError(f"context must be one of {TRAINING_CONTEXTS}, got {self.context!r}")
         if self.long_chains not in LONG_CHAINS:
             raise ValueError(f"long_chains must be one of {LONG_CHAINS}, got {self.long_chains!r}")
         if not 0.0 <= self.window_context < 1.0:
             raise ValueError(f"window_context must be in [0, 1), got {self.window_context}")
         if self.max_images is not None and self.max_images < 1:
             raise ValueError(f"max_images must be >= 1 or None, got {self.max_images}")
-        if self.max_length < 2:
+        if self.max_length is not None and self.max_length < 2:
             raise ValueError(f"max_length must be >= 2, got {self.max_length}")
-        if self.tokens_per_image < 1:
+        if self.tokens_per_image is not None and self.tokens_per_image < 1:
             raise ValueError(f"tokens_per_image must be >= 1, got {self.tokens_per_image}")
         if self.stages is not None:
             object.__setattr__(self, "stages", tuple(sorted({int(Stage.parse(s)) for s in self.stages})))
             if not self.stages:
                 raise ValueError("stages must name at least one stage (or be None for all)")
+
+    @property
+    def stage_context(self) -> bool:
+        """One sequence per study (context "on" or "shuffled")."""
+        return self.context != "off"
+
+    @property
+    def shuffle_stages(self) -> bool:
+        return self.context == "shuffled"
+
+    def check_complete(self) -> "SequenceConfig":
+        """self, or a ValueError naming the size field still unset (None)."""
+        for name in ("max_length", "tokens_per_image"):
+            if getattr(self, name) is None:
+                raise ValueError(f"SequenceConfig.{name} is not set: give it (the input pipeline sets "
+                                 "max_length from its length buckets, a training run tokens_per_image "
+                                 "from the model)")
+        return self
 
 
 @dataclasses.dataclass(frozen=True)
@@ -435,8 +461,10 @@ def build_sequences(
     0..num_images, and `SequenceTooLongError` when a turn alone (with
     "truncate": a sequence's first turn) exceeds `config.max_length` (unless
     `config.drop_unfittable`). A study with no turn left after the
-    stage/no_prior filters gives no sequence.
+    stage/no_prior filters gives no sequence. `config.max_length` and
+    `config.tokens_per_image` must be set (ValueError otherwise).
     """
+    config.check_complete()
     _check_image_counts(study)
     turns, counts = _select_turns(study, config)
     groups: Iterable[list[int]] = [turns] if config.stage_context else [[t] for t in turns]

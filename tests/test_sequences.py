@@ -218,7 +218,7 @@ def test_windows_drop_only_the_turns_that_do_not_fit_alone(tok):
 
 
 def test_stage_context_off_one_sequence_per_turn_with_its_visible_images(tok):
-    seqs, stats = build_sequences(STUDY_B, tok, SequenceConfig(max_length=512, tokens_per_image=N, stage_context=False))
+    seqs, stats = build_sequences(STUDY_B, tok, SequenceConfig(max_length=512, tokens_per_image=N, context="off"))
     expected_questions = [
         "<image>\nIs this an AP view?",
         "<image>\nIs there an effusion?",
@@ -234,7 +234,7 @@ def test_stage_context_off_one_sequence_per_turn_with_its_visible_images(tok):
 
 def test_stage_context_off_drops_only_the_turn_that_does_not_fit(tok):
     limit = _input_length(tok, STUDY_B, [2], ["<image>\n<image>\nCompared with the prior, is it new?"]) - 1
-    config = SequenceConfig(max_length=limit, tokens_per_image=N, stage_context=False, drop_unfittable=True)
+    config = SequenceConfig(max_length=limit, tokens_per_image=N, context="off", drop_unfittable=True)
     seqs, stats = build_sequences(STUDY_B, tok, config)
     assert [s.turn_indices for s in seqs] == [(0,), (1,), (3,)]
     assert stats.unfittable == 1 and stats.turns_dropped_truncation == 1 and stats.turns_kept == 3
@@ -278,7 +278,7 @@ def test_shuffled_stage_order_is_seeded_and_reintroduces_images(tok):
     study = STUDY_B.replace(items=STUDY_B.items + (_item(2, 2, "Any pneumothorax?", "No."),))
     orders = {}
     for seed in range(12):
-        config = SequenceConfig(max_length=1024, tokens_per_image=N, shuffle_stages=True, shuffle_seed=seed)
+        config = SequenceConfig(max_length=1024, tokens_per_image=N, context="shuffled", shuffle_seed=seed)
         (seq,), _ = build_sequences(study, tok, config)
         again, _ = build_sequences(study, tok, config)
         np.testing.assert_array_equal(again[0].input_tokens, seq.input_tokens)
@@ -299,7 +299,7 @@ def test_shuffled_stage_order_is_seeded_and_reintroduces_images(tok):
         orders[seed] = tuple(stages)
     assert len(set(orders.values())) > 3
     # the permutation also depends on the study id
-    config = SequenceConfig(max_length=1024, tokens_per_image=N, shuffle_stages=True, shuffle_seed=0)
+    config = SequenceConfig(max_length=1024, tokens_per_image=N, context="shuffled", shuffle_seed=0)
     other = [build_sequences(study.replace(study_id=f"X{i}"), tok, config)[0][0].turn_indices for i in range(8)]
     assert len(set(other)) > 1
 

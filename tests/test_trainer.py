@@ -160,8 +160,8 @@ def test_every_named_experiment_resolves_and_round_trips():
         cfg = get_experiment(name, "tiny")
         assert cfg.name == name and cfg.description
         assert ExperimentConfig.from_dict(json.loads(cfg.to_json())) == cfg
-    assert get_experiment("no_context").data.context == "off"
-    assert get_experiment("report_only").data.stages == (8,)
+    assert get_experiment("no_context").data.pipeline.sequence.context == "off"
+    assert get_experiment("report_only").data.pipeline.sequence.stages == (8,)
     assert get_experiment("lora_r8").model.lora.rank == 8
 
 
@@ -169,7 +169,7 @@ def test_cli_prints_config_and_refuses_bad_overrides(capsys):
     assert main(["train", "--experiment", "no_prior", "--preset", "tiny", "--print-config",
                  "--set", "optim.learning_rate=5e-4"]) == 0
     printed = json.loads(capsys.readouterr().out)
-    assert printed["data"]["no_prior"] is True and printed["optim"]["learning_rate"] == 5e-4
+    assert printed["data"]["pipeline"]["sequence"]["no_prior"] is True and printed["optim"]["learning_rate"] == 5e-4
     assert main(["train", "--experiment", "nope", "--print-config"]) == 2
     assert "unknown experiment 'nope'" in capsys.readouterr().err
     assert main(["train", "--print-config", "--set", "optim.nope=1"]) == 2
