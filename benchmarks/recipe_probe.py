@@ -256,6 +256,7 @@ def run_recipe(rows_file: str | Path, recipe: Recipe, out: str | Path, *, name: 
     from cxrtrek_jax.model.config import get_config, override
     from cxrtrek_jax.train.optimizer import OptimConfig, TowerSchedule, make_optimizer
     from cxrtrek_jax.train.step import token_metric_sums
+    from data_pipeline.stages import NUM_STAGES
 
     began = time.time()
     lengths = {**ROW_LENGTH, **(row_length or {})}
@@ -322,7 +323,7 @@ def run_recipe(rows_file: str | Path, recipe: Recipe, out: str | Path, *, name: 
         loss = own["loss"].sum() / own["tokens"].sum()
         rec = {"name": name, "step": step, "time": round(time.time() - began, 1), "val_loss": float(loss),
                "image_gain": float(swapped["loss"].sum() / swapped["tokens"].sum() - loss)}
-        for s in range(8):
+        for s in range(NUM_STAGES):
             if own["tokens"][s]:
                 rec[f"s{s + 1}_loss"] = float(own["loss"][s] / own["tokens"][s])
                 rec[f"s{s + 1}_gain"] = float((swapped["loss"][s] - own["loss"][s]) / own["tokens"][s])
