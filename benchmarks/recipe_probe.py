@@ -36,6 +36,8 @@ from pathlib import Path
 
 import numpy as np
 
+from data_pipeline.splits import TRAIN, VALIDATION
+
 __all__ = ["Recipe", "RECIPES", "ROW_FIELDS", "Rows", "answer_starts", "turn_weights", "dump_rows",
            "run_recipe", "summary_table", "main"]
 
@@ -43,7 +45,7 @@ ROW_FIELDS = ("input_tokens", "target_tokens", "stage_ids", "loss_mask")
 ROW_LENGTH = {"on": 1024, "off": 384}
 # Binary first answer tokens scored at each evaluation: name -> (first word, its opposite).
 ANSWER_PAIRS = {"yn": ("Yes", "No"), "view": ("AP", "PA")}
-SPLITS = ("train", "validation")
+SPLITS = (TRAIN, VALIDATION)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from cxrtrek_jax.cli import CLIError
+from data_pipeline.splits import TEST, TRAIN
 
 SCORED_PREDICTIONS_FILE = "predictions.scored.jsonl"
 PREDICTIONS_FILE = "predictions.jsonl"
@@ -51,7 +52,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     source.add_argument("--predictions", metavar="JSONL", help="predictions file to score")
     source.add_argument("--checkpoint", metavar="CKPT", help="checkpoint dir to decode and score")
     parser.add_argument("--data", metavar="PATH", help="with --checkpoint: CXRTrek JSON file or TFDS data dir")
-    parser.add_argument("--split", default="test", help="data split (JSON: each study's 'split' field; "
+    parser.add_argument("--split", default=TEST, help="data split (JSON: each study's 'split' field; "
                         "'all' = every study of a JSON file); default test")
     parser.add_argument("--image-root", metavar="DIR", help="root of the JSON's image paths (default: its folder)")
     parser.add_argument("--context", default="all",
@@ -62,7 +63,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--max-new-tokens", type=int, default=96, help="answer budget in tokens (default 96)")
     parser.add_argument("--batch-size", type=int, default=4, help="studies decoded together (default 4)")
     parser.add_argument("--out", required=True, metavar="DIR", help="output directory")
-    parser.add_argument("--baseline-split", default="train", metavar="SPLIT",
+    parser.add_argument("--baseline-split", default=TRAIN, metavar="SPLIT",
                         help="with --checkpoint: split the majority-answer baseline is fitted on "
                              "(default train; 'none' = no baseline)")
     parser.add_argument("--baseline-predictions", metavar="JSONL",

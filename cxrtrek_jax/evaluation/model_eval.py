@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from cxrtrek_jax.evaluation.predictions import PredictionRecord
+from data_pipeline.splits import TEST, study_split
 
 __all__ = ["EvalData", "iter_eval_studies", "iter_split_studies", "with_foreign_images", "decode_predictions",
            "checkpoint_identity", "CONTEXTS", "SWAPPED"]
@@ -40,7 +41,7 @@ class EvalData:
       with `split`, only studies whose `split` field says so) or a TFDS data dir.
     """
 
-    def __init__(self, path: str | os.PathLike, *, split: str | None = "test",
+    def __init__(self, path: str | os.PathLike, *, split: str | None = TEST,
                  image_root: str | os.PathLike | None = None, max_studies: int | None = None):
         self.path = Path(path)
         if not self.path.exists():
@@ -59,11 +60,6 @@ class EvalData:
         return out
 
 
-def _split_of(study) -> str | None:
-    value = study.cxrtrek_extras.get("split", study.extras.get("split"))
-    return None if value is None else str(value)
-
-
 def _study_records(data: EvalData) -> Iterator[tuple[Any, Any]]:
     """(Study, StudyRecord) of the data's split in data order (all of them; images not read).
 
@@ -72,7 +68,7 @@ def _study_records(data: EvalData) -> Iterator[tuple[Any, Any]]:
     if data.kind == "tfds":
         from data_pipeline.sources import TfdsStudySource
 
-        source = TfdsStudySource(data.path, data.split or "test")
+        source = TfdsStudySource(data.path, data.split or TEST)
         for i in range(len(source)):
             record = source[i]
             yield record.study, record
@@ -82,7 +78,7 @@ def _study_records(data: EvalData) -> Iterator[tuple[Any, Any]]:
 
     for index, study in enumerate(iter_studies(data.path)):
         if data.split is not None:
-            split = _split_of(study)
+            split = study_split(study)
             if split is None:
                 raise ValueError(f"{data.path}: study {study.key!r} (sample {index}) has no "
                                  f"'split' field; pass split=None to evaluate every study")
