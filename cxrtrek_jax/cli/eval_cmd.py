@@ -113,14 +113,14 @@ def _records_source(args: argparse.Namespace) -> tuple[Iterator, dict[str, Any]]
 
 def _contexts(value: str) -> tuple[str, ...]:
     """--context's modes: "all" = own, teacher, none; else a comma-separated list of modes."""
-    from cxrtrek_jax.evaluation.model_eval import CONTEXTS
+    from cxrtrek_jax.contexts import CONTEXT_MODES
 
     if value == "all":
         return ("own", "teacher", "none")
     modes = tuple(m.strip() for m in value.split(",") if m.strip())
-    unknown = [m for m in modes if m not in CONTEXTS]
+    unknown = [m for m in modes if m not in CONTEXT_MODES]
     if unknown or not modes:
-        raise CLIError(f"--context {value!r}: unknown mode(s) {unknown}; choose from {', '.join(CONTEXTS)} or all")
+        raise CLIError(f"--context {value!r}: unknown mode(s) {unknown}; choose from {', '.join(CONTEXT_MODES)} or all")
     return modes
 
 

@@ -56,7 +56,8 @@ from cxrtrek_jax.evaluation.nlg_metrics import (
     nlg_tokens,
     rouge_l,
 )
-from cxrtrek_jax.evaluation.predictions import CONTEXT_MODES, PredictionRecord, PredictionWriter
+from cxrtrek_jax.contexts import CONTEXT_MODES
+from cxrtrek_jax.evaluation.predictions import PredictionRecord, PredictionWriter
 from data_pipeline.boxes import BoxParseError
 from data_pipeline.stages import QType, Stage, parse_qtype
 
