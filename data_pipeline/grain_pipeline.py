@@ -60,6 +60,7 @@ from data_pipeline.augment import (
 from data_pipeline.images import resize_with_pad, resize_with_pad_params
 from data_pipeline.packing import choose_bucket, pack_sequences, pad_sequence, row_images, stack_rows
 from data_pipeline.sequences import SequenceConfig, SequenceStats, TrainingSequence, build_sequences
+from data_pipeline.splits import TRAIN
 from data_pipeline.sources import SOURCE_KINDS, StudyRecord, open_study_source
 from data_pipeline.tokenizer import CXRTrekTokenizer
 
@@ -124,7 +125,7 @@ class PipelineConfig:
 
     source: str = ""
     source_kind: str = "tfds"
-    split: str = "train"
+    split: str = TRAIN
     image_root: str | None = None
     image_size: int | None = None
     global_batch_size: int = 8

@@ -43,9 +43,9 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
-from data_pipeline.cxrtrek_json import DEFAULT_SYSTEM_PROMPT
+from data_pipeline.cxrtrek_json import DEFAULT_SYSTEM_PROMPT, derive_messages
 from data_pipeline.records import IMAGE_PLACEHOLDER, Message, QAItem, Study
-from data_pipeline.stages import Stage
+from data_pipeline.stages import NUM_STAGES, Stage
 from data_pipeline.tokenizer import CXRTrekTokenizer
 
 __all__ = [
@@ -58,6 +58,9 @@ __all__ = [
     "SequenceBuilder",
     "build_sequences",
     "current_image_count",
+    "turn_exclusion",
+    "keeps_turn",
+    "filter_turns",
     "system_prompt_of",
     "place_placeholders",
 ]
@@ -67,9 +70,11 @@ _LATER_STUDY_STAGES = (Stage.COMPARISON, Stage.FUTURE_TREND)
 # How a chain longer than max_length is trained (module docstring).
 LONG_CHAINS = ("window", "truncate")
 # How a study's turns are grouped into training sequences (`SequenceConfig.context`); not the
-# decoding context modes (own / teacher / none) of `cxrtrek_jax.evaluation.predictions`.
+# decoding context modes (own / teacher / none) of `cxrtrek_jax.contexts`.
 TRAINING_CONTEXTS = ("on", "off", "shuffled")
-_NUM_STAGES = len(Stage)
+# `SequenceStats` field counting the turns left out for each reason.
+_EXCLUSION_COUNTS = {"stage": "turns_excluded_by_stage", "no_prior": "turns_dropped_no_prior",
+                     "image_limit": "turns_dropped_image_limit"}
 
 
 class SequenceTooLongError(ValueError):
@@ -177,9 +182,9 @@ class SequenceStats:
     images_dropped: int = 0
     unfittable: int = 0
     turns_windowed: int = 0
-    stage_trained: tuple[int, ...] = (0,) * (_NUM_STAGES + 1)
-    stage_windowed: tuple[int, ...] = (0,) * (_NUM_STAGES + 1)
-    stage_dropped: tuple[int, ...] = (0,) * (_NUM_STAGES + 1)
+    stage_trained: tuple[int, ...] = (0,) * (NUM_STAGES + 1)
+    stage_windowed: tuple[int, ...] = (0,) * (NUM_STAGES + 1)
+    stage_dropped: tuple[int, ...] = (0,) * (NUM_STAGES + 1)
 
     def __add__(self, other: "SequenceStats") -> "SequenceStats":
         def add(a, b):
@@ -193,7 +198,7 @@ class SequenceStats:
         """stage -> {"trained", "windowed", "dropped"} for every stage with a turn."""
         return {stage: {"trained": self.stage_trained[stage], "windowed": self.stage_windowed[stage],
                         "dropped": self.stage_dropped[stage]}
-                for stage in range(1, _NUM_STAGES + 1)
+                for stage in range(1, NUM_STAGES + 1)
                 if self.stage_trained[stage] or self.stage_dropped[stage]}
 
 
@@ -272,23 +277,49 @@ def _check_image_counts(study: Study) -> None:
             )
 
 
+def turn_exclusion(item: QAItem, stages: Sequence[int] | None, no_prior: bool, current_images: int) -> str | None:
+    """Why the stage / no-prior filter leaves `item` out, or None when it keeps the turn.
+
+    "stage": `stages` is given and the turn's stage is not in it; "no_prior": `no_prior` is
+    set and the turn needs more images than the study's own (`current_images`, the study's
+    `current_image_count`). The one definition of which turns an experiment trains on.
+    """
+    if stages is not None and item.stage not in stages:
+        return "stage"
+    if no_prior and item.image_input_count > current_images:
+        return "no_prior"
+    return None
+
+
+def keeps_turn(study: Study, item: QAItem, stages: Sequence[int] | None, no_prior: bool) -> bool:
+    """Whether the stage / no-prior filter keeps `item` of `study` (`turn_exclusion` is None)."""
+    return turn_exclusion(item, stages, no_prior, current_image_count(study)) is None
+
+
+def filter_turns(study: Study, stages: Sequence[int] | None, no_prior: bool) -> Study:
+    """The study with only the turns the stage / no-prior filter keeps (`turn_exclusion`).
+
+    Its released chat `messages` (if any) are rebuilt from the kept turns.
+    """
+    current = current_image_count(study)
+    items = tuple(item for item in study.items if turn_exclusion(item, stages, no_prior, current) is None)
+    messages = None if study.messages is None else derive_messages(items, system_prompt_of(study))
+    return study.replace(items=items, messages=messages)
+
+
 def _select_turns(study: Study, config: SequenceConfig) -> tuple[list[int], dict[str, int]]:
     """Indices of the turns to use, in sequence order, and the exclusion counts."""
-    turns = list(range(len(study.items)))
+    current = current_image_count(study)
     counts = {"turns_excluded_by_stage": 0, "turns_dropped_no_prior": 0, "turns_dropped_image_limit": 0}
-    if config.stages is not None:
-        kept = [t for t in turns if study.items[t].stage in config.stages]
-        counts["turns_excluded_by_stage"] = len(turns) - len(kept)
-        turns = kept
-    if config.no_prior:
-        limit = current_image_count(study)
-        kept = [t for t in turns if study.items[t].image_input_count <= limit]
-        counts["turns_dropped_no_prior"] = len(turns) - len(kept)
-        turns = kept
-    if config.max_images is not None:
-        kept = [t for t in turns if study.items[t].image_input_count <= config.max_images]
-        counts["turns_dropped_image_limit"] = len(turns) - len(kept)
-        turns = kept
+    turns = []
+    for t, item in enumerate(study.items):
+        reason = turn_exclusion(item, config.stages, config.no_prior, current)
+        if reason is None and config.max_images is not None and item.image_input_count > config.max_images:
+            reason = "image_limit"
+        if reason is None:
+            turns.append(t)
+        else:
+            counts[_EXCLUSION_COUNTS[reason]] += 1
     if config.shuffle_stages:
         rng = np.random.default_rng([config.shuffle_seed, zlib.crc32(study.key.encode("utf-8"))])
         present = sorted({study.items[t].stage for t in turns})
@@ -483,11 +514,11 @@ def build_sequences(
             if first > 0:
                 windowed_turns.update(group[start:end])
     used_images = {i for s in sequences for i in s.image_indices}
-    stage_trained = [0] * (_NUM_STAGES + 1)
-    stage_windowed = [0] * (_NUM_STAGES + 1)
-    stage_dropped = [0] * (_NUM_STAGES + 1)
+    stage_trained = [0] * (NUM_STAGES + 1)
+    stage_windowed = [0] * (NUM_STAGES + 1)
+    stage_dropped = [0] * (NUM_STAGES + 1)
     for index, item in enumerate(study.items):
-        if not 1 <= item.stage <= _NUM_STAGES or (config.stages is not None and item.stage not in config.stages):
+        if not 1 <= item.stage <= NUM_STAGES or turn_exclusion(item, config.stages, no_prior=False, current_images=0) == "stage":
             continue  # excluded by the stage filter (or a stage validation rejects), not dropped
         (stage_trained if index in trained else stage_dropped)[item.stage] += 1
         stage_windowed[item.stage] += index in windowed_turns

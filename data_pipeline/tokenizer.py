@@ -32,6 +32,7 @@ import numpy as np
 import tokenizers
 from tokenizers import AddedToken, decoders, models, pre_tokenizers, trainers
 
+from data_pipeline.boxes import MARKUP_TOKENS
 from data_pipeline.chat_template import (
     CHAT_FORMAT_FILE,
     ChatFormat,
@@ -42,7 +43,6 @@ from data_pipeline.cxrtrek_json import DEFAULT_SYSTEM_PROMPT
 from data_pipeline.records import Message, Study
 
 __all__ = [
-    "BOX_MARKUP_TOKENS",
     "CXRTrekTokenizer",
     "EncodedChat",
     "MessageSpan",
@@ -52,7 +52,6 @@ __all__ = [
     "training_texts",
 ]
 
-BOX_MARKUP_TOKENS = ("<|ref|>", "<|/ref|>", "<|box|>", "<|/box|>")
 TOKENIZER_FILE = "tokenizer.json"
 TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
 SPECIAL_TOKENS_MAP_FILE = "special_tokens_map.json"
@@ -309,7 +308,7 @@ def train_tokenizer(
     *,
     fmt: ChatFormat = ChatFormat(),
     min_frequency: int = 2,
-    extra_tokens: Sequence[str] = BOX_MARKUP_TOKENS,
+    extra_tokens: Sequence[str] = MARKUP_TOKENS,
 ) -> CXRTrekTokenizer:
     """Train a byte-level BPE tokenizer on `texts`; same texts in, same tokenizer out.
 

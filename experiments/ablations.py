@@ -38,6 +38,9 @@ from typing import Any
 
 from cxrtrek_jax.cli import CLIError
 from cxrtrek_jax.cli.train_cmd import parse_overrides
+from data_pipeline.sequences import filter_turns
+from data_pipeline.splits import study_split
+from data_pipeline.stages import STAGE_NUMBERS as STAGES
 
 __all__ = [
     "FINISHED_FILE",
@@ -58,7 +61,6 @@ FINISHED_FILE = "finished.json"
 EVAL_STUDIES_FILE = "studies.json"
 # The metric shown for a stage: the first of these that the stage's questions have.
 KEY_METRICS = (("accuracy", "accuracy"), ("mean_iou", "mean IoU"), ("rouge_l", "ROUGE-L"), ("bleu_4", "BLEU-4"))
-STAGES = tuple(range(1, 9))
 
 
 # --- running one experiment -------------------------------------------------------------------
@@ -106,28 +108,6 @@ def _machine() -> dict[str, Any]:
             "device_count": jax.device_count(), "process_count": jax.process_count()}
 
 
-def filter_turns(study, stages: Sequence[int] | None, no_prior: bool):
-    """The study with only the turns an experiment trains on: those of `stages` (None = all),
-    and with `no_prior` none that needs an image beyond the current study's. Its released chat
-    `messages` (if any) are rebuilt from the kept turns."""
-    from data_pipeline.cxrtrek_json import derive_messages
-    from data_pipeline.sequences import current_image_count, system_prompt_of
-
-    items = study.items
-    if stages is not None:
-        items = tuple(item for item in items if item.stage in stages)
-    if no_prior:
-        limit = current_image_count(study)
-        items = tuple(item for item in items if item.image_input_count <= limit)
-    messages = None if study.messages is None else derive_messages(items, system_prompt_of(study))
-    return study.replace(items=items, messages=messages)
-
-
-def _study_split(study) -> str | None:
-    value = study.cxrtrek_extras.get("split", study.extras.get("split"))
-    return None if value is None else str(value)
-
-
 def _filtered_eval_file(cfg, json_file: Path, out: Path) -> dict[str, Any]:
     """Write the eval split's studies, their turns filtered as in training, to `out`; returns
     what was filtered (studies left without a turn are not evaluated and are counted)."""
@@ -137,7 +117,7 @@ def _filtered_eval_file(cfg, json_file: Path, out: Path) -> dict[str, Any]:
 
     def kept() -> Iterable:
         for study in iter_studies(json_file):
-            split = _study_split(study)
+            split = study_split(study)
             if split is not None and split != cfg.eval.split:
                 continue
             if cfg.eval.max_studies is not None and stats["studies_kept"] >= cfg.eval.max_studies:
@@ -415,7 +395,7 @@ def _parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="train and evaluate one experiment into runs/NAME")
-    run.add_argument("name", help="registry experiment (experiments.registry)")
+    run.add_argument("name", help="registry experiment (cxrtrek_jax.train.registry)")
     run.add_argument("--preset", default="small", help="model preset (default small)")
     run.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                      help="config override, repeatable (e.g. --set train.num_steps=100)")

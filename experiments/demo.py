@@ -28,6 +28,7 @@ import sys
 import time
 from pathlib import Path
 
+from cxrtrek_jax.contexts import CONTEXT_MODES
 from cxrtrek_jax.evaluation.answer_baselines import BASELINE_NAME
 
 __all__ = ["main", "LEARNING_CHECKS", "learning_checks"]
@@ -43,7 +44,7 @@ LEARNING_CHECKS = (
 CHECK_CONTEXT = "own"
 # The checks' questions are also answered with every study's images swapped for another study's:
 # a model that reads its radiographs loses accuracy there.
-EVAL_CONTEXTS = ("own", "teacher", "none", "swapped")
+EVAL_CONTEXTS = CONTEXT_MODES  # own, teacher, none and swapped
 # What a demo step's output was made from (run/STAMP_FILE, hf_export.STAMP_FILE beside the
 # export): a step reruns only when it changed.
 STAMP_FILE = "demo_inputs.json"
@@ -215,12 +216,18 @@ def _export(ckpt: Path, export: Path) -> str:
 
 
 def _evaluate(ckpt: Path, data_json: Path, evaluation: Path, studies: int):
+    """The held-out evaluation (reused when current) and its case report."""
+    from cxrtrek_jax.case_report import write_evaluation_report
     from cxrtrek_jax.evaluation import EvalData, ScoringConfig, evaluate_checkpoint
 
-    return evaluate_checkpoint(
-        ckpt, EvalData(data_json, split="test", max_studies=studies), evaluation, contexts=EVAL_CONTEXTS,
-        max_new_tokens=64, baseline=EvalData(data_json, split="train"),
-        scoring=ScoringConfig(bootstrap_resamples=200, meteor=False), report_studies=8, reuse_current=True)
+    data = EvalData(data_json, split="test", max_studies=studies)
+    result = evaluate_checkpoint(
+        ckpt, data, evaluation, contexts=EVAL_CONTEXTS, max_new_tokens=64,
+        baseline=EvalData(data_json, split="train"),
+        scoring=ScoringConfig(bootstrap_resamples=200, meteor=False), reuse_current=True)
+    if not result.reused or not (evaluation / "report.html").exists():
+        write_evaluation_report(evaluation, data, max_studies=8)
+    return result
 
 
 def main(argv: list[str] | None = None) -> int:

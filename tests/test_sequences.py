@@ -14,7 +14,10 @@ from data_pipeline.sequences import (
     SequenceTooLongError,
     build_sequences,
     current_image_count,
+    filter_turns,
+    keeps_turn,
     system_prompt_of,
+    turn_exclusion,
 )
 from data_pipeline.tokenizer import train_tokenizer
 
@@ -272,6 +275,28 @@ def test_stage_subset_moves_placeholders_to_the_first_kept_turn(tok):
     assert stats.turns_excluded_by_stage == 2 and stats.turns_kept == 2
     seqs, stats = build_sequences(STUDY_B, tok, SequenceConfig(max_length=512, tokens_per_image=N, stages=(6,)))
     assert seqs == [] and stats.turns_excluded_by_stage == 4 and stats.images_dropped == 2
+
+
+def test_turn_filter_names_why_a_turn_is_left_out():
+    # STUDY_B: turns of stages 1, 2 (one image), 5, 8 (two: the prior came in at stage 5).
+    reasons = [turn_exclusion(item, (2, 8), True, current_image_count(STUDY_B)) for item in STUDY_B.items]
+    assert reasons == ["stage", None, "stage", "no_prior"]
+    assert [keeps_turn(STUDY_B, item, None, True) for item in STUDY_B.items] == [True, True, False, False]
+    assert all(keeps_turn(STUDY_A, item, None, True) for item in STUDY_A.items)  # no prior: nothing needs one
+
+
+@pytest.mark.parametrize("stages, no_prior", [(None, False), ((8,), False), (None, True), ((1, 5, 8), True)])
+def test_filter_turns_keeps_what_build_sequences_trains(tok, stages, no_prior):
+    """The study an experiment evaluates (`filter_turns`) holds exactly the turns it trains on."""
+    study = STUDY_B.replace(messages=(Message("system", "Read."),))
+    config = SequenceConfig(max_length=512, tokens_per_image=N, stages=stages, no_prior=no_prior)
+    sequences, _ = build_sequences(study, tok, config)
+    trained = [study.items[t] for s in sequences for t in s.trained_turns]
+    filtered = filter_turns(study, stages, no_prior)
+    assert list(filtered.items) == trained
+    assert filtered.messages[0] == Message("system", "Read.")  # the study's own prompt, kept
+    assert [m.content for m in filtered.messages[1:]] == [t for i in trained for t in (i.question, i.answer)]
+    assert filter_turns(STUDY_B, stages, no_prior).messages is None
 
 
 def test_shuffled_stage_order_is_seeded_and_reintroduces_images(tok):

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from cxrtrek_jax.cli import CLIError
+from data_pipeline.splits import TEST, TRAIN
 
 REPORT_STUDIES = 8  # studies shown in the case report written by a --checkpoint run
 
@@ -47,7 +48,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     source.add_argument("--predictions", metavar="JSONL", help="predictions file to score")
     source.add_argument("--checkpoint", metavar="CKPT", help="checkpoint dir to decode and score")
     parser.add_argument("--data", metavar="PATH", help="with --checkpoint: CXRTrek JSON file or TFDS data dir")
-    parser.add_argument("--split", default="test", help="data split (JSON: each study's 'split' field; "
+    parser.add_argument("--split", default=TEST, help="data split (JSON: each study's 'split' field; "
                         "'all' = every study of a JSON file); default test")
     parser.add_argument("--image-root", metavar="DIR", help="root of the JSON's image paths (default: its folder)")
     parser.add_argument("--context", default="all",
@@ -58,7 +59,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--max-new-tokens", type=int, default=96, help="answer budget in tokens (default 96)")
     parser.add_argument("--batch-size", type=int, default=4, help="studies decoded together (default 4)")
     parser.add_argument("--out", required=True, metavar="DIR", help="output directory")
-    parser.add_argument("--baseline-split", default="train", metavar="SPLIT",
+    parser.add_argument("--baseline-split", default=TRAIN, metavar="SPLIT",
                         help="with --checkpoint: split the majority-answer baseline is fitted on "
                              "(default train; 'none' = no baseline)")
     parser.add_argument("--baseline-predictions", metavar="JSONL",
@@ -96,14 +97,14 @@ def _load_identity(path: str | None) -> dict[str, Any]:
 
 def _contexts(value: str) -> tuple[str, ...]:
     """--context's modes: "all" = own, teacher, none; else a comma-separated list of modes."""
-    from cxrtrek_jax.evaluation.model_eval import CONTEXTS
+    from cxrtrek_jax.contexts import CONTEXT_MODES
 
     if value == "all":
         return ("own", "teacher", "none")
     modes = tuple(m.strip() for m in value.split(",") if m.strip())
-    unknown = [m for m in modes if m not in CONTEXTS]
+    unknown = [m for m in modes if m not in CONTEXT_MODES]
     if unknown or not modes:
-        raise CLIError(f"--context {value!r}: unknown mode(s) {unknown}; choose from {', '.join(CONTEXTS)} or all")
+        raise CLIError(f"--context {value!r}: unknown mode(s) {unknown}; choose from {', '.join(CONTEXT_MODES)} or all")
     return modes
 
 
@@ -123,6 +124,7 @@ def _evaluate_checkpoint(args: argparse.Namespace, scoring, extra_identity: dict
     """--checkpoint: `evaluation.evaluate_checkpoint` into --out; (metrics, written files)."""
     from tqdm.auto import tqdm
 
+    from cxrtrek_jax.case_report import write_evaluation_report
     from cxrtrek_jax.evaluation import EvalData, evaluate_checkpoint
 
     if not args.data:
@@ -148,8 +150,8 @@ def _evaluate_checkpoint(args: argparse.Namespace, scoring, extra_identity: dict
         result = evaluate_checkpoint(
             args.checkpoint, data, args.out, contexts=contexts, order=args.order,
             max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, baseline=baseline,
-            scoring=scoring, identity=extra_identity, report_studies=REPORT_STUDIES, on_study=on_study,
-            progress=not args.no_progress)
+            scoring=scoring, identity=extra_identity, on_study=on_study, progress=not args.no_progress)
+        report = write_evaluation_report(args.out, data, max_studies=REPORT_STUDIES)
     except (FileNotFoundError, ValueError) as err:
         message = str(err)
         if baseline is not None and message.startswith("baseline split"):
@@ -157,7 +159,7 @@ def _evaluate_checkpoint(args: argparse.Namespace, scoring, extra_identity: dict
         raise CLIError(message) from None
     finally:
         bar.close()
-    return result.metrics, list(result.written)
+    return result.metrics, [*result.written, *([report] if report else [])]
 
 
 def _score_file(args: argparse.Namespace, scoring, extra_identity: dict) -> tuple[dict, list[Path]]:

@@ -16,13 +16,13 @@ kind), `bootstrap`, `error_propagation`, `answer_baselines`, `image_reliance`, `
 """
 
 from cxrtrek_jax.evaluation.evaluate import EvaluationResult, evaluate_checkpoint, evaluation_inputs, is_current
-from cxrtrek_jax.evaluation.model_eval import CONTEXTS, EvalData, decode_predictions
+from cxrtrek_jax.evaluation.model_eval import EvalData, decode_predictions
 from cxrtrek_jax.evaluation.predictions import PredictionRecord, read_predictions
 from cxrtrek_jax.evaluation.scoring import ScoringConfig, score_predictions
 
 __all__ = [
     "EvaluationResult", "evaluate_checkpoint", "evaluation_inputs", "is_current",
-    "CONTEXTS", "EvalData", "decode_predictions",
+    "EvalData", "decode_predictions",
     "PredictionRecord", "read_predictions",
     "ScoringConfig", "score_predictions",
 ]

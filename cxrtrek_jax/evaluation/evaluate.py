@@ -14,8 +14,7 @@ What it writes into `out_dir` (and returns in `EvaluationResult.written`):
   metrics.json / metrics.md / stages.png   scores per context, stage, task and qtype, with the
                                baseline under "baselines" and an identity (checkpoint, data,
                                settings, per-stage decode coverage, skipped turns, hashes)
-  report.html                  a case report of the first `report_studies` studies (JSON data
-                               only: a TFDS set's images live inside the data set)
+The case report of an evaluation directory is `case_report.write_evaluation_report`.
   inputs.json                  what the evaluation was made from (`evaluation_inputs`), so a
                                caller can tell whether an existing directory is still current
 
@@ -32,8 +31,8 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from cxrtrek_jax.contexts import CONTEXT_MODES
 from cxrtrek_jax.evaluation.model_eval import (
-    CONTEXTS,
     DecodeCoverage,
     EvalData,
     checkpoint_identity,
@@ -42,14 +41,13 @@ from cxrtrek_jax.evaluation.model_eval import (
 from cxrtrek_jax.evaluation.scoring import ScoringConfig
 
 __all__ = [
-    "PREDICTIONS_FILE", "BASELINE_PREDICTIONS_FILE", "SCORED_PREDICTIONS_FILE", "REPORT_FILE",
+    "PREDICTIONS_FILE", "BASELINE_PREDICTIONS_FILE", "SCORED_PREDICTIONS_FILE",
     "INPUTS_FILE", "EvaluationResult", "evaluate_checkpoint", "evaluation_inputs", "is_current",
 ]
 
 PREDICTIONS_FILE = "predictions.jsonl"
 BASELINE_PREDICTIONS_FILE = "baseline_predictions.jsonl"
 SCORED_PREDICTIONS_FILE = "predictions.scored.jsonl"
-REPORT_FILE = "report.html"
 INPUTS_FILE = "inputs.json"
 
 
@@ -87,16 +85,16 @@ def _read_back(out: Path) -> EvaluationResult:
     identity = document.pop("identity")
     written = tuple(p for p in (out / name for name in (
         PREDICTIONS_FILE, SCORED_PREDICTIONS_FILE, BASELINE_PREDICTIONS_FILE, "metrics.json", "metrics.md",
-        "stages.png", REPORT_FILE)) if p.exists())
+        "stages.png")) if p.exists())
     return EvaluationResult(out, document, identity, written, reused=True)
 
 
 def _check_settings(checkpoint: Path, contexts: Sequence[str], max_new_tokens: int, batch_size: int) -> None:
     if not checkpoint.is_dir():
         raise FileNotFoundError(f"checkpoint {checkpoint}: no such directory")
-    unknown = [c for c in contexts if c not in CONTEXTS]
+    unknown = [c for c in contexts if c not in CONTEXT_MODES]
     if unknown or not contexts:
-        raise ValueError(f"context modes must be among {', '.join(CONTEXTS)}, got {list(contexts)}")
+        raise ValueError(f"context modes must be among {', '.join(CONTEXT_MODES)}, got {list(contexts)}")
     for name, value in (("max_new_tokens", max_new_tokens), ("batch_size", batch_size)):
         if value < 1:
             raise ValueError(f"{name} must be >= 1, got {value}")
@@ -123,20 +121,6 @@ def _decode(checkpoint: Path, data: EvalData, out: Path, *, contexts, order, max
             "stage_coverage": coverage.to_json()}
 
 
-def _case_report(data: EvalData, out: Path, studies: int) -> Path | None:
-    """out/report.html over the first `studies` studies of a JSON data set (None for TFDS)."""
-    if data.kind != "json" or studies < 1:
-        return None
-    from cxrtrek_jax.case_report import write_case_report
-    from cxrtrek_jax.evaluation.predictions import read_predictions
-    from data_pipeline.cxrtrek_json import iter_studies
-
-    result = write_case_report(read_predictions(out / PREDICTIONS_FILE), iter_studies(data.path),
-                               str(data.image_root), out / REPORT_FILE, max_studies=studies,
-                               allow_missing=False)
-    return result.path
-
-
 def evaluate_checkpoint(
     checkpoint: str | Path,
     data: EvalData,
@@ -149,7 +133,6 @@ def evaluate_checkpoint(
     baseline: EvalData | None = None,
     scoring: ScoringConfig = ScoringConfig(),
     identity: Mapping[str, Any] | None = None,
-    report_studies: int = 0,
     on_study: Callable[[str, str], None] | None = None,
     progress: bool = True,
     reuse_current: bool = False,
@@ -177,7 +160,7 @@ def evaluate_checkpoint(
     _check_settings(checkpoint, contexts, max_new_tokens, batch_size)
     settings = {"contexts": list(contexts), "order": order, "max_new_tokens": max_new_tokens,
                 "baseline_split": None if baseline is None else baseline.split,
-                "scoring": dataclasses.asdict(scoring), "report_studies": report_studies}
+                "scoring": dataclasses.asdict(scoring)}
     inputs = evaluation_inputs(checkpoint, data, settings)
     if reuse_current and is_current(out, inputs):
         return _read_back(out)
@@ -205,8 +188,5 @@ def evaluate_checkpoint(
         written.append(path)
     ids.update(identity or {})
     written.extend(write_metrics(out, metrics, ids).values())
-    report = _case_report(data, out, report_studies)
-    if report is not None:
-        written.append(report)
     (out / INPUTS_FILE).write_text(json.dumps(inputs, indent=2) + "\n")
     return EvaluationResult(out, metrics, ids, tuple(written))

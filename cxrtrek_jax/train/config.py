@@ -3,7 +3,7 @@
 An `ExperimentConfig` composes the model config (a preset), the data source and
 input-pipeline knobs, the tokenizer, the optimiser, the device mesh, the
 checkpoint policy, the training length and the evaluation settings. Named
-experiments (`experiments.registry`) are small diffs over `base_config()`; the
+experiments (`cxrtrek_jax.train.registry`) are small diffs over `base_config()`; the
 command line applies `--preset NAME` and `--set dotted.key=value` on top, and
 every run writes its full resolved config to `<workdir>/config.json`.
 
@@ -24,6 +24,7 @@ from cxrtrek_jax.train.optimizer import OptimConfig
 from cxrtrek_jax.train.sharding import MeshConfig
 from data_pipeline.grain_pipeline import PipelineConfig
 from data_pipeline.sequences import SequenceConfig
+from data_pipeline.splits import TEST, TRAIN, VALIDATION
 
 __all__ = [
     "DataConfig",
@@ -70,9 +71,9 @@ class DataConfig:
     kind: str = "phantom"
     path: str = "runs/phantom"
     image_root: str | None = None
-    train_split: str = "train"
-    validation_split: str = "validation"
-    test_split: str = "test"
+    train_split: str = TRAIN
+    validation_split: str = VALIDATION
+    test_split: str = TEST
     phantom_studies: int = 600
     phantom_seed: int = 0
     phantom_size: int = 256
@@ -89,7 +90,7 @@ class DataConfig:
             raise ValueError("data.path must name the phantom dir, the JSON file or the TFDS data dir")
         p = self.pipeline
         for name, value, unset in (("source", p.source, ""), ("source_kind", p.source_kind, "tfds"),
-                                   ("split", p.split, "train"), ("image_root", p.image_root, None),
+                                   ("split", p.split, TRAIN), ("image_root", p.image_root, None),
                                    ("image_size", p.image_size, None),
                                    ("sequence.tokens_per_image", p.sequence.tokens_per_image, None),
                                    ("sequence.max_images", p.sequence.max_images, None)):
@@ -136,7 +137,7 @@ class EvalConfig:
     max_studies: cap on evaluated studies (None = all); max_new_tokens: answer budget."""
 
     contexts: tuple[str, ...] = ("own", "teacher", "none")
-    split: str = "test"
+    split: str = TEST
     max_studies: int | None = None
     max_new_tokens: int = 96
 

@@ -341,7 +341,7 @@ def _validation(cfg: ExperimentConfig, model: ModelConfig, data: DataPaths,
     evaluate callback (it runs at every checkpoint save; `step`, the step of the checkpoint
     saved with it, labels the log record)."""
     from cxrtrek_jax.train import step as step_lib
-    from cxrtrek_jax.evaluation.image_reliance import image_gain, swap_images
+    from cxrtrek_jax.train.image_reliance import image_gain, swap_images
 
     if cfg.train.eval_batches == 0:
         return None

@@ -33,6 +33,7 @@ from cxrtrek_jax.train import optimizer as optimizer_lib
 from cxrtrek_jax.train import sharding as sharding_lib
 from cxrtrek_jax.model import axis_rules
 from data_pipeline.grain_pipeline import BATCH_FIELDS  # the batch contract, defined by the data side
+from data_pipeline.stages import NUM_STAGES  # re-exported: the one definition of the stage count
 
 __all__ = [
     "NUM_STAGES",
@@ -52,7 +53,6 @@ __all__ = [
     "summarize_metrics",
 ]
 
-NUM_STAGES = 8
 
 ModelFn = Callable[[nnx.Rngs], nnx.Module]
 

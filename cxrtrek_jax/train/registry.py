@@ -1,6 +1,6 @@
 """Named experiments: each a small, documented diff over `base_config()`.
 
-    from experiments import get_experiment, experiment_names
+    from cxrtrek_jax.train import get_experiment, experiment_names
     cfg = get_experiment("no_context", preset="tiny")
 
 The ablations of the CXRTrek study (what the Makefile's `ablation-NAME` targets run):
