@@ -150,14 +150,19 @@ def test_frozen_vision_keeps_the_vision_tower_at_its_initialisation(root, baseli
     init = nnx.to_pure_dict(nnx.state(model, nnx.Param))
     vision_trained, vision_init = _leaves(trained["vision"]), _leaves(init["vision"])
     assert vision_trained.keys() == vision_init.keys() and len(vision_init) > 4
-    for path, value in vision_init.items():
-        np.testing.assert_array_equal(np.asarray(vision_trained[path]), np.asarray(value), err_msg=str(path))
+
+    def change(a, b):  # largest change relative to the tensor's scale
+        a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+        return float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-12))
+
+    # Unchanged up to the float rounding of a jitted vs an eager initialisation (~1 ulp)...
+    assert max(change(vision_trained[p], v) for p, v in vision_init.items()) < 1e-6
+    # ...while the decoder moved by far more, and the baseline (same seed) moved its vision tower.
     text_trained, text_init = _leaves(trained["text"]), _leaves(init["text"])
-    moved = [p for p, v in text_init.items() if not np.array_equal(np.asarray(text_trained[p]), np.asarray(v))]
-    assert len(moved) > len(text_init) // 2  # the decoder trained
-    # The baseline, same seed and data, does train its vision tower.
+    moved = [p for p, v in text_init.items() if change(text_trained[p], v) > 1e-4]
+    assert len(moved) > len(text_init) // 2
     base_vision = _leaves(ck.load_params(baseline / "checkpoints")["vision"])
-    assert any(not np.array_equal(np.asarray(base_vision[p]), np.asarray(v)) for p, v in vision_init.items())
+    assert max(change(base_vision[p], v) for p, v in vision_init.items()) > 1e-4
 
 
 def _answer_spans(row_mask: np.ndarray) -> int:
