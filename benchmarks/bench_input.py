@@ -41,6 +41,7 @@ import numpy as np
 
 from data_pipeline.grain_pipeline import BatchLayout, PipelineConfig, PreparedStudy, PrepareStudy
 from data_pipeline.packing import choose_bucket, pad_sequence, row_images, stack_rows
+from data_pipeline.sequences import SequenceConfig
 
 __all__ = [
     "InputBenchConfig",
@@ -160,9 +161,10 @@ def pipeline_config(bench: InputBenchConfig, data: BenchData, fmt: str, workers:
     """The Grain pipeline configuration of one case (training: shuffled, augmented, endless)."""
     return PipelineConfig(
         source=data.json[fmt], source_kind="json", image_root=data.image_root[fmt], image_size=bench.image_size,
-        max_images=bench.max_images, tokens_per_image=bench.tokens_per_image, global_batch_size=bench.batch_size,
-        length_buckets=bench.length_buckets, drop_unfittable=True, seed=bench.seed, num_workers=workers,
-        read_threads=bench.read_threads)
+        global_batch_size=bench.batch_size, length_buckets=bench.length_buckets, seed=bench.seed,
+        num_workers=workers, read_threads=bench.read_threads,
+        sequence=SequenceConfig(tokens_per_image=bench.tokens_per_image, max_images=bench.max_images,
+                                drop_unfittable=True))
 
 
 class TorchStudyDataset:

@@ -35,18 +35,15 @@ from pathlib import Path
 
 import numpy as np
 
+from data_pipeline.findings import FINDING_KINDS, PRESENCE_QUESTIONS
+
 __all__ = ["QUESTIONS", "GroundingSet", "make_grounding_set", "run_grounding", "first_step_above",
            "result_table", "main"]
 
 # name -> (question, positive answer, negative answer). The view question's "positive" is AP.
 QUESTIONS: dict[str, tuple[str, str, str]] = {
     "view": ("Is this frontal radiograph a PA or an AP view?", "AP", "PA"),
-    "support_devices": ("Are there any support devices?", "Yes", "No"),
-    "cardiomegaly": ("Is there cardiomegaly?", "Yes", "No"),
-    "pleural_effusion": ("Is there a pleural effusion?", "Yes", "No"),
-    "pneumothorax": ("Is there a pneumothorax?", "Yes", "No"),
-    "consolidation": ("Is there any consolidation?", "Yes", "No"),
-    "nodule": ("Is there a lung nodule?", "Yes", "No"),
+    **{kind: (PRESENCE_QUESTIONS[kind][0], "Yes", "No") for kind in FINDING_KINDS},
 }
 
 
@@ -186,7 +183,7 @@ def run_grounding(optim, *, preset: str = "small", steps: int = 150, batch_size:
     from cxrtrek_jax.train import optimizer as optimizer_lib
     from cxrtrek_jax.train import sharding as sharding_lib
     from cxrtrek_jax.train import step as step_lib
-    from cxrtrek_jax.evaluation.image_reliance import swap_images
+    from cxrtrek_jax.train.image_reliance import swap_images
     from cxrtrek_jax.model import CXRTrekNet
     from cxrtrek_jax.model.config import get_config, override
 

@@ -10,7 +10,7 @@ initialised model of the same config. Tokens that are one big common vector plus
 part carry little for the decoder after its RMSNorm. On phantom data (studies carry their ground truth
 in `phantom_truth`) a ridge probe from the mean-pooled tokens to the AP/PA view, fitted on the train
 split and scored on the other splits, says whether the view is still linearly readable from them.
-The decoder's actual use of the images is `val_image_gain` (`cxrtrek_jax.evaluation.image_reliance`).
+The decoder's actual use of the images is `val_image_gain` (`cxrtrek_jax.train.image_reliance`).
 """
 
 from __future__ import annotations

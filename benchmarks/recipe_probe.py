@@ -36,6 +36,8 @@ from pathlib import Path
 
 import numpy as np
 
+from data_pipeline.splits import TRAIN, VALIDATION
+
 __all__ = ["Recipe", "RECIPES", "ROW_FIELDS", "Rows", "answer_starts", "turn_weights", "dump_rows",
            "run_recipe", "summary_table", "main"]
 
@@ -43,7 +45,7 @@ ROW_FIELDS = ("input_tokens", "target_tokens", "stage_ids", "loss_mask")
 ROW_LENGTH = {"on": 1024, "off": 384}
 # Binary first answer tokens scored at each evaluation: name -> (first word, its opposite).
 ANSWER_PAIRS = {"yn": ("Yes", "No"), "view": ("AP", "PA")}
-SPLITS = ("train", "validation")
+SPLITS = (TRAIN, VALIDATION)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -177,8 +179,8 @@ def _pair_token_ids(arrays: dict[str, np.ndarray], tokenizer) -> dict[str, np.nd
 
 
 class Rows:
-    """One split and context of a dump; `batch(idx, length)` builds model batches (common.md
-    fields) of the rows `idx` (indices into the kept rows), cut or padded to `length`."""
+    """One split and context of a dump; `batch(idx, length)` builds model batches (the
+    `data_pipeline.grain_pipeline` batch fields) of the rows `idx` (indices into the kept rows), cut or padded to `length`."""
 
     def __init__(self, data, split: str, context: str, stages: Sequence[int] = ()):
         p = f"{split}_{context}_"
@@ -251,11 +253,12 @@ def run_recipe(rows_file: str | Path, recipe: Recipe, out: str | Path, *, name: 
     import optax
     from flax import nnx
 
-    from cxrtrek_jax.evaluation.image_reliance import swap_images
+    from cxrtrek_jax.train.image_reliance import swap_images
     from cxrtrek_jax.model import CXRTrekNet
     from cxrtrek_jax.model.config import get_config, override
     from cxrtrek_jax.train.optimizer import OptimConfig, TowerSchedule, make_optimizer
     from cxrtrek_jax.train.step import token_metric_sums
+    from data_pipeline.stages import NUM_STAGES
 
     began = time.time()
     lengths = {**ROW_LENGTH, **(row_length or {})}
@@ -322,7 +325,7 @@ def run_recipe(rows_file: str | Path, recipe: Recipe, out: str | Path, *, name: 
         loss = own["loss"].sum() / own["tokens"].sum()
         rec = {"name": name, "step": step, "time": round(time.time() - began, 1), "val_loss": float(loss),
                "image_gain": float(swapped["loss"].sum() / swapped["tokens"].sum() - loss)}
-        for s in range(8):
+        for s in range(NUM_STAGES):
             if own["tokens"][s]:
                 rec[f"s{s + 1}_loss"] = float(own["loss"][s] / own["tokens"][s])
                 rec[f"s{s + 1}_gain"] = float((swapped["loss"][s] - own["loss"][s]) / own["tokens"][s])

@@ -2,7 +2,7 @@
 
 from data_pipeline.boxes import Box, BoxParseError, format_boxes, parse_boxes
 from data_pipeline.records import IMAGE_PLACEHOLDER, Message, QAItem, Study
-from data_pipeline.stages import QType, Stage, parse_qtype
+from data_pipeline.stages import NUM_STAGES, QType, Stage, parse_qtype
 
 __all__ = [
     "Box",
@@ -13,6 +13,7 @@ __all__ = [
     "Message",
     "QAItem",
     "Study",
+    "NUM_STAGES",
     "QType",
     "Stage",
     "parse_qtype",

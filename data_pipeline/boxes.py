@@ -17,14 +17,18 @@ from __future__ import annotations
 import dataclasses
 import re
 
-__all__ = ["Box", "BoxParseError", "parse_boxes", "literal_boxes", "map_boxes", "format_boxes",
-           "has_box_markup", "box_iou"]
+__all__ = ["Box", "BoxParseError", "MARKUP_TOKENS", "parse_boxes", "literal_boxes", "map_boxes", "format_boxes",
+           "format_box", "has_box_markup", "box_iou"]
+
+# The markup's tags: the one definition (the tokenizer adds them as unsplittable tokens).
+REF_OPEN, REF_CLOSE, BOX_OPEN, BOX_CLOSE = "<|ref|>", "<|/ref|>", "<|box|>", "<|/box|>"
+MARKUP_TOKENS = (REF_OPEN, REF_CLOSE, BOX_OPEN, BOX_CLOSE)
 
 _NUM = r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)"
 _POINT = rf"\(\s*({_NUM})\s*,\s*({_NUM})\s*\)"
 _BOX_BODY = re.compile(rf"^\s*{_POINT}\s*,\s*{_POINT}\s*$")
 _TOKEN = re.compile(r"<\|(/?)(ref|box)\|>")
-_BOX_SPAN = re.compile(r"<\|box\|>(.*?)<\|/box\|>", re.DOTALL)
+_BOX_SPAN = re.compile(re.escape(BOX_OPEN) + r"(.*?)" + re.escape(BOX_CLOSE), re.DOTALL)
 
 
 class BoxParseError(ValueError):
@@ -140,8 +144,7 @@ def map_boxes(text: str, fn, *, strict: bool, where: str = "text") -> str:
                 raise BoxParseError(f"{where}: box is not '(x1, y1), (x2, y2)': {body!r}")
             return match.group(0)
         x1, y1, x2, y2 = (float(g) for g in _BOX_BODY.match(body).groups())
-        box = fn(Box("", x1, y1, x2, y2))
-        return f"<|box|>({_fmt(box.x1)}, {_fmt(box.y1)}), ({_fmt(box.x2)}, {_fmt(box.y2)})<|/box|>"
+        return format_box(fn(Box("", x1, y1, x2, y2)))
 
     return _BOX_SPAN.sub(replace, text)
 
@@ -150,14 +153,19 @@ def _fmt(v: float) -> str:
     return f"{v:.1f}"
 
 
+def format_box(box: Box) -> str:
+    """One box's `<|box|>(x1, y1), (x2, y2)<|/box|>` span, coordinates at one decimal (label left out)."""
+    return f"{BOX_OPEN}({_fmt(box.x1)}, {_fmt(box.y1)}), ({_fmt(box.x2)}, {_fmt(box.y2)}){BOX_CLOSE}"
+
+
 def format_boxes(boxes: tuple[Box, ...] | list[Box]) -> str:
     """Render boxes in the released markup; consecutive boxes of a label share one ref."""
     parts: list[str] = []
     previous: str | None = None
     for box in boxes:
-        body = f"<|box|>({_fmt(box.x1)}, {_fmt(box.y1)}), ({_fmt(box.x2)}, {_fmt(box.y2)})<|/box|>"
+        body = format_box(box)
         if box.label != previous:
-            parts.append(f"<|ref|> {box.label} <|/ref|> {body}")
+            parts.append(f"{REF_OPEN} {box.label} {REF_CLOSE} {body}")
         else:
             parts[-1] += f" {body}"
         previous = box.label

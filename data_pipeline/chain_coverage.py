@@ -36,7 +36,7 @@ class ChainCoverage:
 
     def to_json(self) -> dict:
         return {"split": self.config.split, "studies": self.studies, "of": self.total,
-                "max_length": self.config.max_length, "long_chains": self.config.long_chains,
+                "max_length": self.config.max_length, "long_chains": self.config.sequence.long_chains,
                 "per_stage": {str(k): v for k, v in self.stats.per_stage().items()},
                 "turns_dropped": self.stats.turns_in - self.stats.turns_kept - self.stats.turns_excluded_by_stage}
 
@@ -58,7 +58,7 @@ def format_coverage(coverage: ChainCoverage) -> str:
     """The per-stage table (module docstring)."""
     c, stats = coverage.config, coverage.stats
     lines = [f"chains of split {c.split!r}: {coverage.studies} of {coverage.total} studies, longest "
-             f"sequence {c.max_length} tokens, long_chains={c.long_chains}",
+             f"sequence {c.max_length} tokens, long_chains={c.sequence.long_chains}",
              f"  {'stage':>5}  {'turns':>6}  {'trained':>7}  {'windowed':>8}  {'dropped':>7}"]
     for stage, row in stats.per_stage().items():
         turns = row["trained"] + row["dropped"]

@@ -60,13 +60,12 @@ from data_pipeline.augment import (
 from data_pipeline.images import resize_with_pad, resize_with_pad_params
 from data_pipeline.packing import choose_bucket, pack_sequences, pad_sequence, row_images, stack_rows
 from data_pipeline.sequences import SequenceConfig, SequenceStats, TrainingSequence, build_sequences
+from data_pipeline.splits import TRAIN
 from data_pipeline.sources import SOURCE_KINDS, StudyRecord, open_study_source
-from data_pipeline.stages import Stage
 from data_pipeline.tokenizer import CXRTrekTokenizer
 
 __all__ = [
     "BATCH_FIELDS",
-    "CONTEXT_MODES",
     "BatchLayout",
     "BatchStats",
     "PipelineConfig",
@@ -92,7 +91,6 @@ BATCH_FIELDS = (
     "images",
     "image_mask",
 )
-CONTEXT_MODES = ("on", "off", "shuffled")
 _TOKEN_FIELDS = ("input_tokens", "target_tokens", "loss_mask", "stage_ids", "segment_ids", "positions")
 
 
@@ -101,29 +99,23 @@ _TOKEN_FIELDS = ("input_tokens", "target_tokens", "loss_mask", "stage_ids", "seg
 
 @dataclasses.dataclass(frozen=True)
 class PipelineConfig:
-    """Everything the input pipeline needs besides the tokenizer.
+    """Everything the input pipeline needs besides the tokenizer; `sequence` says how a study
+    becomes training sequences (context, stage filters, long chains, image slots).
 
     source: the TFDS data dir (`source_kind` "tfds", read split `split`) or a
-        CXRTrek JSON file ("json", images under `image_root`).
-    image_size: the model's square input size in pixels (images are
-        resized with padding, `resize_with_pad`).
-    max_images: image slots per row (M).
-    tokens_per_image: image token ids per image (the vision tower's output tokens).
+        CXRTrek JSON file ("json", images under `image_root`); "" = not yet set
+        (a training run sets it to the data set it prepared).
+    image_size: the model's square input size in pixels (images are resized
+        with padding, `resize_with_pad`); None = not yet set (a training run
+        takes it from the model). `sequence.tokens_per_image` and
+        `sequence.max_images` (the image slots M per row) likewise.
     global_batch_size: rows per step over all processes.
     length_buckets: allowed row lengths L, ascending; the largest is the
-        longest sequence (`long_chains` says what happens to a longer chain).
+        longest sequence (`sequence.max_length`, set from it;
+        `sequence.long_chains` says what happens to a longer chain).
     packing: first-fit pack several sequences per row (segment ids 1..k).
-    context: "on" (one sequence per study), "off" (one per turn),
-        "shuffled" (stage order permuted per study, seeded by `seed`).
-    stages: keep only these stages' turns (None = all); no_prior: drop prior
-        images and the turns needing them; system_prompt: None = the study's own.
-    drop_unfittable: a turn that alone exceeds the largest bucket is dropped
-        and counted instead of stopping the pipeline.
-    long_chains: "window" (a longer chain is trained as windows, every turn
-        once) or "truncate" (trailing turns dropped, counted);
-        window_context: a later window's share of text kept for earlier turns
-        (`data_pipeline.sequences`).
-    seed: shuffle, augmentation and stage-shuffle seed, in [0, 2**32).
+    seed: shuffle and augmentation seed, in [0, 2**32) (the stage shuffle has
+        its own, `sequence.shuffle_seed`).
     num_epochs: passes over the data for training (None = forever).
     num_workers: Grain worker processes (0 = in this process); worker_buffer_size:
         prepared studies each worker keeps ready; read_threads: threads per process
@@ -131,29 +123,21 @@ class PipelineConfig:
     augment: training augmentation strengths (`AugmentConfig.none()` = off).
     """
 
-    source: str
+    source: str = ""
     source_kind: str = "tfds"
-    split: str = "train"
+    split: str = TRAIN
     image_root: str | None = None
-    image_size: int = 128
-    max_images: int = 4
-    tokens_per_image: int = 64
+    image_size: int | None = None
     global_batch_size: int = 8
     length_buckets: tuple[int, ...] = (512, 1024, 2048)
     packing: bool = False
-    context: str = "on"
-    stages: tuple[int, ...] | None = None
-    no_prior: bool = False
-    system_prompt: str | None = None
-    drop_unfittable: bool = False
-    long_chains: str = "window"
-    window_context: float = 0.5
     seed: int = 0
     num_epochs: int | None = None
     num_workers: int = 0
     worker_buffer_size: int = 2
     read_threads: int = 2
     augment: AugmentConfig = AugmentConfig()
+    sequence: SequenceConfig = SequenceConfig()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "source", str(self.source))
@@ -161,19 +145,20 @@ class PipelineConfig:
             object.__setattr__(self, "image_root", str(self.image_root))
         if self.source_kind not in SOURCE_KINDS:
             raise ValueError(f"source_kind must be one of {SOURCE_KINDS}, got {self.source_kind!r}")
-        if self.source_kind == "json" and self.image_root is None:
+        if self.source_kind == "json" and self.source and self.image_root is None:
             raise ValueError("a JSON source needs image_root")
-        if self.context not in CONTEXT_MODES:
-            raise ValueError(f"context must be one of {CONTEXT_MODES}, got {self.context!r}")
         buckets = tuple(int(b) for b in self.length_buckets)
         if not buckets or list(buckets) != sorted(set(buckets)) or buckets[0] < 2:
             raise ValueError(f"length_buckets must be distinct, ascending and >= 2, got {self.length_buckets}")
         object.__setattr__(self, "length_buckets", buckets)
-        if self.stages is not None:
-            object.__setattr__(self, "stages", tuple(sorted({int(Stage.parse(s)) for s in self.stages})))
-        for name in ("image_size", "max_images", "tokens_per_image", "global_batch_size", "worker_buffer_size"):
+        if self.sequence.max_length is not None and self.sequence.max_length != buckets[-1]:
+            raise ValueError(f"sequence.max_length {self.sequence.max_length} differs from the largest "
+                             f"length bucket {buckets[-1]}; leave it unset (None): it is set from the buckets")
+        for name in ("global_batch_size", "worker_buffer_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.image_size is not None and self.image_size < 1:
+            raise ValueError(f"image_size must be >= 1, got {self.image_size}")
         if self.num_epochs is not None and self.num_epochs < 1:
             raise ValueError(f"num_epochs must be >= 1 or None (forever), got {self.num_epochs}")
         if self.num_workers < 0 or self.read_threads < 0:
@@ -181,29 +166,35 @@ class PipelineConfig:
         if not 0 <= self.seed < 2**32:
             raise ValueError(f"seed must be in [0, 2**32), got {self.seed}")
 
+    def check_complete(self) -> "PipelineConfig":
+        """self, or a ValueError naming each field still unset ("" or None) that a pipeline needs."""
+        unset = [name for name, value in (("source", self.source), ("image_size", self.image_size),
+                                          ("sequence.tokens_per_image", self.sequence.tokens_per_image),
+                                          ("sequence.max_images", self.sequence.max_images))
+                 if value in ("", None)]
+        if unset:
+            raise ValueError(f"PipelineConfig: {', '.join(unset)} not set (a training run sets them from "
+                             "the prepared data and the model; direct users give them)")
+        if self.source_kind == "json" and self.image_root is None:
+            raise ValueError("a JSON source needs image_root")
+        return self
+
     @property
     def max_length(self) -> int:
         return self.length_buckets[-1]
+
+    @property
+    def max_images(self) -> int | None:
+        """Image slots per row (M) = `sequence.max_images`."""
+        return self.sequence.max_images
 
     @property
     def image_shape(self) -> tuple[int, int]:
         return (self.image_size, self.image_size)
 
     def sequence_config(self) -> SequenceConfig:
-        return SequenceConfig(
-            max_length=self.max_length,
-            tokens_per_image=self.tokens_per_image,
-            stage_context=self.context != "off",
-            shuffle_stages=self.context == "shuffled",
-            shuffle_seed=self.seed,
-            stages=self.stages,
-            no_prior=self.no_prior,
-            max_images=self.max_images,
-            system_prompt=self.system_prompt,
-            drop_unfittable=self.drop_unfittable,
-            long_chains=self.long_chains,
-            window_context=self.window_context,
-        )
+        """`sequence` with `max_length` set to the largest length bucket."""
+        return dataclasses.replace(self.sequence, max_length=self.max_length).check_complete()
 
     def per_process_batch_size(self, process_count: int) -> int:
         """global_batch_size / process_count (ValueError when it does not divide)."""
@@ -546,6 +537,7 @@ def _build(
 ) -> StudyBatchIterDataset:
     if not 0 <= process_index < process_count:
         raise ValueError(f"process_index {process_index} outside 0..{process_count - 1}")
+    cfg.check_complete()
     batch_size = cfg.per_process_batch_size(process_count)
     source = open_study_source(cfg.source_kind, cfg.source, image_root=cfg.image_root, split=cfg.split)
     if len(source) == 0:

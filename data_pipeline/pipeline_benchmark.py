@@ -18,6 +18,7 @@ import sys
 import time
 
 from data_pipeline.grain_pipeline import PipelineConfig, build_train_iterator
+from data_pipeline.sequences import SequenceConfig
 from data_pipeline.tokenizer import CXRTrekTokenizer, load_tokenizer
 
 __all__ = ["Throughput", "measure_throughput", "process_tree_cpu_seconds", "main"]
@@ -107,14 +108,13 @@ def main(argv: list[str] | None = None) -> int:
         source_kind=args.source_kind,
         image_root=args.image_root,
         image_size=args.image_size,
-        max_images=args.max_images,
-        tokens_per_image=args.tokens_per_image,
         global_batch_size=args.batch_size,
         length_buckets=tuple(args.buckets),
         packing=args.packing,
         read_threads=args.read_threads,
         worker_buffer_size=args.worker_buffer,
-        drop_unfittable=True,
+        sequence=SequenceConfig(tokens_per_image=args.tokens_per_image, max_images=args.max_images,
+                                drop_unfittable=True),
     )
     for workers in args.workers:
         result = measure_throughput(dataclasses.replace(base, num_workers=workers), tokenizer, args.batches, args.warmup)

@@ -43,13 +43,14 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
-from data_pipeline.cxrtrek_json import DEFAULT_SYSTEM_PROMPT
+from data_pipeline.cxrtrek_json import DEFAULT_SYSTEM_PROMPT, derive_messages
 from data_pipeline.records import IMAGE_PLACEHOLDER, Message, QAItem, Study
-from data_pipeline.stages import Stage
+from data_pipeline.stages import NUM_STAGES, Stage
 from data_pipeline.tokenizer import CXRTrekTokenizer
 
 __all__ = [
     "LONG_CHAINS",
+    "TRAINING_CONTEXTS",
     "SequenceConfig",
     "SequenceStats",
     "SequenceTooLongError",
@@ -57,6 +58,9 @@ __all__ = [
     "SequenceBuilder",
     "build_sequences",
     "current_image_count",
+    "turn_exclusion",
+    "keeps_turn",
+    "filter_turns",
     "system_prompt_of",
     "place_placeholders",
 ]
@@ -65,7 +69,12 @@ _PLACEHOLDER_WITH_NEWLINE = re.compile(re.escape(IMAGE_PLACEHOLDER) + r"\n?")
 _LATER_STUDY_STAGES = (Stage.COMPARISON, Stage.FUTURE_TREND)
 # How a chain longer than max_length is trained (module docstring).
 LONG_CHAINS = ("window", "truncate")
-_NUM_STAGES = len(Stage)
+# How a study's turns are grouped into training sequences (`SequenceConfig.context`); not the
+# decoding context modes (own / teacher / none) of `cxrtrek_jax.contexts`.
+TRAINING_CONTEXTS = ("on", "off", "shuffled")
+# `SequenceStats` field counting the turns left out for each reason.
+_EXCLUSION_COUNTS = {"stage": "turns_excluded_by_stage", "no_prior": "turns_dropped_no_prior",
+                     "image_limit": "turns_dropped_image_limit"}
 
 
 class SequenceTooLongError(ValueError):
@@ -76,15 +85,18 @@ class SequenceTooLongError(ValueError):
 class SequenceConfig:
     """How studies become training sequences.
 
-    max_length: most tokens in `input_tokens` (the full id sequence holds one more).
-    tokens_per_image: image token ids per image (the model's patch-token count).
-    stage_context: one sequence per study (True) or one per turn (False).
-    shuffle_stages: permute the order of the stages, seeded by
-        (`shuffle_seed`, study id); turns within a stage keep their order.
+    max_length: most tokens in `input_tokens` (the full id sequence holds one more);
+        None = not yet set (the input pipeline sets it to its largest length bucket).
+    tokens_per_image: image token ids per image (the model's patch-token count);
+        None = not yet set (a training run takes it from the model).
+    context: "on" (one sequence per study, the staged context), "off" (one
+        sequence per turn) or "shuffled" (stage order permuted per study, seeded
+        by (`shuffle_seed`, study key); turns within a stage keep their order).
     stages: keep only turns of these stages (None = all).
     no_prior: drop images beyond the current study and the turns needing them.
     max_images: the model's image slots; turns that need more images than this
-        (their `image_input_count`) are dropped and counted (None = no limit).
+        (their `image_input_count`) are dropped and counted (None = no limit; the
+        input pipeline needs it set, a training run takes it from the model).
     system_prompt: None = the study's own system message, else `DEFAULT_SYSTEM_PROMPT`.
     drop_unfittable: a turn that alone exceeds `max_length` (the first turn of
         the sequence with "truncate") is dropped and counted
@@ -94,10 +106,9 @@ class SequenceConfig:
         kept for earlier turns as context, in [0, 1).
     """
 
-    max_length: int
-    tokens_per_image: int
-    stage_context: bool = True
-    shuffle_stages: bool = False
+    max_length: int | None = None
+    tokens_per_image: int | None = None
+    context: str = "on"
     shuffle_seed: int = 0
     stages: tuple[int, ...] | None = None
     no_prior: bool = False
@@ -108,20 +119,40 @@ class SequenceConfig:
     window_context: float = 0.5
 
     def __post_init__(self) -> None:
+        if self.context not in TRAINING_CONTEXTS:
+            raise ValueError(f"context must be one of {TRAINING_CONTEXTS}, got {self.context!r}")
         if self.long_chains not in LONG_CHAINS:
             raise ValueError(f"long_chains must be one of {LONG_CHAINS}, got {self.long_chains!r}")
         if not 0.0 <= self.window_context < 1.0:
             raise ValueError(f"window_context must be in [0, 1), got {self.window_context}")
         if self.max_images is not None and self.max_images < 1:
             raise ValueError(f"max_images must be >= 1 or None, got {self.max_images}")
-        if self.max_length < 2:
+        if self.max_length is not None and self.max_length < 2:
             raise ValueError(f"max_length must be >= 2, got {self.max_length}")
-        if self.tokens_per_image < 1:
+        if self.tokens_per_image is not None and self.tokens_per_image < 1:
             raise ValueError(f"tokens_per_image must be >= 1, got {self.tokens_per_image}")
         if self.stages is not None:
             object.__setattr__(self, "stages", tuple(sorted({int(Stage.parse(s)) for s in self.stages})))
             if not self.stages:
                 raise ValueError("stages must name at least one stage (or be None for all)")
+
+    @property
+    def stage_context(self) -> bool:
+        """One sequence per study (context "on" or "shuffled")."""
+        return self.context != "off"
+
+    @property
+    def shuffle_stages(self) -> bool:
+        return self.context == "shuffled"
+
+    def check_complete(self) -> "SequenceConfig":
+        """self, or a ValueError naming the size field still unset (None)."""
+        for name in ("max_length", "tokens_per_image"):
+            if getattr(self, name) is None:
+                raise ValueError(f"SequenceConfig.{name} is not set: give it (the input pipeline sets "
+                                 "max_length from its length buckets, a training run tokens_per_image "
+                                 "from the model)")
+        return self
 
 
 @dataclasses.dataclass(frozen=True)
@@ -151,9 +182,9 @@ class SequenceStats:
     images_dropped: int = 0
     unfittable: int = 0
     turns_windowed: int = 0
-    stage_trained: tuple[int, ...] = (0,) * (_NUM_STAGES + 1)
-    stage_windowed: tuple[int, ...] = (0,) * (_NUM_STAGES + 1)
-    stage_dropped: tuple[int, ...] = (0,) * (_NUM_STAGES + 1)
+    stage_trained: tuple[int, ...] = (0,) * (NUM_STAGES + 1)
+    stage_windowed: tuple[int, ...] = (0,) * (NUM_STAGES + 1)
+    stage_dropped: tuple[int, ...] = (0,) * (NUM_STAGES + 1)
 
     def __add__(self, other: "SequenceStats") -> "SequenceStats":
         def add(a, b):
@@ -167,7 +198,7 @@ class SequenceStats:
         """stage -> {"trained", "windowed", "dropped"} for every stage with a turn."""
         return {stage: {"trained": self.stage_trained[stage], "windowed": self.stage_windowed[stage],
                         "dropped": self.stage_dropped[stage]}
-                for stage in range(1, _NUM_STAGES + 1)
+                for stage in range(1, NUM_STAGES + 1)
                 if self.stage_trained[stage] or self.stage_dropped[stage]}
 
 
@@ -246,23 +277,49 @@ def _check_image_counts(study: Study) -> None:
             )
 
 
+def turn_exclusion(item: QAItem, stages: Sequence[int] | None, no_prior: bool, current_images: int) -> str | None:
+    """Why the stage / no-prior filter leaves `item` out, or None when it keeps the turn.
+
+    "stage": `stages` is given and the turn's stage is not in it; "no_prior": `no_prior` is
+    set and the turn needs more images than the study's own (`current_images`, the study's
+    `current_image_count`). The one definition of which turns an experiment trains on.
+    """
+    if stages is not None and item.stage not in stages:
+        return "stage"
+    if no_prior and item.image_input_count > current_images:
+        return "no_prior"
+    return None
+
+
+def keeps_turn(study: Study, item: QAItem, stages: Sequence[int] | None, no_prior: bool) -> bool:
+    """Whether the stage / no-prior filter keeps `item` of `study` (`turn_exclusion` is None)."""
+    return turn_exclusion(item, stages, no_prior, current_image_count(study)) is None
+
+
+def filter_turns(study: Study, stages: Sequence[int] | None, no_prior: bool) -> Study:
+    """The study with only the turns the stage / no-prior filter keeps (`turn_exclusion`).
+
+    Its released chat `messages` (if any) are rebuilt from the kept turns.
+    """
+    current = current_image_count(study)
+    items = tuple(item for item in study.items if turn_exclusion(item, stages, no_prior, current) is None)
+    messages = None if study.messages is None else derive_messages(items, system_prompt_of(study))
+    return study.replace(items=items, messages=messages)
+
+
 def _select_turns(study: Study, config: SequenceConfig) -> tuple[list[int], dict[str, int]]:
     """Indices of the turns to use, in sequence order, and the exclusion counts."""
-    turns = list(range(len(study.items)))
+    current = current_image_count(study)
     counts = {"turns_excluded_by_stage": 0, "turns_dropped_no_prior": 0, "turns_dropped_image_limit": 0}
-    if config.stages is not None:
-        kept = [t for t in turns if study.items[t].stage in config.stages]
-        counts["turns_excluded_by_stage"] = len(turns) - len(kept)
-        turns = kept
-    if config.no_prior:
-        limit = current_image_count(study)
-        kept = [t for t in turns if study.items[t].image_input_count <= limit]
-        counts["turns_dropped_no_prior"] = len(turns) - len(kept)
-        turns = kept
-    if config.max_images is not None:
-        kept = [t for t in turns if study.items[t].image_input_count <= config.max_images]
-        counts["turns_dropped_image_limit"] = len(turns) - len(kept)
-        turns = kept
+    turns = []
+    for t, item in enumerate(study.items):
+        reason = turn_exclusion(item, config.stages, config.no_prior, current)
+        if reason is None and config.max_images is not None and item.image_input_count > config.max_images:
+            reason = "image_limit"
+        if reason is None:
+            turns.append(t)
+        else:
+            counts[_EXCLUSION_COUNTS[reason]] += 1
     if config.shuffle_stages:
         rng = np.random.default_rng([config.shuffle_seed, zlib.crc32(study.key.encode("utf-8"))])
         present = sorted({study.items[t].stage for t in turns})
@@ -351,11 +408,8 @@ class _ChainLengths:
         self._answers = [self._message("assistant", study.items[t].answer) for t in turns]
 
     def _message(self, role: str, content: str) -> int:
-        ids = self.tokenizer.encode_text(content)
-        images = sum(1 for i in ids if i == self.tokenizer.image_id)
-        expanded = self.tokenizer.expanded_image_length(self.config.tokens_per_image)
-        return len(self.tokenizer.prefix_ids(role)) + len(ids) + images * (expanded - 1) + len(
-            self.tokenizer.end_ids(role))
+        ids, _ = self.tokenizer.encode_content(content, self.config.tokens_per_image)
+        return len(self.tokenizer.prefix_ids(role)) + len(ids) + len(self.tokenizer.end_ids(role))
 
     def _user(self, j: int, new_images: int) -> int:
         key = (j, new_images)
@@ -377,7 +431,7 @@ class _ChainLengths:
 
     def image_tokens(self, first: int, end: int) -> int:
         return max(self.study.items[self.turns[j]].image_input_count for j in range(first, end)) \
-            * self.tokenizer.expanded_image_length(self.config.tokens_per_image)
+            * self.config.tokens_per_image
 
 
 def _windows(lengths: _ChainLengths, n: int, config: SequenceConfig) -> tuple[list[tuple[int, int, int]], list[int]]:
@@ -437,8 +491,10 @@ def build_sequences(
     0..num_images, and `SequenceTooLongError` when a turn alone (with
     "truncate": a sequence's first turn) exceeds `config.max_length` (unless
     `config.drop_unfittable`). A study with no turn left after the
-    stage/no_prior filters gives no sequence.
+    stage/no_prior filters gives no sequence. `config.max_length` and
+    `config.tokens_per_image` must be set (ValueError otherwise).
     """
+    config.check_complete()
     _check_image_counts(study)
     turns, counts = _select_turns(study, config)
     groups: Iterable[list[int]] = [turns] if config.stage_context else [[t] for t in turns]
@@ -457,11 +513,11 @@ def build_sequences(
             if first > 0:
                 windowed_turns.update(group[start:end])
     used_images = {i for s in sequences for i in s.image_indices}
-    stage_trained = [0] * (_NUM_STAGES + 1)
-    stage_windowed = [0] * (_NUM_STAGES + 1)
-    stage_dropped = [0] * (_NUM_STAGES + 1)
+    stage_trained = [0] * (NUM_STAGES + 1)
+    stage_windowed = [0] * (NUM_STAGES + 1)
+    stage_dropped = [0] * (NUM_STAGES + 1)
     for index, item in enumerate(study.items):
-        if not 1 <= item.stage <= _NUM_STAGES or (config.stages is not None and item.stage not in config.stages):
+        if not 1 <= item.stage <= NUM_STAGES or turn_exclusion(item, config.stages, no_prior=False, current_images=0) == "stage":
             continue  # excluded by the stage filter (or a stage validation rejects), not dropped
         (stage_trained if index in trained else stage_dropped)[item.stage] += 1
         stage_windowed[item.stage] += index in windowed_turns

@@ -21,6 +21,7 @@ from data_pipeline.cxrtrek_json import read_studies
 from data_pipeline.image_paths import ImagePathError, choose_image_list, resolve_image_path
 from data_pipeline.images import load_image, load_image_bytes
 from data_pipeline.records import Study
+from data_pipeline.splits import TRAIN
 
 __all__ = [
     "SOURCE_KINDS",
@@ -109,7 +110,7 @@ def json_study_record(study: Study, image_root: str | os.PathLike, path: Any, in
 class TfdsStudySource:
     """One split of the `cxrtrek` TFDS data set (`data_pipeline.tfds_builder`) under `data_dir`."""
 
-    def __init__(self, data_dir: str | os.PathLike, split: str = "train"):
+    def __init__(self, data_dir: str | os.PathLike, split: str = TRAIN):
         self.data_dir = os.fspath(data_dir)
         self.split = split
         self._source: Any = None
@@ -145,7 +146,7 @@ class TfdsStudySource:
 
 
 def open_study_source(
-    kind: str, path: str | os.PathLike, *, image_root: str | os.PathLike | None = None, split: str = "train"
+    kind: str, path: str | os.PathLike, *, image_root: str | os.PathLike | None = None, split: str = TRAIN
 ) -> JsonStudySource | TfdsStudySource:
     """`kind` "tfds": the TFDS data dir `path` (its `split`); "json": the JSON file `path` with `image_root`."""
     if kind == "tfds":

@@ -14,6 +14,8 @@ import re
 
 __all__ = [
     "Stage",
+    "NUM_STAGES",
+    "STAGE_NUMBERS",
     "STAGE_TASK_TYPES",
     "REPORT_TASK_SUFFIXES",
     "QTYPE_KINDS",
@@ -44,18 +46,23 @@ class Stage(enum.IntEnum):
     def parse(cls, value: object) -> "Stage":
         """Stage from an int (or int-like string); ValueError naming the value otherwise."""
         if isinstance(value, bool):
-            raise ValueError(f"stage must be an integer 1..8, got {value!r}")
+            raise ValueError(f"stage must be an integer {_RANGE}, got {value!r}")
         try:
             number = int(value)  # type: ignore[arg-type]
         except (TypeError, ValueError):
-            raise ValueError(f"stage must be an integer 1..8, got {value!r}") from None
+            raise ValueError(f"stage must be an integer {_RANGE}, got {value!r}") from None
         if isinstance(value, float) and value != number:
-            raise ValueError(f"stage must be an integer 1..8, got {value!r}")
+            raise ValueError(f"stage must be an integer {_RANGE}, got {value!r}")
         try:
             return cls(number)
         except ValueError:
-            raise ValueError(f"stage must be in 1..8, got {value!r}") from None
+            raise ValueError(f"stage must be in {_RANGE}, got {value!r}") from None
 
+
+# How many stages there are, and their numbers in order: the one definition (from `Stage`).
+NUM_STAGES = len(Stage)
+STAGE_NUMBERS = tuple(int(stage) for stage in Stage)
+_RANGE = f"{STAGE_NUMBERS[0]}..{STAGE_NUMBERS[-1]}"
 
 _TITLES = {
     Stage.QUALITY_VIEW: "image quality and view",

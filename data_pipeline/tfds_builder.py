@@ -45,11 +45,11 @@ from data_pipeline.cxrtrek_json import find_cxrtrek_data, iter_elements, parse_s
 from data_pipeline.image_paths import IMAGE_LISTS, ImagePathError, choose_image_list, resolve_image_path
 from data_pipeline.images import ImageLoadError, encode_png16, is_dicom, load_image_bytes
 from data_pipeline.records import Message, QAItem, Study, freeze, study_key, thaw
+from data_pipeline.splits import SPLIT_ALIASES, SPLIT_NAMES, TEST, TRAIN, VALIDATION, canonical_split, split_field
 from data_pipeline.validation import Problem, StudyValidator
 
 __all__ = [
     "DATASET_NAME",
-    "SPLIT_NAMES",
     "SplitConfig",
     "patient_split",
     "BuildOptions",
@@ -66,16 +66,7 @@ __all__ = [
 ]
 
 DATASET_NAME = "cxrtrek"
-SPLIT_NAMES = ("train", "validation", "test")
 SUMMARY_FILE = "build_summary.json"
-_SPLIT_ALIASES = {
-    "train": "train",
-    "training": "train",
-    "validation": "validation",
-    "valid": "validation",
-    "val": "validation",
-    "test": "test",
-}
 _TEXT_FIELDS = ("study_id", "pat_id", "source", "ref_study_id", "pos_study_id")
 _TURN_TEXT_FIELDS = ("task_type", "qtype", "question", "answer")
 _TURN_INT_FIELDS = ("stage", "image_input_count")
@@ -110,21 +101,21 @@ def patient_split(pat_id: str, config: SplitConfig) -> str:
     digest = hashlib.sha256(f"{config.seed}\x00{pat_id}".encode()).digest()
     u = int.from_bytes(digest[:8], "big") / 2.0**64
     if u < config.test_fraction:
-        return "test"
+        return TEST
     if u < config.test_fraction + config.val_fraction:
-        return "validation"
-    return "train"
+        return VALIDATION
+    return TRAIN
 
 
 def _split_of(study: Study, prefix: str, config: SplitConfig) -> tuple[str | None, tuple[str, str] | None]:
     """(split, None) or (None, (field, reason))."""
-    for field, extras in ((prefix + "split", study.cxrtrek_extras), ("split", study.extras)):
-        if "split" in extras:
-            value = extras["split"]
-            name = _SPLIT_ALIASES.get(value.strip().lower()) if isinstance(value, str) else None
-            if name is None:
-                return None, (field, f"unknown split {value!r}; expected one of {', '.join(_SPLIT_ALIASES)}")
-            return name, None
+    found = split_field(study)
+    if found is not None:
+        (where, value), name = found, canonical_split(found[1])
+        if name is None:
+            field = prefix + "split" if where == "cxrtrek_data" else "split"
+            return None, (field, f"unknown split {value!r}; expected one of {', '.join(SPLIT_ALIASES)}")
+        return name, None
     if not study.pat_id:
         return None, (prefix + "pat_id", "empty; the patient-level split needs it (or give a 'split' field)")
     return patient_split(study.pat_id, config), None

@@ -32,6 +32,7 @@ import numpy as np
 import tokenizers
 from tokenizers import AddedToken, decoders, models, pre_tokenizers, trainers
 
+from data_pipeline.boxes import MARKUP_TOKENS
 from data_pipeline.chat_template import (
     CHAT_FORMAT_FILE,
     ChatFormat,
@@ -42,7 +43,6 @@ from data_pipeline.cxrtrek_json import DEFAULT_SYSTEM_PROMPT
 from data_pipeline.records import Message, Study
 
 __all__ = [
-    "BOX_MARKUP_TOKENS",
     "CXRTrekTokenizer",
     "EncodedChat",
     "MessageSpan",
@@ -52,7 +52,6 @@ __all__ = [
     "training_texts",
 ]
 
-BOX_MARKUP_TOKENS = ("<|ref|>", "<|/ref|>", "<|box|>", "<|/box|>")
 TOKENIZER_FILE = "tokenizer.json"
 TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
 SPECIAL_TOKENS_MAP_FILE = "special_tokens_map.json"
@@ -112,8 +111,6 @@ class CXRTrekTokenizer:
         self._prefix_ids = {role: self.encode_text(fmt.prefix(role)) for role in roles}
         self._end_ids = {role: ([self.end_of_turn_id] if fmt.turn_end(role) == fmt.end_of_turn
                                 else self.encode_text(fmt.turn_end(role))) for role in roles}
-        self._image_open_ids = self.encode_text(fmt.image_open)
-        self._image_close_ids = self.encode_text(fmt.image_close)
 
     # --- ids of the control tokens -------------------------------------------------------
     @property
@@ -160,13 +157,25 @@ class CXRTrekTokenizer:
         """The ids of the role prefix that opens a message of `role`."""
         return tuple(self._prefix_ids[role])
 
+    def encode_content(self, content: str, tokens_per_image: int = 1) -> tuple[np.ndarray, int]:
+        """(ids of one message's content with each image placeholder expanded, placeholders found).
+
+        A placeholder becomes `tokens_per_image` image ids; with the format's image_open /
+        image_close (Gemma 3) the expanded text is encoded, so the text around the wrappers
+        tokenizes as in the whole rendered string (e.g. newlines next to them)."""
+        ids = np.asarray(self.encode_text(content), np.int32)
+        is_image = ids == self.image_id
+        images = int(is_image.sum())
+        if images and (self.format.image_open or self.format.image_close):
+            text = content.replace(self.format.image, self.format.expand_image(tokens_per_image))
+            ids = np.asarray(self.encode_text(text), np.int32)
+        elif images and tokens_per_image > 1:
+            ids = np.repeat(ids, np.where(is_image, tokens_per_image, 1))
+        return ids, images
+
     def end_ids(self, role: str) -> tuple[int, ...]:
         """The ids closing a message of `role` (the end-of-turn id, or the format's end text)."""
         return tuple(self._end_ids[role])
-
-    def expanded_image_length(self, tokens_per_image: int) -> int:
-        """Ids one image placeholder becomes: image_open, `tokens_per_image` image ids, image_close."""
-        return len(self._image_open_ids) + tokens_per_image + len(self._image_close_ids)
 
     # --- encoding ------------------------------------------------------------------------
     def encode_text(self, text: str) -> list[int]:
@@ -199,14 +208,8 @@ class CXRTrekTokenizer:
         num_images = 0
         for index, message in enumerate(as_messages(messages, self.format)):
             prefix = np.asarray(self._prefix_ids[message.role], np.int32)
-            content = np.asarray(self.encode_text(message.content), np.int32)
-            is_image = content == self.image_id
-            num_images += int(is_image.sum())
-            if is_image.any() and (tokens_per_image > 1 or self._image_open_ids or self._image_close_ids):
-                expanded = np.asarray(self._image_open_ids + [self.image_id] * tokens_per_image
-                                      + self._image_close_ids, np.int32)
-                content = np.concatenate([expanded if image else content[i:i + 1]
-                                          for i, image in enumerate(is_image)])
+            content, images = self.encode_content(message.content, tokens_per_image)
+            num_images += images
             end_ids = np.asarray(self._end_ids[message.role], np.int32)
             start = length
             content_start = start + prefix.size
@@ -328,7 +331,7 @@ def train_tokenizer(
     *,
     fmt: ChatFormat = ChatFormat(),
     min_frequency: int = 2,
-    extra_tokens: Sequence[str] = BOX_MARKUP_TOKENS,
+    extra_tokens: Sequence[str] = MARKUP_TOKENS,
 ) -> CXRTrekTokenizer:
     """Train a byte-level BPE tokenizer on `texts`; same texts in, same tokenizer out.
 

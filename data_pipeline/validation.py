@@ -40,7 +40,7 @@ from data_pipeline.cxrtrek_json import (
     record_key,
 )
 from data_pipeline.records import IMAGE_PLACEHOLDER, Study
-from data_pipeline.stages import is_known_task_type, parse_qtype
+from data_pipeline.stages import STAGE_NUMBERS, is_known_task_type, parse_qtype
 
 __all__ = ["Problem", "SampleCheck", "ValidationReport", "StudyValidator", "validate_elements", "validate_file"]
 
@@ -303,8 +303,8 @@ class StudyValidator:
         stage = item.get("stage")
         if not _is_int(stage):
             return False  # reported as a structural problem
-        if not 1 <= stage <= 8:
-            out.error(where + ".stage", f"stage must be in 1..8, got {stage}")
+        if stage not in STAGE_NUMBERS:
+            out.error(where + ".stage", f"stage must be in {STAGE_NUMBERS[0]}..{STAGE_NUMBERS[-1]}, got {stage}")
             return False
         return True
 

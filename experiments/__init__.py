@@ -1,4 +1,7 @@
-"""Named, typed experiment configs (config as code) and the ablation registry."""
+"""The applications over the library: the demo (`python -m experiments.demo`), the ablation
+runner (`python -m experiments.ablations`) and their results (RESULTS.md). The named experiments
+and their config live in the library (`cxrtrek_jax.train.registry`, `cxrtrek_jax.train.config`)
+and are re-exported here."""
 
 from cxrtrek_jax.train.config import (
     DataConfig,
@@ -8,7 +11,7 @@ from cxrtrek_jax.train.config import (
     TrainConfig,
     base_config,
 )
-from experiments.registry import ABLATIONS, EXPERIMENTS, experiment_names, get_experiment
+from cxrtrek_jax.train.registry import ABLATIONS, EXPERIMENTS, experiment_names, get_experiment
 
 __all__ = [
     "ABLATIONS",

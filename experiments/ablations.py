@@ -38,6 +38,9 @@ from typing import Any
 
 from cxrtrek_jax.cli import CLIError
 from cxrtrek_jax.cli.train_cmd import parse_overrides
+from data_pipeline.sequences import filter_turns
+from data_pipeline.splits import study_split
+from data_pipeline.stages import STAGE_NUMBERS as STAGES
 
 __all__ = [
     "FINISHED_FILE",
@@ -58,7 +61,6 @@ FINISHED_FILE = "finished.json"
 EVAL_STUDIES_FILE = "studies.json"
 # The metric shown for a stage: the first of these that the stage's questions have.
 KEY_METRICS = (("accuracy", "accuracy"), ("mean_iou", "mean IoU"), ("rouge_l", "ROUGE-L"), ("bleu_4", "BLEU-4"))
-STAGES = tuple(range(1, 9))
 
 
 # --- running one experiment -------------------------------------------------------------------
@@ -106,28 +108,6 @@ def _machine() -> dict[str, Any]:
             "device_count": jax.device_count(), "process_count": jax.process_count()}
 
 
-def filter_turns(study, stages: Sequence[int] | None, no_prior: bool):
-    """The study with only the turns an experiment trains on: those of `stages` (None = all),
-    and with `no_prior` none that needs an image beyond the current study's. Its released chat
-    `messages` (if any) are rebuilt from the kept turns."""
-    from data_pipeline.cxrtrek_json import derive_messages
-    from data_pipeline.sequences import current_image_count, system_prompt_of
-
-    items = study.items
-    if stages is not None:
-        items = tuple(item for item in items if item.stage in stages)
-    if no_prior:
-        limit = current_image_count(study)
-        items = tuple(item for item in items if item.image_input_count <= limit)
-    messages = None if study.messages is None else derive_messages(items, system_prompt_of(study))
-    return study.replace(items=items, messages=messages)
-
-
-def _study_split(study) -> str | None:
-    value = study.cxrtrek_extras.get("split", study.extras.get("split"))
-    return None if value is None else str(value)
-
-
 def _filtered_eval_file(cfg, json_file: Path, out: Path) -> dict[str, Any]:
     """Write the eval split's studies, their turns filtered as in training, to `out`; returns
     what was filtered (studies left without a turn are not evaluated and are counted)."""
@@ -137,12 +117,12 @@ def _filtered_eval_file(cfg, json_file: Path, out: Path) -> dict[str, Any]:
 
     def kept() -> Iterable:
         for study in iter_studies(json_file):
-            split = _study_split(study)
+            split = study_split(study)
             if split is not None and split != cfg.eval.split:
                 continue
             if cfg.eval.max_studies is not None and stats["studies_kept"] >= cfg.eval.max_studies:
                 return
-            filtered = filter_turns(study, cfg.data.stages, cfg.data.no_prior)
+            filtered = filter_turns(study, cfg.data.pipeline.sequence.stages, cfg.data.pipeline.sequence.no_prior)
             stats["turns_in"] += len(study.items)
             stats["turns_kept"] += len(filtered.items)
             if not filtered.items:
@@ -154,89 +134,65 @@ def _filtered_eval_file(cfg, json_file: Path, out: Path) -> dict[str, Any]:
     write_studies(out, kept())
     if stats["studies_kept"] == 0:
         raise CLIError(f"{json_file}: no study of split {cfg.eval.split!r} has a turn left after the "
-                       f"experiment's filter (stages={cfg.data.stages}, no_prior={cfg.data.no_prior})")
+                       f"experiment's filter (stages={cfg.data.pipeline.sequence.stages}, no_prior={cfg.data.pipeline.sequence.no_prior})")
     return stats
 
 
 def _eval_data(cfg, data, eval_dir: Path):
     """(EvalData, turn filter description) for the run's evaluation."""
-    from cxrtrek_jax.evaluation.model_eval import EvalData
+    from cxrtrek_jax.evaluation import EvalData
 
-    d = cfg.data
-    if d.stages is None and not d.no_prior:
-        path = data.tfds_dir if d.kind == "tfds" else data.json_files[0]
-        return EvalData(path, split=cfg.eval.split, image_root=data.image_root,
+    d, seq = cfg.data, cfg.data.pipeline.sequence
+    if seq.stages is None and not seq.no_prior:
+        return EvalData(_source(cfg, data), split=cfg.eval.split, image_root=data.image_root,
                         max_studies=cfg.eval.max_studies), {"turns": "all"}
     if d.kind == "tfds":
-        raise CLIError("data.kind=tfds: evaluating only the turns of data.stages / without prior images needs the "
-                       "CXRTrek JSON source (data.kind=json) to write the filtered studies from")
+        raise CLIError("data.kind=tfds: evaluating only the turns of data.pipeline.sequence.stages / without "
+                       "prior images needs the CXRTrek JSON source (data.kind=json) to write the filtered "
+                       "studies from")
     studies_file = eval_dir / EVAL_STUDIES_FILE
     stats = _filtered_eval_file(cfg, Path(data.json_files[0]), studies_file)
-    description = {"turns": f"stages {list(d.stages)} only" if d.stages is not None else "all stages",
-                   "no_prior": d.no_prior, "studies_file": str(studies_file), **stats}
+    description = {"turns": f"stages {list(seq.stages)} only" if seq.stages is not None else "all stages",
+                   "no_prior": seq.no_prior, "studies_file": str(studies_file), **stats}
     if stats["studies_without_turns"]:
         print(f"note: {len(stats['studies_without_turns'])} {cfg.eval.split} studies have no turn after the "
               "filter and are not evaluated (listed in finished.json)")
     return EvalData(studies_file, split=cfg.eval.split, image_root=data.image_root), description
 
 
+def _source(cfg, data) -> str:
+    """The prepared data set the run's splits are read from."""
+    return data.tfds_dir if cfg.data.kind == "tfds" else data.json_files[0]
+
+
 def _evaluate(cfg, data, run_dir: Path, *, bootstrap_resamples: int, meteor: bool,
               progress: bool) -> dict[str, Any]:
-    """Decode the run's newest checkpoint in cfg.eval.contexts and score it into run_dir/eval."""
+    """`evaluate_checkpoint` of the run's newest checkpoint in cfg.eval.contexts into run_dir/eval,
+    with the majority baseline fitted on the training split."""
     from tqdm.auto import tqdm
 
-    from cxrtrek_jax.evaluation.model_eval import checkpoint_identity, decode_predictions
-    from cxrtrek_jax.evaluation.outputs import file_sha256, write_metrics
-    from cxrtrek_jax.evaluation.predictions import PredictionWriter, read_predictions
-    from cxrtrek_jax.evaluation.scoring import ScoringConfig, score_predictions
+    from cxrtrek_jax.evaluation import EvalData, ScoringConfig, evaluate_checkpoint
 
     eval_dir = run_dir / EVAL_DIR
     if eval_dir.exists():
         shutil.rmtree(eval_dir)
     eval_dir.mkdir(parents=True)
     eval_data, turn_filter = _eval_data(cfg, data, eval_dir)
-    ckpt = Path(cfg.checkpoint.directory or run_dir / "checkpoints")
-    predictions = eval_dir / "predictions.jsonl"
-    skipped: dict[str, int] = {}
+    baseline = EvalData(_source(cfg, data), split=cfg.data.train_split, image_root=data.image_root)
     bar = tqdm(unit="study", desc=f"evaluating {cfg.name}", disable=not progress)
-    with PredictionWriter(predictions) as writer:
-        for record in decode_predictions(ckpt, eval_data, contexts=cfg.eval.contexts,
-                                         max_new_tokens=cfg.eval.max_new_tokens,
-                                         on_study=lambda *_: bar.update(1), skipped=skipped):
-            writer.write(record)
-    bar.close()
-    identity = {**checkpoint_identity(ckpt), **eval_data.identity(), "experiment": cfg.name,
-                "contexts": list(cfg.eval.contexts), "turn_filter": turn_filter,
-                "turns_skipped_image_limit": skipped,
-                "predictions": str(predictions), "predictions_sha256": file_sha256(predictions)}
-    scoring = ScoringConfig(bootstrap_resamples=bootstrap_resamples, meteor=meteor)
-    metrics = score_predictions(read_predictions(predictions), scoring,
-                                scored_path=eval_dir / "predictions.scored.jsonl", progress=progress)
-    metrics["baselines"], identity["baseline"] = _majority_baseline(cfg, data, predictions, eval_dir, scoring)
-    write_metrics(eval_dir, metrics, identity)
-    return {"contexts": list(cfg.eval.contexts), "split": cfg.eval.split, "studies": metrics["counts"]["studies"],
-            "turns": metrics["counts"]["records"], "turn_filter": turn_filter,
-            "turns_skipped_image_limit": skipped}
-
-
-def _majority_baseline(cfg, data, predictions: Path, eval_dir: Path, scoring) -> tuple[dict, dict]:
-    """The blind majority-answer baseline (fitted on the training split) on the run's evaluated
-    turns: ({BASELINE_NAME: metrics section}, identity entry)."""
-    from cxrtrek_jax.evaluation.answer_baselines import (
-        BASELINE_NAME,
-        MajorityAnswerBaseline,
-        score_baseline,
-        write_baseline_predictions,
-    )
-    from cxrtrek_jax.evaluation.model_eval import EvalData, iter_split_studies
-
-    source = data.tfds_dir if cfg.data.kind == "tfds" else data.json_files[0]
-    train = EvalData(source, split=cfg.data.train_split, image_root=data.image_root)
-    baseline = MajorityAnswerBaseline.fit(iter_split_studies(train))
-    path = eval_dir / "baseline_predictions.jsonl"
-    fitted = write_baseline_predictions(baseline, predictions, path)
-    return ({BASELINE_NAME: score_baseline(path, scoring)},
-            {"predictions": str(path), "fitted_on": {"split": cfg.data.train_split, **fitted}})
+    try:
+        result = evaluate_checkpoint(
+            cfg.checkpoint.directory or run_dir / "checkpoints", eval_data, eval_dir,
+            contexts=cfg.eval.contexts, max_new_tokens=cfg.eval.max_new_tokens, baseline=baseline,
+            scoring=ScoringConfig(bootstrap_resamples=bootstrap_resamples, meteor=meteor),
+            identity={"experiment": cfg.name, "turn_filter": turn_filter},
+            on_study=lambda *_: bar.update(1), progress=progress)
+    finally:
+        bar.close()
+    counts = result.metrics["counts"]
+    return {"contexts": list(cfg.eval.contexts), "split": cfg.eval.split, "studies": counts["studies"],
+            "turns": counts["records"], "turn_filter": turn_filter,
+            "turns_skipped_image_limit": result.identity["turns_skipped_image_limit"]}
 
 
 def run_ablation(name: str, preset: str = "small", overrides: Mapping[str, str] | None = None, *,
@@ -439,7 +395,7 @@ def _parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="train and evaluate one experiment into runs/NAME")
-    run.add_argument("name", help="registry experiment (experiments.registry)")
+    run.add_argument("name", help="registry experiment (cxrtrek_jax.train.registry)")
     run.add_argument("--preset", default="small", help="model preset (default small)")
     run.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                      help="config override, repeatable (e.g. --set train.num_steps=100)")

@@ -2,7 +2,8 @@
 
     python -m experiments.demo --out demo_out [--preset small] [--steps N] [--studies N]
 
-Steps (each skipped when its output is already there, so a second run resumes):
+Steps (each reruns only when what it is made from changed: the phantom recipe, the experiment
+config, the checkpoint; an interrupted training resumes):
 1. phantom studies (train/validation/test) and their validation report;
 2. TFDS build + a byte-level BPE tokenizer + training (`cxrtrek train`'s trainer; resumes) of the
    `baseline` recipe (`--alignment-steps N`: the `aligned` recipe, N alignment steps first);
@@ -22,10 +23,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
 
+from cxrtrek_jax.contexts import CONTEXT_MODES
 from cxrtrek_jax.evaluation.answer_baselines import BASELINE_NAME
 
 __all__ = ["main", "LEARNING_CHECKS", "learning_checks"]
@@ -41,7 +44,10 @@ LEARNING_CHECKS = (
 CHECK_CONTEXT = "own"
 # The checks' questions are also answered with every study's images swapped for another study's:
 # a model that reads its radiographs loses accuracy there.
-EVAL_CONTEXTS = ("own", "teacher", "none", "swapped")
+EVAL_CONTEXTS = CONTEXT_MODES  # own, teacher, none and swapped
+# What a demo step's output was made from (run/STAMP_FILE, hf_export.STAMP_FILE beside the
+# export): a step reruns only when it changed.
+STAMP_FILE = "demo_inputs.json"
 # |val_image_gain| below this (nats per answer token) reads as "the images are ignored".
 IGNORES_IMAGES_BELOW = 0.01
 
@@ -63,8 +69,8 @@ def _experiment(args: argparse.Namespace, out: Path):
         "data.phantom_studies": args.studies,
         "data.phantom_size": 256,
         "data.phantom_turns": args.turns,
-        "data.length_buckets": args.buckets,
-        "data.global_batch_size": args.batch_size,
+        "data.pipeline.length_buckets": args.buckets,
+        "data.pipeline.global_batch_size": args.batch_size,
         "tokenizer.vocab_size": 1024,
         "optim.learning_rate": args.learning_rate,
         "optim.warmup_steps": max(args.steps // 10, 1),
@@ -74,6 +80,9 @@ def _experiment(args: argparse.Namespace, out: Path):
         "train.eval_batches": 2,
         "checkpoint.save_every": max(args.steps // 2, 1),
     }
+    from cxrtrek_jax.cli.train_cmd import parse_overrides
+
+    overrides.update(parse_overrides(args.set))
     if not args.alignment_steps:
         return get_experiment("baseline", args.preset).override(overrides)
     return get_experiment("aligned", args.preset).override({**overrides, "alignment.num_steps": args.alignment_steps})
@@ -125,7 +134,7 @@ def _pytorch_check(export_dir: Path, ckpt: Path, data_json: Path, count: int, ne
     return rows
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m experiments.demo", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="demo_out")
@@ -140,7 +149,89 @@ def main(argv: list[str] | None = None) -> int:
                         help="steps of the `aligned` recipe's image-dense alignment phase before the "
                              "chains (default 0: the `baseline` recipe; see experiments/RESULTS.md)")
     parser.add_argument("--eval-studies", type=int, default=20, help="test studies evaluated")
-    args = parser.parse_args(argv)
+    parser.add_argument("--check-studies", type=int, default=3,
+                        help="test studies whose first answer PyTorch must reproduce")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="experiment config override on top of the demo's (e.g. mesh.tensor=2)")
+    return parser
+
+
+def _stamp_matches(path: Path, inputs: dict) -> bool:
+    """Whether the stamp file `path` records exactly `inputs` (JSON-normalised)."""
+    return path.is_file() and json.loads(path.read_text()) == json.loads(json.dumps(inputs, default=str))
+
+
+def _write_stamp(path: Path, inputs: dict) -> None:
+    path.write_text(json.dumps(inputs, indent=2, default=str) + "\n")
+
+
+def _validate(data_json: Path) -> bool:
+    """Print the validation report of the phantom JSON; False when it has errors."""
+    from cxrtrek_jax.cli.data_validate import format_report
+    from data_pipeline.validation import validate_file
+
+    report = validate_file(data_json, image_root=data_json.parent)
+    print(format_report(report, str(data_json), images_checked=True))
+    return not report.errors
+
+
+def _train(cfg, run: Path):
+    """Train `cfg` into `run`, from scratch when `run` was made from another experiment config,
+    resumed when interrupted, skipped when already finished with the same config. Returns
+    (final step, what happened)."""
+    from cxrtrek_jax.train import CheckpointConfig, Checkpointer
+    from cxrtrek_jax.train.run import train_experiment
+
+    stamp, inputs = run / STAMP_FILE, {"experiment": cfg.to_dict()}
+    if run.exists() and not _stamp_matches(stamp, inputs):
+        print(f"    {run} was trained from another config: training afresh", flush=True)
+        shutil.rmtree(run)
+    checkpoints = run / "checkpoints"
+    if checkpoints.is_dir():
+        checkpointer = Checkpointer(CheckpointConfig(directory=str(checkpoints)))
+        finished = checkpointer.steps()
+        checkpointer.close()
+        if finished and max(finished) >= cfg.train.num_steps:
+            return max(finished), "already trained with this config"
+    run.mkdir(parents=True, exist_ok=True)
+    _write_stamp(stamp, inputs)
+    result = train_experiment(cfg, run)
+    loss = result.last_metrics.get("loss", float("nan"))
+    return result.final_step, f"{result.stop_reason}, loss {loss:.3f}"
+
+
+def _export(ckpt: Path, export: Path) -> str:
+    """Export the newest checkpoint to `export` unless it already holds that checkpoint's export."""
+    from cxrtrek_jax.evaluation.model_eval import checkpoint_identity
+    from cxrtrek_jax.hf import export_checkpoint
+
+    stamp, inputs = export.with_name(f"{export.name}.{STAMP_FILE}"), checkpoint_identity(ckpt)
+    if _stamp_matches(stamp, inputs):
+        return "already exported from this checkpoint"
+    if export.exists():
+        shutil.rmtree(export)
+    result = export_checkpoint(ckpt, export)
+    _write_stamp(stamp, inputs)
+    return f"{len(result.files)} files"
+
+
+def _evaluate(ckpt: Path, data_json: Path, evaluation: Path, studies: int):
+    """The held-out evaluation (reused when current) and its case report."""
+    from cxrtrek_jax.case_report import write_evaluation_report
+    from cxrtrek_jax.evaluation import EvalData, ScoringConfig, evaluate_checkpoint
+
+    data = EvalData(data_json, split="test", max_studies=studies)
+    result = evaluate_checkpoint(
+        ckpt, data, evaluation, contexts=EVAL_CONTEXTS, max_new_tokens=64,
+        baseline=EvalData(data_json, split="train"),
+        scoring=ScoringConfig(bootstrap_resamples=200, meteor=False), reuse_current=True)
+    if not result.reused or not (evaluation / "report.html").exists():
+        write_evaluation_report(evaluation, data, max_studies=8)
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
     from absl import flags
 
     if not flags.FLAGS.is_parsed():
@@ -153,45 +244,39 @@ def main(argv: list[str] | None = None) -> int:
     cfg = _experiment(args, out)
     began_all = time.time()
 
-    from cxrtrek_jax.cli import main as cli
-    from cxrtrek_jax.train.run import prepare_data, train_experiment
+    from cxrtrek_jax.train.run import prepare_data
 
     t = _step(f"1. phantom CXRTrek set: {args.studies} studies -> {out / 'phantom'}")
     data = prepare_data(cfg)
     data_json = Path(data.json_files[0])
-    cli(["data", "validate", str(data_json), "--image-root", str(data_json.parent)])
+    if not _validate(data_json):
+        print(f"error: {data_json} has validation errors (above); stopping", file=sys.stderr)
+        return 1
     _done(t, f"TFDS data set in {data.tfds_dir}")
 
     run = out / "run"
+    ckpt = run / "checkpoints"
     t = _step(f"2. train CXRTrekNet-{args.preset} for {args.steps} steps -> {run}")
-    result = train_experiment(cfg, run)
-    _done(t, f"step {result.final_step} ({result.stop_reason}), loss {result.last_metrics.get('loss', float('nan')):.3f}")
+    step, what = _train(cfg, run)
+    _done(t, f"step {step} ({what})")
 
     evaluation = out / "eval"
     t = _step(f"3. evaluate {args.eval_studies} held-out studies in {'/'.join(EVAL_CONTEXTS)} contexts -> {evaluation}")
-    if not _has_baseline(evaluation / "metrics.json"):
-        code = cli(["eval", "--checkpoint", str(run / "checkpoints"), "--data", str(data_json), "--split", "test",
-                    "--context", ",".join(EVAL_CONTEXTS),
-                    "--max-studies", str(args.eval_studies), "--max-new-tokens", "64", "--no-meteor",
-                    "--bootstrap-resamples", "200", "--out", str(evaluation)])
-        if code:
-            return code
-    _done(t, "metrics.md, stages.png, report.html")
+    result = _evaluate(ckpt, data_json, evaluation, args.eval_studies)
+    _done(t, "metrics.md, stages.png, report.html" + (" (already evaluated from this checkpoint and data)"
+                                                      if result.reused else ""))
 
     export = out / "hf_export"
     t = _step(f"4. export to Hugging Face LLaVA -> {export}, and check PyTorch reproduces the JAX answers")
-    if not (export / "config.json").exists():
-        code = cli(["export-hf", str(run / "checkpoints"), "--out", str(export)])
-        if code:
-            return code
-    rows = _pytorch_check(export, run / "checkpoints", data_json, count=3, new_tokens=16)
+    what = _export(ckpt, export)
+    rows = _pytorch_check(export, ckpt, data_json, count=args.check_studies, new_tokens=16)
     (out / "pytorch_check.json").write_text(json.dumps(rows, indent=2))
     for row in rows:
         print(f"    {row['study_id']}: {'identical' if row['identical'] else 'DIFFERENT'}  "
               f"JAX: {row['jax']!r}  PyTorch: {row['pytorch']!r}")
-    _done(t, f"{sum(r['identical'] for r in rows)}/{len(rows)} answers token-identical")
+    _done(t, f"{what}; {sum(r['identical'] for r in rows)}/{len(rows)} answers token-identical")
 
-    metrics = json.loads((evaluation / "metrics.json").read_text())
+    metrics = result.metrics
     checks = learning_checks(metrics)
     (out / "learning_check.json").write_text(json.dumps(checks, indent=2))
     print(f"\n=== summary ({metrics['counts']['studies']} held-out phantom studies; baseline = majority answer "
@@ -227,11 +312,6 @@ def _last_image_gain(metrics_jsonl: Path) -> float | None:
         if record.get("split") == "validation" and "val_image_gain" in record:
             gain = record["val_image_gain"]
     return gain
-
-
-def _has_baseline(path: Path) -> bool:
-    """Whether an earlier run left a finished evaluation with the majority baseline in it."""
-    return path.exists() and "baselines" in json.loads(path.read_text())
 
 
 def _metric_value(section: dict, kind: str, group: str, metric: str) -> tuple[float | None, int]:

@@ -1,5 +1,6 @@
 """The ablation runner and report on phantom data with the tiny preset, and LoRA init-from."""
 
+import dataclasses
 import json
 
 import jax
@@ -12,8 +13,8 @@ from data_pipeline.records import QAItem, Study
 from experiments import ABLATIONS
 
 SMOKE_STEPS = 4
-# The two ablations run in the fast suite (lora_r8 needs baseline); the others are slow.
-FAST = ("baseline", "lora_r8")
+# The ablations run in the fast suite (lora_r8 needs baseline); the others are slow.
+FAST = ("baseline", "lora_r8", "frozen_vision", "no_context")
 
 
 def _smoke_sets(root):
@@ -58,6 +59,12 @@ def baseline(root):
     return root / "runs" / "baseline"
 
 
+@pytest.fixture(scope="module")
+def lora_run(root, baseline):
+    assert _run(root, "lora_r8") == 0
+    return root / "runs" / "lora_r8"
+
+
 def _check_run(run_dir, contexts):
     record = json.loads((run_dir / ablations.FINISHED_FILE).read_text())
     assert record["final_step"] == SMOKE_STEPS and record["preset"] == "tiny"
@@ -82,10 +89,9 @@ def test_baseline_trains_evaluates_and_is_not_rerun(root, baseline, capsys):
     assert (baseline / ablations.FINISHED_FILE).stat().st_mtime_ns == stamp
 
 
-def test_lora_r8_starts_from_the_baseline_checkpoint(root, baseline):
-    assert _run(root, "lora_r8") == 0
-    _check_run(root / "runs" / "lora_r8", ("own", "teacher", "none"))
-    params = ck.load_params(root / "runs" / "lora_r8" / "checkpoints")
+def test_lora_r8_starts_from_the_baseline_checkpoint(lora_run, baseline):
+    _check_run(lora_run, ("own", "teacher", "none"))
+    params = ck.load_params(lora_run / "checkpoints")
     base = ck.load_params(baseline / "checkpoints")
     q_proj = params["text"]["layers"][0]["attn"]["q_proj"]
     # The frozen base weights are the baseline's; the adapters exist and were trained.
@@ -105,8 +111,7 @@ def test_every_other_ablation_runs(root, baseline, name):
             assert list(section["by_stage"]) == ["8"]
 
 
-def test_report_lists_finished_runs_and_missing_ones(root, baseline, capsys):
-    assert _run(root, "lora_r8") == 0  # finished by the test above (or now)
+def test_report_lists_finished_runs_and_missing_ones(root, baseline, lora_run, capsys):
     assert ablations.main(["report", "--runs-dir", str(root / "runs")]) == 0
     markdown = (root / "runs" / "ablations.md").read_text()
     assert (root / "runs" / "ablations.png").stat().st_size > 0
@@ -122,6 +127,83 @@ def test_report_lists_finished_runs_and_missing_ones(root, baseline, capsys):
     # The blind majority baseline, scored on each run's evaluated turns, sits beside the runs.
     assert "| baseline | majority baseline |" in markdown
     assert runs["baseline"].metrics["baselines"]["majority"]["overall"]["n_items"] > 0
+
+
+def _leaves(tree):
+    return dict(jax.tree_util.tree_flatten_with_path(tree)[0])
+
+
+def test_frozen_vision_keeps_the_vision_tower_at_its_initialisation(root, baseline):
+    """The frozen tower's parameters after training equal a fresh model's of the same seed,
+    while the decoder's moved."""
+    from flax import nnx
+
+    from cxrtrek_jax.model import CXRTrekNet, from_dict
+
+    assert _run(root, "frozen_vision") == 0
+    run_dir = root / "runs" / "frozen_vision"
+    _check_run(run_dir, ("own", "teacher", "none"))
+    trained = ck.load_params(run_dir / "checkpoints")
+    metadata = ck.read_metadata(run_dir / "checkpoints")
+    seed = json.loads((run_dir / "config.json").read_text())["train"]["seed"]
+    model = CXRTrekNet(from_dict(metadata["model_config"]), rngs=nnx.Rngs(seed))
+    init = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+    vision_trained, vision_init = _leaves(trained["vision"]), _leaves(init["vision"])
+    assert vision_trained.keys() == vision_init.keys() and len(vision_init) > 4
+
+    def change(a, b):  # largest change relative to the tensor's scale
+        a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+        return float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-12))
+
+    # Unchanged up to the float rounding of a jitted vs an eager initialisation (~1 ulp)...
+    assert max(change(vision_trained[p], v) for p, v in vision_init.items()) < 1e-6
+    # ...while the decoder moved by far more, and the baseline (same seed) moved its vision tower.
+    text_trained, text_init = _leaves(trained["text"]), _leaves(init["text"])
+    moved = [p for p, v in text_init.items() if change(text_trained[p], v) > 1e-4]
+    assert len(moved) > len(text_init) // 2
+    base_vision = _leaves(ck.load_params(baseline / "checkpoints")["vision"])
+    assert max(change(base_vision[p], v) for p, v in vision_init.items()) > 1e-4
+
+
+def _answer_spans(row_mask: np.ndarray) -> int:
+    """How many separate runs of loss positions (answers) a row's loss mask has."""
+    on = (np.asarray(row_mask) > 0).astype(np.int8)
+    return int(((on[1:] == 1) & (on[:-1] == 0)).sum() + on[0])
+
+
+def test_no_context_trains_rows_of_one_qa_pair(root, monkeypatch):
+    """Every training row of `no_context` holds one question and its answer (one loss span),
+    where the baseline's rows hold staged chains; and it is evaluated in mode none."""
+    from cxrtrek_jax.train import run as trainer
+    from data_pipeline.grain_pipeline import build_train_iterator
+    from data_pipeline.tokenizer import load_tokenizer
+
+    used, pipeline_config = [], trainer.pipeline_config
+
+    def recording(*args, training, **kwargs):
+        config = pipeline_config(*args, training=training, **kwargs)
+        if training:
+            used.append(config)
+        return config
+
+    monkeypatch.setattr(trainer, "pipeline_config", recording)
+    assert _run(root, "no_context") == 0
+    run_dir = root / "runs" / "no_context"
+    _check_run(run_dir, ("none",))
+    (config,) = used
+    tokenizer = load_tokenizer(run_dir / "tokenizer")
+
+    def spans(cfg, batches=3):
+        iterator = build_train_iterator(cfg, tokenizer)
+        found = []
+        for _ in range(batches):
+            batch = next(iterator)
+            found += [_answer_spans(m) for m, s in zip(batch["loss_mask"], batch["segment_ids"]) if s.max() > 0]
+        return found
+
+    assert set(spans(config)) == {1}
+    staged = dataclasses.replace(config, sequence=dataclasses.replace(config.sequence, context="on"))
+    assert max(spans(staged)) > 1  # the same studies with stage context: several answers per row
 
 
 def test_report_with_no_runs_lists_all_missing(tmp_path):

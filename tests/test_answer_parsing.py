@@ -2,7 +2,13 @@
 
 import pytest
 
-from cxrtrek_jax.evaluation.answer_parsing import ChoiceOption, parse_closed_answer, parse_options, parse_yes_no
+from cxrtrek_jax.evaluation.answer_parsing import (
+    ChoiceOption,
+    judge_closed_answer,
+    parse_closed_answer,
+    parse_options,
+    parse_yes_no,
+)
 from data_pipeline.stages import parse_qtype
 
 SINGLE = parse_qtype("single-choice")
@@ -123,3 +129,20 @@ def test_multi_choice_unparseable_and_open_qtype_rejected():
     assert not parse_closed_answer("No acute findings.", LINES_Q, MULTI).ok
     with pytest.raises(ValueError, match="not closed-ended"):
         parse_closed_answer("x", "q", parse_qtype("captioning"))
+
+
+@pytest.mark.parametrize(
+    "prediction, reference, question, qtype, correct",
+    [
+        ("B.", "Antero-posterior.", VIEW_Q, SINGLE, True),  # key and option text name the same option
+        ("A", "B. Antero-posterior.", VIEW_Q, SINGLE, False),
+        ("I cannot tell.", "B.", VIEW_Q, SINGLE, False),  # an unparseable prediction is wrong
+        ("Yes. A small one.", "yes", "Is there an effusion?", YES_NO, True),
+        ("No.", "Yes.", "Is there an effusion?", YES_NO, False),
+        ("B", "Perhaps.", "Is there an effusion?", YES_NO, None),  # reference unparseable: not scorable
+    ],
+)
+def test_judge_closed_answer(prediction, reference, question, qtype, correct):
+    judged = judge_closed_answer(prediction, reference, question, qtype)
+    assert judged.correct is correct
+    assert judged.reference == parse_closed_answer(reference, question, qtype)

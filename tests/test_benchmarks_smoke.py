@@ -1,10 +1,13 @@
-"""The benchmark scripts' core functions on tiny configurations: they run and report sane fields.
+"""The benchmark scripts' core functions on tiny configurations, each against an independent reference.
 
-Not timed: figures are only checked for being present, positive and consistent (e.g. the JAX and
-PyTorch first-step losses on the same weights agree; real shard sizes equal the abstract ones).
+Not timed: the analytic FLOPs are checked against XLA's cost analysis of the compiled model, the
+JAX and PyTorch first-step losses on the same weights against each other, real shard sizes against
+the abstract count, compiled argument bytes against the state's own array sizes, and reported
+timings against the wall clock around the run.
 """
 
 import logging
+import time
 
 import jax
 import numpy as np
@@ -36,23 +39,54 @@ def test_machine_info_and_matmul_peak():
     info = common.machine_info()
     assert info["versions"]["jax"] == jax.__version__ and info["logical_cpus"] >= 1
     peak = common.measure_matmul_peak(64, rounds=1)
-    assert set(peak.flops_per_s) == {"jax", "torch"} and peak.peak == max(peak.flops_per_s.values()) > 0
+    assert set(peak.flops_per_s) == {"jax", "torch"} and min(peak.flops_per_s.values()) > 0
 
 
-def test_model_flops_by_hand_for_the_text_head():
-    flops = model_flops.forward_flops(TINY, batch=2, seq_len=10, images=3)
-    t = TINY.text
-    assert flops.lm_head == 2 * 2 * 10 * t.embed_dim * t.vocab_size
-    assert flops.text_attention == 4 * 2 * 10**2 * t.num_heads * t.head_dim * t.num_layers
-    assert model_flops.train_flops(TINY, batch=2, seq_len=10, images=3) == 3 * flops.total
-    assert model_flops.hardware_train_flops(TINY, batch=2, seq_len=10, images=3) == 3 * flops.total  # no remat
+def _xla_forward_flops(cfg, batch=2, seq_len=48, images=2) -> float:
+    """FLOPs of the model's compiled forward pass (logits) by XLA's cost analysis."""
+    from flax import nnx
+
+    from cxrtrek_jax.model import CXRTrekNet
+
+    graphdef, state = nnx.split(nnx.eval_shape(lambda: CXRTrekNet(cfg, rngs=nnx.Rngs(0))))
+    inputs = bench_train.bench_batch(cfg, batch=batch, seq_len=seq_len, images=images)
+
+    def forward(state, tokens, images):
+        return nnx.merge(graphdef, state)(tokens, images)[0]
+
+    cost = jax.jit(forward).lower(state, inputs["input_tokens"], inputs["images"]).compile().cost_analysis()
+    return float((cost[0] if isinstance(cost, (list, tuple)) else cost)["flops"])
+
+
+def _analytic(cfg, batch=2, seq_len=48, images=2) -> float:
+    return model_flops.forward_flops(cfg, batch=batch, seq_len=seq_len, images=batch * images).total
+
+
+def test_analytic_flops_match_xla_cost_analysis_of_the_forward():
+    """XLA counts every op, the analytic count matrix products only: XLA's figure is a few percent
+    higher in total and per text layer; the LM head alone (a wider vocabulary) differs by one
+    elementwise op per logit."""
+    one_layer = override(TINY, {"text.num_layers": 1})
+    wider = override(TINY, {"text.vocab_size": TINY.text.vocab_size + 512})
+    xla = {name: _xla_forward_flops(cfg) for name, cfg in (("tiny", TINY), ("one", one_layer), ("wide", wider))}
+    assert 1.0 <= xla["tiny"] / _analytic(TINY) < 1.06
+    assert 1.0 <= (xla["tiny"] - xla["one"]) / (_analytic(TINY) - _analytic(one_layer)) < 1.06
+    logits_added = 2 * 48 * 512
+    assert xla["wide"] - xla["tiny"] == pytest.approx(_analytic(wider) - _analytic(TINY) + logits_added, rel=1e-3)
+    # A training step is forward + backward (2 x forward), without remat nothing recomputed.
+    train = model_flops.train_flops(TINY, batch=2, seq_len=48, images=4)
+    assert train == pytest.approx(3 * _analytic(TINY))
+    assert model_flops.hardware_train_flops(TINY, batch=2, seq_len=48, images=4) == train
 
 
 @pytest.fixture(scope="module")
 def train_results():
-    bench = bench_train.TrainBenchConfig(preset="tiny", batch=2, seq_len=48, images=2, rounds=1, steps_per_round=1,
+    """(results, wall-clock seconds of the whole run)."""
+    bench = bench_train.TrainBenchConfig(preset="tiny", batch=2, seq_len=48, images=2, rounds=2, steps_per_round=1,
                                          warmup=1, torch_compile=False, peak_n=64)
-    return bench_train.run_benchmark(bench, log=lambda message: None)
+    start = time.perf_counter()
+    results = bench_train.run_benchmark(bench, log=lambda message: None)
+    return results, time.perf_counter() - start
 
 
 def test_bench_batch_matches_the_model_contract():
@@ -67,12 +101,14 @@ def test_bench_batch_matches_the_model_contract():
 
 
 def test_bench_train_reports_both_sides_on_the_same_weights(train_results):
-    r = train_results
+    r, wall_s = train_results
     assert set(r["sides"]) == {"jax", "torch_eager"}
+    timed = 0.0
     for side in r["sides"].values():
-        assert side["steps_per_s"] > 0 and side["tokens_per_s"] == pytest.approx(side["steps_per_s"] * 2 * 48)
-        assert side["mfu"] > 0
-        assert side["mfu"] == pytest.approx(side["model_flops_per_s"] / r["matmul_peak"]["peak_flops_per_s"])
+        assert len(side["samples_s"]) == 2 and min(side["samples_s"]) > 0 and 0 < side["mfu"]
+        timed += sum(side["samples_s"])
+    # Every timed round ran inside the call (first steps and compilation came on top).
+    assert timed + sum(r["first_step_s"].values()) < wall_s
     losses = r["first_step_loss"]
     assert losses["jax"] == pytest.approx(losses["torch_eager"], abs=1e-4)
     assert 0.9 < r["xla_flops_per_step"] / r["model_flops_per_step"] < 1.5
@@ -114,10 +150,17 @@ def test_tpu_compile_check_reports_memory_of_a_compiled_step():
     one_layer = override(TINY, {"text.num_layers": 1, "vision.depth": 1})  # a quicker compile
     r = tpu_compile_check.compile_train_step(case, one_layer, mesh=mesh, hbm=2**30)
     m = r["memory"]
-    assert r["chips"] == 2 and m["fits"] and m["argument_bytes"] > 0
-    assert m["total_bytes"] == m["argument_bytes"] + m["output_bytes"] - m["alias_bytes"] + m["temp_bytes"] + m["code_bytes"]
-    report = tpu_compile_check.MemoryReport(10, 5, 4, 3, 1, hbm_bytes=14, flops=None)
-    assert report.total_bytes == 15 and not report.fits
+    assert r["chips"] == 2 and m["fits"]
+    # The arguments are the train state (fp32 parameters and two Adam moments), sharded over the two
+    # chips, and the batch: between half a full copy of the state and a full one, per chip.
+    from flax import nnx
+
+    from cxrtrek_jax.model import CXRTrekNet
+
+    params = nnx.state(nnx.eval_shape(lambda: CXRTrekNet(one_layer, rngs=nnx.Rngs(0))), nnx.Param)
+    state_bytes = 3 * sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(params))
+    assert r["params"] * 4 * 3 == state_bytes
+    assert state_bytes / 2 <= m["argument_bytes"] < state_bytes
     assert tpu_compile_check._parse_train_case("v5p:2x2x2:32:4096:4") == tpu_compile_check.TrainCase(
         "v5p:2x2x2", 32, 4096, 4)
 

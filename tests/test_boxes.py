@@ -1,6 +1,6 @@
 import pytest
 
-from data_pipeline.boxes import Box, BoxParseError, box_iou, format_boxes, has_box_markup, parse_boxes
+from data_pipeline.boxes import Box, BoxParseError, box_iou, format_box, format_boxes, has_box_markup, map_boxes, parse_boxes
 
 RELEASED = "<|ref|> right apical zone <|/ref|> <|box|>(19.2, 12.5), (43.3, 30.8)<|/box|>"
 
@@ -47,3 +47,10 @@ def test_iou_known_values():
     assert box_iou(a, Box("y", 5, 0, 15, 10)) == pytest.approx(50 / 150)
     assert box_iou(a, Box("y", 20, 20, 30, 30)) == 0.0
     assert box_iou(Box("e", 1, 1, 1, 1), Box("e", 1, 1, 1, 1)) == 0.0
+
+
+def test_format_box_is_the_span_map_boxes_and_format_boxes_write():
+    box = Box("heart", 1, 2.26, 30, 40)
+    assert format_box(box) == "<|box|>(1.0, 2.3), (30.0, 40.0)<|/box|>"
+    assert format_boxes([box]) == "<|ref|> heart <|/ref|> <|box|>(1.0, 2.3), (30.0, 40.0)<|/box|>"
+    assert map_boxes("see <|box|>(0, 0), (5, 5)<|/box|>.", lambda b: box, strict=True) == f"see {format_box(box)}."

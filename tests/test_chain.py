@@ -20,7 +20,7 @@ from cxrtrek_jax.decoding import (
     says_yes,
     study_turns,
 )
-from cxrtrek_jax.evaluation.predictions import PredictionRecord
+from cxrtrek_jax.evaluation.predictions import PredictionRecord, prediction_from_turn
 from cxrtrek_jax.model import CXRTrekNet, get_config, override
 from data_pipeline.images import resize_with_pad
 from data_pipeline.phantom import PhantomConfig, generate_study
@@ -84,7 +84,7 @@ def test_teacher_and_own_contexts_differ_after_the_first_turn(world):
 def test_results_are_prediction_records(world):
     result = run_chain(world["decoder"], world["params"], world["tokenizer"], world["studies"],
                        context="teacher", max_new_tokens=BUDGET)[1][0]
-    record = result.to_prediction()
+    record = prediction_from_turn(result)
     assert PredictionRecord.from_json(record.to_json()) == record
     assert record.reference == result.reference and record.prediction == result.answer
     assert record.num_generated_tokens == len(result.answer_tokens) + (result.stop_reason != "cache_full")
@@ -192,6 +192,8 @@ def test_chain_errors_name_the_study_and_turn(world):
         run([ChainStudy("s-empty", images, "sys", lambda: fixed_plan([]))])
     with pytest.raises(ValueError, match="unknown context mode"):
         run([no_reference], "teachers")
+    with pytest.raises(ValueError, match="unknown context mode 'swapped'"):  # an evaluation mode, not a chain's
+        run([no_reference], "swapped")
     five = np.repeat(images, 5, axis=0)
     with pytest.raises(ValueError, match="'s-five' has 5 images, the model takes at most 4"):
         run([ChainStudy("s-five", five, "sys", lambda: default_script())])

@@ -1,4 +1,6 @@
-"""The one chat template: Python `render`, the Jinja string, ChatFormat files and message checks."""
+"""The one chat template: Python `render` and the Jinja string (rendered by jinja2 and by a Hugging Face
+tokenizer loaded from the files ours saved) against written-out text and our encoder's ids; ChatFormat
+files and message checks."""
 
 import json
 
@@ -64,52 +66,107 @@ def test_render_expands_images_and_adds_generation_prompt():
 
 def test_render_accepts_message_records():
     records = [Message(m["role"], m["content"]) for m in MESSAGES]
-    assert render(records) == render(MESSAGES)
+    assert render(records, tokens_per_image=2, add_generation_prompt=True) == EXPECTED_CXRTREK
+
+
+# The probe conversation rendered with 2 tokens per image and a generation prompt, written out.
+EXPECTED_CXRTREK = (
+    "<|bos|><|system|>Read the film.<|end|>"
+    "<|user|><image><image>\n<image><image>\nWhich view is this?<|end|>"
+    "<|assistant|>PA view.<|end|>"
+    "<|user|>Any effusion?<|end|>"
+    "<|assistant|><|ref|> left base <|/ref|> <|box|>(1.0, 2.0), (3.0, 4.0)<|/box|><|end|>"
+    "<|assistant|>"
+)
+EXPECTED_CHATML = (
+    "<s>"
+    '<|im_start|>system "x"\nRead the film.<|im_end|>\n'
+    "<|im_start|>user\n<|image|><|image|>\n<|image|><|image|>\nWhich view is this?<|im_end|>\n"
+    "<|im_start|>assistant\nPA view.<|im_end|>\n"
+    "<|im_start|>user\nAny effusion?<|im_end|>\n"
+    "<|im_start|>assistant\n<|ref|> left base <|/ref|> <|box|>(1.0, 2.0), (3.0, 4.0)<|/box|><|im_end|>\n"
+    "<|im_start|>assistant\n"
+)
+EXPECTED_VICUNA = (
+    "<s>Read the film. "
+    "USER: <image><image>\n<image><image>\nWhich view is this? "
+    "ASSISTANT: PA view.</s>"
+    "USER: Any effusion? "
+    "ASSISTANT: <|ref|> left base <|/ref|> <|box|>(1.0, 2.0), (3.0, 4.0)<|/box|></s>"
+    "ASSISTANT: "
+)
+_GEMMA_IMAGE = "\n\n<start_of_image><image_soft_token><image_soft_token><end_of_image>\n\n"
+EXPECTED_GEMMA_IMAGES = (
+    "<bos><start_of_turn>system\nRead the film.<end_of_turn>"
+    f"<start_of_turn>user\n{_GEMMA_IMAGE}\n{_GEMMA_IMAGE}\nWhich view is this?<end_of_turn>"
+    "<start_of_turn>model\nPA view.<end_of_turn>"
+    "<start_of_turn>user\nAny effusion?<end_of_turn>"
+    "<start_of_turn>model\n<|ref|> left base <|/ref|> <|box|>(1.0, 2.0), (3.0, 4.0)<|/box|><end_of_turn>"
+    "<start_of_turn>model\n"
+)
+CASES = [(ChatFormat(), EXPECTED_CXRTREK), (CHATML, EXPECTED_CHATML), (VICUNA, EXPECTED_VICUNA),
+         (GEMMA_IMAGES, EXPECTED_GEMMA_IMAGES)]
+EXTRA_TOKENS = ("<|ref|>", "<|/ref|>", "<|box|>", "<|/box|>", "<start_of_image>", "<end_of_image>")
+
+
+def _messages(fmt):
+    return [dict(m, content=m["content"].replace("<image>", fmt.image)) for m in MESSAGES]
+
+
+def _plain_jinja(template, **variables):
+    """Render with jinja2 itself, set up as Hugging Face sets it up (sandboxed, trimmed blocks)."""
+    from jinja2.exceptions import TemplateError
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    def raise_exception(message):
+        raise TemplateError(message)
+
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+    env.globals["raise_exception"] = raise_exception
+    return env.from_string(template).render(**variables)
+
+
+@pytest.mark.parametrize("fmt, expected", CASES)
+def test_jinja_template_in_plain_jinja2_gives_the_written_out_text(fmt, expected):
+    messages = _messages(fmt)
+    text = _plain_jinja(jinja_template(fmt), messages=messages, tokens_per_image=2, add_generation_prompt=True)
+    assert text == expected
+    one = _plain_jinja(jinja_template(fmt), messages=messages)  # defaults: 1 token per image, no prompt
+    assert one == expected.replace(fmt.image * 2, fmt.image).removesuffix(fmt.assistant_prefix)
+    assert render(messages, fmt, tokens_per_image=2, add_generation_prompt=True) == expected
 
 
 @pytest.fixture(scope="module")
 def hf_tokenizers(tmp_path_factory):
-    """(format, HF tokenizer) for the CXRTrek format and the ChatML-style one."""
+    """(format, our tokenizer, the HF tokenizer loaded from the directory ours saved) per format."""
     import transformers
 
-    texts = [m["content"] for m in MESSAGES] * 3
     out = []
-    for fmt in (ChatFormat(), CHATML, VICUNA, GEMMA_IMAGES):
+    for fmt, _ in CASES:
+        texts = [m["content"] for m in _messages(fmt)] * 3
         directory = tmp_path_factory.mktemp("tok")
-        train_tokenizer(texts, 300, fmt=fmt).save(directory)
-        out.append((fmt, transformers.AutoTokenizer.from_pretrained(str(directory))))
+        ours = train_tokenizer(texts, 300, fmt=fmt, extra_tokens=EXTRA_TOKENS)
+        ours.save(directory)
+        out.append((fmt, ours, transformers.AutoTokenizer.from_pretrained(str(directory))))
     return out
 
 
-@pytest.mark.parametrize("tokens_per_image", [1, 4])
-@pytest.mark.parametrize("add_generation_prompt", [False, True])
-def test_jinja_template_renders_like_python(hf_tokenizers, tokens_per_image, add_generation_prompt):
-    for fmt, hf in hf_tokenizers:
-        messages = [dict(m, content=m["content"].replace("<image>", fmt.image)) for m in MESSAGES]
-        ours = render(messages, fmt, tokens_per_image=tokens_per_image, add_generation_prompt=add_generation_prompt)
-        theirs = hf.apply_chat_template(
-            messages,
-            tokenize=False,
-            add_generation_prompt=add_generation_prompt,
-            tokens_per_image=tokens_per_image,
-        )
-        assert theirs == ours
-
-
-def test_jinja_template_defaults_to_one_token_per_image(hf_tokenizers):
-    fmt, hf = hf_tokenizers[0]
-    assert hf.apply_chat_template(MESSAGES, tokenize=False) == render(MESSAGES, fmt)
+@pytest.mark.parametrize("case", range(len(CASES)))
+def test_saved_tokenizer_renders_the_written_out_text_and_our_ids(hf_tokenizers, case):
+    fmt, ours, hf = hf_tokenizers[case]
+    expected, messages = CASES[case][1], _messages(fmt)
+    assert hf.apply_chat_template(messages, tokenize=False, add_generation_prompt=True, tokens_per_image=2) == expected
+    ids = hf.apply_chat_template(messages, tokenize=True, return_dict=False, add_generation_prompt=True,
+                                 tokens_per_image=2)
+    encoded = ours.encode_chat(messages, tokens_per_image=2, add_generation_prompt=True)
+    assert list(ids) == encoded.ids.tolist()
+    assert hf.decode(encoded.ids.tolist(), skip_special_tokens=False) == expected
 
 
 def test_jinja_template_rejects_unknown_role(hf_tokenizers):
-    _, hf = hf_tokenizers[0]
+    _, _, hf = hf_tokenizers[0]
     with pytest.raises(Exception, match="unknown chat role tool"):
         hf.apply_chat_template([{"role": "tool", "content": "x"}], tokenize=False)
-
-
-def test_jinja_template_is_a_pure_function_of_the_format():
-    assert jinja_template(ChatFormat()) == jinja_template(ChatFormat())
-    assert jinja_template(ChatFormat()) != jinja_template(CHATML)
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,9 @@
-"""The demo's learning checks: the model in the `own` context against the majority baseline."""
+"""The demo: its learning checks (the model in the `own` context against the majority baseline),
+and a tiny end-to-end run that reruns only what changed."""
+
+import json
+
+import pytest
 
 from experiments.demo import LEARNING_CHECKS, learning_checks
 
@@ -53,3 +58,41 @@ def test_last_image_gain_reads_the_newest_validation_record(tmp_path):
     assert _last_image_gain(path) == 0.125
     path.write_text(json.dumps(records[0]) + "\n")
     assert _last_image_gain(path) is None
+
+
+@pytest.mark.slow  # four tiny demo runs, ~3-5 min on the 2-core CPU
+def test_the_demo_runs_end_to_end_and_reruns_only_what_changed(tmp_path, capsys):
+    """A tiny demo: every step runs through the library (no command-line strings) and its exit
+    status says whether PyTorch reproduced the JAX answers (a 2-step model's near-tied logits may
+    flip a greedy token; the export's parity is tested in test_hf_export); run again, nothing is
+    redone; with another evaluation setting only the evaluation is redone; with another
+    experiment config training starts afresh."""
+    from experiments import demo
+
+    def run(args):
+        code = demo.main(args)
+        rows = json.loads((tmp_path / "pytorch_check.json").read_text())
+        assert len(rows) == 1 and code == (0 if rows[0]["identical"] else 1)
+        return capsys.readouterr().out
+
+    argv = ["--out", str(tmp_path), "--preset", "tiny", "--studies", "20", "--steps", "2", "--turns", "4,6",
+            "--buckets", "256,512", "--eval-studies", "3", "--check-studies", "1",
+            "--set", "mesh.tensor=2", "--set", "data.phantom_size=64", "--set", "tokenizer.vocab_size=600",
+            "--set", "data.phantom_splits=train=14,validation=3,test=3"]
+    first = run(argv)
+    assert "answers token-identical" in first and "learning checks met" in first
+    checkpoint = tmp_path / "run" / "checkpoints"
+    metrics, export = tmp_path / "eval" / "metrics.json", tmp_path / "hf_export" / "config.json"
+    times = {p: p.stat().st_mtime_ns for p in (metrics, export, tmp_path / "run" / "metrics.jsonl")}
+
+    again = run(argv)
+    assert "already trained with this config" in again and "already evaluated" in again
+    assert "already exported from this checkpoint" in again
+    assert {p: p.stat().st_mtime_ns for p in times} == times
+
+    changed = run([*argv, "--eval-studies", "2"])
+    assert "already trained with this config" in changed and "already evaluated" not in changed
+    assert metrics.stat().st_mtime_ns != times[metrics] and export.stat().st_mtime_ns == times[export]
+
+    assert "trained from another config: training afresh" in run([*argv, "--set", "train.log_every=1"])
+    assert checkpoint.is_dir()

@@ -30,7 +30,7 @@ from data_pipeline.grain_pipeline import (
 from data_pipeline.images import ImageLoadError, load_image, resize_with_pad, resize_with_pad_params
 from data_pipeline.packing import choose_bucket
 from data_pipeline.records import QAItem, Study
-from data_pipeline.sequences import SequenceStats, build_sequences
+from data_pipeline.sequences import SequenceConfig, SequenceStats, build_sequences
 from data_pipeline.sources import JsonStudySource, TfdsStudySource
 from data_pipeline.tokenizer import train_tokenizer
 
@@ -102,18 +102,23 @@ def tok():
     return train_tokenizer(texts * 10, 600)
 
 
+_SEQUENCE_FIELDS = {f.name for f in dataclasses.fields(SequenceConfig)}
+
+
 def _config(data, **changes):
+    """The test pipeline; keys of `SequenceConfig` (context, stages, max_images, ...) go to `sequence`."""
+    sequence = dict(max_images=2, tokens_per_image=N_IMG)
+    sequence.update({k: changes.pop(k) for k in list(changes) if k in _SEQUENCE_FIELDS})
     base = dict(
         source=data["json"],
         source_kind="json",
         image_root=data["image_root"],
         image_size=SIZE,
-        max_images=2,
-        tokens_per_image=N_IMG,
         global_batch_size=2,
         length_buckets=(48, 64, 96, 128),
         augment=AugmentConfig.none(),
         read_threads=0,
+        sequence=SequenceConfig(**sequence),
     )
     base.update(changes)
     return PipelineConfig(**base)
@@ -292,7 +297,7 @@ def test_variants_match_the_sequence_builder(data, tok, changes):
             np.testing.assert_array_equal(tokens, seq.input_tokens)
             np.testing.assert_array_equal(mask, seq.loss_mask)
             np.testing.assert_array_equal(stages, seq.stage_ids)
-    if cfg.context == "off":  # one turn per row: each row scores one stage only
+    if cfg.sequence.context == "off":  # one turn per row: each row scores one stage only
         assert sum(len(v) for v in rows.values()) == sum(len(s.items) for s in STUDIES)
         for study_rows in rows.values():
             for _, mask, stages in study_rows:
@@ -304,7 +309,7 @@ def test_variants_match_the_sequence_builder(data, tok, changes):
 def test_shuffled_context_changes_the_stage_order(data, tok):
     orders = set()
     for seed in range(4):
-        rows = _row_sequences(_drain(build_eval_iterator(_config(data, context="shuffled", seed=seed), tok)))
+        rows = _row_sequences(_drain(build_eval_iterator(_config(data, context="shuffled", shuffle_seed=seed), tok)))
         stages = rows["p2/s2"][0][2]
         orders.add(tuple(dict.fromkeys(s for s in stages.tolist() if s)))
     assert len(orders) > 1 and all(sorted(o) == [1, 2, 5, 8] for o in orders)

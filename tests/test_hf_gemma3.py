@@ -27,7 +27,8 @@ from data_pipeline.packing import pad_sequence, stack_rows
 from data_pipeline.phantom import PhantomConfig, write_phantom_dataset
 from data_pipeline.records import IMAGE_PLACEHOLDER
 from data_pipeline.sequences import SequenceConfig, build_sequences
-from data_pipeline.tokenizer import BOX_MARKUP_TOKENS, load_tokenizer, train_tokenizer, training_texts
+from data_pipeline.boxes import MARKUP_TOKENS
+from data_pipeline.tokenizer import load_tokenizer, train_tokenizer, training_texts
 from tests.test_gemma3 import tiny_gemma3
 
 # Gemma's control tokens; the tokenizer's own template folds the system prompt into the first user
@@ -58,7 +59,7 @@ def world(tmp_path_factory):
     root = tmp_path_factory.mktemp("phantom")
     studies = read_studies(write_phantom_dataset(root, 2, seed=5, config=PhantomConfig(size=64)))
     hf_dir = tmp_path_factory.mktemp("gemma") / "gemma3"
-    tokenizer = train_tokenizer(training_texts(studies), 400, fmt=GEMMA, extra_tokens=BOX_MARKUP_TOKENS + IMAGE_MARKERS)
+    tokenizer = train_tokenizer(training_texts(studies), 400, fmt=GEMMA, extra_tokens=MARKUP_TOKENS + IMAGE_MARKERS)
     tokenizer.save(hf_dir)
     (hf_dir / CHAT_FORMAT_FILE).unlink()
     config_path = hf_dir / "tokenizer_config.json"

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from cxrtrek_jax.evaluation.image_reliance import image_gain, swap_images
+from cxrtrek_jax.train.image_reliance import image_gain, swap_images
 
 
 def _batch():

@@ -108,7 +108,7 @@ def test_released_data_validates_builds_trains_evaluates_and_reports(released, c
     assert trained == turns > 0 and dropped == 0 and windowed > 0, table[:1500]  # the report: in windows
     assert all(r[3] == 0 for r in rows.values()), rows  # nothing dropped at any stage
     config = json.loads((workdir / "config.json").read_text())
-    assert config["data"]["augment"] != {"crop_area": [1.0, 1.0], "crop_aspect": [1.0, 1.0],
+    assert config["data"]["pipeline"]["augment"] != {"crop_area": [1.0, 1.0], "crop_aspect": [1.0, 1.0],
                                          "brightness": 0.0, "contrast": 0.0}  # the default augmentation
 
     evaluation = root / "eval"

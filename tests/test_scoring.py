@@ -9,10 +9,7 @@ from cxrtrek_jax.cli import main
 from cxrtrek_jax.evaluation.bootstrap import StudyStats, bootstrap_weights, percentile_interval
 from cxrtrek_jax.evaluation.nlg_metrics import (
     MeteorScorer,
-    bleu_from_statistics,
-    bleu_statistics,
     meteor_unavailable_reason,
-    nlg_tokens,
 )
 from cxrtrek_jax.evaluation.predictions import (
     PredictionFormatError,
@@ -150,16 +147,65 @@ def test_closed_and_detection_values(metrics):
     assert overall["metrics"]["accuracy"]["n"] == 18
 
 
-def test_open_ended_values(metrics):
+# The reports as every NLG metric sees them: lowercased, punctuation dropped (written out).
+REPORT_TOKENS = {
+    REPORT_REF: "small left pleural effusion no pneumothorax heart size is normal",
+    REPORTS[0]: "left pleural effusion no pneumothorax",
+    REPORTS[1]: "mild cardiomegaly no effusion",
+}
+
+
+def _own_reports() -> tuple[list[str], list[str]]:
+    """(hypotheses, references) of the own context's stage-8 turns, as token strings."""
+    hyps = [REPORT_TOKENS[REPORTS[s % 3]] for s in range(6)]
+    return hyps, [REPORT_TOKENS[REPORT_REF]] * len(hyps)
+
+
+def test_bleu_equals_sacrebleu_corpus_bleu(metrics):
+    """nlg_metrics documents equality with sacrebleu (no tokenisation, no smoothing) to 1e-12."""
+    from sacrebleu.metrics import BLEU
+
     report = metrics["contexts"]["own"]["by_stage"]["8"]["metrics"]
-    hyps = [nlg_tokens(REPORTS[s % 3]) for s in range(6)]
-    total = sum(bleu_statistics(h, nlg_tokens(REPORT_REF)) for h in hyps)
-    assert report["bleu_4"]["value"] == pytest.approx(float(bleu_from_statistics(total, 4)))
-    assert report["bleu_1"]["n"] == 6
+    hyps, refs = _own_reports()
+    for order in range(1, 5):
+        sacre = BLEU(tokenize="none", smooth_method="none", max_ngram_order=order, effective_order=False)
+        expected = sacre.corpus_score(hyps, [refs]).score / 100
+        assert report[f"bleu_{order}"]["value"] == pytest.approx(expected, abs=1e-12), order
+        assert report[f"bleu_{order}"]["n"] == 6
+    assert 0 < report["bleu_4"]["value"] < report["bleu_1"]["value"] < 1
+
+
+def test_rouge_l_equals_coco_caption_and_rouge_score(metrics):
+    """The item mean of COCO-caption ROUGE-L (LCS F-measure, beta 1.2), checked against pycocoevalcap
+    and against rouge-score's LCS precision and recall combined with beta 1.2."""
+    from pycocoevalcap.rouge.rouge import Rouge
+    from rouge_score.rouge_scorer import RougeScorer
+
+    value = metrics["contexts"]["own"]["by_stage"]["8"]["metrics"]["rouge_l"]["value"]
+    hyps, refs = _own_reports()
+    coco = [Rouge().calc_score([h], [r]) for h, r in zip(hyps, refs)]
+    assert value == pytest.approx(np.mean(coco), abs=1e-12)
+    b2 = 1.2**2
+    lcs = [RougeScorer(["rougeL"]).score(r, h)["rougeL"] for h, r in zip(hyps, refs)]
+    assert value == pytest.approx(np.mean([(1 + b2) * s.precision * s.recall / (s.recall + b2 * s.precision)
+                                           for s in lcs]), abs=1e-12)
+
+
+def test_cider_d_equals_coco_caption(metrics):
+    from pycocoevalcap.cider.cider import Cider
+
+    value = metrics["contexts"]["own"]["by_stage"]["8"]["metrics"]["cider"]["value"]
+    hyps, refs = _own_reports()
+    # Document frequencies come from the references of every open-ended turn of the context:
+    # here the six reports, so pycocoevalcap's corpus is the same.
+    assert sum(r.context == "own" and r.qtype == "captioning" for r in _records()) == 6
+    _, theirs = Cider().compute_score({i: [r] for i, r in enumerate(refs)}, {i: [h] for i, h in enumerate(hyps)})
+    assert value == pytest.approx(float(np.mean(theirs)), abs=1e-12)
+
+
+def test_clinical_efficacy_values(metrics):
+    report = metrics["contexts"]["own"]["by_stage"]["8"]["metrics"]
     assert "meteor" not in report
-    assert 0.0 <= report["rouge_l"]["value"] <= 1.0
-    # All references are the same text: every n-gram has idf 0, so CIDEr-D is 0.
-    assert report["cider"]["value"] == 0.0
     # CE: reference positive {Pleural Effusion}; predictions: effusion (x2, tp), cardiomegaly (fp, fn), exact (x2).
     assert report["ce_micro_precision"]["value"] == pytest.approx(4 / 6)
     assert report["ce_micro_recall"]["value"] == pytest.approx(4 / 6)
@@ -226,11 +272,16 @@ def test_bad_streams_raise():
 @pytest.mark.skipif(meteor_unavailable_reason() is not None, reason="METEOR needs java")
 def test_meteor_is_scored_per_item():
     records = [r for r in _records(("none",)) if r.stage == 8]
+    from pycocoevalcap.meteor.meteor import Meteor
+
     with MeteorScorer() as meteor:
         metrics = score_predictions(records, ScoringConfig(bootstrap_resamples=20), meteor=meteor)
-        expected = meteor.score([nlg_tokens(r.prediction) for r in records], [nlg_tokens(r.reference) for r in records])
+    hyps = [REPORT_TOKENS[REPORTS[s % 3]] for s in range(6)]
+    _, expected = Meteor().compute_score({i: [REPORT_TOKENS[REPORT_REF]] for i in range(6)},
+                                         {i: [h] for i, h in enumerate(hyps)})
     entry = metrics["contexts"]["none"]["overall"]["metrics"]["meteor"]
-    assert entry["value"] == pytest.approx(np.mean(expected)) and entry["n"] == 6
+    # The item mean of pycocoevalcap's METEOR 1.5 segment scores (the wrapper nlg_metrics drives).
+    assert entry["value"] == pytest.approx(float(np.mean(expected)), abs=1e-12) and entry["n"] == 6
     assert "meteor-1.5.jar" in metrics["settings"]["nlg"]["meteor"]
 
 

@@ -14,7 +14,10 @@ from data_pipeline.sequences import (
     SequenceTooLongError,
     build_sequences,
     current_image_count,
+    filter_turns,
+    keeps_turn,
     system_prompt_of,
+    turn_exclusion,
 )
 from data_pipeline.tokenizer import train_tokenizer
 
@@ -218,7 +221,7 @@ def test_windows_drop_only_the_turns_that_do_not_fit_alone(tok):
 
 
 def test_stage_context_off_one_sequence_per_turn_with_its_visible_images(tok):
-    seqs, stats = build_sequences(STUDY_B, tok, SequenceConfig(max_length=512, tokens_per_image=N, stage_context=False))
+    seqs, stats = build_sequences(STUDY_B, tok, SequenceConfig(max_length=512, tokens_per_image=N, context="off"))
     expected_questions = [
         "<image>\nIs this an AP view?",
         "<image>\nIs there an effusion?",
@@ -234,7 +237,7 @@ def test_stage_context_off_one_sequence_per_turn_with_its_visible_images(tok):
 
 def test_stage_context_off_drops_only_the_turn_that_does_not_fit(tok):
     limit = _input_length(tok, STUDY_B, [2], ["<image>\n<image>\nCompared with the prior, is it new?"]) - 1
-    config = SequenceConfig(max_length=limit, tokens_per_image=N, stage_context=False, drop_unfittable=True)
+    config = SequenceConfig(max_length=limit, tokens_per_image=N, context="off", drop_unfittable=True)
     seqs, stats = build_sequences(STUDY_B, tok, config)
     assert [s.turn_indices for s in seqs] == [(0,), (1,), (3,)]
     assert stats.unfittable == 1 and stats.turns_dropped_truncation == 1 and stats.turns_kept == 3
@@ -274,11 +277,33 @@ def test_stage_subset_moves_placeholders_to_the_first_kept_turn(tok):
     assert seqs == [] and stats.turns_excluded_by_stage == 4 and stats.images_dropped == 2
 
 
+def test_turn_filter_names_why_a_turn_is_left_out():
+    # STUDY_B: turns of stages 1, 2 (one image), 5, 8 (two: the prior came in at stage 5).
+    reasons = [turn_exclusion(item, (2, 8), True, current_image_count(STUDY_B)) for item in STUDY_B.items]
+    assert reasons == ["stage", None, "stage", "no_prior"]
+    assert [keeps_turn(STUDY_B, item, None, True) for item in STUDY_B.items] == [True, True, False, False]
+    assert all(keeps_turn(STUDY_A, item, None, True) for item in STUDY_A.items)  # no prior: nothing needs one
+
+
+@pytest.mark.parametrize("stages, no_prior", [(None, False), ((8,), False), (None, True), ((1, 5, 8), True)])
+def test_filter_turns_keeps_what_build_sequences_trains(tok, stages, no_prior):
+    """The study an experiment evaluates (`filter_turns`) holds exactly the turns it trains on."""
+    study = STUDY_B.replace(messages=(Message("system", "Read."),))
+    config = SequenceConfig(max_length=512, tokens_per_image=N, stages=stages, no_prior=no_prior)
+    sequences, _ = build_sequences(study, tok, config)
+    trained = [study.items[t] for s in sequences for t in s.trained_turns]
+    filtered = filter_turns(study, stages, no_prior)
+    assert list(filtered.items) == trained
+    assert filtered.messages[0] == Message("system", "Read.")  # the study's own prompt, kept
+    assert [m.content for m in filtered.messages[1:]] == [t for i in trained for t in (i.question, i.answer)]
+    assert filter_turns(STUDY_B, stages, no_prior).messages is None
+
+
 def test_shuffled_stage_order_is_seeded_and_reintroduces_images(tok):
     study = STUDY_B.replace(items=STUDY_B.items + (_item(2, 2, "Any pneumothorax?", "No."),))
     orders = {}
     for seed in range(12):
-        config = SequenceConfig(max_length=1024, tokens_per_image=N, shuffle_stages=True, shuffle_seed=seed)
+        config = SequenceConfig(max_length=1024, tokens_per_image=N, context="shuffled", shuffle_seed=seed)
         (seq,), _ = build_sequences(study, tok, config)
         again, _ = build_sequences(study, tok, config)
         np.testing.assert_array_equal(again[0].input_tokens, seq.input_tokens)
@@ -299,7 +324,7 @@ def test_shuffled_stage_order_is_seeded_and_reintroduces_images(tok):
         orders[seed] = tuple(stages)
     assert len(set(orders.values())) > 3
     # the permutation also depends on the study id
-    config = SequenceConfig(max_length=1024, tokens_per_image=N, shuffle_stages=True, shuffle_seed=0)
+    config = SequenceConfig(max_length=1024, tokens_per_image=N, context="shuffled", shuffle_seed=0)
     other = [build_sequences(study.replace(study_id=f"X{i}"), tok, config)[0][0].turn_indices for i in range(8)]
     assert len(set(other)) > 1
 

@@ -14,6 +14,7 @@ from cxrtrek_jax.cli import main
 from data_pipeline import cxrtrek_json as cj
 from data_pipeline import tfds_builder as tb
 from data_pipeline.images import load_image
+from data_pipeline.splits import SPLIT_NAMES
 
 tfds.disable_progress_bar()
 
@@ -110,7 +111,7 @@ def test_read_back_equals_source_studies(built):
             np.testing.assert_allclose(image, load_image(images / path), atol=0.5 / 65535 + 1e-7)
     assert read["s1"][1].extras == {"top_extra": {"x": 1}}
     assert read["s1"][1].messages is not None and read["s4"][1].messages is None
-    assert summary.examples == {s: len(examples.get(s, [])) for s in tb.SPLIT_NAMES}
+    assert summary.examples == {s: len(examples.get(s, [])) for s in SPLIT_NAMES}
     assert summary.examples == {"train": 2, "validation": 3, "test": 1} and summary.dropped == ()
 
 
@@ -138,7 +139,7 @@ def test_splits_are_patient_level_and_deterministic(built, tmp_path):
     again = tb.build_dataset(tb.BuildOptions(tuple(map(str, files)), SPLIT), images, tmp_path / "again")
     assert again.examples == built[3].examples
     # Fractions behave: over many patients, about the requested share.
-    counts = {s: 0 for s in tb.SPLIT_NAMES}
+    counts = {s: 0 for s in SPLIT_NAMES}
     for i in range(4000):
         counts[tb.patient_split(f"patient{i}", tb.SplitConfig(0.1, 0.2, seed=1))] += 1
     assert abs(counts["validation"] / 4000 - 0.1) < 0.02 and abs(counts["test"] / 4000 - 0.2) < 0.02

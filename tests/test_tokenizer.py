@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 
 from cxrtrek_jax.cli import main
+from data_pipeline.boxes import MARKUP_TOKENS
 from data_pipeline.chat_template import CHAT_FORMAT_FILE, ChatFormat, render
 from data_pipeline.cxrtrek_json import DEFAULT_SYSTEM_PROMPT, write_studies
 from data_pipeline.records import Message, QAItem, Study
 from data_pipeline.tokenizer import (
-    BOX_MARKUP_TOKENS,
     CXRTrekTokenizer,
     load_tokenizer,
     train_tokenizer,
@@ -64,7 +64,7 @@ def test_special_token_ids_come_first(tok):
 
 
 def test_vocab_size_is_an_upper_bound(tok):
-    assert 8 + 256 + len(BOX_MARKUP_TOKENS) < tok.vocab_size <= 400
+    assert 8 + 256 + len(MARKUP_TOKENS) < tok.vocab_size <= 400
     big = train_tokenizer(TEXTS, 100_000)  # the corpus runs out of pairs long before
     assert big.vocab_size < 100_000
 
@@ -78,7 +78,7 @@ def test_image_and_control_tokens_never_split(tok):
     for text in ["x<image>y", "<image><image>", "a <image>\nb", "word<image>word"]:
         ids = tok.encode_text(text)
         assert ids.count(tok.image_id) == text.count("<image>")
-    for token in BOX_MARKUP_TOKENS + ("<|end|>", "<|user|>"):
+    for token in MARKUP_TOKENS + ("<|end|>", "<|user|>"):
         ids = tok.encode_text(f"ab{token}cd")
         assert tok.backend.token_to_id(token) in ids
 

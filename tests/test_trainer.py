@@ -113,7 +113,7 @@ def test_the_alignment_phase_trains_single_stage_1_2_pairs_first_and_starts_the_
     assert calls[1]["init_params_from"] == str(align / "checkpoints")
 
 
-def test_a_second_run_resumes_from_the_checkpoint(trained):
+def test_a_resumed_run_ends_as_an_uninterrupted_one(trained):
     cfg, tmp, _, _ = trained
     align_log = (tmp / "run" / "alignment" / "metrics.jsonl").read_text()
     # What a run killed after logging steps 25-26 but before checkpointing them leaves behind.
@@ -132,6 +132,27 @@ def test_a_second_run_resumes_from_the_checkpoint(trained):
     assert [r["step"] for r in _records(tmp / "run", "validation")] == [12, 24, 27, 28]
     # The main phase had begun: the alignment phase is not repeated.
     assert (tmp / "run" / "alignment" / "metrics.jsonl").read_text() == align_log
+    # An uninterrupted run of the same length (same data, logging every step) ends with the same
+    # parameters, bit for bit, and logged the same loss at every step both logged.
+    reference = train_experiment(longer.override({"train.log_every": 1}), tmp / "reference", progress=False)
+    assert reference.resumed_from is None and reference.final_step == STEPS + 4
+    _assert_same_params(tmp / "run" / "checkpoints", tmp / "reference" / "checkpoints", STEPS + 4)
+    want = {r["step"]: r["loss"] for r in _records(tmp / "reference", "train")}
+    assert sorted(want) == list(range(1, STEPS + 5))
+    assert {r["step"]: r["loss"] for r in train} == {step: want[step] for step in (r["step"] for r in train)}
+
+
+def _assert_same_params(got_dir, want_dir, step):
+    """The checkpoints of `step` in the two directories hold exactly the same parameters."""
+    import jax
+
+    from cxrtrek_jax.train import checkpointing as ck
+
+    got = jax.tree_util.tree_leaves_with_path(ck.load_params(got_dir, step=step))
+    want = jax.tree_util.tree_leaves_with_path(ck.load_params(want_dir, step=step))
+    assert [jax.tree_util.keystr(p) for p, _ in got] == [jax.tree_util.keystr(p) for p, _ in want]
+    for (path, a), (_, b) in zip(got, want):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=jax.tree_util.keystr(path))
 
 
 def test_metrics_log_drops_records_after_the_start_step(tmp_path, capsys):
@@ -160,8 +181,8 @@ def test_every_named_experiment_resolves_and_round_trips():
         cfg = get_experiment(name, "tiny")
         assert cfg.name == name and cfg.description
         assert ExperimentConfig.from_dict(json.loads(cfg.to_json())) == cfg
-    assert get_experiment("no_context").data.context == "off"
-    assert get_experiment("report_only").data.stages == (8,)
+    assert get_experiment("no_context").data.pipeline.sequence.context == "off"
+    assert get_experiment("report_only").data.pipeline.sequence.stages == (8,)
     assert get_experiment("lora_r8").model.lora.rank == 8
 
 
@@ -169,7 +190,7 @@ def test_cli_prints_config_and_refuses_bad_overrides(capsys):
     assert main(["train", "--experiment", "no_prior", "--preset", "tiny", "--print-config",
                  "--set", "optim.learning_rate=5e-4"]) == 0
     printed = json.loads(capsys.readouterr().out)
-    assert printed["data"]["no_prior"] is True and printed["optim"]["learning_rate"] == 5e-4
+    assert printed["data"]["pipeline"]["sequence"]["no_prior"] is True and printed["optim"]["learning_rate"] == 5e-4
     assert main(["train", "--experiment", "nope", "--print-config"]) == 2
     assert "unknown experiment 'nope'" in capsys.readouterr().err
     assert main(["train", "--print-config", "--set", "optim.nope=1"]) == 2

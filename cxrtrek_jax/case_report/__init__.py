@@ -13,7 +13,7 @@ and box SVG), `render` (HTML), `report` (the whole, to a file).
 
 from cxrtrek_jax.case_report.cases import CaseSelection, StudyCase, choose_context, select_cases
 from cxrtrek_jax.case_report.errors import CaseReportError
-from cxrtrek_jax.case_report.report import CaseReportResult, write_case_report
+from cxrtrek_jax.case_report.report import CaseReportResult, write_case_report, write_evaluation_report
 
 __all__ = [
     "CaseReportError",
@@ -23,4 +23,5 @@ __all__ = [
     "choose_context",
     "select_cases",
     "write_case_report",
+    "write_evaluation_report",
 ]

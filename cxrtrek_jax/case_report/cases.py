@@ -30,7 +30,8 @@ from collections.abc import Iterable, Sequence
 
 from cxrtrek_jax.case_report.errors import CaseReportError
 from cxrtrek_jax.case_report.turns import ReportTurn, report_turn
-from cxrtrek_jax.evaluation.predictions import CONTEXT_MODES, PredictionRecord
+from cxrtrek_jax.contexts import CONTEXT_MODES
+from cxrtrek_jax.evaluation.predictions import PredictionRecord
 from data_pipeline.records import Study
 
 __all__ = ["StudyCase", "CaseSelection", "choose_context", "select_cases"]

@@ -172,3 +172,21 @@ def write_case_report(
         context=selection.context,
         warnings=warnings,
     )
+
+
+def write_evaluation_report(eval_dir: str | os.PathLike, data, *, max_studies: int,
+                            name: str = "report.html") -> Path | None:
+    """`eval_dir`/report.html over the first `max_studies` studies of an evaluation directory
+    written by `evaluation.evaluate_checkpoint` from `data` (an `evaluation.EvalData`); None for
+    a TFDS data set, whose images live inside the data set (`cxrtrek report --data JSON`)."""
+    from cxrtrek_jax.evaluation.evaluate import PREDICTIONS_FILE
+    from cxrtrek_jax.evaluation.predictions import read_predictions
+    from data_pipeline.cxrtrek_json import iter_studies
+
+    if data.kind != "json":
+        return None
+    eval_dir = Path(eval_dir)
+    result = write_case_report(read_predictions(eval_dir / PREDICTIONS_FILE), iter_studies(data.path),
+                               str(data.image_root), eval_dir / name, max_studies=max_studies,
+                               allow_missing=False)
+    return result.path

@@ -3,11 +3,10 @@
 Correctness (closed questions only: yes/no, single- and multi-choice):
   1. the scorer's per-turn ``scores["correct"]`` when present (a boolean, or
      the number 0 or 1);
-  2. otherwise both the prediction and the reference are parsed with
-     `answer_parsing.parse_closed_answer` against the question's options; the
-     turn is correct when both parse to the same value, incorrect when the
-     prediction does not parse or differs, and unscored when the reference
-     itself does not parse (a data problem, shown as such).
+  2. otherwise `answer_parsing.judge_closed_answer`, the rule scoring uses: the
+     turn is correct when prediction and reference parse to the same value,
+     incorrect when the prediction does not parse or differs, and unscored
+     when the reference itself does not parse (a data problem, shown as such).
 Open questions (captioning, detection) get no mark.
 
 Boxes: a detection turn (qtype ``detection``, or a reference carrying
@@ -21,7 +20,7 @@ from __future__ import annotations
 import dataclasses
 
 from cxrtrek_jax.case_report.errors import CaseReportError
-from cxrtrek_jax.evaluation.answer_parsing import parse_closed_answer
+from cxrtrek_jax.evaluation.answer_parsing import judge_closed_answer
 from cxrtrek_jax.evaluation.predictions import PredictionRecord
 from data_pipeline.boxes import Box, BoxParseError, has_box_markup, parse_boxes
 from data_pipeline.stages import parse_qtype
@@ -98,11 +97,8 @@ def judge_turn(record: PredictionRecord) -> Verdict:
     scored = _scored_correct(record)
     if scored is not None:
         return Verdict(scored, "scores")
-    reference = parse_closed_answer(record.reference, record.question, qtype)
-    if not reference.ok:
-        return Verdict(None, "unscorable")
-    prediction = parse_closed_answer(record.prediction, record.question, qtype)
-    return Verdict(prediction.ok and prediction.value == reference.value, "parsed")
+    judged = judge_closed_answer(record.prediction, record.reference, record.question, qtype)
+    return Verdict(None, "unscorable") if judged.correct is None else Verdict(judged.correct, "parsed")
 
 
 def _parse(text: str) -> ParsedBoxes:

@@ -28,15 +28,12 @@ from __future__ import annotations
 
 import argparse
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from cxrtrek_jax.cli import CLIError
+from data_pipeline.splits import TEST, TRAIN
 
-SCORED_PREDICTIONS_FILE = "predictions.scored.jsonl"
-PREDICTIONS_FILE = "predictions.jsonl"
-BASELINE_PREDICTIONS_FILE = "baseline_predictions.jsonl"
 REPORT_STUDIES = 8  # studies shown in the case report written by a --checkpoint run
 
 
@@ -51,7 +48,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     source.add_argument("--predictions", metavar="JSONL", help="predictions file to score")
     source.add_argument("--checkpoint", metavar="CKPT", help="checkpoint dir to decode and score")
     parser.add_argument("--data", metavar="PATH", help="with --checkpoint: CXRTrek JSON file or TFDS data dir")
-    parser.add_argument("--split", default="test", help="data split (JSON: each study's 'split' field; "
+    parser.add_argument("--split", default=TEST, help="data split (JSON: each study's 'split' field; "
                         "'all' = every study of a JSON file); default test")
     parser.add_argument("--image-root", metavar="DIR", help="root of the JSON's image paths (default: its folder)")
     parser.add_argument("--context", default="all",
@@ -62,7 +59,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--max-new-tokens", type=int, default=96, help="answer budget in tokens (default 96)")
     parser.add_argument("--batch-size", type=int, default=4, help="studies decoded together (default 4)")
     parser.add_argument("--out", required=True, metavar="DIR", help="output directory")
-    parser.add_argument("--baseline-split", default="train", metavar="SPLIT",
+    parser.add_argument("--baseline-split", default=TRAIN, metavar="SPLIT",
                         help="with --checkpoint: split the majority-answer baseline is fitted on "
                              "(default train; 'none' = no baseline)")
     parser.add_argument("--baseline-predictions", metavar="JSONL",
@@ -98,169 +95,120 @@ def _load_identity(path: str | None) -> dict[str, Any]:
     return identity
 
 
-def _records_source(args: argparse.Namespace) -> tuple[Iterator, dict[str, Any]]:
-    """The records to score and what identifies them."""
-    from cxrtrek_jax.evaluation.outputs import file_sha256
-    from cxrtrek_jax.evaluation.predictions import read_predictions
-
-    path = Path(args.predictions)
-    if not path.is_file():
-        raise CLIError(f"--predictions {path}: no such file")
-    identity = {"predictions": str(path), "predictions_sha256": file_sha256(path)}
-    return read_predictions(path), identity
-
-
 def _contexts(value: str) -> tuple[str, ...]:
     """--context's modes: "all" = own, teacher, none; else a comma-separated list of modes."""
-    from cxrtrek_jax.evaluation.model_eval import CONTEXTS
+    from cxrtrek_jax.contexts import CONTEXT_MODES
 
     if value == "all":
         return ("own", "teacher", "none")
     modes = tuple(m.strip() for m in value.split(",") if m.strip())
-    unknown = [m for m in modes if m not in CONTEXTS]
+    unknown = [m for m in modes if m not in CONTEXT_MODES]
     if unknown or not modes:
-        raise CLIError(f"--context {value!r}: unknown mode(s) {unknown}; choose from {', '.join(CONTEXTS)} or all")
+        raise CLIError(f"--context {value!r}: unknown mode(s) {unknown}; choose from {', '.join(CONTEXT_MODES)} or all")
     return modes
 
 
-def _decode(args: argparse.Namespace, out: Path) -> dict[str, Any]:
-    """Decode the checkpoint over the data into out/predictions.jsonl; returns the identity."""
+def _scoring_config(args: argparse.Namespace):
+    from cxrtrek_jax.evaluation.scoring import ScoringConfig
+
+    try:
+        return ScoringConfig(bootstrap_resamples=args.bootstrap_resamples, seed=args.seed,
+                             confidence=args.confidence,
+                             uncertain_as_positive=args.uncertain_as == "positive",
+                             meteor=not args.no_meteor)
+    except ValueError as err:
+        raise CLIError(str(err)) from None
+
+
+def _evaluate_checkpoint(args: argparse.Namespace, scoring, extra_identity: dict) -> tuple[dict, list[Path]]:
+    """--checkpoint: `evaluation.evaluate_checkpoint` into --out; (metrics, written files)."""
     from tqdm.auto import tqdm
 
-    from cxrtrek_jax.evaluation.model_eval import DecodeCoverage, EvalData, checkpoint_identity, decode_predictions
-    from cxrtrek_jax.evaluation.predictions import PredictionWriter
+    from cxrtrek_jax.case_report import write_evaluation_report
+    from cxrtrek_jax.evaluation import EvalData, evaluate_checkpoint
 
-    for name in ("max_new_tokens", "batch_size"):
-        if getattr(args, name) < 1:
-            raise CLIError(f"--{name.replace('_', '-')} must be >= 1")
-    if not Path(args.checkpoint).is_dir():
-        raise CLIError(f"--checkpoint {args.checkpoint}: no such directory")
+    if not args.data:
+        raise CLIError("--checkpoint needs --data (a CXRTrek JSON file or a TFDS data dir)")
+    if args.baseline_predictions:
+        raise CLIError("--baseline-predictions goes with --predictions (--checkpoint fits its own baseline)")
     contexts = _contexts(args.context)
     try:
         data = EvalData(args.data, split=None if args.split == "all" else args.split,
                         image_root=args.image_root, max_studies=args.max_studies)
-        identity = {**checkpoint_identity(args.checkpoint), **data.identity(), "contexts": list(contexts)}
-        bar = tqdm(unit="study", desc="decoding", disable=args.no_progress)
-
-        def on_study(context: str, study_id: str) -> None:
-            bar.set_postfix(context=context, refresh=False)
-            bar.update(1)
-
-        skipped: dict[str, int] = {}
-        coverage = DecodeCoverage()
-        with PredictionWriter(out / PREDICTIONS_FILE) as writer:
-            for record in decode_predictions(args.checkpoint, data, contexts=contexts, order=args.order,
-                                             max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
-                                             on_study=on_study, skipped=skipped):
-                writer.write(record)
-                coverage.add(record)
-        bar.close()
+        baseline = None
+        if args.baseline_split != "none":
+            baseline = EvalData(args.data, split=args.baseline_split, image_root=args.image_root)
     except (FileNotFoundError, ValueError) as err:
         raise CLIError(str(err)) from None
-    if skipped:
-        print(f"note: {sum(skipped.values())} turn(s) of {len(skipped)} study(ies) need more images than the "
-              "model's image slots and were not asked (listed in metrics.json identity)")
-    print(coverage.format())
-    identity["turns_skipped_image_limit"] = skipped
-    identity["stage_coverage"] = coverage.to_json()
-    return identity
+    bar = tqdm(unit="study", desc="decoding", disable=args.no_progress)
 
-
-def _fit_baseline(args: argparse.Namespace):
-    """The majority-answer baseline fitted on --baseline-split of --data (before any decoding,
-    so a wrong split fails fast)."""
-    from cxrtrek_jax.evaluation.answer_baselines import MajorityAnswerBaseline
-    from cxrtrek_jax.evaluation.model_eval import EvalData, iter_split_studies
+    def on_study(context: str, study_id: str) -> None:
+        bar.set_postfix(context=context, refresh=False)
+        bar.update(1)
 
     try:
-        data = EvalData(args.data, split=args.baseline_split, image_root=args.image_root)
-        return MajorityAnswerBaseline.fit(iter_split_studies(data))
+        result = evaluate_checkpoint(
+            args.checkpoint, data, args.out, contexts=contexts, order=args.order,
+            max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, baseline=baseline,
+            scoring=scoring, identity=extra_identity, on_study=on_study, progress=not args.no_progress)
+        report = write_evaluation_report(args.out, data, max_studies=REPORT_STUDIES)
     except (FileNotFoundError, ValueError) as err:
-        raise CLIError(f"--baseline-split {args.baseline_split}: {err}") from None
+        message = str(err)
+        if baseline is not None and message.startswith("baseline split"):
+            message = f"--baseline-split {args.baseline_split}: {message}"
+        raise CLIError(message) from None
+    finally:
+        bar.close()
+    return result.metrics, [*result.written, *([report] if report else [])]
 
 
-def _write_report(args: argparse.Namespace, out: Path) -> Path | None:
-    """out/report.html for a JSON data set (its images are files); None for a TFDS data dir,
-    whose images live inside the data set (run `cxrtrek report --data JSON` for those)."""
-    from cxrtrek_jax.case_report import write_case_report
+def _score_file(args: argparse.Namespace, scoring, extra_identity: dict) -> tuple[dict, list[Path]]:
+    """--predictions (and --baseline-predictions): score a saved file into --out."""
+    from cxrtrek_jax.evaluation.answer_baselines import BASELINE_NAME, score_baseline
+    from cxrtrek_jax.evaluation.evaluate import SCORED_PREDICTIONS_FILE
+    from cxrtrek_jax.evaluation.outputs import file_sha256, write_metrics
     from cxrtrek_jax.evaluation.predictions import read_predictions
-    from data_pipeline.cxrtrek_json import iter_studies
+    from cxrtrek_jax.evaluation.scoring import score_predictions
 
-    data = Path(args.data)
-    if data.is_dir():
-        return None
-    root = args.image_root or str(data.parent)
-    result = write_case_report(read_predictions(out / PREDICTIONS_FILE), iter_studies(data), root,
-                               out / "report.html", max_studies=REPORT_STUDIES, allow_missing=False)
-    return result.path
+    if args.data is not None:
+        raise CLIError("--data goes with --checkpoint (to re-score, --predictions alone)")
+    path = Path(args.predictions)
+    if not path.is_file():
+        raise CLIError(f"--predictions {path}: no such file")
+    if args.baseline_predictions and not Path(args.baseline_predictions).is_file():
+        raise CLIError(f"--baseline-predictions {args.baseline_predictions}: no such file")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    identity = {"predictions": str(path), "predictions_sha256": file_sha256(path)}
+    metrics = score_predictions(read_predictions(path), scoring, scored_path=out / SCORED_PREDICTIONS_FILE,
+                                progress=not args.no_progress)
+    if args.baseline_predictions:
+        metrics["baselines"] = {BASELINE_NAME: score_baseline(args.baseline_predictions, scoring)}
+        identity["baseline"] = {"predictions": args.baseline_predictions, "fitted_on": None}
+    paths = write_metrics(out, metrics, {**identity, **extra_identity})
+    return metrics, [*paths.values(), out / SCORED_PREDICTIONS_FILE]
 
 
 def run(args: argparse.Namespace) -> int:
     from cxrtrek_jax.evaluation.nlg_metrics import MeteorUnavailable
-    from cxrtrek_jax.evaluation.outputs import write_metrics
     from cxrtrek_jax.evaluation.predictions import PredictionFormatError
-    from cxrtrek_jax.evaluation.scoring import ScoringConfig, score_predictions
 
-    try:
-        config = ScoringConfig(
-            bootstrap_resamples=args.bootstrap_resamples,
-            seed=args.seed,
-            confidence=args.confidence,
-            uncertain_as_positive=args.uncertain_as == "positive",
-            meteor=not args.no_meteor,
-        )
-    except ValueError as err:
-        raise CLIError(str(err)) from None
+    scoring = _scoring_config(args)
     extra_identity = _load_identity(args.identity)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    decoded = None
-    fitted = None
-    if args.checkpoint is not None:
-        if not args.data:
-            raise CLIError("--checkpoint needs --data (a CXRTrek JSON file or a TFDS data dir)")
-        if args.baseline_predictions:
-            raise CLIError("--baseline-predictions goes with --predictions (--checkpoint fits its own baseline)")
-        baseline = _fit_baseline(args) if args.baseline_split != "none" else None
-        decoded = _decode(args, out)
-        args.predictions = str(out / PREDICTIONS_FILE)
-        if baseline is not None:
-            from cxrtrek_jax.evaluation.answer_baselines import write_baseline_predictions
-
-            fitted = {"split": args.baseline_split, **write_baseline_predictions(
-                baseline, out / PREDICTIONS_FILE, out / BASELINE_PREDICTIONS_FILE)}
-            args.baseline_predictions = str(out / BASELINE_PREDICTIONS_FILE)
-    elif args.data is not None:
-        raise CLIError("--data goes with --checkpoint (to re-score, --predictions alone)")
-    records, identity = _records_source(args)
-    identity = {**(decoded or {}), **identity}
     try:
-        metrics = score_predictions(
-            records, config, scored_path=out / SCORED_PREDICTIONS_FILE, progress=not args.no_progress
-        )
-        if args.baseline_predictions:
-            from cxrtrek_jax.evaluation.answer_baselines import BASELINE_NAME, score_baseline
-
-            if not Path(args.baseline_predictions).is_file():
-                raise CLIError(f"--baseline-predictions {args.baseline_predictions}: no such file")
-            metrics["baselines"] = {BASELINE_NAME: score_baseline(args.baseline_predictions, config)}
-            identity["baseline"] = {"predictions": args.baseline_predictions, "fitted_on": fitted}
+        if args.checkpoint is not None:
+            metrics, written = _evaluate_checkpoint(args, scoring, extra_identity)
+        else:
+            metrics, written = _score_file(args, scoring, extra_identity)
     except (PredictionFormatError, ValueError) as err:
         raise CLIError(str(err)) from None
     except MeteorUnavailable as err:
         raise CLIError(f"{err}; rerun with --no-meteor to score without METEOR") from None
-    paths = write_metrics(out, metrics, {**identity, **extra_identity})
     counts = metrics["counts"]
     print(
         f"scored {counts['records']} turns from {counts['studies']} studies "
         f"({counts['excluded_items']} excluded); METEOR: {metrics['settings']['nlg']['meteor']}"
     )
-    written = [*paths.values(), out / SCORED_PREDICTIONS_FILE]
-    if decoded is not None:
-        report = _write_report(args, out)
-        written = [out / PREDICTIONS_FILE, *written, *([report] if report else [])]
-    if fitted is not None:
-        written.append(out / BASELINE_PREDICTIONS_FILE)
     for path in written:
         print(f"wrote {path}")
     return 0

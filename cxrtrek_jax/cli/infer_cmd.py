@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from cxrtrek_jax.cli import CLIError
-from cxrtrek_jax.evaluation.predictions import CONTEXT_MODES
+from cxrtrek_jax.contexts import CHAIN_CONTEXTS
 
 # `cxrtrek_jax.decoding.ORDERS`, spelled out here so that registering the command imports no JAX.
 _ORDERS = ("given", "canonical")
@@ -42,7 +42,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="later (follow-up) study image(s) for stage 6 (with --image)")
     parser.add_argument("--image-root", default=None,
                         help="root of the image paths in --data (default: the JSON file's folder)")
-    parser.add_argument("--context", choices=CONTEXT_MODES, default="own",
+    parser.add_argument("--context", choices=CHAIN_CONTEXTS, default="own",
                         help="what earlier turns hold: the model's answers (own), the references (teacher) "
                              "or nothing (none); default own")
     parser.add_argument("--order", choices=_ORDERS, default="given",
@@ -181,7 +181,7 @@ def _infer(args: argparse.Namespace) -> int:
     import jax
 
     from cxrtrek_jax.decoding import DecodeSpec, SamplingConfig, StepwiseDecoder, run_chain
-    from cxrtrek_jax.evaluation.predictions import PredictionWriter
+    from cxrtrek_jax.evaluation.predictions import PredictionWriter, prediction_from_turn
 
     loaded = _load_model(args)
     tokenizer = _load_tokenizer(args, loaded)
@@ -211,7 +211,7 @@ def _infer(args: argparse.Namespace) -> int:
             for study_results in results:
                 turns += len(study_results)
                 for turn in study_results if writer is not None else ():
-                    writer.write(turn.to_prediction())
+                    writer.write(prediction_from_turn(turn))
     elapsed = time.perf_counter() - began
     where = f"; wrote {args.out}" if args.out else ""
     print(f"{len(studies)} studies, {turns} turns in {elapsed:.1f} s{where}")

@@ -7,8 +7,8 @@ import sys
 from pathlib import Path
 
 from cxrtrek_jax.cli import CLIError
+from cxrtrek_jax.contexts import CONTEXT_MODES
 
-_CONTEXTS = ("own", "teacher", "none", "swapped")  # = evaluation.predictions.CONTEXT_MODES, kept import-free here.
 
 
 def _positive_int(text: str) -> int:
@@ -42,7 +42,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--study", nargs="+", action="extend", metavar="ID", help="only these studies, in this order"
     )
     parser.add_argument(
-        "--context", choices=_CONTEXTS, help="context mode to show (default: own if present, else teacher, else none)"
+        "--context", choices=CONTEXT_MODES, help="context mode to show (default: own if present, else teacher, else none)"
     )
     parser.add_argument("--max-studies", type=_positive_int, help="show at most N studies (the first ones)")
     parser.add_argument(

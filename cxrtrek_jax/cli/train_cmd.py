@@ -47,7 +47,7 @@ def parse_overrides(items: list[str]) -> dict[str, str]:
 
 def resolve_experiment(name: str, preset: str | None, overrides: list[str]):
     """The experiment config after the preset and the overrides (CLIError on a bad name/key/value)."""
-    from experiments import get_experiment
+    from cxrtrek_jax.train.registry import get_experiment
 
     try:
         cfg = get_experiment(name, preset or "small")
@@ -57,7 +57,7 @@ def resolve_experiment(name: str, preset: str | None, overrides: list[str]):
 
 
 def run(args: argparse.Namespace) -> int:
-    from experiments import EXPERIMENTS, get_experiment
+    from cxrtrek_jax.train.registry import EXPERIMENTS, get_experiment
 
     if args.list:
         for name in EXPERIMENTS:

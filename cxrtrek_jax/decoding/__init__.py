@@ -5,7 +5,7 @@
     results = run_chain(decoder, params, tokenizer, studies, context="own", max_new_tokens=128)
 """
 
-from cxrtrek_jax.decoding.chain import CONTEXT_MODES, ChainStudy, TurnResult, load_study_images, run_chain
+from cxrtrek_jax.decoding.chain import ChainStudy, TurnResult, load_study_images, run_chain
 from cxrtrek_jax.decoding.chain_state import ChainState, StopReason, state_logical_axes
 from cxrtrek_jax.decoding.question_script import default_script, says_yes
 from cxrtrek_jax.decoding.reference_decoder import ReferenceDecoder, ReferenceTurn
@@ -22,7 +22,7 @@ from cxrtrek_jax.decoding.stepwise import (
 from cxrtrek_jax.decoding.turns import ORDERS, Turn, TurnPlan, fixed_plan, study_turns
 
 __all__ = [
-    "CONTEXT_MODES", "ChainStudy", "TurnResult", "load_study_images", "run_chain",
+    "ChainStudy", "TurnResult", "load_study_images", "run_chain",
     "ChainState", "StopReason", "state_logical_axes",
     "default_script", "says_yes",
     "ReferenceDecoder", "ReferenceTurn",

@@ -53,13 +53,13 @@ from cxrtrek_jax.decoding.chain_state import ChainState, StopReason
 from cxrtrek_jax.decoding.sampling import GREEDY, SamplingConfig
 from cxrtrek_jax.decoding.stepwise import StepwiseDecoder
 from cxrtrek_jax.decoding.turns import Turn, TurnPlan
-from cxrtrek_jax.evaluation.predictions import CONTEXT_MODES, PredictionRecord
+from cxrtrek_jax.contexts import CHAIN_CONTEXTS
 from data_pipeline.images import load_image, resize_with_pad
 from data_pipeline.records import Message
 from data_pipeline.sequences import place_placeholders
 from data_pipeline.tokenizer import CXRTrekTokenizer
 
-__all__ = ["CONTEXT_MODES", "ChainStudy", "TurnResult", "ChatTokens", "run_chain", "stack_images",
+__all__ = ["ChainStudy", "TurnResult", "ChatTokens", "run_chain", "stack_images",
            "load_study_images"]
 
 
@@ -105,15 +105,6 @@ class TurnResult:
     latency_s: float
     context: str
     context_dropped: int = 0
-
-    def to_prediction(self) -> PredictionRecord:
-        """The predictions-file record (reference "" when unknown)."""
-        return PredictionRecord(
-            study_id=self.study_id, turn_index=self.turn_index, stage=self.stage, task_type=self.task_type,
-            qtype=self.qtype, question=self.question, reference=self.reference or "", prediction=self.answer,
-            context=self.context, num_generated_tokens=self.num_generated_tokens, latency_s=self.latency_s,
-            stop_reason=self.stop_reason, context_dropped=self.context_dropped,
-        )
 
 
 def load_study_images(paths: Sequence[str | os.PathLike], image_size: int) -> np.ndarray:
@@ -263,8 +254,8 @@ def run_chain(
     study's images, a missing reference in teacher mode, or more turns than
     the decoder's record holds.
     """
-    if context not in CONTEXT_MODES:
-        raise ValueError(f"unknown context mode {context!r}; expected one of {', '.join(CONTEXT_MODES)}")
+    if context not in CHAIN_CONTEXTS:
+        raise ValueError(f"unknown context mode {context!r}; expected one of {', '.join(CHAIN_CONTEXTS)}")
     if not studies:
         raise ValueError("run_chain needs at least one study")
     model_config = decoder.model_config

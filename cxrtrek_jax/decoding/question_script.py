@@ -5,8 +5,8 @@
     turn = plan.send(answer)     # ... later questions follow the answers
 
 The script reads a film the way the phantom's studies do
-(`data_pipeline.phantom.questions`), with the same phrasings, so that a
-phantom-trained model understands it:
+(`data_pipeline.phantom.questions`), in the words of the finding vocabulary
+(`data_pipeline.findings`), so that a phantom-trained model understands it:
 
   1  view (single choice PA / AP) and technical quality;
   2  one yes/no question per finding kind (effusion, pneumothorax, ...);
@@ -29,20 +29,11 @@ from __future__ import annotations
 import re
 
 from cxrtrek_jax.decoding.turns import Turn, TurnPlan
-from data_pipeline.phantom.findings import KINDS
-from data_pipeline.phantom.phrases import NAMES, PATHOLOGIES
+from data_pipeline.findings import FINDING_KINDS, FINDING_NAMES, PATHOLOGIES, PRESENCE_QUESTIONS
 from data_pipeline.records import IMAGE_PLACEHOLDER
 
 __all__ = ["default_script", "says_yes"]
 
-_PRESENCE_QUESTIONS = {
-    "support_devices": "Are there any support devices?",
-    "cardiomegaly": "Is there cardiomegaly?",
-    "pleural_effusion": "Is there a pleural effusion?",
-    "pneumothorax": "Is there a pneumothorax?",
-    "consolidation": "Is there any consolidation?",
-    "nodule": "Is there a lung nodule?",
-}
 _FIRST_WORD = re.compile(r"[A-Za-z]+")
 
 
@@ -84,13 +75,13 @@ def default_script(*, current_images: int = 1, prior_images: int = 0, later_imag
     yield turn(1, "Quality_Assessment", "captioning", "Assess the technical quality of this radiograph.", shown)
 
     found = []
-    for kind in KINDS:
-        answer = yield turn(2, "Findings_Identification", "yes_no", _PRESENCE_QUESTIONS[kind], shown)
+    for kind in FINDING_KINDS:
+        answer = yield turn(2, "Findings_Identification", "yes_no", PRESENCE_QUESTIONS[kind][0], shown)
         if says_yes(answer):
             found.append(kind)
 
     for kind in found:
-        name = NAMES[kind]
+        name = FINDING_NAMES[kind]
         describe = "Describe the cardiac silhouette." if kind == "cardiomegaly" else f"Describe the {name}."
         yield turn(3, "Attributes_Description", "captioning", describe, shown)
         yield turn(3, "Findings_Detection", "detection", f"Locate the {name} in the image.", shown)

@@ -30,6 +30,8 @@ __all__ = [
     "parse_options",
     "parse_yes_no",
     "parse_closed_answer",
+    "ClosedJudgement",
+    "judge_closed_answer",
     "FUZZY_MIN_F1",
     "FUZZY_MIN_MARGIN",
 ]
@@ -283,3 +285,27 @@ def parse_closed_answer(answer: str, question: str, qtype: QType) -> ParsedAnswe
     if options:
         return _parse_with_options(answer, options, multi=qtype.kind == "multi-choice")
     return _parse_without_options(answer)
+
+
+@dataclasses.dataclass(frozen=True)
+class ClosedJudgement:
+    """Whether a closed-ended prediction is right.
+
+    correct: True when prediction and reference parse to the same value; False when they
+        differ or the prediction does not parse; None when the reference itself does not parse
+        (the turn cannot be scored).
+    """
+
+    correct: bool | None
+    prediction: ParsedAnswer
+    reference: ParsedAnswer
+
+
+def judge_closed_answer(prediction: str, reference: str, question: str, qtype: QType) -> ClosedJudgement:
+    """The one rule for a closed-ended answer's correctness (scoring and the case report use it)."""
+    parsed_reference = parse_closed_answer(reference, question, qtype)
+    parsed_prediction = parse_closed_answer(prediction, question, qtype)
+    if not parsed_reference.ok:
+        return ClosedJudgement(None, parsed_prediction, parsed_reference)
+    correct = parsed_prediction.ok and parsed_prediction.value == parsed_reference.value
+    return ClosedJudgement(correct, parsed_prediction, parsed_reference)

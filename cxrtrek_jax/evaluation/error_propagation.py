@@ -19,6 +19,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from cxrtrek_jax.evaluation.bootstrap import percentile_interval
+from data_pipeline.stages import STAGE_NUMBERS
 
 __all__ = ["COMPARISONS", "StageOutcomes", "compare_contexts"]
 
@@ -53,7 +54,7 @@ class StageOutcomes:
 
     def first_error_distribution(self, context: str) -> dict[str, int]:
         """Studies with closed-ended answers, by first wrong stage ("1".."8") or "none"."""
-        counts = {str(s): 0 for s in range(1, 9)} | {"none": 0}
+        counts = {str(s): 0 for s in STAGE_NUMBERS} | {"none": 0}
         for study in self._answered.get(context, ()):
             first = self.first_error_stage(context, study)
             counts["none" if first is None else str(first)] += 1

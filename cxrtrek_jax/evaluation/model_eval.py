@@ -24,13 +24,12 @@ from typing import Any
 
 import numpy as np
 
-from cxrtrek_jax.evaluation.predictions import PredictionRecord
+from cxrtrek_jax.contexts import CONTEXT_MODES, SWAPPED
+from cxrtrek_jax.evaluation.predictions import PredictionRecord, prediction_from_turn
+from data_pipeline.splits import TEST, study_split
 
 __all__ = ["EvalData", "iter_eval_studies", "iter_split_studies", "with_foreign_images", "decode_predictions",
-           "checkpoint_identity", "CONTEXTS", "SWAPPED"]
-
-SWAPPED = "swapped"
-CONTEXTS = ("own", "teacher", "none", SWAPPED)
+           "checkpoint_identity"]
 
 
 class EvalData:
@@ -40,7 +39,7 @@ class EvalData:
       with `split`, only studies whose `split` field says so) or a TFDS data dir.
     """
 
-    def __init__(self, path: str | os.PathLike, *, split: str | None = "test",
+    def __init__(self, path: str | os.PathLike, *, split: str | None = TEST,
                  image_root: str | os.PathLike | None = None, max_studies: int | None = None):
         self.path = Path(path)
         if not self.path.exists():
@@ -59,11 +58,6 @@ class EvalData:
         return out
 
 
-def _split_of(study) -> str | None:
-    value = study.cxrtrek_extras.get("split", study.extras.get("split"))
-    return None if value is None else str(value)
-
-
 def _study_records(data: EvalData) -> Iterator[tuple[Any, Any]]:
     """(Study, StudyRecord) of the data's split in data order (all of them; images not read).
 
@@ -72,7 +66,7 @@ def _study_records(data: EvalData) -> Iterator[tuple[Any, Any]]:
     if data.kind == "tfds":
         from data_pipeline.sources import TfdsStudySource
 
-        source = TfdsStudySource(data.path, data.split or "test")
+        source = TfdsStudySource(data.path, data.split or TEST)
         for i in range(len(source)):
             record = source[i]
             yield record.study, record
@@ -82,7 +76,7 @@ def _study_records(data: EvalData) -> Iterator[tuple[Any, Any]]:
 
     for index, study in enumerate(iter_studies(data.path)):
         if data.split is not None:
-            split = _split_of(study)
+            split = study_split(study)
             if split is None:
                 raise ValueError(f"{data.path}: study {study.key!r} (sample {index}) has no "
                                  f"'split' field; pass split=None to evaluate every study")
@@ -175,7 +169,7 @@ def decode_predictions(
     ckpt_dir: str | os.PathLike,
     data: EvalData,
     *,
-    contexts: Sequence[str] = CONTEXTS,
+    contexts: Sequence[str] = CONTEXT_MODES,
     order: str = "given",
     max_new_tokens: int = 96,
     batch_size: int = 4,
@@ -197,9 +191,9 @@ def decode_predictions(
     from cxrtrek_jax.decoding.model_loading import load_decoding_model
     from data_pipeline.tokenizer import load_tokenizer
 
-    unknown = [c for c in contexts if c not in CONTEXTS]
+    unknown = [c for c in contexts if c not in CONTEXT_MODES]
     if unknown or not contexts:
-        raise ValueError(f"context modes must be among {CONTEXTS}, got {list(contexts)}")
+        raise ValueError(f"context modes must be among {CONTEXT_MODES}, got {list(contexts)}")
     loaded = load_decoding_model(ckpt_dir)
     tokenizer_path = tokenizer_dir or loaded.tokenizer_path
     if tokenizer_path is None:
@@ -225,7 +219,7 @@ def decode_predictions(
                                 max_new_tokens=max_new_tokens, rng=jax.random.key(0))
             for study_results, (study, _) in zip(results, batch):
                 for turn in study_results:
-                    record = turn.to_prediction()
+                    record = prediction_from_turn(turn)
                     yield dataclasses.replace(record, context=SWAPPED) if context == SWAPPED else record
                 if on_study is not None:
                     on_study(context, study.key)

@@ -29,19 +29,19 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import IO, Any
 
+from cxrtrek_jax.contexts import CONTEXT_MODES
 from data_pipeline.records import freeze, thaw
 from data_pipeline.stages import Stage, parse_qtype
 
 __all__ = [
-    "CONTEXT_MODES",
     "PredictionRecord",
     "PredictionFormatError",
     "read_predictions",
     "PredictionWriter",
     "write_predictions",
+    "prediction_from_turn",
 ]
 
-CONTEXT_MODES = ("own", "teacher", "none", "swapped")
 
 _REQUIRED = (
     "study_id",
@@ -211,3 +211,14 @@ def write_predictions(path: str | Path, records: Iterator[PredictionRecord] | li
         for record in records:
             writer.write(record)
         return writer.count
+
+
+def prediction_from_turn(turn: Any) -> PredictionRecord:
+    """The predictions-file record of one decoded turn (a `cxrtrek_jax.decoding.TurnResult`;
+    reference "" when the turn had none)."""
+    return PredictionRecord(
+        study_id=turn.study_id, turn_index=turn.turn_index, stage=turn.stage, task_type=turn.task_type,
+        qtype=turn.qtype, question=turn.question, reference=turn.reference or "", prediction=turn.answer,
+        context=turn.context, num_generated_tokens=turn.num_generated_tokens, latency_s=turn.latency_s,
+        stop_reason=turn.stop_reason, context_dropped=turn.context_dropped,
+    )

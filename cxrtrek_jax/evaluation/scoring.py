@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 
 from cxrtrek_jax.evaluation import answer_parsing
-from cxrtrek_jax.evaluation.answer_parsing import parse_closed_answer
+from cxrtrek_jax.evaluation.answer_parsing import judge_closed_answer
 from cxrtrek_jax.evaluation.bootstrap import StudyStats, bootstrap_weights, percentile_interval
 from cxrtrek_jax.evaluation.chexpert_labeller import ReportLabeller, default_labeller
 from cxrtrek_jax.evaluation.clinical_efficacy import CE_STAT_NAMES, ce_item_statistics
@@ -56,7 +56,8 @@ from cxrtrek_jax.evaluation.nlg_metrics import (
     nlg_tokens,
     rouge_l,
 )
-from cxrtrek_jax.evaluation.predictions import CONTEXT_MODES, PredictionRecord, PredictionWriter
+from cxrtrek_jax.contexts import CONTEXT_MODES
+from cxrtrek_jax.evaluation.predictions import PredictionRecord, PredictionWriter
 from data_pipeline.boxes import BoxParseError
 from data_pipeline.stages import QType, Stage, parse_qtype
 
@@ -105,11 +106,10 @@ class _Excluded(Exception):
 
 
 def _closed_scores(record: PredictionRecord, qtype: QType, families) -> tuple[dict, dict, bool]:
-    reference = parse_closed_answer(record.reference, record.question, qtype)
-    if not reference.ok:
+    judged = judge_closed_answer(record.prediction, record.reference, record.question, qtype)
+    if judged.correct is None:
         raise _Excluded("reference answer cannot be parsed as a closed-ended answer")
-    predicted = parse_closed_answer(record.prediction, record.question, qtype)
-    correct = predicted.value == reference.value
+    correct, predicted, reference = judged.correct, judged.prediction, judged.reference
     stats = {"closed": families["closed"].vector({"correct": correct, "unparseable": not predicted.ok})}
     scores: dict[str, Any] = {
         "correct": correct,

@@ -3,7 +3,7 @@
 An `ExperimentConfig` composes the model config (a preset), the data source and
 input-pipeline knobs, the tokenizer, the optimiser, the device mesh, the
 checkpoint policy, the training length and the evaluation settings. Named
-experiments (`experiments.registry`) are small diffs over `base_config()`; the
+experiments (`cxrtrek_jax.train.registry`) are small diffs over `base_config()`; the
 command line applies `--preset NAME` and `--set dotted.key=value` on top, and
 every run writes its full resolved config to `<workdir>/config.json`.
 
@@ -22,7 +22,9 @@ from cxrtrek_jax.train.checkpointing import CheckpointConfig
 from cxrtrek_jax.model.config import ModelConfig, get_config
 from cxrtrek_jax.train.optimizer import OptimConfig
 from cxrtrek_jax.train.sharding import MeshConfig
-from data_pipeline.augment import AugmentConfig
+from data_pipeline.grain_pipeline import PipelineConfig
+from data_pipeline.sequences import SequenceConfig
+from data_pipeline.splits import TEST, TRAIN, VALIDATION
 
 __all__ = [
     "DataConfig",
@@ -34,6 +36,8 @@ __all__ = [
     "base_config",
     "alignment_for",
     "DATA_KINDS",
+    "RENAMED_KEYS",
+    "current_key",
 ]
 
 DATA_KINDS = ("phantom", "json", "tfds")
@@ -41,7 +45,7 @@ DATA_KINDS = ("phantom", "json", "tfds")
 
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
-    """Where the studies come from and how they become training sequences.
+    """Where the studies come from, and the data side's own input-pipeline config.
 
     kind: "phantom" (generate a phantom set into `path` unless it is there),
       "json" (a CXRTrek JSON file at `path`, images under `image_root`, split
@@ -49,51 +53,51 @@ class DataConfig:
       `cxrtrek data build-tfds`).
     path: the phantom output dir, the JSON file or the TFDS data dir.
     image_root: root of relative image paths (json; defaults to the JSON's dir).
+    *_split: the splits a run trains on, validates on and evaluates on.
     phantom_*: the generated set: studies, seed, image side in px, split fractions and
       (min, max) QA turns per study (fewer turns = shorter sequences).
-    context: "on" (one sequence per study, staged context), "off" (each QA
-      pair alone with only the images visible at that turn), "shuffled".
-    stages: keep only these stages (None = all); no_prior: drop prior-study images.
-    length_buckets: allowed padded row lengths in tokens (ascending); the
-      largest bounds a sequence.
-    long_chains: a chain longer than the largest bucket is trained as "window"s
-      (every turn once, with its images and the newest earlier turns that fit) or
-      "truncate"d (trailing turns dropped); window_context: a later window's share
-      of text kept for earlier turns (`data_pipeline.sequences`).
     coverage_studies: how many training studies the per-stage coverage table
       printed at the start of every run is computed over (0 = every study).
-    global_batch_size: rows per optimiser step over all processes.
+    pipeline: `data_pipeline.grain_pipeline.PipelineConfig` as the run uses it: batch size,
+      length buckets, packing, workers, augmentation, and `pipeline.sequence`
+      (`data_pipeline.sequences.SequenceConfig`: context "on"/"off"/"shuffled", stage filter,
+      no_prior, long chains, system prompt). The run fills what the data and the model fix:
+      `source`/`source_kind`/`split`/`image_root` (the prepared TFDS set and the split in
+      use), `image_size`, `sequence.tokens_per_image` and `sequence.max_images` (from the
+      model); leave those unset ("" / null). Evaluation passes use no augmentation and no
+      worker processes.
     """
 
     kind: str = "phantom"
     path: str = "runs/phantom"
     image_root: str | None = None
-    train_split: str = "train"
-    validation_split: str = "validation"
-    test_split: str = "test"
+    train_split: str = TRAIN
+    validation_split: str = VALIDATION
+    test_split: str = TEST
     phantom_studies: int = 600
     phantom_seed: int = 0
     phantom_size: int = 256
     phantom_splits: str = "train=0.8,validation=0.1,test=0.1"
     phantom_turns: tuple[int, int] = (20, 26)
-    context: str = "on"
-    stages: tuple[int, ...] | None = None
-    no_prior: bool = False
-    length_buckets: tuple[int, ...] = (512, 768, 1024)
-    long_chains: str = "window"
-    window_context: float = 0.5
     coverage_studies: int = 1000
-    packing: bool = False
-    global_batch_size: int = 8
-    num_workers: int = 0
-    augment: AugmentConfig = AugmentConfig()
-    seed: int = 0
+    pipeline: PipelineConfig = PipelineConfig(
+        length_buckets=(512, 768, 1024), sequence=SequenceConfig(drop_unfittable=True))
 
     def __post_init__(self) -> None:
         if self.kind not in DATA_KINDS:
             raise ValueError(f"data.kind must be one of {DATA_KINDS}, got {self.kind!r}")
         if not self.path:
             raise ValueError("data.path must name the phantom dir, the JSON file or the TFDS data dir")
+        p = self.pipeline
+        for name, value, unset in (("source", p.source, ""), ("source_kind", p.source_kind, "tfds"),
+                                   ("split", p.split, TRAIN), ("image_root", p.image_root, None),
+                                   ("image_size", p.image_size, None),
+                                   ("sequence.tokens_per_image", p.sequence.tokens_per_image, None),
+                                   ("sequence.max_images", p.sequence.max_images, None)):
+            if value != unset:
+                raise ValueError(
+                    f"data.pipeline.{name} = {value!r}: the run sets it (from data.kind/path/image_root, "
+                    f"data.*_split and the model); leave it at {unset!r}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -133,7 +137,7 @@ class EvalConfig:
     max_studies: cap on evaluated studies (None = all); max_new_tokens: answer budget."""
 
     contexts: tuple[str, ...] = ("own", "teacher", "none")
-    split: str = "test"
+    split: str = TEST
     max_studies: int | None = None
     max_new_tokens: int = 96
 
@@ -195,7 +199,9 @@ class ExperimentConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> "ExperimentConfig":
-        return config_tree.from_dict(data, cls)
+        """From `to_dict` output; the flat data keys of older config.json files are moved to their
+        place in the tree (`RENAMED_KEYS`)."""
+        return config_tree.from_dict(_migrate(data), cls)
 
     def with_preset(self, preset: str) -> "ExperimentConfig":
         """The same experiment on another model preset (keeping LoRA/freezing choices)."""
@@ -204,8 +210,54 @@ class ExperimentConfig:
         return dataclasses.replace(self, model=model)
 
     def override(self, overrides: dict[str, object]) -> "ExperimentConfig":
-        """Dotted-key overrides, e.g. {"optim.learning_rate": "3e-4", "data.context": "off"}."""
-        return config_tree.override(self, overrides)
+        """Dotted-key overrides, e.g. {"optim.learning_rate": "3e-4",
+        "data.pipeline.sequence.context": "off"}; the older names of `RENAMED_KEYS` still work."""
+        return config_tree.override(self, {current_key(key): value for key, value in overrides.items()})
+
+
+# Experiment keys from before the data side's own pipeline config was embedded in `data`: still
+# accepted by `override` (so `--set data.context=off` works) and by `from_dict` (older runs'
+# config.json). An old key may also prefix a deeper one (data.augment.brightness).
+RENAMED_KEYS = {
+    "data.context": "data.pipeline.sequence.context",
+    "data.stages": "data.pipeline.sequence.stages",
+    "data.no_prior": "data.pipeline.sequence.no_prior",
+    "data.long_chains": "data.pipeline.sequence.long_chains",
+    "data.window_context": "data.pipeline.sequence.window_context",
+    "data.length_buckets": "data.pipeline.length_buckets",
+    "data.packing": "data.pipeline.packing",
+    "data.global_batch_size": "data.pipeline.global_batch_size",
+    "data.num_workers": "data.pipeline.num_workers",
+    "data.seed": "data.pipeline.seed",
+    "data.augment": "data.pipeline.augment",
+}
+
+
+def current_key(key: str) -> str:
+    """The tree's name for a dotted key (itself unless it is, or starts with, a renamed key)."""
+    for old, new in RENAMED_KEYS.items():
+        if key == old or key.startswith(old + "."):
+            return new + key[len(old):]
+    return key
+
+
+def _migrate(data: dict) -> dict:
+    """`data` (an experiment dict) with values under renamed keys moved to their current keys."""
+    old_data = data.get("data")
+    if not isinstance(old_data, dict):
+        return data
+    moved = {key: value for key, value in old_data.items() if f"data.{key}" in RENAMED_KEYS}
+    if not moved:
+        return data
+    new_data = {key: value for key, value in old_data.items() if key not in moved}
+    new_data.setdefault("pipeline", config_tree.to_dict(DataConfig().pipeline))
+    for key, value in moved.items():
+        parts = current_key(f"data.{key}").split(".")[1:]
+        node = new_data
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = value
+    return {**data, "data": new_data}
 
 
 def base_config(preset: str = "small") -> ExperimentConfig:

@@ -106,8 +106,8 @@ def run_training(
     """Train `model_config` (a `cxrtrek_jax.model.ModelConfig`) to `num_steps` optimizer steps,
     resuming from the newest readable checkpoint in `checkpoint.directory` if there is one.
 
-    make_batches: returns a fresh checkpointable iterator of process-local batches (common.md
-      fields, numpy, leading dim = global batch / process count).
+    make_batches: returns a fresh checkpointable iterator of process-local batches (the batch
+      contract of `data_pipeline.grain_pipeline`, numpy, leading dim = global batch / process count).
     on_log: called as on_log(step, summary) every `log_every` steps and at the last step.
     on_start: called as on_start(step) once the start is known: the restored checkpoint's step,
       or 0 for a fresh run (e.g. to drop log records of steps after it, which are redone).

@@ -44,6 +44,7 @@ from cxrtrek_jax.train import checkpointing as ckpt_lib
 from cxrtrek_jax.train import sharding as sharding_lib
 from cxrtrek_jax.train import loop as train_loop
 from cxrtrek_jax.model.config import ModelConfig, override
+from data_pipeline.augment import AugmentConfig
 from data_pipeline.grain_pipeline import PipelineConfig, build_eval_iterator, build_train_iterator
 from data_pipeline.tokenizer import CXRTrekTokenizer, load_tokenizer
 from cxrtrek_jax.train.config import ExperimentConfig
@@ -231,19 +232,17 @@ def resolve_model_config(model: ModelConfig, tokenizer: CXRTrekTokenizer) -> Mod
 
 def pipeline_config(cfg: ExperimentConfig, model: ModelConfig, data: DataPaths, split: str,
                     *, training: bool) -> PipelineConfig:
-    """The Grain pipeline config of `split`, its image geometry taken from the model."""
-    d = cfg.data
-    from data_pipeline.augment import AugmentConfig
-
-    return PipelineConfig(
-        source=data.tfds_dir, source_kind="tfds", split=split,
-        image_size=model.vision.image_size, max_images=model.max_images,
-        tokens_per_image=model.tokens_per_image, global_batch_size=d.global_batch_size,
-        length_buckets=d.length_buckets, packing=d.packing, context=d.context, stages=d.stages,
-        no_prior=d.no_prior, drop_unfittable=True, long_chains=d.long_chains,
-        window_context=d.window_context, seed=d.seed,
-        num_workers=d.num_workers if training else 0,
-        augment=d.augment if training else AugmentConfig.none(),
+    """`cfg.data.pipeline` for reading `split` of the prepared data: the source set to its TFDS
+    dir, the image geometry to the model's; for evaluation (`training=False`) without
+    augmentation and worker processes."""
+    p = cfg.data.pipeline
+    sequence = dataclasses.replace(p.sequence, tokens_per_image=model.tokens_per_image,
+                                   max_images=model.max_images)
+    return dataclasses.replace(
+        p, source=data.tfds_dir, source_kind="tfds", split=split, image_root=None,
+        image_size=model.vision.image_size, sequence=sequence,
+        num_workers=p.num_workers if training else 0,
+        augment=p.augment if training else AugmentConfig.none(),
     )
 
 
@@ -346,7 +345,7 @@ def _validation(cfg: ExperimentConfig, model: ModelConfig, data: DataPaths,
     evaluate callback (it runs at every checkpoint save; `step`, the step of the checkpoint
     saved with it, labels the log record)."""
     from cxrtrek_jax.train import step as step_lib
-    from cxrtrek_jax.evaluation.image_reliance import image_gain, swap_images
+    from cxrtrek_jax.train.image_reliance import image_gain, swap_images
 
     if cfg.train.eval_batches == 0:
         return None
@@ -405,8 +404,10 @@ def alignment_phase(cfg: ExperimentConfig) -> ExperimentConfig:
         raise ValueError(f"experiment {cfg.name!r} has no alignment phase")
     return dataclasses.replace(
         cfg, name=f"{cfg.name}/alignment", alignment=None,
-        data=dataclasses.replace(cfg.data, context="off", stages=a.stages, packing=False,
-                                 global_batch_size=a.global_batch_size, length_buckets=a.length_buckets),
+        data=dataclasses.replace(cfg.data, pipeline=dataclasses.replace(
+            cfg.data.pipeline, packing=False, global_batch_size=a.global_batch_size,
+            length_buckets=a.length_buckets,
+            sequence=dataclasses.replace(cfg.data.pipeline.sequence, context="off", stages=a.stages))),
         optim=dataclasses.replace(a.optim, total_steps=a.num_steps + 1,
                                   warmup_steps=min(a.optim.warmup_steps, a.num_steps)),
         train=dataclasses.replace(cfg.train, num_steps=a.num_steps),

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from data_pipeline.boxes import Box
+from data_pipeline.findings import FINDING_KINDS
 from data_pipeline.phantom.config import PhantomConfig, Prevalences
 
 __all__ = [
@@ -41,8 +42,7 @@ __all__ = [
     "derive_findings",
 ]
 
-# Sampling order; also the order findings are listed in.
-KINDS = ("support_devices", "cardiomegaly", "pleural_effusion", "pneumothorax", "consolidation", "nodule")
+KINDS = FINDING_KINDS  # sampling order, also the order findings are listed in (data_pipeline.findings)
 SIDES = ("right", "left")
 ZONES = ("upper", "middle", "lower")
 # Change of a finding from the earlier to the later exam of a pair.

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from data_pipeline.findings import CHEXPERT_LABELS, FINDING_NAMES, PATHOLOGIES
 from data_pipeline.phantom.findings import Acquisition, ExamTruth, Finding
 
 __all__ = [
@@ -35,24 +36,7 @@ __all__ = [
     "pick",
 ]
 
-NAMES = {
-    "support_devices": "support devices",
-    "cardiomegaly": "cardiomegaly",
-    "pleural_effusion": "pleural effusion",
-    "pneumothorax": "pneumothorax",
-    "consolidation": "consolidation",
-    "nodule": "lung nodule",
-}
-CHEXPERT_LABELS = {
-    "support_devices": "Support Devices",
-    "cardiomegaly": "Cardiomegaly",
-    "pleural_effusion": "Pleural Effusion",
-    "pneumothorax": "Pneumothorax",
-    "consolidation": "Consolidation",
-    "nodule": "Lung Lesion",
-}
-# Kinds that are diseases (support devices are not: a study with devices only is "No Finding").
-PATHOLOGIES = ("cardiomegaly", "pleural_effusion", "pneumothorax", "consolidation", "nodule")
+NAMES = FINDING_NAMES  # the finding vocabulary is data_pipeline.findings
 
 
 def pick(rng: np.random.Generator, options: tuple[str, ...] | list[str]) -> str:

@@ -23,6 +23,7 @@ import numpy as np
 
 from data_pipeline.boxes import format_boxes
 from data_pipeline.phantom.config import PhantomConfig
+from data_pipeline.findings import PRESENCE_QUESTIONS
 from data_pipeline.phantom.findings import KINDS, Finding, StudyTruth
 from data_pipeline.phantom.phrases import (
     NAMES,
@@ -207,44 +208,6 @@ def _stage1(truth: StudyTruth, rng) -> tuple[list[Turn], list[Turn]]:
 
 # ---------------------------------------------------------------- stage 2
 
-_PRESENCE_QUESTIONS = {
-    "pleural_effusion": (
-        "Is there a pleural effusion?",
-        "Is there any evidence of pleural effusion on this radiograph?",
-        "Does this chest X-ray show a pleural effusion?",
-        "Pick yes or no: is a pleural effusion present?",
-    ),
-    "pneumothorax": (
-        "Is there a pneumothorax?",
-        "Is there any evidence of pneumothorax on this radiograph?",
-        "Does this chest X-ray show a pneumothorax?",
-        "Pick yes or no: is a pneumothorax present?",
-    ),
-    "consolidation": (
-        "Is there any consolidation?",
-        "Is there any evidence of consolidation in the lungs?",
-        "Does this X-ray show an area of consolidation?",
-        "Pick yes or no: is there a focal consolidation?",
-    ),
-    "nodule": (
-        "Is there a lung nodule?",
-        "Does this radiograph show a pulmonary nodule?",
-        "Is there any evidence of a nodule or mass in the lungs?",
-        "Pick yes or no: is a lung nodule visible?",
-    ),
-    "cardiomegaly": (
-        "Is there cardiomegaly?",
-        "Is the heart enlarged?",
-        "Does this X-ray show an enlarged cardiac silhouette?",
-        "Pick yes or no: is there cardiomegaly?",
-    ),
-    "support_devices": (
-        "Are there any support devices?",
-        "Are any tubes or lines present on this radiograph?",
-        "Does the X-ray show medical support devices such as tubes or catheters?",
-        "Pick yes or no: is any support device visible?",
-    ),
-}
 _ABSENT_DETAILS = {
     "pleural_effusion": "There is no pleural effusion.",
     "pneumothorax": "There is no pneumothorax.",
@@ -257,7 +220,7 @@ _ABSENT_DETAILS = {
 
 def _presence(rng, kind: str, finding: Finding | None) -> Turn:
     detail = finding_sentence(finding, rng) if finding else _ABSENT_DETAILS[kind]
-    question = pick(rng, _PRESENCE_QUESTIONS[kind])
+    question = pick(rng, PRESENCE_QUESTIONS[kind])
     return _yes_no(rng, 2, "Findings_Identification", question, finding is not None, detail, f"finding:{kind}", kind)
 
 

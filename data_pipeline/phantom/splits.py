@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-__all__ = ["SPLIT_NAMES", "parse_splits"]
+from data_pipeline.splits import SPLIT_NAMES  # also the order rounding remainders are given in
 
-SPLIT_NAMES = ("train", "validation", "test")  # the order remainders are given in
+__all__ = ["parse_splits"]
 
 
 def parse_splits(spec: str, num_studies: int) -> dict[str, int]:

@@ -1,6 +1,6 @@
 """Named experiments: each a small, documented diff over `base_config()`.
 
-    from experiments import get_experiment, experiment_names
+    from cxrtrek_jax.train import get_experiment, experiment_names
     cfg = get_experiment("no_context", preset="tiny")
 
 The ablations of the CXRTrek study (what the Makefile's `ablation-NAME` targets run):
@@ -46,19 +46,17 @@ def aligned(preset: str) -> ExperimentConfig:
 
 
 def no_context(preset: str) -> ExperimentConfig:
-    cfg = base_config(preset)
+    cfg = base_config(preset).override({"data.pipeline.sequence.context": "off"})
     return _named(
         cfg, "no_context", "each QA pair trained and evaluated alone (no stage context)",
-        data=dataclasses.replace(cfg.data, context="off"),
         eval=dataclasses.replace(cfg.eval, contexts=("none",)),
     )
 
 
 def shuffled_stages(preset: str) -> ExperimentConfig:
-    cfg = base_config(preset)
+    cfg = base_config(preset).override({"data.pipeline.sequence.context": "shuffled"})
     return _named(
         cfg, "shuffled_stages", "stage order permuted per study in training; evaluated in given order",
-        data=dataclasses.replace(cfg.data, context="shuffled"),
     )
 
 
@@ -90,19 +88,13 @@ def frozen_vision(preset: str) -> ExperimentConfig:
 
 
 def no_prior(preset: str) -> ExperimentConfig:
-    cfg = base_config(preset)
-    return _named(
-        cfg, "no_prior", "prior-study images and the turns that need them removed",
-        data=dataclasses.replace(cfg.data, no_prior=True),
-    )
+    cfg = base_config(preset).override({"data.pipeline.sequence.no_prior": True})
+    return _named(cfg, "no_prior", "prior-study images and the turns that need them removed")
 
 
 def report_only(preset: str) -> ExperimentConfig:
-    cfg = base_config(preset)
-    return _named(
-        cfg, "report_only", "stage 8 (report generation) alone",
-        data=dataclasses.replace(cfg.data, stages=(8,)),
-    )
+    cfg = base_config(preset).override({"data.pipeline.sequence.stages": (8,)})
+    return _named(cfg, "report_only", "stage 8 (report generation) alone")
 
 
 EXPERIMENTS: dict[str, Callable[[str], ExperimentConfig]] = {

@@ -1,0 +1,85 @@
+"""The experiment config tree (`cxrtrek_jax.train.config`): one tree holding the data side's own
+pipeline and sequence configs, every field reachable by dotted key, older keys still accepted."""
+
+import dataclasses
+import json
+
+import pytest
+
+from cxrtrek_jax.cli import main
+from cxrtrek_jax.train import base_config
+from cxrtrek_jax.train.config import RENAMED_KEYS, ExperimentConfig, current_key
+from data_pipeline.grain_pipeline import PipelineConfig
+from data_pipeline.sequences import SequenceConfig
+
+
+def _leaf_keys(tree: dict, prefix: str = "") -> list[str]:
+    keys = []
+    for name, value in tree.items():
+        if isinstance(value, dict):
+            keys += _leaf_keys(value, f"{prefix}{name}.")
+        else:
+            keys.append(prefix + name)
+    return keys
+
+
+def test_the_tree_embeds_the_pipeline_and_sequence_configs_of_the_data_side():
+    cfg = base_config("tiny")
+    assert isinstance(cfg.data.pipeline, PipelineConfig)
+    assert isinstance(cfg.data.pipeline.sequence, SequenceConfig)
+    # Every data-side field is in the printed tree, e.g. the ones an experiment could not set before.
+    keys = set(_leaf_keys(cfg.to_dict()))
+    for field in dataclasses.fields(PipelineConfig):
+        if field.name not in ("augment", "sequence"):
+            assert f"data.pipeline.{field.name}" in keys
+    for field in dataclasses.fields(SequenceConfig):
+        assert f"data.pipeline.sequence.{field.name}" in keys
+
+
+def test_every_settable_leaf_is_reachable_with_a_dotted_override():
+    cfg = base_config("tiny")
+    changed = cfg.override({"data.pipeline.read_threads": "5", "data.pipeline.num_epochs": "3",
+                            "data.pipeline.sequence.system_prompt": "You read chest X-rays.",
+                            "data.pipeline.sequence.window_context": "0.25",
+                            "data.pipeline.augment.brightness": "0.0"})
+    p = changed.data.pipeline
+    assert (p.read_threads, p.num_epochs, p.sequence.system_prompt, p.sequence.window_context,
+            p.augment.brightness) == (5, 3, "You read chest X-rays.", 0.25, 0.0)
+    assert ExperimentConfig.from_dict(json.loads(changed.to_json())) == changed
+
+
+def test_older_flat_data_keys_still_work_on_the_command_line_and_in_saved_configs():
+    cfg = base_config("tiny")
+    by_old = cfg.override({"data.context": "off", "data.length_buckets": "128,256",
+                           "data.augment.contrast": "0.0", "data.global_batch_size": "2"})
+    by_new = cfg.override({"data.pipeline.sequence.context": "off", "data.pipeline.length_buckets": "128,256",
+                           "data.pipeline.augment.contrast": "0.0", "data.pipeline.global_batch_size": "2"})
+    assert by_old == by_new
+    # A config.json written before the tree: its flat data keys land in their place, and the
+    # experiment's own defaults (drop_unfittable) are kept for what it does not mention.
+    old = json.loads(cfg.to_json())
+    old["data"].pop("pipeline")
+    old["data"].update(context="shuffled", stages=[8], length_buckets=[64, 128], global_batch_size=2)
+    restored = ExperimentConfig.from_dict(old)
+    seq = restored.data.pipeline.sequence
+    assert (seq.context, seq.stages, seq.drop_unfittable) == ("shuffled", (8,), True)
+    assert restored.data.pipeline.length_buckets == (64, 128) and restored.data.pipeline.global_batch_size == 2
+    assert all(current_key(old_key) == new for old_key, new in RENAMED_KEYS.items())
+    assert current_key("optim.learning_rate") == "optim.learning_rate"
+
+
+@pytest.mark.parametrize("key, value", [("data.pipeline.image_size", "64"), ("data.pipeline.source", "x"),
+                                        ("data.pipeline.split", "validation"),
+                                        ("data.pipeline.sequence.tokens_per_image", "4"),
+                                        ("data.pipeline.sequence.max_images", "1")])
+def test_fields_the_run_fills_in_are_refused_with_the_reason(key, value):
+    with pytest.raises(ValueError, match=r"the run sets it"):
+        base_config("tiny").override({key: value})
+
+
+def test_print_config_shows_the_one_tree(capsys):
+    assert main(["train", "--preset", "tiny", "--print-config", "--set", "data.context=shuffled"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["data"]["pipeline"]["sequence"]["context"] == "shuffled"
+    assert printed["data"]["pipeline"]["length_buckets"] == [512, 768, 1024]
+    assert "context" not in printed["data"]  # the old flat key is not a second copy
