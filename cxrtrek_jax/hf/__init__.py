@@ -1,13 +1,14 @@
-"""Hugging Face interop: the LLaVA tensor mapping, `cxrtrek import-hf` and `cxrtrek export-hf`.
+"""Hugging Face interop: the LLaVA and Gemma 3 tensor mappings, `cxrtrek import-hf` and `cxrtrek export-hf`.
 
     from cxrtrek_jax import hf
-    hf.import_hf_checkpoint("llava-dir", "runs/imported")      # -> a params-only step-0 checkpoint
-    hf.export_checkpoint("runs/x/checkpoints", "hf-out")       # -> LlavaForConditionalGeneration dir
+    hf.import_hf_checkpoint("llava-or-medgemma-dir", "runs/imported")  # -> a params-only step-0 checkpoint
+    hf.export_checkpoint("runs/x/checkpoints", "hf-out")   # -> Llava- or Gemma3ForConditionalGeneration dir
 
 Modules: `llava` (config and tensor mapping between CXRTrekNet and
-`LlavaForConditionalGeneration`, safetensors I/O), `importer` (a Hugging Face directory as a
-checkpoint, with its chat format) and `exporter` (a checkpoint as a Hugging Face directory,
-optionally with a PEFT LoRA adapter).
+`LlavaForConditionalGeneration`, safetensors I/O; `load_hf_checkpoint` dispatches on
+`model_type`), `gemma3` (the same for `Gemma3ForConditionalGeneration`: Gemma 3, MedGemma),
+`importer` (a Hugging Face directory as a checkpoint, with its chat format) and `exporter` (a
+checkpoint as a Hugging Face directory, optionally with a PEFT LoRA adapter).
 """
 
 from cxrtrek_jax.hf.exporter import ExportError, ExportResult, export_checkpoint, load_checkpoint
