@@ -43,6 +43,9 @@ def test_model_flops_by_hand_for_the_text_head():
     flops = model_flops.forward_flops(TINY, batch=2, seq_len=10, images=3)
     t = TINY.text
     assert flops.lm_head == 2 * 2 * 10 * t.embed_dim * t.vocab_size
+    answers_only = model_flops.forward_flops(TINY, batch=2, seq_len=10, images=3, head_tokens=7)
+    assert answers_only.lm_head == 2 * 7 * t.embed_dim * t.vocab_size
+    assert answers_only.total == flops.total - flops.lm_head + answers_only.lm_head
     assert flops.text_attention == 4 * 2 * 10**2 * t.num_heads * t.head_dim * t.num_layers
     assert model_flops.train_flops(TINY, batch=2, seq_len=10, images=3) == 3 * flops.total
     assert model_flops.hardware_train_flops(TINY, batch=2, seq_len=10, images=3) == 3 * flops.total  # no remat

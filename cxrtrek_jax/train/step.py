@@ -252,8 +252,8 @@ def answer_token_sums(
     tokens (loss_mask > 0): never materialises the [B, L, V] logits.
 
     hidden: [B, L, E]; head: [n, E] -> logits float32[n, V]; target_tokens, stage_ids:
-    int32[B, L]; loss_mask: float32[B, L]. The answer tokens are gathered in order into a
-    [ceil(B*L / chunk) * chunk, E] block (padding rows after them) and scanned in [chunk, E]
+    int32[B, L]; loss_mask: float32[B, L]; chunk: rows per head product (at most B*L). The
+    answer tokens are gathered in order into a [ceil(B*L / chunk) * chunk, E] block (padding rows after them) and scanned in [chunk, E]
     pieces; pieces past the last answer token are skipped (`lax.cond`), so the work is
     ceil(answer tokens / chunk) head products whatever their number, and every answer token
     counts. Each piece is rematerialised in the backward pass, so at most [chunk, V] logits are
@@ -261,6 +261,7 @@ def answer_token_sums(
     """
     batch, length, width = hidden.shape
     count = batch * length
+    chunk = min(chunk, count)
     pieces = -(-count // chunk)
     mask = jnp.asarray(loss_mask, jnp.float32).reshape(count)
     target_tokens, stage_ids = jnp.asarray(target_tokens), jnp.asarray(stage_ids)
