@@ -12,8 +12,9 @@ with `cxrtrek_jax.hf.llava` and loaded by `from_pretrained` from a temporary dir
 first-step losses of both sides are printed as the parity check.
 
 Reported per side (median over alternating rounds, `benchmarks.common.alternate`): steps/s,
-tokens/s, and model FLOPs utilisation = analytic model FLOPs per step (`benchmarks.model_flops`)
-x steps/s / the fp32 matmul peak, timed in the same rounds (`common.matmul_cases`, the best of
+tokens/s, and model FLOPs utilisation = analytic model FLOPs per step (`benchmarks.model_flops`,
+the LM head counted at the answer tokens, which is all the loss needs; the PyTorch side computes
+it at every token) x steps/s / the fp32 matmul peak, timed in the same rounds (`common.matmul_cases`, the best of
 JAX and torch), plus the median over rounds of each side's time / JAX's time. The analytic count
 is cross-checked against XLA's `compiled.cost_analysis()` for the JAX step. Extra JAX sides
 compiled with XLA options (`--jax-variant NAME:KEY=VALUE`) join the same alternation.
@@ -324,9 +325,14 @@ def run_benchmark(bench: TrainBenchConfig, log: Callable[[str], None] = _log) ->
                                             for name in list(timings) if name.startswith("matmul/")})
     results["matmul_peak"] = peak.to_json()
     images = bench.batch * bench.images
-    forward = model_flops.forward_flops(model_config, batch=bench.batch, seq_len=bench.seq_len, images=images)
+    answer_tokens = int(np.count_nonzero(batch["loss_mask"]))
+    forward = model_flops.forward_flops(model_config, batch=bench.batch, seq_len=bench.seq_len, images=images,
+                                        head_tokens=answer_tokens)
     model_step_flops = 3.0 * forward.total
     results["model_flops_per_step"] = model_step_flops
+    results["answer_tokens_per_step"] = answer_tokens
+    results["model_flops_per_step_head_at_every_token"] = 3.0 * model_flops.forward_flops(
+        model_config, batch=bench.batch, seq_len=bench.seq_len, images=images).total
     results["forward_flops_by_part"] = dataclasses.asdict(forward)
     results["xla_flops_per_step"] = jax_trainer.xla_flops()
     tokens = bench.batch * bench.seq_len
@@ -371,7 +377,9 @@ def format_report(results: dict[str, Any]) -> str:
         "fp32 matmul peak (n={}): ".format(peak["n"])
         + ", ".join(f"{k} {v / 1e9:.1f}" for k, v in peak["flops_per_s"].items())
         + f" GFLOP/s -> peak {peak['peak_flops_per_s'] / 1e9:.1f} GFLOP/s",
-        f"model FLOPs/step (analytic) {results['model_flops_per_step'] / 1e9:.1f} G; XLA cost analysis "
+        f"model FLOPs/step (analytic, LM head at the {results['answer_tokens_per_step']} answer tokens) "
+        f"{results['model_flops_per_step'] / 1e9:.1f} G (head at every token: "
+        f"{results['model_flops_per_step_head_at_every_token'] / 1e9:.1f} G); XLA cost analysis "
         + ("n/a" if results["xla_flops_per_step"] is None else f"{results['xla_flops_per_step'] / 1e9:.1f} G"
            f" (ratio {results['xla_flops_per_step'] / results['model_flops_per_step']:.3f})"),
         "first-step loss: " + ", ".join(f"{k} {v:.6f}" for k, v in results["first_step_loss"].items()),

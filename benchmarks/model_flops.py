@@ -41,10 +41,12 @@ def _vision_per_image(cfg: ModelConfig) -> float:
     return patch + v.feature_layer_index * (dense + attention)
 
 
-def forward_flops(cfg: ModelConfig, *, batch: int, seq_len: int, images: int) -> ForwardFlops:
+def forward_flops(cfg: ModelConfig, *, batch: int, seq_len: int, images: int,
+                  head_tokens: int | None = None) -> ForwardFlops:
     """FLOPs of one forward pass over `batch` rows of `seq_len` tokens with `images` images
     run through the vision tower (the JAX model runs every slot, B x M; PyTorch LLaVA only the
-    present ones: pass what the implementation computes)."""
+    present ones: pass what the implementation computes). head_tokens: positions the LM head
+    is needed at (training: the answer tokens the loss reads); None = every token."""
     t, v = cfg.text, cfg.vision
     tokens = batch * seq_len
     per_token_attn_proj = t.embed_dim * t.head_dim * (2 * t.num_heads + 2 * t.num_kv_heads)
@@ -61,7 +63,7 @@ def forward_flops(cfg: ModelConfig, *, batch: int, seq_len: int, images: int) ->
         projector=projector,
         text_dense=text_dense,
         text_attention=text_attention,
-        lm_head=2.0 * tokens * t.embed_dim * t.vocab_size,
+        lm_head=2.0 * (tokens if head_tokens is None else head_tokens) * t.embed_dim * t.vocab_size,
     )
 
 

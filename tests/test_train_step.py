@@ -5,8 +5,12 @@ Mesh independence of the step (1 vs 8 devices) is tested in test_sharding.py.
 
 import dataclasses
 
+import re
+
 import jax
+import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from flax import nnx
 
@@ -106,6 +110,111 @@ def test_check_batch_names_the_bad_field():
         ts.check_batch({**batch, "loss_mask": batch["loss_mask"][:, :-1]})
     with pytest.raises(ValueError, match="'image_mask'"):
         ts.check_batch({**batch, "image_mask": batch["image_mask"][:, :1]})
+
+
+def _weighted_batch(index=0):
+    """A synthetic batch whose loss_mask has weights other than 1 (0.5 on every third token)."""
+    batch = sb.synthetic_batch(SPEC, index)
+    weights = np.where(np.arange(SPEC.seq_len) % 3 == 0, 0.5, 1.0).astype(np.float32)
+    return dict(batch, loss_mask=batch["loss_mask"] * weights)
+
+
+def _model_inputs(batch):
+    return (batch["input_tokens"], batch["images"], batch["image_mask"], batch["positions"],
+            batch["segment_ids"])
+
+
+def _full_logits_reference(graphdef, params, batch):
+    """Loss sum over full [B, L, V] logits of `model(...)`, independent of the step's code:
+    optax cross-entropy, argmax accuracy and per-stage sums by numpy-style masks."""
+    logits, _ = nnx.merge(graphdef, params)(*_model_inputs(batch))
+    mask = jnp.asarray(batch["loss_mask"])
+    token_loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch["target_tokens"])
+    correct = (jnp.argmax(logits, -1) == batch["target_tokens"]) * mask
+    stages = jnp.asarray(batch["stage_ids"])
+    return jnp.sum(token_loss * mask), {
+        "loss_sum": jnp.sum(token_loss * mask),
+        "correct": jnp.sum(correct),
+        "stage_loss_sum": jnp.stack([jnp.sum(token_loss * mask * (stages == s)) for s in range(1, 9)]),
+        "stage_correct": jnp.stack([jnp.sum(correct * (stages == s)) for s in range(1, 9)]),
+    }
+
+
+@pytest.fixture(scope="module")
+def head_reference():
+    model = CXRTrekNet(CONFIG, rngs=nnx.Rngs(0))
+    graphdef, params = nnx.split(model)
+    batch = _weighted_batch()
+    # Half of the targets are the untrained model's argmax, so that accuracy is not trivially 0.
+    logits, _ = jax.jit(lambda p: nnx.merge(graphdef, p)(*_model_inputs(batch)))(params)
+    pick = np.arange(SPEC.seq_len) % 2 == 0
+    batch["target_tokens"] = np.where(pick, np.argmax(np.asarray(logits), -1),
+                                      batch["target_tokens"]).astype(np.int32)
+    (_, sums), grads = jax.jit(jax.value_and_grad(
+        lambda p: _full_logits_reference(graphdef, p, batch), has_aux=True))(params)
+    return graphdef, params, batch, jax.device_get(sums), grads
+
+
+@pytest.mark.parametrize("chunk", [512, 8])
+def test_answer_token_sums_and_gradients_equal_full_logits(head_reference, chunk):
+    """512: one piece holds every answer token; 8: the answer tokens fill several pieces."""
+    graphdef, params, batch, ref_sums, ref_grads = head_reference
+    answers = int((batch["loss_mask"] > 0).sum())
+    assert (answers <= chunk) == (chunk == 512) and answers > 3 * 8
+
+    def loss(p):
+        hidden, _ = nnx.merge(graphdef, p)(*_model_inputs(batch), return_hidden=True)
+        sums = ts.answer_token_sums(hidden, nnx.merge(graphdef, p).text.head, batch["target_tokens"],
+                                    batch["loss_mask"], batch["stage_ids"], chunk=chunk)
+        return sums["loss_sum"], sums
+
+    (_, sums), grads = jax.jit(jax.value_and_grad(loss, has_aux=True))(params)
+    sums = jax.device_get(sums)
+    for name, ref in ref_sums.items():
+        np.testing.assert_allclose(sums[name], ref, rtol=1e-5, atol=1e-5, err_msg=name)
+    assert 0 < sums["correct"] < sums["answer_tokens"]
+    assert sums["answer_tokens"] == batch["loss_mask"].sum()
+    np.testing.assert_array_equal(
+        sums["stage_answer_tokens"],
+        [(batch["loss_mask"] * (batch["stage_ids"] == s)).sum() for s in range(1, 9)])
+    for (path, g), ref in zip(jax.tree_util.tree_leaves_with_path(grads), jax.tree.leaves(ref_grads)):
+        np.testing.assert_allclose(g, ref, rtol=1e-4, atol=1e-5, err_msg=jax.tree_util.keystr(path))
+
+
+@pytest.mark.parametrize("chunk", [512, 8])
+def test_train_step_loss_equals_full_logits(head_reference, chunk):
+    graphdef, params, batch, ref_sums, _ = head_reference
+    mesh = _one_device_mesh()
+    split = ts.split_abstract_model(lambda rngs: CXRTrekNet(CONFIG, rngs=rngs))
+    tx = opt.make_optimizer(OPTIM)
+    shardings = ts.state_shardings(split, tx, mesh)
+    step_fn = ts.make_train_step(split, tx, OPTIM, shardings, head_chunk=chunk)
+    state = ts.create_train_state(jax.device_get(nnx.to_pure_dict(params)), tx, shardings)
+    _, metrics = step_fn(state, sh.put_batch(batch, mesh))
+    m = jax.device_get(metrics)
+    tokens = batch["loss_mask"].sum()
+    assert m["loss"] == pytest.approx(ref_sums["loss_sum"] / tokens, abs=1e-5)
+    assert m["accuracy"] == pytest.approx(ref_sums["correct"] / tokens, abs=1e-6)
+    np.testing.assert_allclose(m["stage_loss_sum"], ref_sums["stage_loss_sum"], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(m["stage_correct"], ref_sums["stage_correct"], atol=1e-6)
+
+
+def test_compiled_train_step_never_holds_full_logits():
+    """Every f32 buffer ending in the vocabulary has at most `head_chunk` rows (or is the LM-head
+    kernel [E, V]), never the B x L of the batch."""
+    chunk, vocab = 96, CONFIG.vocab_size
+    mesh = _one_device_mesh()
+    split = ts.split_abstract_model(lambda rngs: CXRTrekNet(CONFIG, rngs=rngs))
+    tx = opt.make_optimizer(OPTIM)
+    shardings = ts.state_shardings(split, tx, mesh)
+    step_fn = ts.make_train_step(split, tx, OPTIM, shardings, head_chunk=chunk)
+    state = ts.create_train_state(_host_params(split), tx, shardings)
+    batch = sh.put_batch(sb.synthetic_batch(SPEC, 0), mesh)
+    hlo = step_fn.lower(state, batch).compile().as_text()
+    shapes = [tuple(map(int, dims.split(","))) for dims in re.findall(r"f32\[(\d+(?:,\d+)+)\]", hlo)]
+    rows = {int(np.prod(shape[:-1])) for shape in shapes if shape[-1] == vocab}
+    assert chunk in rows
+    assert max(rows) == chunk and rows <= {chunk, CONFIG.text.embed_dim}, sorted(rows)
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,16 @@
-"""Scaled dot-product attention with grouped-query heads; softmax in float32."""
+"""Scaled dot-product attention with grouped-query heads; softmax in float32.
+
+The core runs on head-major operands (q [B, K, G*T, D], k/v [B, K, S, D]: the G query heads
+sharing a kv head are stacked along the query axis) and has a hand-written backward pass whose
+products all contract along an operand's leading or trailing axis as XLA CPU's GEMMs want them,
+so only the small [.., T, D] operands are ever transposed, never the [.., T, S] probabilities
+(autodiff of the einsums made XLA write transposed copies of those). Same maths as
+softmax(q k^T * scale) v with the masked logits replaced by a large negative constant.
+"""
 
 from __future__ import annotations
+
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -10,6 +20,51 @@ __all__ = ["dot_product_attention"]
 # Large finite negative logit for masked keys: fully masked (padding) rows
 # stay finite (uniform weights) instead of producing NaN.
 _MASKED_LOGIT = -0.7 * float(jnp.finfo(jnp.float32).max)
+
+
+def _where_mask(mask: jax.Array | None, x: jax.Array, fill: float) -> jax.Array:
+    """x [B, K, G*T, S] with entries outside mask bool[B, T, S] (shared by the K x G heads)
+    replaced by `fill`; mask None keeps everything."""
+    if mask is None:
+        return x
+    batch, kv_heads, rows, keys = x.shape
+    groups = rows // mask.shape[1]
+    grouped = x.reshape(batch, kv_heads, groups, mask.shape[1], keys)
+    return jnp.where(mask[:, None, None], grouped, fill).reshape(x.shape)
+
+
+def _probs(q: jax.Array, k: jax.Array, mask: jax.Array | None, scale: float) -> jax.Array:
+    """float32[B, K, G*T, S] attention weights of q [B, K, G*T, D] over k [B, K, S, D]."""
+    logits = jnp.einsum("bkmd,bksd->bkms", q, k, preferred_element_type=jnp.float32) * scale
+    return jax.nn.softmax(_where_mask(mask, logits, _MASKED_LOGIT), axis=-1)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
+def _attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None, scale: float) -> jax.Array:
+    """q [B, K, G*T, D], k/v [B, K, S, D], mask bool[B, T, S] or None -> [B, K, G*T, D]."""
+    return jnp.einsum("bkms,bksd->bkmd", _probs(q, k, mask, scale).astype(v.dtype), v)
+
+
+def _attention_fwd(q, k, v, mask, scale):
+    probs = _probs(q, k, mask, scale)
+    out = jnp.einsum("bkms,bksd->bkmd", probs.astype(v.dtype), v)
+    return out, (q, k, v, mask, probs)
+
+
+def _attention_bwd(scale, residuals, d_out):
+    """Gradients of `_attention`; dK and dV are formed transposed ([B, K, D, S]) so that the
+    [.., G*T, S] operands are contracted along their leading axis in place."""
+    q, k, v, mask, probs = residuals
+    d_probs = jnp.einsum("bkmd,bksd->bkms", d_out, v, preferred_element_type=jnp.float32)
+    d_logits = probs * (d_probs - jnp.sum(probs * d_probs, axis=-1, keepdims=True))
+    d_logits = _where_mask(mask, d_logits, 0.0) * scale
+    dq = jnp.einsum("bkms,bksd->bkmd", d_logits.astype(q.dtype), k)
+    dk_t = jnp.einsum("bkmd,bkms->bkds", q, d_logits.astype(q.dtype))
+    dv_t = jnp.einsum("bkmd,bkms->bkds", d_out, probs.astype(d_out.dtype))
+    return dq, dk_t.swapaxes(-1, -2).astype(k.dtype), dv_t.swapaxes(-1, -2).astype(v.dtype), None
+
+
+_attention.defvjp(_attention_fwd, _attention_bwd)
 
 
 def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None, *,
@@ -24,10 +79,9 @@ def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Ar
     kv_heads = k.shape[2]
     if heads % kv_heads:
         raise ValueError(f"{heads} query heads are not a multiple of {kv_heads} kv heads")
-    grouped = q.reshape(batch, length, kv_heads, heads // kv_heads, head_dim)
-    logits = jnp.einsum("btkgd,bskd->bkgts", grouped, k, preferred_element_type=jnp.float32) * scale
-    if mask is not None:
-        logits = jnp.where(mask[:, None, None, :, :], logits, _MASKED_LOGIT)
-    probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
-    out = jnp.einsum("bkgts,bskd->btkgd", probs, v)
-    return out.reshape(batch, length, heads, head_dim)
+    groups = heads // kv_heads
+    grouped = q.reshape(batch, length, kv_heads, groups, head_dim).transpose(0, 2, 3, 1, 4)
+    grouped = grouped.reshape(batch, kv_heads, groups * length, head_dim)
+    out = _attention(grouped, k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3), mask, scale)
+    out = out.reshape(batch, kv_heads, groups, length, head_dim).transpose(0, 3, 1, 2, 4)
+    return out.reshape(batch, length, heads, head_dim).astype(q.dtype)

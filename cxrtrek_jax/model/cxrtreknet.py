@@ -72,8 +72,12 @@ class CXRTrekNet(nnx.Module):
     def __call__(self, tokens: jax.Array, images: jax.Array | None = None, image_mask: jax.Array | None = None,
                  positions: jax.Array | None = None, segment_ids: jax.Array | None = None,
                  cache: KVCache | None = None, cache_index: jax.Array | None = None, *,
-                 image_features: jax.Array | None = None) -> tuple[jax.Array, KVCache | None]:
+                 image_features: jax.Array | None = None,
+                 return_hidden: bool = False) -> tuple[jax.Array, KVCache | None]:
         """Next-token logits float32[B, L, V] and the updated cache (None without one).
+
+        return_hidden: the final hidden states [B, L, E] instead of the logits (compute dtype,
+        NaN on bad rows like the logits); `self.text.head(hidden)` gives the logits.
 
         tokens int32[B, L], image placeholders already expanded (N per
         present image). images float32[B, M, H, W] in [0, 1] with image_mask
@@ -120,7 +124,8 @@ class CXRTrekNet(nnx.Module):
         extra = {}
         if self.config.text.family == "gemma3":  # which image each image token belongs to, -1 for text
             extra["image_blocks"] = jnp.where(is_image, feature_index // self.config.tokens_per_image, -1)
-        logits, cache = self.text(embeds, positions, segment_ids, cache, cache_index, **extra)
+        logits, cache = self.text(embeds, positions, segment_ids, cache, cache_index,
+                                  return_hidden=return_hidden, **extra)
         logits = jnp.where(bad_rows[:, None, None], jnp.nan, logits)
         if cache is not None:
             cache = cache.replace(image_tokens_seen=seen_after)

@@ -195,10 +195,16 @@ class Gemma3Decoder(nnx.Module):
         self.bidirectional_images = cfg.bidirectional_image_attention
         self.remat = remat
 
+    def head(self, x: jax.Array) -> jax.Array:
+        """Final hidden states [..., E] (after `final_norm`) -> logits float32[..., V]."""
+        logits = self.embed.attend(x) if self.lm_head is None else self.lm_head(x)
+        return logits.astype(jnp.float32)
+
     def __call__(self, x: jax.Array, positions: jax.Array, segment_ids: jax.Array, cache: KVCache | None,
                  cache_index: jax.Array | None, *, image_blocks: jax.Array | None = None,
-                 ) -> tuple[jax.Array, KVCache | None]:
-        """Input embeddings x [B, T, E] -> (logits float32[B, T, V], updated cache or None)."""
+                 return_hidden: bool = False) -> tuple[jax.Array, KVCache | None]:
+        """Input embeddings x [B, T, E] -> (logits float32[B, T, V], updated cache or None);
+        return_hidden: the final hidden states [B, T, E] instead (`head` maps them to logits)."""
         if cache is None:
             kv_segments = segment_ids
         else:
@@ -217,8 +223,10 @@ class Gemma3Decoder(nnx.Module):
                 new_k.append(kv[0])
                 new_v.append(kv[1])
         x = self.final_norm(x)
-        logits = self.embed.attend(x) if self.lm_head is None else self.lm_head(x)
-        logits = constrain(logits.astype(jnp.float32), ("batch", "length", "vocab"))
+        if return_hidden:
+            logits = constrain(x, ("batch", "length", "embed"))
+        else:
+            logits = constrain(self.head(x), ("batch", "length", "vocab"))
         if cache is None:
             return logits, None
         return logits, cache.replace(k=tuple(new_k), v=tuple(new_v), segment_ids=kv_segments)

@@ -45,6 +45,42 @@ def _contract(x: jax.Array, kernel: jax.Array, n_in: int) -> jax.Array:
     return jnp.tensordot(x, kernel, axes=(tuple(range(x.ndim - n_in, x.ndim)), tuple(range(n_in))))
 
 
+@jax.custom_vjp
+def _matmul(x: jax.Array, kernel: jax.Array) -> jax.Array:
+    """x [N, I] @ kernel [I, O] -> [N, O], with a backward pass laid out for XLA CPU's GEMMs."""
+    return x @ kernel
+
+
+def _matmul_fwd(x, kernel):
+    return x @ kernel, (x, kernel)
+
+
+def _matmul_bwd(residuals, dy):
+    """dx = dy kernel^T; dkernel = x^T dy contracts the N rows of both operands, and the GEMM
+    then needs one operand transposed: it is given the narrower of x [N, I] and dy [N, O]
+    (autodiff's order made XLA transpose dy even when it is the wider one)."""
+    x, kernel = residuals
+    dx = jax.lax.dot_general(dy, kernel, (((1,), (1,)), ((), ())))
+    rows = (((0,), (0,)), ((), ()))
+    if x.shape[1] <= dy.shape[1]:
+        dkernel = jax.lax.dot_general(x, dy, rows)
+    else:
+        dkernel = jax.lax.dot_general(dy, x, rows).T
+    return dx.astype(x.dtype), dkernel.astype(kernel.dtype)
+
+
+_matmul.defvjp(_matmul_fwd, _matmul_bwd)
+
+
+def _dense_contract(x: jax.Array, kernel: jax.Array, n_in: int) -> jax.Array:
+    """`_contract` as one 2-D product: x [..., *in] -> [prod(...), prod(in)] and kernel
+    [*in, *out] -> [prod(in), prod(out)] (free reshapes), result back to [..., *out]."""
+    lead, inner = x.shape[:x.ndim - n_in], kernel.shape[:n_in]
+    out = kernel.shape[n_in:]
+    flat = _matmul(x.reshape(math.prod(lead), math.prod(inner)), kernel.reshape(math.prod(inner), math.prod(out)))
+    return flat.reshape(*lead, *out)
+
+
 class LoraAdapter(nnx.Module):
     """Low-rank update `dropout(x) @ a @ b * scale` with a [*in, r], b [r, *out].
 
@@ -92,7 +128,7 @@ class Dense(nnx.Module):
 
     def __call__(self, x: jax.Array) -> jax.Array:
         x = x.astype(self.dtype)
-        y = _contract(x, self.kernel[...].astype(self.dtype), len(self.in_shape))
+        y = _dense_contract(x, self.kernel[...].astype(self.dtype), len(self.in_shape))
         if self.bias is not None:
             y = y + self.bias[...].astype(self.dtype)
         if self.lora is not None:

@@ -121,12 +121,21 @@ class LlamaDecoder(nnx.Module):
                               use_bias=False, dtype=dtype, rngs=rngs))
         self.remat = remat
 
+    def head(self, x: jax.Array) -> jax.Array:
+        """Final hidden states [..., E] (after `final_norm`) -> logits float32[..., V]."""
+        logits = self.embed.attend(x) if self.lm_head is None else self.lm_head(x)
+        return logits.astype(jnp.float32)
+
     def __call__(self, x: jax.Array, positions: jax.Array, segment_ids: jax.Array,
-                 cache: KVCache | None, cache_index: jax.Array | None) -> tuple[jax.Array, KVCache | None]:
+                 cache: KVCache | None, cache_index: jax.Array | None, *,
+                 return_hidden: bool = False) -> tuple[jax.Array, KVCache | None]:
         """Input embeddings x [B, T, E] -> (logits float32[B, T, V], updated cache or None).
 
-        With a cache, the chunk is written at slots cache_index[b] + t and
-        attends to earlier valid slots of its segment and causally within itself.
+        return_hidden: give the final hidden states [B, T, E] (after `final_norm`, compute
+        dtype) instead of the logits; `head` maps them to logits (the training loss applies
+        it only at answer tokens). With a cache, the chunk is written at slots
+        cache_index[b] + t and attends to earlier valid slots of its segment and causally
+        within itself.
         """
         if cache is None:
             mask = causal_segment_mask(segment_ids, segment_ids)
@@ -144,8 +153,10 @@ class LlamaDecoder(nnx.Module):
                 new_k.append(kv[0])
                 new_v.append(kv[1])
         x = self.final_norm(x)
-        logits = self.embed.attend(x) if self.lm_head is None else self.lm_head(x)
-        logits = constrain(logits.astype(jnp.float32), ("batch", "length", "vocab"))
+        if return_hidden:
+            logits = constrain(x, ("batch", "length", "embed"))
+        else:
+            logits = constrain(self.head(x), ("batch", "length", "vocab"))
         if cache is None:
             return logits, None
         return logits, cache.replace(k=tuple(new_k), v=tuple(new_v), segment_ids=kv_segments)

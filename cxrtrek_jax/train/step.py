@@ -47,6 +47,8 @@ __all__ = [
     "create_train_state",
     "check_batch",
     "token_metric_sums",
+    "answer_token_sums",
+    "DEFAULT_HEAD_CHUNK",
     "make_train_step",
     "make_eval_step",
     "summarize_sums",
@@ -212,6 +214,80 @@ def token_metric_sums(
     }
 
 
+DEFAULT_HEAD_CHUNK = 512
+
+
+def _chunk_sums(head: Callable[[jax.Array], jax.Array], hidden: jax.Array, targets: jax.Array,
+                weights: jax.Array, stages: jax.Array) -> dict[str, jax.Array]:
+    """Loss and accuracy sums of one chunk of gathered answer tokens.
+
+    hidden [C, E] (final hidden states); targets, stages int32[C]; weights float32[C] (the
+    tokens' loss_mask, 0 for padding rows). head: [C, E] -> logits float32[C, V]. Returns
+    loss_sum, correct: float32[]; stage_loss_sum, stage_correct: float32[8].
+    """
+    logits = head(hidden).astype(jnp.float32)
+    token_loss = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
+    # where, not multiply: a non-finite padding row must not reach the sums.
+    token_loss = jnp.where(weights > 0, token_loss * weights, 0.0)
+    correct = jnp.where(weights > 0, (jnp.argmax(logits, axis=-1) == targets) * weights, 0.0)
+    per_stage = jax.nn.one_hot(stages - 1, NUM_STAGES, dtype=jnp.float32)
+    return {
+        "loss_sum": jnp.sum(token_loss),
+        "correct": jnp.sum(correct),
+        "stage_loss_sum": token_loss @ per_stage,
+        "stage_correct": correct @ per_stage,
+    }
+
+
+def answer_token_sums(
+    hidden: jax.Array,
+    head: Callable[[jax.Array], jax.Array],
+    target_tokens: jax.Array,
+    loss_mask: jax.Array,
+    stage_ids: jax.Array,
+    *,
+    chunk: int = DEFAULT_HEAD_CHUNK,
+) -> dict[str, jax.Array]:
+    """`token_metric_sums` from final hidden states, with the LM head applied only at answer
+    tokens (loss_mask > 0): never materialises the [B, L, V] logits.
+
+    hidden: [B, L, E]; head: [n, E] -> logits float32[n, V]; target_tokens, stage_ids:
+    int32[B, L]; loss_mask: float32[B, L]; chunk: rows per head product (at most B*L). The
+    answer tokens are gathered in order into a [ceil(B*L / chunk) * chunk, E] block (padding rows after them) and scanned in [chunk, E]
+    pieces; pieces past the last answer token are skipped (`lax.cond`), so the work is
+    ceil(answer tokens / chunk) head products whatever their number, and every answer token
+    counts. Each piece is rematerialised in the backward pass, so at most [chunk, V] logits are
+    live. Returns the same sums as `token_metric_sums`.
+    """
+    batch, length, width = hidden.shape
+    count = batch * length
+    chunk = min(chunk, count)
+    pieces = -(-count // chunk)
+    mask = jnp.asarray(loss_mask, jnp.float32).reshape(count)
+    target_tokens, stage_ids = jnp.asarray(target_tokens), jnp.asarray(stage_ids)
+    answers = jnp.sum(mask > 0)
+    (index,) = jnp.nonzero(mask > 0, size=pieces * chunk, fill_value=0)
+    valid = jnp.arange(pieces * chunk) < answers
+    weights = jnp.where(valid, mask[index], 0.0)
+    gathered = (hidden.reshape(count, width)[index], target_tokens.reshape(count)[index],
+                weights, stage_ids.reshape(count)[index])
+    xs = jax.tree.map(lambda x: x.reshape(pieces, chunk, *x.shape[1:]), gathered)
+    zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), jax.eval_shape(
+        lambda *piece: _chunk_sums(head, *piece), *jax.tree.map(lambda x: x[0], xs)))
+
+    @jax.checkpoint  # outside the cond, so the head's weights stay loop-invariant residuals
+    def piece_sums(start, piece):
+        return jax.lax.cond(start < answers, lambda: _chunk_sums(head, *piece), lambda: zeros)
+
+    def body(carry, xs_i):
+        return jax.tree.map(jnp.add, carry, piece_sums(*xs_i)), None
+
+    sums, _ = jax.lax.scan(body, zeros, (jnp.arange(pieces) * chunk, xs))
+    per_stage = jax.nn.one_hot(stage_ids.reshape(count) - 1, NUM_STAGES, dtype=jnp.float32)
+    return dict(sums, answer_tokens=jnp.sum(mask),
+                stage_answer_tokens=mask @ per_stage)
+
+
 def _rng_stream_tags(rest: nnx.State) -> tuple[str, ...]:
     """The RNG streams (e.g. LoRA dropout's) held by the model's non-`Param` variables."""
     return tuple(sorted({v.tag for _, v in nnx.to_flat_state(rest) if isinstance(v, nnx.RngKey)}))
@@ -224,10 +300,19 @@ def _path_salted(path: tuple, key: jax.Array, shape: tuple[int, ...]) -> jax.Arr
     return jax.random.split(jax.random.fold_in(key, salt), shape) if shape else jax.random.fold_in(key, salt)
 
 
+def _pure_head(text: nnx.Module) -> Callable[[jax.Array], jax.Array]:
+    """`text.head` ([n, E] -> logits float32[n, V]) as a function of its own copy of the head's
+    variables, so that it can run inside `scan` / `cond` / `checkpoint` (a LoRA adapter's
+    dropout on the head then draws the same mask for every chunk)."""
+    graphdef, state = nnx.split(text)
+    return lambda hidden: nnx.merge(graphdef, state).head(hidden)
+
+
 def _forward_sums(
-    graphdef, params, rest, batch: Mapping[str, jax.Array], rng_key: jax.Array | None
+    graphdef, params, rest, batch: Mapping[str, jax.Array], rng_key: jax.Array | None,
+    head_chunk: int = DEFAULT_HEAD_CHUNK,
 ) -> dict[str, jax.Array]:
-    """rng_key None = evaluation: dropout off."""
+    """`answer_token_sums` of one (micro-)batch; rng_key None = evaluation: dropout off."""
     # Fresh Variable objects for this trace (reseeding mutates them).
     model = nnx.merge(graphdef, params, jax.tree.map(lambda x: x, rest))
     if rng_key is None:
@@ -236,14 +321,16 @@ def _forward_sums(
         tags = _rng_stream_tags(rest)
         if tags:
             nnx.reseed(model, policy=_path_salted, **{tag: rng_key for tag in tags})
-    logits, _ = model(
+    hidden, _ = model(
         batch["input_tokens"],
         batch["images"],
         batch["image_mask"],
         batch["positions"],
         batch["segment_ids"],
+        return_hidden=True,
     )
-    return token_metric_sums(logits, batch["target_tokens"], batch["loss_mask"], batch["stage_ids"])
+    return answer_token_sums(hidden, _pure_head(model.text), batch["target_tokens"], batch["loss_mask"],
+                             batch["stage_ids"], chunk=head_chunk)
 
 
 def _microbatches(batch: Mapping[str, jax.Array], count: int, mesh: Mesh) -> dict[str, jax.Array]:
@@ -273,6 +360,7 @@ def make_train_step(
     trainable: Any | None = None,
     seed: int = 0,
     rules: sharding_lib.LogicalRules = sharding_lib.LOGICAL_AXIS_RULES,
+    head_chunk: int = DEFAULT_HEAD_CHUNK,
 ) -> Callable[[TrainState, dict[str, jax.Array]], tuple[TrainState, dict[str, jax.Array]]]:
     """The jitted train step `(state, batch) -> (state, metrics)`; `state` is donated.
 
@@ -282,6 +370,7 @@ def make_train_step(
     seed: RNG streams in the model (LoRA dropout) are reseeded every step from (seed, step,
       micro-batch), so a resumed run draws the same masks as an uninterrupted one.
     rules: logical-axis rules for the model's activation constraints.
+    head_chunk: answer tokens per LM-head product (`answer_token_sums`).
     metrics (replicated, no host sync): loss, accuracy, answer_tokens, grad_norm, learning_rate,
       finite, and the raw sums of `token_metric_sums` (per stage included).
     """
@@ -314,7 +403,7 @@ def make_train_step(
 
         def objective(train_leaves):
             params = combine(train_leaves, frozen_leaves)
-            sums = _forward_sums(graphdef, params, rest, batch, rng_key)
+            sums = _forward_sums(graphdef, params, rest, batch, rng_key, head_chunk)
             return sums["loss_sum"] / denominator, sums
 
         (_, sums), train_grads = jax.value_and_grad(objective, has_aux=True)(train_leaves)
@@ -378,6 +467,7 @@ def make_eval_step(
     model_config,
     mesh: Mesh,
     rules: sharding_lib.LogicalRules = sharding_lib.LOGICAL_AXIS_RULES,
+    head_chunk: int = DEFAULT_HEAD_CHUNK,
 ) -> Callable[[Any, Mapping[str, Any]], dict[str, np.ndarray]]:
     """`eval_step(params, local_batch) -> sums` for a `cxrtrek_jax.model.ModelConfig`: the
     `token_metric_sums` of one batch (dropout off), as host numpy arrays so that batches can be
@@ -396,7 +486,7 @@ def make_eval_step(
 
     def sums_fn(params, batch):
         with axis_rules(rules, mesh):
-            return _forward_sums(split.graphdef, params, rest, batch, None)
+            return _forward_sums(split.graphdef, params, rest, batch, None, head_chunk)
 
     jitted = jax.jit(
         sums_fn,
