@@ -67,8 +67,12 @@ class EvaluationResult:
 def evaluation_inputs(checkpoint: str | Path, data: EvalData, settings: Mapping[str, Any]) -> dict[str, Any]:
     """What an evaluation is made from: the checkpoint's identity (newest step, metadata hash),
     the data's (path, split, file hash) and the settings. Equal inputs give equal outputs."""
-    return json.loads(json.dumps({**checkpoint_identity(checkpoint), **data.identity(),
-                                  "max_studies": data.max_studies, "settings": dict(settings)},
+    return _inputs({**checkpoint_identity(checkpoint), **data.identity()}, data, settings)
+
+
+def _inputs(source: Mapping[str, Any], data: EvalData, settings: Mapping[str, Any]) -> dict[str, Any]:
+    """`evaluation_inputs` from the already computed checkpoint + data identity `source`."""
+    return json.loads(json.dumps({**source, "max_studies": data.max_studies, "settings": dict(settings)},
                                  default=str))
 
 
@@ -161,7 +165,8 @@ def evaluate_checkpoint(
     settings = {"contexts": list(contexts), "order": order, "max_new_tokens": max_new_tokens,
                 "baseline_split": None if baseline is None else baseline.split,
                 "scoring": dataclasses.asdict(scoring)}
-    inputs = evaluation_inputs(checkpoint, data, settings)
+    source = {**checkpoint_identity(checkpoint), **data.identity()}  # hashes the data file once
+    inputs = _inputs(source, data, settings)
     if reuse_current and is_current(out, inputs):
         return _read_back(out)
     fitted = None
@@ -172,7 +177,7 @@ def evaluate_checkpoint(
             raise ValueError(f"baseline split {baseline.split!r}: {err}") from None
     out.mkdir(parents=True, exist_ok=True)
     (out / INPUTS_FILE).unlink(missing_ok=True)  # a directory left half-written is never current
-    ids = {**checkpoint_identity(checkpoint), **data.identity(),
+    ids = {**source,
            **_decode(checkpoint, data, out, contexts=contexts, order=order, max_new_tokens=max_new_tokens,
                      batch_size=batch_size, on_study=on_study)}
     predictions = out / PREDICTIONS_FILE

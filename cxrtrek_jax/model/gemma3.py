@@ -35,10 +35,11 @@ from cxrtrek_jax.model.attention import dot_product_attention
 from cxrtrek_jax.model.attention_mask import causal_segment_mask
 from cxrtrek_jax.model.config import ProjectorConfig, TextConfig
 from cxrtrek_jax.model.kv_cache import KV_AXES, KVCache, write_chunk
-from cxrtrek_jax.model.layers import PARAM_DTYPE, Dense, Embed, activation, param
+from cxrtrek_jax.model.layers import PARAM_DTYPE, Dense, Embed, param
+from cxrtrek_jax.model.llama import LlamaMLP
 from cxrtrek_jax.model.logical import constrain
 
-__all__ = ["GemmaRMSNorm", "Gemma3Attention", "Gemma3MLP", "Gemma3Block", "Gemma3Decoder", "Gemma3Projector",
+__all__ = ["GemmaRMSNorm", "Gemma3Attention", "Gemma3Block", "Gemma3Decoder", "Gemma3Projector",
            "gemma3_mask"]
 
 
@@ -104,22 +105,6 @@ class Gemma3Attention(nnx.Module):
         return self.o_proj(out), kv
 
 
-class Gemma3MLP(nnx.Module):
-    """down(act(gate(x)) * up(x)); gate/up [E, M], down [M, E]."""
-
-    def __init__(self, cfg: TextConfig, *, dtype: jnp.dtype, rngs: nnx.Rngs):
-        e, m = cfg.embed_dim, cfg.mlp_dim
-        common = dict(use_bias=False, dtype=dtype, rngs=rngs)
-        self.gate_proj = Dense((e,), (m,), in_names=("embed",), out_names=("mlp",), **common)
-        self.up_proj = Dense((e,), (m,), in_names=("embed",), out_names=("mlp",), **common)
-        self.down_proj = Dense((m,), (e,), in_names=("mlp",), out_names=("embed",), **common)
-        self.act = jax.nn.silu if cfg.mlp_activation == "silu" else activation(cfg.mlp_activation)
-
-    def __call__(self, x: jax.Array) -> jax.Array:
-        hidden = self.act(self.gate_proj(x)) * self.up_proj(x)
-        return self.down_proj(constrain(hidden, ("batch", "length", "mlp")))
-
-
 class Gemma3Block(nnx.Module):
     """x + post_attn_norm(attn(input_norm(x))), then x + post_mlp_norm(mlp(pre_mlp_norm(x)))."""
 
@@ -129,7 +114,7 @@ class Gemma3Block(nnx.Module):
         self.attn = Gemma3Attention(cfg, index, dtype=dtype, rngs=rngs)
         self.post_attn_norm = GemmaRMSNorm(cfg.embed_dim, **norm)
         self.pre_mlp_norm = GemmaRMSNorm(cfg.embed_dim, **norm)
-        self.mlp = Gemma3MLP(cfg, dtype=dtype, rngs=rngs)
+        self.mlp = LlamaMLP(cfg, dtype=dtype, rngs=rngs)  # gated, with Gemma's gelu_pytorch_tanh
         self.post_mlp_norm = GemmaRMSNorm(cfg.embed_dim, **norm)
         self.sliding = layer_type(cfg, index) == "sliding"
 

@@ -15,7 +15,7 @@ from cxrtrek_jax.model.attention import dot_product_attention
 from cxrtrek_jax.model.attention_mask import causal_segment_mask
 from cxrtrek_jax.model.config import TextConfig
 from cxrtrek_jax.model.kv_cache import KV_AXES, KVCache, write_chunk
-from cxrtrek_jax.model.layers import Dense, Embed, RMSNorm
+from cxrtrek_jax.model.layers import Dense, Embed, RMSNorm, activation
 from cxrtrek_jax.model.logical import constrain
 
 __all__ = ["apply_rope", "LlamaAttention", "LlamaMLP", "LlamaBlock", "LlamaDecoder"]
@@ -71,7 +71,8 @@ class LlamaAttention(nnx.Module):
 
 
 class LlamaMLP(nnx.Module):
-    """SwiGLU: down(silu(gate(x)) * up(x)); gate/up [E, M], down [M, E]."""
+    """Gated MLP: down(act(gate(x)) * up(x)); gate/up [E, M], down [M, E]; act is
+    `cfg.mlp_activation` (silu: SwiGLU, Llama; gelu_pytorch_tanh: GeGLU, Gemma 3)."""
 
     def __init__(self, cfg: TextConfig, *, dtype: jnp.dtype, rngs: nnx.Rngs):
         e, m = cfg.embed_dim, cfg.mlp_dim
@@ -80,8 +81,10 @@ class LlamaMLP(nnx.Module):
         self.up_proj = Dense((e,), (m,), in_names=("embed",), out_names=("mlp",), **common)
         self.down_proj = Dense((m,), (e,), in_names=("mlp",), out_names=("embed",), **common)
 
+        self.act = jax.nn.silu if cfg.mlp_activation == "silu" else activation(cfg.mlp_activation)
+
     def __call__(self, x: jax.Array) -> jax.Array:
-        hidden = jax.nn.silu(self.gate_proj(x)) * self.up_proj(x)
+        hidden = self.act(self.gate_proj(x)) * self.up_proj(x)
         return self.down_proj(constrain(hidden, ("batch", "length", "mlp")))
 
 
