@@ -48,19 +48,15 @@ def _attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None,
 def _attention_fwd(q, k, v, mask, scale):
     probs = _probs(q, k, mask, scale)
     out = jnp.einsum("bkms,bksd->bkmd", probs.astype(v.dtype), v)
-    return out, (q, k, v, mask, probs, out)
+    return out, (q, k, v, mask, probs)
 
 
 def _attention_bwd(scale, residuals, d_out):
     """Gradients of `_attention`; dK and dV are formed transposed ([B, K, D, S]) so that the
-    [.., G*T, S] operands are contracted along their leading axis in place. The softmax
-    backward's row sum, sum_s probs * d_probs, is taken as sum_d d_out * out (FlashAttention's
-    D; equal because out = probs v), a reduction over D instead of over the S keys, which
-    leaves the [.., G*T, S] fusion a product plus elementwise work."""
-    q, k, v, mask, probs, out = residuals
+    [.., G*T, S] operands are contracted along their leading axis in place."""
+    q, k, v, mask, probs = residuals
     d_probs = jnp.einsum("bkmd,bksd->bkms", d_out, v, preferred_element_type=jnp.float32)
-    row_sum = jnp.sum(d_out.astype(jnp.float32) * out.astype(jnp.float32), axis=-1, keepdims=True)
-    d_logits = probs * (d_probs - row_sum)
+    d_logits = probs * (d_probs - jnp.sum(probs * d_probs, axis=-1, keepdims=True))
     d_logits = _where_mask(mask, d_logits, 0.0) * scale
     dq = jnp.einsum("bkms,bksd->bkmd", d_logits.astype(q.dtype), k)
     dk_t = jnp.einsum("bkmd,bkms->bkds", q, d_logits.astype(q.dtype))
