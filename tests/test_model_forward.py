@@ -269,6 +269,38 @@ def test_attention_values_and_gradients_equal_plain_einsums(masked):
         np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-5, err_msg=f"d{name}")
 
 
+def test_causal_attention_skipping_the_masked_block_equals_plain_einsums_on_real_tokens():
+    """causal=True (the upper-right block of a long causal row skipped) against the plain
+    reference; padding queries (no key visible) may differ and carry no gradient here."""
+    from cxrtrek_jax.model.attention import MIN_CAUSAL_SPLIT, dot_product_attention
+    from cxrtrek_jax.model.attention_mask import causal_segment_mask
+
+    length = MIN_CAUSAL_SPLIT
+    rng = np.random.default_rng(5)
+    q, k, v, d_out = (jnp.asarray(rng.standard_normal(s), jnp.float32)
+                      for s in ((2, length, 4, 8), (2, length, 2, 8), (2, length, 2, 8), (2, length, 4, 8)))
+    segments = np.ones((2, length), np.int32)
+    segments[0, 100:] = 2  # a packed second sequence straddling the half
+    segments[1, length - 30:] = 0  # padding
+    real = jnp.asarray(segments > 0)[:, :, None, None]
+    segments = jnp.asarray(segments)
+    mask = causal_segment_mask(segments, segments)
+
+    def ours(*a):
+        return jnp.where(real, dot_product_attention(*a, mask, scale=0.35, causal=True), 0.0)
+
+    def plain(*a):
+        return jnp.where(real, _plain_attention(*a, mask, 0.35), 0.0)
+
+    out, vjp = jax.vjp(ours, q, k, v)
+    ref_out, ref_vjp = jax.vjp(plain, q, k, v)
+    np.testing.assert_allclose(out, ref_out, atol=1e-5, rtol=1e-5)
+    for name, got, want in zip("qkv", vjp(d_out), ref_vjp(d_out)):
+        np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-5, err_msg=f"d{name}")
+    with pytest.raises(ValueError, match=r"causal=True\) needs the causal mask"):
+        dot_product_attention(q, k, v, None, scale=0.35, causal=True)
+
+
 @pytest.mark.parametrize("in_shape, out_shape", [((6,), (3, 4)), ((3, 4), (5,)), ((20,), (3,))])
 def test_dense_values_and_gradients_equal_tensordot(in_shape, out_shape):
     """Both weight-gradient layouts (input narrower / output narrower) and multi-axis kernels."""

@@ -67,21 +67,61 @@ def _attention_bwd(scale, residuals, d_out):
 _attention.defvjp(_attention_fwd, _attention_bwd)
 
 
+# Causal self-attention over at least this many positions skips the masked upper-right block.
+MIN_CAUSAL_SPLIT = 256
+
+
+def _grouped_queries(q: jax.Array, kv_heads: int) -> jax.Array:
+    """q [B, T, H, D] -> [B, K, G*T, D] (the G query heads of a kv head stacked along the rows)."""
+    batch, length, heads, head_dim = q.shape
+    groups = heads // kv_heads
+    grouped = q.reshape(batch, length, kv_heads, groups, head_dim).transpose(0, 2, 3, 1, 4)
+    return grouped.reshape(batch, kv_heads, groups * length, head_dim)
+
+
+def _ungrouped(out: jax.Array, heads: int) -> jax.Array:
+    """[B, K, G*T, D] -> [B, T, H, D] (inverse of `_grouped_queries`)."""
+    batch, kv_heads, rows, head_dim = out.shape
+    groups = heads // kv_heads
+    length = rows // groups
+    out = out.reshape(batch, kv_heads, groups, length, head_dim).transpose(0, 3, 1, 2, 4)
+    return out.reshape(batch, length, heads, head_dim)
+
+
+def _causal_halves(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None,
+                   scale: float) -> jax.Array:
+    """Causal self-attention (T == S) in two query halves: the first half's keys are only the
+    first half (its block of the second half is all masked), so 3/4 of the T x S products are
+    formed. q [B, T, H, D], k/v [B, K, T, D] (head-major) -> [B, T, H, D]."""
+    half = q.shape[1] // 2
+    heads = q.shape[2]
+    first = _attention(_grouped_queries(q[:, :half], k.shape[1]), k[:, :, :half], v[:, :, :half],
+                       None if mask is None else mask[:, :half, :half], scale)
+    second = _attention(_grouped_queries(q[:, half:], k.shape[1]), k, v,
+                        None if mask is None else mask[:, half:], scale)
+    return jnp.concatenate([_ungrouped(first, heads), _ungrouped(second, heads)], axis=1)
+
+
 def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None, *,
-                          scale: float) -> jax.Array:
+                          scale: float, causal: bool = False) -> jax.Array:
     """softmax(q k^T * scale) v.
 
     q [B, T, H, D]; k, v [B, S, K, D] with H a multiple of K (query head h
     uses kv head h // (H // K)); mask bool[B, T, S] or None (all visible).
+    causal: the caller promises that no query attends to a key after it (mask[b, t, s] is
+    False for s > t, T == S; e.g. `causal_segment_mask` without a cache); then, for even T of
+    at least MIN_CAUSAL_SPLIT, the all-masked upper-right quarter of the scores is skipped
+    (same result: those keys get zero weight either way).
     Returns [B, T, H, D] in q's dtype.
     """
     batch, length, heads, head_dim = q.shape
     kv_heads = k.shape[2]
     if heads % kv_heads:
         raise ValueError(f"{heads} query heads are not a multiple of {kv_heads} kv heads")
-    groups = heads // kv_heads
-    grouped = q.reshape(batch, length, kv_heads, groups, head_dim).transpose(0, 2, 3, 1, 4)
-    grouped = grouped.reshape(batch, kv_heads, groups * length, head_dim)
-    out = _attention(grouped, k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3), mask, scale)
-    out = out.reshape(batch, kv_heads, groups, length, head_dim).transpose(0, 3, 1, 2, 4)
-    return out.reshape(batch, length, heads, head_dim).astype(q.dtype)
+    if causal and mask is None:
+        raise ValueError("dot_product_attention(causal=True) needs the causal mask (got mask=None)")
+    k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)
+    if causal and length == k.shape[2] and length % 2 == 0 and length >= MIN_CAUSAL_SPLIT:
+        return _causal_halves(q, k, v, mask, scale).astype(q.dtype)
+    out = _attention(_grouped_queries(q, kv_heads), k, v, mask, scale)
+    return _ungrouped(out, heads).astype(q.dtype)

@@ -66,7 +66,8 @@ class LlamaAttention(nnx.Module):
             k = constrain(write_chunk(kv[0], k, cache_index), KV_AXES)
             v = constrain(write_chunk(kv[1], v, cache_index), KV_AXES)
             kv = (k, v)
-        out = dot_product_attention(q, k, v, mask, scale=self.scale)
+        # Without a cache the mask is `causal_segment_mask` over the row itself: causal.
+        out = dot_product_attention(q, k, v, mask, scale=self.scale, causal=kv is None)
         return self.o_proj(out), kv
 
 
