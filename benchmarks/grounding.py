@@ -37,22 +37,33 @@ import numpy as np
 
 from data_pipeline.findings import FINDING_KINDS, PRESENCE_QUESTIONS
 
-__all__ = ["QUESTIONS", "GroundingSet", "make_grounding_set", "run_grounding", "first_step_above",
+__all__ = ["QUESTIONS", "DEFAULT_QUESTIONS", "GroundingSet", "make_grounding_set", "run_grounding", "first_step_above",
            "result_table", "main"]
 
-# name -> (question, positive answer, negative answer). The view question's "positive" is AP.
+# name -> (question, positive answer, negative answer). The view questions' "positive" is AP.
+# `view_ab` / `view_ba` ask the view as the phantom's single-choice turns do, with the options in
+# either order: the answer letter is then the exclusive-or of the option order (in the text) and
+# the view (in the image), so neither alone predicts it (the demo's view check is of this kind).
 QUESTIONS: dict[str, tuple[str, str, str]] = {
     "view": ("Is this frontal radiograph a PA or an AP view?", "AP", "PA"),
     **{kind: (PRESENCE_QUESTIONS[kind][0], "Yes", "No") for kind in FINDING_KINDS},
+    "view_ab": ("Is this frontal radiograph a PA or an AP view? A. posteroanterior (PA) "
+                "B. anteroposterior (AP)", "B", "A"),
+    "view_ba": ("Is this frontal radiograph a PA or an AP view? A. anteroposterior (AP) "
+                "B. posteroanterior (PA)", "A", "B"),
 }
+# What the benchmark asks unless told otherwise (`--questions`): the view and every finding.
+DEFAULT_QUESTIONS = ("view", *FINDING_KINDS)
+_VIEW_QUESTIONS = ("view", "view_ab", "view_ba")
+_VIEW_INDICES = [list(QUESTIONS).index(name) for name in _VIEW_QUESTIONS]
 
 
 def _truth(study) -> dict[str, bool]:
     """Question name -> whether its positive answer holds for this phantom study."""
     current = study.cxrtrek_extras["phantom_truth"]["current"]
     kinds = {f["kind"] for f in current["findings"]}
-    out = {"view": current["acquisition"]["view"] == "AP"}
-    out.update({name: name in kinds for name in QUESTIONS if name != "view"})
+    out = {name: current["acquisition"]["view"] == "AP" for name in _VIEW_QUESTIONS}
+    out.update({name: name in kinds for name in QUESTIONS if name not in _VIEW_QUESTIONS})
     return out
 
 
@@ -71,7 +82,7 @@ class GroundingSet:
 
 
 def make_grounding_set(num_studies: int, seed: int, image_size: int, *, render_size: int = 256,
-                       first_index: int = 0, questions: Sequence[str] = tuple(QUESTIONS)) -> GroundingSet:
+                       first_index: int = 0, questions: Sequence[str] = DEFAULT_QUESTIONS) -> GroundingSet:
     """Phantom studies `first_index ..` (seed `seed`) -> balanced rows: for every question in
     `questions`, as many positive as negative studies (the larger side is subsampled, seeded)."""
     from data_pipeline.images import resize_with_pad
@@ -153,7 +164,8 @@ def _batch(data: GroundingSet, rows: np.ndarray, ids: np.ndarray, tokenizer) -> 
     b, length = inputs.shape
     return {
         "input_tokens": inputs, "target_tokens": targets, "loss_mask": loss_mask,
-        "stage_ids": np.where(real, np.where(data.question[rows, None] == 0, 1, 2), 0).astype(np.int32),
+        "stage_ids": np.where(real, np.where(np.isin(data.question[rows, None], _VIEW_INDICES), 1, 2),
+                              0).astype(np.int32),
         "segment_ids": real.astype(np.int32),
         "positions": np.tile(np.arange(length, dtype=np.int32), (b, 1)),
         "images": data.images[rows][:, None], "image_mask": np.ones((b, 1), bool),
@@ -171,7 +183,7 @@ def first_step_above(records: Sequence[Mapping], name: str, threshold: float) ->
 def run_grounding(optim, *, preset: str = "small", steps: int = 150, batch_size: int = 16,
                   train_studies: int = 500, test_studies: int = 100, eval_every: int = 10,
                   seed: int = 0, model_overrides: Mapping[str, object] | None = None,
-                  questions: Sequence[str] = tuple(QUESTIONS), log=print) -> dict:
+                  questions: Sequence[str] = DEFAULT_QUESTIONS, log=print) -> dict:
     """Train `preset` on the image-only questions under `optim` (an `OptimConfig`; its
     `total_steps` is set to `steps` + 1 and warmups are capped below it) on `questions` (names in
     QUESTIONS) and evaluate every
@@ -263,7 +275,7 @@ def run_grounding(optim, *, preset: str = "small", steps: int = 150, batch_size:
                       "seconds": round(time.time() - began, 1)}
             records.append(record)
             log(f"step {step:4d} loss {record['loss']:.3f}  own "
-                + " ".join(f"{n[:4]}={v:.2f}" for n, v in record["own"].items())
+                + " ".join(f"{n[:7]}={v:.2f}" for n, v in record["own"].items())
                 + "  swapped " + " ".join(f"{v:.2f}" for v in record["swapped"].values()))
     return {"records": records, "majority": majority, "seconds": round(time.time() - began, 1),
             "rows": {"train": len(train), "test": len(test),
@@ -308,6 +320,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--eval-every", type=int, default=10)
     ap.add_argument("--margin", type=float, default=0.15)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--questions", default=",".join(DEFAULT_QUESTIONS),
+                    help=f"comma-separated, from {', '.join(QUESTIONS)}")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="experiment config override, e.g. optim.vision.learning_rate=1e-4")
     ap.add_argument("--out", default="", help="write the records and the table as JSON here")
@@ -322,7 +336,8 @@ def main(argv: Sequence[str] | None = None) -> int:
           f"optimiser {optim}")
     result = run_grounding(optim, preset=args.preset, steps=args.steps, batch_size=args.batch_size,
                            train_studies=args.train_studies, test_studies=args.test_studies,
-                           eval_every=args.eval_every, seed=args.seed)
+                           eval_every=args.eval_every, seed=args.seed,
+                           questions=tuple(q for q in args.questions.split(",") if q))
     table = result_table(result, args.margin)
     print(table)
     print(f"total {result['seconds']:.0f} s")

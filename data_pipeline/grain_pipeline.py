@@ -458,7 +458,7 @@ class StudyBatchIterator(grain.DatasetIterator):
                 sequences=len(items),
                 tokens=int(np.count_nonzero(batch["segment_ids"])),
                 token_slots=int(batch["segment_ids"].size),
-                answer_tokens=int(batch["loss_mask"].sum()),
+                answer_tokens=int(np.count_nonzero(batch["loss_mask"])),
                 images=int(batch["image_mask"].sum()),
             ),
         )

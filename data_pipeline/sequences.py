@@ -69,6 +69,8 @@ _PLACEHOLDER_WITH_NEWLINE = re.compile(re.escape(IMAGE_PLACEHOLDER) + r"\n?")
 _LATER_STUDY_STAGES = (Stage.COMPARISON, Stage.FUTURE_TREND)
 # How a chain longer than max_length is trained (module docstring).
 LONG_CHAINS = ("window", "truncate")
+# How the loss is spread over answer tokens (`SequenceConfig.loss_weighting`).
+LOSS_WEIGHTINGS = ("token", "answer")
 # How a study's turns are grouped into training sequences (`SequenceConfig.context`); not the
 # decoding context modes (own / teacher / none) of `cxrtrek_jax.contexts`.
 TRAINING_CONTEXTS = ("on", "off", "shuffled")
@@ -104,6 +106,12 @@ class SequenceConfig:
     long_chains: "window" or "truncate" (module docstring).
     window_context: with "window", the fraction of a later window's text budget
         kept for earlier turns as context, in [0, 1).
+    loss_weighting: "token" (every answer token weighs 1: a 60-token report outweighs
+        a one-word view answer 30 to 1) or "answer" (each trained answer weighs 1 in
+        all, spread evenly over its tokens and end-of-turn: `loss_mask` holds 1/n on
+        an answer of n target tokens; the train step's loss, accuracy and per-stage
+        figures, weighted by `loss_mask`, become means over answers and its
+        `answer_tokens` a count of answers).
     """
 
     max_length: int | None = None
@@ -117,8 +125,11 @@ class SequenceConfig:
     drop_unfittable: bool = False
     long_chains: str = "window"
     window_context: float = 0.5
+    loss_weighting: str = "token"
 
     def __post_init__(self) -> None:
+        if self.loss_weighting not in LOSS_WEIGHTINGS:
+            raise ValueError(f"loss_weighting must be one of {LOSS_WEIGHTINGS}, got {self.loss_weighting!r}")
         if self.context not in TRAINING_CONTEXTS:
             raise ValueError(f"context must be one of {TRAINING_CONTEXTS}, got {self.context!r}")
         if self.long_chains not in LONG_CHAINS:
@@ -207,7 +218,8 @@ class TrainingSequence:
     """One unbatched training example (all arrays of length T = `len(self)`).
 
     input_tokens int32[T]; target_tokens int32[T] (next token);
-    loss_mask float32[T] (1.0 where the target is an answer token or its end-of-turn);
+    loss_mask float32[T] (> 0 where the target is an answer token or its end-of-turn:
+        1.0, or 1/n on an answer of n such tokens with `loss_weighting` "answer");
     stage_ids int32[T] (stage of the target token's turn, 0 for bos/system);
     positions int32[T] (0..T-1).
     image_indices: indices into `Study.images` of the images whose
@@ -372,7 +384,9 @@ def _encode(study: Study, turns: Sequence[int], trained_from: int, tokenizer: CX
         user, assistant = spans[1 + 2 * j], spans[2 + 2 * j]
         token_stage[user.start : assistant.end] = study.items[turns[j]].stage
         if j >= trained_from:
-            token_loss[assistant.content_start : assistant.end] = 1.0
+            answer = slice(assistant.content_start, assistant.end)
+            weight = 1.0 if config.loss_weighting == "token" else 1.0 / max(answer.stop - answer.start, 1)
+            token_loss[answer] = weight
     num_images = introduced[-1]
     image_tokens = int(np.count_nonzero(ids == tokenizer.image_id))
     if image_tokens != num_images * config.tokens_per_image:

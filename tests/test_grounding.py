@@ -44,3 +44,21 @@ def test_the_table_reports_the_first_step_above_the_margin():
     assert grounding.first_step_above(records, "view", 0.95) is None
     row = grounding.result_table(result).splitlines()[-1]
     assert row == "| view | 40 | 0.90 | 0.52 | 0.50 | 20 |"
+
+
+@pytest.mark.parametrize("name", ["view_ab", "view_ba"])
+def test_the_single_choice_view_answers_name_the_option_of_the_studys_view(name):
+    """The letter a row is trained on names, in its own question text, the study's view (read from
+    the phantom's ground truth, not from the benchmark's table)."""
+    from data_pipeline.phantom import PhantomConfig, generate_study
+
+    question, positive, negative = grounding.QUESTIONS[name]
+    options = dict(part.strip().split(". ", 1) for part in question.split("? ", 1)[1].replace(" B.", "|B.").split("|"))
+    data = grounding.make_grounding_set(30, 0, 32, questions=(name,))
+    q = list(grounding.QUESTIONS).index(name)
+    assert set(data.question) == {q}
+    for study, is_positive in zip(data.study, data.positive):
+        s, _ = generate_study(0, int(study), PhantomConfig(size=64, turns_per_study=(1, 1)))
+        view = s.cxrtrek_extras["phantom_truth"]["current"]["acquisition"]["view"]
+        letter = positive if is_positive else negative
+        assert options[letter].endswith(f"({view})")

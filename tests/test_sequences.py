@@ -113,6 +113,24 @@ def test_loss_covers_answers_and_their_end_of_turn_only(tok):
         assert tok.decode(ids) == answer
 
 
+def test_answer_weighting_gives_every_answer_weight_one_over_the_same_tokens(tok):
+    config = SequenceConfig(max_length=512, tokens_per_image=N)
+    (by_token,), _ = build_sequences(STUDY_A, tok, config)
+    (by_answer,), _ = build_sequences(STUDY_A, tok, SequenceConfig(max_length=512, tokens_per_image=N,
+                                                                    loss_weighting="answer"))
+    np.testing.assert_array_equal(by_answer.target_tokens, by_token.target_tokens)
+    np.testing.assert_array_equal(by_answer.loss_mask > 0, by_token.loss_mask > 0)
+    for stage, answer in [(1, "PA view."), (3, "Left base."), (2, "Yes."), (8, "Small left effusion.")]:
+        weights = by_answer.loss_mask[by_answer.stage_ids == stage]
+        weights = weights[weights > 0]
+        # The answer's tokens plus its end-of-turn, each 1/n, summing to one answer.
+        assert len(weights) == len(tok.encode_text(answer)) + 1
+        np.testing.assert_allclose(weights, 1.0 / len(weights))
+        np.testing.assert_allclose(weights.sum(), 1.0, rtol=1e-6)
+    with pytest.raises(ValueError, match="loss_weighting must be one of .*'turn'"):
+        SequenceConfig(loss_weighting="turn")
+
+
 def test_lazy_prior_image_goes_into_the_comparison_question(tok):
     (seq,), _ = build_sequences(STUDY_B, tok, SequenceConfig(max_length=512, tokens_per_image=N))
     _check_layout(seq, *_layout(tok, STUDY_B, [0, 1, 2, 3]))

@@ -83,3 +83,25 @@ def test_print_config_shows_the_one_tree(capsys):
     assert printed["data"]["pipeline"]["sequence"]["context"] == "shuffled"
     assert printed["data"]["pipeline"]["length_buckets"] == [512, 768, 1024]
     assert "context" not in printed["data"]  # the old flat key is not a second copy
+
+
+@pytest.mark.parametrize("context", ["off", "on"])
+def test_the_alignment_phase_rows_hold_one_pair_or_one_studys_pairs_of_its_stages(context):
+    from cxrtrek_jax.train.run import alignment_phase
+    from experiments import get_experiment
+
+    cfg = get_experiment("aligned", "tiny").override({"alignment.context": context,
+                                                      "data.pipeline.packing": True})
+    phase = alignment_phase(cfg)
+    sequence = phase.data.pipeline.sequence
+    assert (sequence.context, sequence.stages, phase.data.pipeline.packing) == (context, (1, 2), False)
+    assert phase.alignment is None and phase.train.num_steps == cfg.alignment.num_steps
+    # The main phase's rows are the staged chains, whatever the alignment phase does.
+    assert cfg.data.pipeline.sequence.context == "on" and cfg.data.pipeline.sequence.stages is None
+
+
+def test_an_unknown_alignment_context_is_refused_naming_the_field():
+    from cxrtrek_jax.train.config import AlignmentConfig
+
+    with pytest.raises(ValueError, match=r"alignment\.context.*'shuffled'"):
+        AlignmentConfig(context="shuffled")

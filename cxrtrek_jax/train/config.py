@@ -145,9 +145,12 @@ class EvalConfig:
 @dataclasses.dataclass(frozen=True)
 class AlignmentConfig:
     """An image-dense first phase, trained before the staged chains (LLaVA's alignment stage):
-    every QA pair of `stages` alone in its own short row (context "off": its images and its
-    question, no earlier turns), so that nearly every answer token is one the images decide
-    (stage 1: view, quality; stage 2: which findings are present).
+    only the QA pairs of `stages`, so that nearly every answer token is one the images decide
+    (stage 1: view, quality; stage 2: which findings are present). With `context` "off" every
+    pair is alone in its own short row (its images and its question, no earlier turns); with "on"
+    a study's pairs of `stages` share one row and its images (teacher-forced, in order), so one
+    pass through the vision tower and one system prompt serve all of them (about 7 answers per
+    row on the phantom instead of 1).
 
     The main phase then starts from this phase's last parameters (with a fresh optimiser); a
     run resumed in the main phase does not repeat it. Its checkpoints, metrics and validation
@@ -155,6 +158,7 @@ class AlignmentConfig:
 
     num_steps: optimiser steps of this phase; global_batch_size: its rows per step;
     length_buckets: its padded row lengths (a single QA pair with its images is short);
+    context: "off" (one row per pair) or "on" (one row per study); see above;
     optim: its optimiser (its `total_steps` is set to `num_steps` + 1 by the trainer).
     """
 
@@ -162,6 +166,7 @@ class AlignmentConfig:
     stages: tuple[int, ...] = (1, 2)
     global_batch_size: int = 16
     length_buckets: tuple[int, ...] = (192, 256)
+    context: str = "off"
     optim: OptimConfig = OptimConfig(learning_rate=1e-4, warmup_steps=10, total_steps=101,
                                      weight_decay=0.01)
 
@@ -171,6 +176,9 @@ class AlignmentConfig:
                              f"{self.num_steps}, {self.global_batch_size}")
         if not self.stages:
             raise ValueError("alignment.stages must name at least one stage")
+        if self.context not in ("off", "on"):
+            raise ValueError(f"alignment.context must be 'off' (one row per QA pair) or 'on' (one row "
+                             f"per study), got {self.context!r}")
 
 
 @dataclasses.dataclass(frozen=True)

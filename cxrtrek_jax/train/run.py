@@ -14,7 +14,7 @@
    naming what is missing otherwise. Those directories must be on a file system all processes
    share.
 3. model config: the preset with the tokenizer's vocabulary size and image token id;
-4. with `alignment` set, an image-dense first phase in `<workdir>/alignment` (single QA pairs of
+4. with `alignment` set, an image-dense first phase in `<workdir>/alignment` (the QA pairs of
    stages 1-2, see `cxrtrek_jax.train.config.AlignmentConfig`), whose last parameters start the main
    phase; a main phase that has begun (has a checkpoint) is resumed without repeating it;
 5. `run_training` (mesh, sharded state, exact resume, pre-emption, NaN stop) with a
@@ -397,8 +397,9 @@ def _gather_ints(values: list[int]) -> np.ndarray:
 
 
 def alignment_phase(cfg: ExperimentConfig) -> ExperimentConfig:
-    """The experiment of `cfg`'s alignment phase: its data as single QA pairs of the alignment
-    stages (context "off", no packing), its batch, buckets, optimiser and length; no alignment."""
+    """The experiment of `cfg`'s alignment phase: its data as the QA pairs of the alignment
+    stages (one row per pair or per study, `alignment.context`; no packing), its batch, buckets,
+    optimiser and length; no alignment."""
     a = cfg.alignment
     if a is None:
         raise ValueError(f"experiment {cfg.name!r} has no alignment phase")
@@ -407,7 +408,7 @@ def alignment_phase(cfg: ExperimentConfig) -> ExperimentConfig:
         data=dataclasses.replace(cfg.data, pipeline=dataclasses.replace(
             cfg.data.pipeline, packing=False, global_batch_size=a.global_batch_size,
             length_buckets=a.length_buckets,
-            sequence=dataclasses.replace(cfg.data.pipeline.sequence, context="off", stages=a.stages))),
+            sequence=dataclasses.replace(cfg.data.pipeline.sequence, context=a.context, stages=a.stages))),
         optim=dataclasses.replace(a.optim, total_steps=a.num_steps + 1,
                                   warmup_steps=min(a.optim.warmup_steps, a.num_steps)),
         train=dataclasses.replace(cfg.train, num_steps=a.num_steps),
@@ -428,8 +429,9 @@ def train_experiment(cfg: ExperimentConfig, workdir: str | os.PathLike, *, progr
         begun.close()
         align_dir = workdir / "alignment"
         if not main_begun:
-            print(f"alignment phase: {cfg.alignment.num_steps} steps of single QA pairs of stages "
-                  f"{','.join(map(str, cfg.alignment.stages))} -> {align_dir}", flush=True)
+            print(f"alignment phase: {cfg.alignment.num_steps} steps of QA pairs of stages "
+                  f"{','.join(map(str, cfg.alignment.stages))}, one row per "
+                  f"{'study' if cfg.alignment.context == 'on' else 'pair'} -> {align_dir}", flush=True)
             result = _train_phase(alignment_phase(cfg), align_dir, init_from, progress=progress,
                                   devices=devices)
             if result.stop_reason != "completed":
