@@ -88,17 +88,15 @@ def _ungrouped(out: jax.Array, heads: int) -> jax.Array:
     return out.reshape(batch, length, heads, head_dim)
 
 
-def _causal_halves(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None,
-                   scale: float) -> jax.Array:
+def _causal_halves(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, scale: float) -> jax.Array:
     """Causal self-attention (T == S) in two query halves: the first half's keys are only the
     first half (its block of the second half is all masked), so 3/4 of the T x S products are
     formed. q [B, T, H, D], k/v [B, K, T, D] (head-major) -> [B, T, H, D]."""
     half = q.shape[1] // 2
     heads = q.shape[2]
     first = _attention(_grouped_queries(q[:, :half], k.shape[1]), k[:, :, :half], v[:, :, :half],
-                       None if mask is None else mask[:, :half, :half], scale)
-    second = _attention(_grouped_queries(q[:, half:], k.shape[1]), k, v,
-                        None if mask is None else mask[:, half:], scale)
+                       mask[:, :half, :half], scale)
+    second = _attention(_grouped_queries(q[:, half:], k.shape[1]), k, v, mask[:, half:], scale)
     return jnp.concatenate([_ungrouped(first, heads), _ungrouped(second, heads)], axis=1)
 
 
