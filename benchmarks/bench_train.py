@@ -11,6 +11,11 @@ PyTorch side is what a PyTorch user writes: forward, masked token cross-entropy,
 with `cxrtrek_jax.hf.llava` and loaded by `from_pretrained` from a temporary directory, and the
 first-step losses of both sides are printed as the parity check.
 
+Each side (the JAX step, every XLA-option variant, torch eager, torch.compile) runs in a spawned
+process of its own that builds the same batch and the same weights (`SideProcess`); this process
+only drives them in turn, so no side's thread pools or allocator share an address space with
+another's (`--one-process` runs them all here, as before).
+
 Reported per side (median over alternating rounds, `benchmarks.common.alternate`): steps/s,
 tokens/s, and model FLOPs utilisation = analytic model FLOPs per step (`benchmarks.model_flops`,
 the LM head counted at the answer tokens, which is all the loss needs; the PyTorch side computes
@@ -35,7 +40,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["TrainBenchConfig", "bench_batch", "JaxTrainer", "TorchTrainer", "run_benchmark", "main"]
+__all__ = ["TrainBenchConfig", "bench_batch", "JaxTrainer", "TorchTrainer", "SideProcess", "run_benchmark", "main"]
 
 BOS_ID = 1
 _FIRST_TEXT_ID = 3
@@ -66,6 +71,8 @@ class TrainBenchConfig:
     device: str = "cpu"
     torch_sides: bool = True
     jax_variants: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = ()
+    processes: bool = True
+    keep_freed_memory: bool = True
 
     def __post_init__(self):
         if self.device not in ("cpu", "gpu"):
@@ -236,6 +243,178 @@ class TorchTrainer:
         return float(self.last_loss)
 
 
+# ----------------------------------------------------------------------------- the timed sides
+
+
+class _Side:
+    """One timed side, built from the benchmark config alone (so a child process can build it):
+    kind "jax" (the project's train step, compiled with the XLA `options`), "torch_eager" or
+    "torch_compile" (LLaVA loaded from `checkpoint_dir`). `matmul()` runs one fp32 matmul chain
+    of `common.matmul_cases` in this side's framework (the peak measurement)."""
+
+    def __init__(self, kind: str, bench: TrainBenchConfig, options: tuple[tuple[str, str], ...] = (),
+                 checkpoint_dir: str | None = None):
+        from cxrtrek_jax.model import get_config
+
+        self.kind, self.bench = kind, bench
+        model_config = get_config(bench.preset)
+        batch = bench_batch(model_config, bench.batch, bench.seq_len, bench.images, bench.seed)
+        self.model_config = model_config
+        self._matmul = None
+        if kind == "jax":
+            self.framework = "jax"
+            self.trainer = JaxTrainer(model_config, bench, batch, compiler_options=_parse_options(options) or None)
+        elif kind in ("torch_eager", "torch_compile"):
+            import torch
+
+            torch._logging.set_logs(dynamo=logging.ERROR)  # HF LLaVA's graph-break notes
+            self.framework = "torch"
+            device = _torch_device(bench)
+            if device is None:
+                raise RuntimeError(f"{kind}: PyTorch has no CUDA device here")
+            self.trainer = TorchTrainer(checkpoint_dir, model_config, bench, batch, device,
+                                        compile=kind == "torch_compile")
+        else:
+            raise ValueError(f"unknown side kind {kind!r}")
+
+        self.info = self.describe()
+
+    def describe(self) -> dict[str, Any]:
+        """This side's process id, compile time (JAX) and thread count (torch)."""
+        info: dict[str, Any] = {"pid": os.getpid(), "compile_s": getattr(self.trainer, "compile_s", None)}
+        if self.framework == "torch":
+            import torch
+
+            info["torch_threads"] = torch.get_num_threads()
+        return info
+
+    def run(self, steps: int) -> None:
+        self.trainer.run(steps)
+
+    def loss(self) -> float:
+        return self.trainer.loss()
+
+    def xla_flops(self) -> float | None:
+        return self.trainer.xla_flops() if self.framework == "jax" else None
+
+    def save_checkpoint(self, directory: str) -> None:
+        """The JAX side's initial parameters as a Hugging Face LLaVA checkpoint in `directory`."""
+        _save_torch_checkpoint(self.trainer.initial_params, self.model_config, directory)
+
+    def matmul(self) -> None:
+        if self._matmul is None:
+            from benchmarks import common
+
+            device = "cpu" if self.framework == "jax" else self.trainer.device.type
+            cases, self.matmul_flops = common.matmul_cases(self.bench.peak_n, (self.framework,), torch_device=device)
+            self._matmul = cases[self.framework]
+        self._matmul()
+
+    def close(self) -> None:
+        """Nothing to release in this process (a `SideProcess` stops its child)."""
+
+
+def _side_process_main(conn, kind: str, bench: TrainBenchConfig, options, checkpoint_dir) -> None:
+    """A side process: build the side, report its `info`, then serve (method, args) calls until "stop"."""
+    import traceback
+
+    logging.getLogger("cxrtrek_jax.train.sharding").setLevel(logging.ERROR)
+    try:
+        side = _Side(kind, bench, options, checkpoint_dir)
+        conn.send(("ok", side.info))
+    except BaseException:  # noqa: BLE001 - reported to the parent, which raises it
+        conn.send(("error", traceback.format_exc()))
+        return
+    while True:
+        method, args = conn.recv()
+        if method == "stop":
+            conn.send(("ok", None))
+            return
+        try:
+            conn.send(("ok", getattr(side, method)(*args)))
+        except BaseException:  # noqa: BLE001
+            conn.send(("error", traceback.format_exc()))
+
+
+# glibc malloc settings for the side processes (GLIBC_TUNABLES): one arena, no mmap, no trim, so
+# memory a step frees stays in the process for the next step. XLA's CPU runtime allocates an
+# executable's whole temporary buffer (1.56 GB for the default small B8 x T512 step) at every
+# execution; by default glibc maps it fresh and unmaps it after (from a thread's arena, a huge
+# block is always mmapped), and the kernel zero-fills its 380,000 pages again each step: 0.8 s of
+# system time per step, 3-5 s when another process ran in between. PyTorch's eager step faults
+# ~330,000 pages per step the same way. Both sides get the same settings.
+KEEP_FREED_MEMORY = "glibc.malloc.arena_max=1:glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=17179869184"
+
+
+class SideProcess:
+    """A `_Side` in its own (spawned) process, driven over a pipe: each framework then has a
+    process of its own, as a user of either has, and neither's thread pools or allocator state
+    touch the other's timing. Calls block until the child answers; the child's errors are raised
+    here with its traceback."""
+
+    def __init__(self, kind: str, bench: TrainBenchConfig, options: tuple[tuple[str, str], ...] = (),
+                 checkpoint_dir: str | None = None):
+        import multiprocessing
+
+        context = multiprocessing.get_context("spawn")
+        tunables = os.environ.get("GLIBC_TUNABLES")
+        self.kind = kind
+        self._conn, child = context.Pipe()
+        self._process = context.Process(target=_side_process_main, args=(child, kind, bench, options, checkpoint_dir),
+                                        name=f"bench-train-{kind}", daemon=True)
+        if bench.keep_freed_memory:  # the child's glibc reads it at start-up
+            os.environ["GLIBC_TUNABLES"] = ":".join(t for t in (tunables, KEEP_FREED_MEMORY) if t)
+        try:
+            self._process.start()
+        finally:
+            if tunables is None:
+                os.environ.pop("GLIBC_TUNABLES", None)
+            else:
+                os.environ["GLIBC_TUNABLES"] = tunables
+        child.close()
+        self.info = self._answer()
+
+    def _answer(self):
+        try:
+            status, payload = self._conn.recv()
+        except EOFError:
+            self._process.join(5)
+            raise RuntimeError(f"the {self.kind} side process died (exit code {self._process.exitcode})") from None
+        if status == "error":
+            raise RuntimeError(f"the {self.kind} side process failed:\n{payload}")
+        return payload
+
+    def _call(self, method: str, *args):
+        self._conn.send((method, args))
+        return self._answer()
+
+    def run(self, steps: int) -> None:
+        self._call("run", steps)
+
+    def loss(self) -> float:
+        return self._call("loss")
+
+    def xla_flops(self) -> float | None:
+        return self._call("xla_flops")
+
+    def save_checkpoint(self, directory: str) -> None:
+        self._call("save_checkpoint", directory)
+
+    def matmul(self) -> None:
+        self._call("matmul")
+
+    def close(self) -> None:
+        if self._process.is_alive():
+            try:
+                self._call("stop")
+            except (RuntimeError, OSError):
+                pass
+            self._process.join(30)
+        if self._process.is_alive():
+            self._process.kill()
+        self._conn.close()
+
+
 def _parse_options(options: tuple[tuple[str, str], ...]) -> dict[str, Any]:
     """XLA option strings -> typed values (true/false -> bool, integers -> int)."""
     out: dict[str, Any] = {}
@@ -265,63 +444,52 @@ def _save_torch_checkpoint(params, model_config, directory: str) -> None:
     hf_llava.save_hf_checkpoint(params, model_config, directory)
 
 
+def _start_side(kind: str, bench: TrainBenchConfig, options: tuple[tuple[str, str], ...] = (),
+                checkpoint_dir: str | None = None):
+    return (SideProcess if bench.processes else _Side)(kind, bench, options, checkpoint_dir)
+
+
 def run_benchmark(bench: TrainBenchConfig, log: Callable[[str], None] = _log) -> dict[str, Any]:
     """Run the comparison; returns the results (JSON-able): machine, config, per-side timings,
     steps/s, tokens/s, MFU, the FLOP counts and the first-step losses."""
-    import torch
-
     from benchmarks import common, model_flops
     from cxrtrek_jax.model import get_config, to_dict
 
     model_config = get_config(bench.preset)
     batch = bench_batch(model_config, bench.batch, bench.seq_len, bench.images, bench.seed)
     results: dict[str, Any] = {"machine": common.machine_info(), "config": dataclasses.asdict(bench),
-                               "model": to_dict(model_config), "torch_threads": torch.get_num_threads()}
-    log("building and compiling the JAX train step")
-    jax_trainer = JaxTrainer(model_config, bench, batch)
-    results["jax_compile_s"] = {"jax": jax_trainer.compile_s}
-    trainers: dict[str, Any] = {"jax": jax_trainer}
-    for name, options in bench.jax_variants:
-        log(f"compiling JAX variant {name}: {dict(options)}")
-        trainers[name] = JaxTrainer(model_config, bench, batch, compiler_options=_parse_options(options),
-                                    initial_params=jax_trainer.initial_params)
-        results["jax_compile_s"][name] = trainers[name].compile_s
-    torch_device = _torch_device(bench) if bench.torch_sides else None
-    results["torch_device"] = None if torch_device is None else str(torch_device)
-    first_losses: dict[str, float] = {}
-    with tempfile.TemporaryDirectory() as checkpoint_dir:
-        _save_torch_checkpoint(jax_trainer.initial_params, model_config, checkpoint_dir)
-        if torch_device is not None:
-            trainers["torch_eager"] = TorchTrainer(checkpoint_dir, model_config, bench, batch, torch_device,
-                                                   compile=False)
-            if bench.torch_compile:
-                trainers["torch_compile"] = TorchTrainer(checkpoint_dir, model_config, bench, batch, torch_device,
-                                                         compile=True)
-    for name, trainer in list(trainers.items()):
-        log(f"first step: {name}")
-        start = time.perf_counter()
-        try:
-            trainer.run(1)
-        except Exception as err:  # torch.compile needs a working C++ toolchain; report, don't hide
-            if name != "torch_compile":
-                raise
-            results["torch_compile_error"] = f"{type(err).__name__}: {str(err)[:500]}"
-            log(f"torch.compile failed: {results['torch_compile_error']}")
-            del trainers[name]
-            continue
-        first_losses[name] = trainer.loss()
-        results.setdefault("first_step_s", {})[name] = time.perf_counter() - start
-    results["first_step_loss"] = first_losses
-
-    log(f"timing {list(trainers)} and the fp32 matmul peak (n={bench.peak_n}): {bench.rounds} alternating "
-        f"rounds of {bench.steps_per_round} steps")
-    peak_cases, peak_flops = common.matmul_cases(
-        bench.peak_n, ("jax", "torch") if torch_device is not None else ("jax",),
-        torch_device="cpu" if torch_device is None else torch_device.type)
-    cases = {name: (lambda t=t: t.run(bench.steps_per_round)) for name, t in trainers.items()}
-    cases.update({f"matmul/{name}": fn for name, fn in peak_cases.items()})
-    timings = common.alternate(cases, rounds=bench.rounds, warmup=max(bench.warmup - 1, 0))
-    peak = common.MatmulPeak(bench.peak_n, {name.split("/", 1)[1]: peak_flops / timings.pop(name).median_s
+                               "model": to_dict(model_config)}
+    where = ("all sides in this process" if not bench.processes else "each side in its own process"
+             + (f", GLIBC_TUNABLES {KEEP_FREED_MEMORY}" if bench.keep_freed_memory else ", default malloc"))
+    results["sides_run"] = where
+    running: dict[str, Any] = {}
+    try:
+        with tempfile.TemporaryDirectory() as checkpoint_dir:
+            log(f"building and compiling the JAX train step ({where})")
+            running["jax"] = _start_side("jax", bench)
+            results["jax_compile_s"] = {"jax": running["jax"].info["compile_s"]}
+            for name, options in bench.jax_variants:
+                log(f"compiling JAX variant {name}: {dict(options)}")
+                running[name] = _start_side("jax", bench, options)
+                results["jax_compile_s"][name] = running[name].info["compile_s"]
+            torch_device = _torch_device(bench) if bench.torch_sides else None
+            results["torch_device"] = None if torch_device is None else str(torch_device)
+            if torch_device is not None:
+                running["jax"].save_checkpoint(checkpoint_dir)
+                log("loading the same weights into PyTorch LLaVA")
+                running["torch_eager"] = _start_side("torch_eager", bench, checkpoint_dir=checkpoint_dir)
+                if bench.torch_compile:
+                    running["torch_compile"] = _start_side("torch_compile", bench, checkpoint_dir=checkpoint_dir)
+        results["side_pids"] = {name: side.info["pid"] for name, side in running.items()}
+        results["torch_threads"] = running["torch_eager"].info["torch_threads"] if "torch_eager" in running else None
+        results.update(_time_sides(running, bench, log))
+        results["xla_flops_per_step"] = running["jax"].xla_flops()
+    finally:
+        for side in running.values():
+            side.close()
+    timings = results.pop("timings")
+    peak = common.MatmulPeak(bench.peak_n, {name.split("/", 1)[1]: common.matmul_chain_flops(bench.peak_n)
+                                            / timings.pop(name).median_s
                                             for name in list(timings) if name.startswith("matmul/")})
     results["matmul_peak"] = peak.to_json()
     images = bench.batch * bench.images
@@ -334,7 +502,6 @@ def run_benchmark(bench: TrainBenchConfig, log: Callable[[str], None] = _log) ->
     results["model_flops_per_step_head_at_every_token"] = 3.0 * model_flops.forward_flops(
         model_config, batch=bench.batch, seq_len=bench.seq_len, images=images).total
     results["forward_flops_by_part"] = dataclasses.asdict(forward)
-    results["xla_flops_per_step"] = jax_trainer.xla_flops()
     tokens = bench.batch * bench.seq_len
     sides = {}
     for name, timing in timings.items():
@@ -364,6 +531,39 @@ def run_benchmark(bench: TrainBenchConfig, log: Callable[[str], None] = _log) ->
     return results
 
 
+def _time_sides(sides: dict[str, Any], bench: TrainBenchConfig, log: Callable[[str], None]) -> dict[str, Any]:
+    """First step of every side (its loss: the parity check), then `bench.rounds` alternating
+    rounds of `steps_per_round` steps per side and of the fp32 matmul chain in each framework.
+    Returns first_step_loss, first_step_s, timings (name -> common.Timing; "matmul/<framework>"
+    for the peak) and torch_compile_error when torch.compile could not run (that side is dropped,
+    and said so in the log and the report)."""
+    from benchmarks import common
+
+    out: dict[str, Any] = {"first_step_loss": {}, "first_step_s": {}}
+    for name, side in list(sides.items()):
+        log(f"first step: {name}")
+        start = time.perf_counter()
+        try:
+            side.run(1)
+        except Exception as err:  # torch.compile needs a working C++ toolchain; report, don't hide
+            if name != "torch_compile":
+                raise
+            out["torch_compile_error"] = f"{type(err).__name__}: {str(err)[-500:]}"
+            log(f"torch.compile failed: {out['torch_compile_error']}")
+            sides.pop(name).close()
+            continue
+        out["first_step_loss"][name] = side.loss()
+        out["first_step_s"][name] = time.perf_counter() - start
+    log(f"timing {list(sides)} and the fp32 matmul peak (n={bench.peak_n}): {bench.rounds} alternating "
+        f"rounds of {bench.steps_per_round} steps")
+    cases = {name: (lambda s=side: s.run(bench.steps_per_round)) for name, side in sides.items()}
+    cases["matmul/jax"] = sides["jax"].matmul
+    if "torch_eager" in sides:
+        cases["matmul/torch"] = sides["torch_eager"].matmul
+    out["timings"] = common.alternate(cases, rounds=bench.rounds, warmup=max(bench.warmup - 1, 0))
+    return out
+
+
 def format_report(results: dict[str, Any]) -> str:
     """The human-readable summary printed at the end of a run."""
     c, m = results["config"], results["machine"]
@@ -373,7 +573,8 @@ def format_report(results: dict[str, Any]) -> str:
         f"{results['load_average_end'][0]:.1f}); {m['jax_devices']}; torch threads {results['torch_threads']}",
         "versions: " + ", ".join(f"{k} {v}" for k, v in m["versions"].items() if v != "absent"),
         f"config: {c['preset']}, batch {c['batch']} x {c['seq_len']} tokens, {c['images']} images/row, fp32, "
-        f"AdamW + clip {c['clip_norm']}; {c['rounds']} alternating rounds x {c['steps_per_round']} steps",
+        f"AdamW + clip {c['clip_norm']}; {c['rounds']} alternating rounds x {c['steps_per_round']} steps; "
+        f"{results['sides_run']}",
         "fp32 matmul peak (n={}): ".format(peak["n"])
         + ", ".join(f"{k} {v / 1e9:.1f}" for k, v in peak["flops_per_s"].items())
         + f" GFLOP/s -> peak {peak['peak_flops_per_s'] / 1e9:.1f} GFLOP/s",
@@ -417,6 +618,10 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-torch", action="store_true", help="time the JAX side(s) only")
     parser.add_argument("--jax-variant", dest="jax_variants", type=parse_variant, action="append", default=[],
                         help="extra JAX side compiled with XLA options, NAME:KEY=VALUE[,KEY=VALUE] (repeatable)")
+    parser.add_argument("--default-malloc", action="store_true",
+                        help="start the side processes with the system's malloc settings, not KEEP_FREED_MEMORY")
+    parser.add_argument("--one-process", action="store_true",
+                        help="run every side in this process (default: one process per side, driven in turn)")
     parser.add_argument("--out", help="write the results as JSON here")
     return parser
 
@@ -424,14 +629,12 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.getLogger("cxrtrek_jax.train.sharding").setLevel(logging.ERROR)
-    import torch
-
-    torch._logging.set_logs(dynamo=logging.ERROR)  # HF LLaVA's graph-break notes
     bench = TrainBenchConfig(
         preset=args.preset, batch=args.batch, seq_len=args.seq_len, images=args.images, rounds=args.rounds,
         steps_per_round=args.steps_per_round, warmup=args.warmup, torch_compile=not args.no_torch_compile,
         peak_n=args.peak_n, device=args.device, torch_sides=not args.no_torch,
-        jax_variants=tuple(args.jax_variants))
+        jax_variants=tuple(args.jax_variants), processes=not args.one_process,
+        keep_freed_memory=not args.default_malloc)
     results = run_benchmark(bench)
     from benchmarks import common
 

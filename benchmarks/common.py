@@ -163,7 +163,7 @@ def matmul_cases(n: int, frameworks: Sequence[str] = ("jax", "torch"), *, torch_
     rng = np.random.default_rng(0)
     a = rng.standard_normal((n, n), dtype=np.float32) / np.sqrt(n)
     b = rng.standard_normal((n, n), dtype=np.float32) / np.sqrt(n)
-    chain = 4
+    chain = _MATMUL_CHAIN
     cases: dict[str, Callable[[], Any]] = {}
     if "jax" in frameworks:
         import jax
@@ -193,7 +193,15 @@ def matmul_cases(n: int, frameworks: Sequence[str] = ("jax", "torch"), *, torch_
             return x
 
         cases["torch"] = torch_chain
-    return cases, 2.0 * n**3 * chain
+    return cases, matmul_chain_flops(n)
+
+
+_MATMUL_CHAIN = 4  # chained n x n products per `matmul_cases` call
+
+
+def matmul_chain_flops(n: int) -> float:
+    """FLOPs of one `matmul_cases` call at matrix size n: 4 chained products of 2 n^3 each."""
+    return 2.0 * n**3 * _MATMUL_CHAIN
 
 
 def measure_matmul_peak(n: int = 2048, rounds: int = 5, *, frameworks: Sequence[str] = ("jax", "torch")) -> MatmulPeak:

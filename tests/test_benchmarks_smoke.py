@@ -7,6 +7,7 @@ timings against the wall clock around the run.
 """
 
 import logging
+import os
 import time
 
 import jax
@@ -109,11 +110,20 @@ def test_bench_train_reports_both_sides_on_the_same_weights(train_results):
         timed += sum(side["samples_s"])
     # Every timed round ran inside the call (first steps and compilation came on top).
     assert timed + sum(r["first_step_s"].values()) < wall_s
+    # Each side ran in a process of its own, none in this one; the losses agree across processes.
+    pids = r["side_pids"]
+    assert len(set(pids.values())) == len(pids) == 2 and os.getpid() not in pids.values()
     losses = r["first_step_loss"]
     assert losses["jax"] == pytest.approx(losses["torch_eager"], abs=1e-4)
     assert 0.9 < r["xla_flops_per_step"] / r["model_flops_per_step"] < 1.5
     assert r["jax_vs_torch_eager"] > 0
     assert "JAX speed / torch eager speed" in bench_train.format_report(r)
+
+
+def test_a_failing_side_process_raises_its_error_here():
+    bench = bench_train.TrainBenchConfig(preset="tiny", batch=1, seq_len=48, images=2)
+    with pytest.raises(RuntimeError, match=r"(?s)the no_such_side side process failed.*unknown side kind"):
+        bench_train.SideProcess("no_such_side", bench)
 
 
 def test_bench_memory_real_shards_equal_the_abstract_count():
