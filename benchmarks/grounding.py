@@ -329,7 +329,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from cxrtrek_jax.cli.train_cmd import parse_overrides
     from experiments import get_experiment
 
-    cfg = get_experiment(args.experiment, args.preset).override(parse_overrides(args.set))
+    overrides = parse_overrides(args.set)
+    cfg = get_experiment(args.experiment, args.preset).override(overrides)
     alignment = cfg.alignment
     optim = alignment.optim if alignment is not None else cfg.optim
     print(f"recipe: {args.experiment} ({'alignment phase' if alignment is not None else 'main phase'}) "
@@ -337,6 +338,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     result = run_grounding(optim, preset=args.preset, steps=args.steps, batch_size=args.batch_size,
                            train_studies=args.train_studies, test_studies=args.test_studies,
                            eval_every=args.eval_every, seed=args.seed,
+                           model_overrides={key[len("model."):]: value for key, value in overrides.items()
+                                            if key.startswith("model.")},
                            questions=tuple(q for q in args.questions.split(",") if q))
     table = result_table(result, args.margin)
     print(table)

@@ -132,5 +132,5 @@ def test_from_dict_rejects_unknown_and_missing_keys():
 
 
 def test_unknown_preset():
-    with pytest.raises(ValueError, match="unknown model preset 'huge'; known presets: tiny, small, cxrtreknet-7b"):
+    with pytest.raises(ValueError, match="unknown model preset 'huge'; known presets: tiny, compact, small, cxrtreknet-7b"):
         get_config("huge")
