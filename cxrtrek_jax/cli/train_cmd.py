@@ -22,7 +22,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("train", help="train an experiment (named config) with sharding and checkpoints",
                                    description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--experiment", default="baseline", help="experiment name (see --list)")
-    parser.add_argument("--preset", default=None, help="model preset: tiny, small, cxrtreknet-7b")
+    parser.add_argument("--preset", default=None, help="model preset: tiny, compact, small, cxrtreknet-7b, medgemma-4b")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config field by dotted key (repeatable)")
     parser.add_argument("--workdir", default=None, help="run directory (default: runs/EXPERIMENT)")
