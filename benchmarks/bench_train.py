@@ -123,12 +123,12 @@ def bench_batch(model_config, batch: int, seq_len: int, images: int, seed: int =
 class JaxTrainer:
     """The project's jitted train step on one device, compiled once (AOT) for the batch.
 
-    compiler_options: XLA options for this executable (e.g. {"xla_cpu_use_onednn": True}), so
-    variants can be timed side by side in one process; initial_params: host parameters to
-    start from (default: initialise from `bench.seed`)."""
+    compiler_options: XLA options for this executable (e.g. {"xla_cpu_use_onednn": True}). The
+    parameters are initialised from `bench.seed`, so every JAX side starts from the same weights;
+    `initial_params` keeps them on the host (for the PyTorch export)."""
 
     def __init__(self, model_config, bench: TrainBenchConfig, batch: dict[str, np.ndarray], *,
-                 compiler_options: dict[str, Any] | None = None, initial_params: Any = None):
+                 compiler_options: dict[str, Any] | None = None):
         import jax
 
         from cxrtrek_jax.train import optimizer as optimizer_lib
@@ -146,12 +146,8 @@ class JaxTrainer:
         split = step_lib.split_abstract_model(model_fn)
         tx = optimizer_lib.make_optimizer(optim)
         shardings = step_lib.state_shardings(split, tx, self.mesh)
-        if initial_params is None:
-            params = step_lib.init_params(model_fn, bench.seed, shardings.params)
-            initial_params = jax.device_get(params)
-        else:
-            params = jax.device_put(initial_params, shardings.params)
-        self.initial_params = initial_params
+        params = step_lib.init_params(model_fn, bench.seed, shardings.params)
+        self.initial_params = jax.device_get(params)
         self.state = step_lib.create_train_state(params, tx, shardings)
         self.batch = sharding_lib.put_batch(batch, self.mesh)
         step = step_lib.make_train_step(split, tx, optim, shardings)
@@ -306,7 +302,7 @@ class _Side:
             from benchmarks import common
 
             device = "cpu" if self.framework == "jax" else self.trainer.device.type
-            cases, self.matmul_flops = common.matmul_cases(self.bench.peak_n, (self.framework,), torch_device=device)
+            cases, _ = common.matmul_cases(self.bench.peak_n, (self.framework,), torch_device=device)
             self._matmul = cases[self.framework]
         self._matmul()
 
