@@ -53,7 +53,10 @@ class TrainBenchConfig:
     also time `torch.compile(model)`; peak_n: matrix size of the peak measurement; device: "cpu"
     or "gpu" (JAX's default device there, PyTorch on CUDA when it has it); torch_sides: time the
     PyTorch reference (False: JAX only); jax_variants: extra JAX sides, (name, ((XLA option,
-    value), ...)), compiled with those options and timed in the same alternation."""
+    value), ...)), compiled with those options and timed in the same alternation; processes: every
+    side in a spawned process of its own (`SideProcess`; False: all sides in this process);
+    keep_freed_memory (processes only): start the side processes with `KEEP_FREED_MEMORY`, so
+    that neither side re-faults its freed step memory from the kernel at every step (see there)."""
 
     preset: str = "small"
     batch: int = 8
@@ -252,7 +255,7 @@ class _Side:
                  checkpoint_dir: str | None = None):
         from cxrtrek_jax.model import get_config
 
-        self.kind, self.bench = kind, bench
+        self.bench = bench
         model_config = get_config(bench.preset)
         batch = bench_batch(model_config, bench.batch, bench.seq_len, bench.images, bench.seed)
         self.model_config = model_config
@@ -343,9 +346,9 @@ KEEP_FREED_MEMORY = "glibc.malloc.arena_max=1:glibc.malloc.mmap_max=0:glibc.mall
 
 
 class SideProcess:
-    """A `_Side` in its own (spawned) process, driven over a pipe: each framework then has a
-    process of its own, as a user of either has, and neither's thread pools or allocator state
-    touch the other's timing. Calls block until the child answers; the child's errors are raised
+    """A `_Side` in its own (spawned) process, driven over a pipe: each framework has a process of
+    its own, as a user of either has (isolation alone did not change the figures; the page faults
+    `KEEP_FREED_MEMORY` removes did). Calls block until the child answers; the child's errors are raised
     here with its traceback."""
 
     def __init__(self, kind: str, bench: TrainBenchConfig, options: tuple[tuple[str, str], ...] = (),
