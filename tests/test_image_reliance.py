@@ -44,6 +44,37 @@ def test_a_row_with_more_slots_than_its_donor_still_gets_only_foreign_images():
         assert swapped[1, 0, 0, 0] == 1
 
 
+def test_rows_of_one_study_are_never_swapped_with_each_other():
+    # One QA pair per row (alignment, context "off"): rows 0-2 are study A (frontal a, some with its
+    # lateral a2), rows 3-4 study B, row 5 study C whose prior is B's frontal. A swap between rows of
+    # one study would leave the images unchanged, and C taking B's image would show C its prior.
+    a, a2, b, c = 1.0, 2.0, 3.0, 4.0
+    layout = [[a, a2], [a], [a, a2], [b], [b], [c, b]]
+    mask = np.array([[True, len(r) > 1] for r in layout])
+    images = np.zeros((6, 2, 2, 2), np.float32)
+    for row, values in enumerate(layout):
+        images[row, :len(values)] = np.asarray(values)[:, None, None]
+    owned = [set(r) for r in layout]
+    study = [0, 0, 0, 1, 1, 1]  # B and C are linked by their shared image
+    donors_seen = set()
+    for seed in range(20):
+        swapped = swap_images({"images": images, "image_mask": mask}, seed)["images"]
+        for row in range(6):
+            got = set(swapped[row][mask[row]][:, 0, 0].tolist())
+            assert not got & owned[row], (seed, row, got)
+            holders = {r for r in range(6) if got <= owned[r]}
+            assert all(study[r] != study[row] for r in holders), (seed, row, got)
+            donors_seen.add((row, tuple(sorted(got))))
+    assert ((5, (a, a2)) in donors_seen or (5, (a,)) in donors_seen)
+
+
+def test_nothing_to_swap_between_rows_of_one_study():
+    batch = _batch()
+    batch["image_mask"] = np.ones((3, 3), bool)
+    batch["images"][:] = batch["images"][0]  # three rows, one study's images in each
+    assert swap_images(batch) is None
+
+
 def test_nothing_to_swap_within_a_single_study():
     batch = _batch()
     batch["image_mask"] = np.zeros((3, 3), bool)
