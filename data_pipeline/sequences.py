@@ -44,11 +44,13 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 
 from data_pipeline.cxrtrek_json import DEFAULT_SYSTEM_PROMPT, derive_messages
+from data_pipeline.decisive_answers import with_decisive_answers
 from data_pipeline.records import IMAGE_PLACEHOLDER, Message, QAItem, Study
 from data_pipeline.stages import NUM_STAGES, Stage
 from data_pipeline.tokenizer import CXRTrekTokenizer
 
 __all__ = [
+    "CLOSED_ANSWERS",
     "LONG_CHAINS",
     "TRAINING_CONTEXTS",
     "SequenceConfig",
@@ -71,6 +73,8 @@ _LATER_STUDY_STAGES = (Stage.COMPARISON, Stage.FUTURE_TREND)
 LONG_CHAINS = ("window", "truncate")
 # How the loss is spread over answer tokens (`SequenceConfig.loss_weighting`).
 LOSS_WEIGHTINGS = ("token", "answer")
+# What a closed answer trains on (`SequenceConfig.closed_answers`).
+CLOSED_ANSWERS = ("full", "decisive")
 # How a study's turns are grouped into training sequences (`SequenceConfig.context`); not the
 # decoding context modes (own / teacher / none) of `cxrtrek_jax.contexts`.
 TRAINING_CONTEXTS = ("on", "off", "shuffled")
@@ -112,6 +116,9 @@ class SequenceConfig:
         an answer of n target tokens; the train step's loss, accuracy and per-stage
         figures, weighted by `loss_mask`, become means over answers and its
         `answer_tokens` a count of answers).
+    closed_answers: "full" (the answers as given) or "decisive" (yes/no and single-choice
+        answers cut to "Yes." / "No." / "<letter>.", `decisive_answers`: the token the images
+        decide is then a third to a half of the answer's loss instead of about an eighth).
     """
 
     max_length: int | None = None
@@ -126,8 +133,11 @@ class SequenceConfig:
     long_chains: str = "window"
     window_context: float = 0.5
     loss_weighting: str = "token"
+    closed_answers: str = "full"
 
     def __post_init__(self) -> None:
+        if self.closed_answers not in CLOSED_ANSWERS:
+            raise ValueError(f"closed_answers must be one of {CLOSED_ANSWERS}, got {self.closed_answers!r}")
         if self.loss_weighting not in LOSS_WEIGHTINGS:
             raise ValueError(f"loss_weighting must be one of {LOSS_WEIGHTINGS}, got {self.loss_weighting!r}")
         if self.context not in TRAINING_CONTEXTS:
@@ -510,6 +520,8 @@ def build_sequences(
     """
     config.check_complete()
     _check_image_counts(study)
+    if config.closed_answers == "decisive":
+        study = with_decisive_answers(study)
     turns, counts = _select_turns(study, config)
     groups: Iterable[list[int]] = [turns] if config.stage_context else [[t] for t in turns]
     sequences: list[TrainingSequence] = []

@@ -131,6 +131,23 @@ def test_answer_weighting_gives_every_answer_weight_one_over_the_same_tokens(tok
         SequenceConfig(loss_weighting="turn")
 
 
+def test_decisive_closed_answers_train_only_the_deciding_token(tok):
+    study = Study(study_id="D", images=("front.png",), items=(
+        QAItem(1, "View_Information", "single-choice", 1, "<image>\nView? A. PA B. AP", "B. AP"),
+        QAItem(2, "Findings_Identification", "yes_no", 1, "Is there an effusion?", "Yes. Left base."),
+        _item(8, 1, "Write the report.", "Small left effusion."),
+    ))
+    (full,), _ = build_sequences(study, tok, SequenceConfig(max_length=512, tokens_per_image=N))
+    (cut,), _ = build_sequences(study, tok, SequenceConfig(max_length=512, tokens_per_image=N,
+                                                           closed_answers="decisive"))
+    trained = {f"{name}{stage}": tok.decode(seq.target_tokens[(seq.loss_mask > 0) & (seq.stage_ids == stage)])
+               for name, seq in (("full", full), ("cut", cut)) for stage in (1, 2, 8)}
+    assert trained == {"full1": "B. AP", "full2": "Yes. Left base.", "full8": "Small left effusion.",
+                       "cut1": "B.", "cut2": "Yes.", "cut8": "Small left effusion."}
+    with pytest.raises(ValueError, match="closed_answers must be one of .*'short'"):
+        SequenceConfig(closed_answers="short")
+
+
 def test_lazy_prior_image_goes_into_the_comparison_question(tok):
     (seq,), _ = build_sequences(STUDY_B, tok, SequenceConfig(max_length=512, tokens_per_image=N))
     _check_layout(seq, *_layout(tok, STUDY_B, [0, 1, 2, 3]))

@@ -100,6 +100,17 @@ def test_the_alignment_phase_rows_hold_one_pair_or_one_studys_pairs_of_its_stage
     assert cfg.data.pipeline.sequence.context == "on" and cfg.data.pipeline.sequence.stages is None
 
 
+def test_the_alignment_phase_alone_cuts_its_closed_answers():
+    from cxrtrek_jax.train.run import alignment_phase
+    from experiments import get_experiment
+
+    cfg = get_experiment("aligned", "tiny").override({"alignment.closed_answers": "decisive"})
+    assert alignment_phase(cfg).data.pipeline.sequence.closed_answers == "decisive"
+    assert cfg.data.pipeline.sequence.closed_answers == "full"  # the chains train the answers as given
+    with pytest.raises(ValueError, match=r"alignment\.closed_answers.*'short'"):
+        cfg.override({"alignment.closed_answers": "short"})
+
+
 def test_an_unknown_alignment_context_is_refused_naming_the_field():
     from cxrtrek_jax.train.config import AlignmentConfig
 

@@ -23,7 +23,7 @@ from cxrtrek_jax.model.config import ModelConfig, get_config
 from cxrtrek_jax.train.optimizer import OptimConfig
 from cxrtrek_jax.train.sharding import MeshConfig
 from data_pipeline.grain_pipeline import PipelineConfig
-from data_pipeline.sequences import SequenceConfig
+from data_pipeline.sequences import CLOSED_ANSWERS, SequenceConfig
 from data_pipeline.splits import TEST, TRAIN, VALIDATION
 
 __all__ = [
@@ -159,6 +159,10 @@ class AlignmentConfig:
     num_steps: optimiser steps of this phase; global_batch_size: its rows per step;
     length_buckets: its padded row lengths (a single QA pair with its images is short);
     context: "off" (one row per pair) or "on" (one row per study); see above;
+    closed_answers: "full" or "decisive" (yes/no and single-choice answers cut to "Yes." / "No." /
+        "<letter>.", `data_pipeline.decisive_answers`, so that the token the images decide carries
+        a third to a half of each answer's loss, not about an eighth); the main phase trains the
+        answers as given;
     optim: its optimiser (its `total_steps` is set to `num_steps` + 1 by the trainer).
     """
 
@@ -167,6 +171,7 @@ class AlignmentConfig:
     global_batch_size: int = 16
     length_buckets: tuple[int, ...] = (192, 256)
     context: str = "off"
+    closed_answers: str = "full"
     optim: OptimConfig = OptimConfig(learning_rate=1e-4, warmup_steps=10, total_steps=101,
                                      weight_decay=0.01)
 
@@ -179,6 +184,9 @@ class AlignmentConfig:
         if self.context not in ("off", "on"):
             raise ValueError(f"alignment.context must be 'off' (one row per QA pair) or 'on' (one row "
                              f"per study), got {self.context!r}")
+        if self.closed_answers not in CLOSED_ANSWERS:
+            raise ValueError(f"alignment.closed_answers must be one of {CLOSED_ANSWERS}, got "
+                             f"{self.closed_answers!r}")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -398,7 +398,8 @@ def _gather_ints(values: list[int]) -> np.ndarray:
 
 def alignment_phase(cfg: ExperimentConfig) -> ExperimentConfig:
     """The experiment of `cfg`'s alignment phase: its data as the QA pairs of the alignment
-    stages (one row per pair or per study, `alignment.context`; no packing), its batch, buckets,
+    stages (one row per pair or per study, `alignment.context`; its closed answers as
+    `alignment.closed_answers`; no packing), its batch, buckets,
     optimiser and length; no alignment."""
     a = cfg.alignment
     if a is None:
@@ -408,7 +409,8 @@ def alignment_phase(cfg: ExperimentConfig) -> ExperimentConfig:
         data=dataclasses.replace(cfg.data, pipeline=dataclasses.replace(
             cfg.data.pipeline, packing=False, global_batch_size=a.global_batch_size,
             length_buckets=a.length_buckets,
-            sequence=dataclasses.replace(cfg.data.pipeline.sequence, context=a.context, stages=a.stages))),
+            sequence=dataclasses.replace(cfg.data.pipeline.sequence, context=a.context, stages=a.stages,
+                                         closed_answers=a.closed_answers))),
         optim=dataclasses.replace(a.optim, total_steps=a.num_steps + 1,
                                   warmup_steps=min(a.optim.warmup_steps, a.num_steps)),
         train=dataclasses.replace(cfg.train, num_steps=a.num_steps),
