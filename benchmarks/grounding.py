@@ -250,7 +250,8 @@ def run_grounding(optim, *, preset: str = "small", steps: int = 150, batch_size:
             rows = np.arange(start, min(start + 32, len(test)))
             batch = _batch(test, rows, ids, tokenizer)
             if swapped:
-                batch = _swap_across_studies(batch, test.study[rows], seed=k, swap=swap_images)
+                # rows of one study hold the same image, so they are never swapped with each other
+                batch = swap_images(batch, seed=k) or batch
             logits = np.asarray(answer_logits(params, jax.device_put(batch)))
             q = test.question[rows]
             at = logits[np.arange(len(rows)), first[q, 0]]
@@ -282,17 +283,6 @@ def run_grounding(optim, *, preset: str = "small", steps: int = 150, batch_size:
                      "test_per_question": {n: int((test.question == q).sum()) for q, n in enumerate(names)
                                            if n in questions}},
             "optim": dataclasses.asdict(optim), "preset": preset, "batch_size": batch_size}
-
-
-def _swap_across_studies(batch, studies, *, seed, swap):
-    """`swap` (image_reliance.swap_images) over one row per study, spread back to the study's rows:
-    each row then holds another study's image (rows of one study share an image)."""
-    unique, first_row, inverse = np.unique(studies, return_index=True, return_inverse=True)
-    if len(unique) < 2:
-        return batch
-    per_study = {"images": batch["images"][first_row], "image_mask": batch["image_mask"][first_row]}
-    swapped = swap(per_study, seed)["images"]
-    return {**batch, "images": swapped[inverse]}
 
 
 def result_table(result: Mapping, margin: float = 0.15) -> str:
