@@ -38,7 +38,7 @@ class ChainCoverage:
         return {"split": self.config.split, "studies": self.studies, "of": self.total,
                 "max_length": self.config.max_length, "long_chains": self.config.sequence.long_chains,
                 "per_stage": {str(k): v for k, v in self.stats.per_stage().items()},
-                "turns_dropped": self.stats.turns_in - self.stats.turns_kept - self.stats.turns_excluded_by_stage}
+                "turns_dropped": self.stats.turns_dropped}
 
 
 def chain_coverage(config: PipelineConfig, tokenizer: CXRTrekTokenizer, max_studies: int = 0) -> ChainCoverage:
@@ -63,7 +63,7 @@ def format_coverage(coverage: ChainCoverage) -> str:
     for stage, row in stats.per_stage().items():
         turns = row["trained"] + row["dropped"]
         lines.append(f"  {stage:>5}  {turns:>6}  {row['trained']:>7}  {row['windowed']:>8}  {row['dropped']:>7}")
-    dropped = stats.turns_in - stats.turns_kept - stats.turns_excluded_by_stage
+    dropped = stats.turns_dropped
     if dropped:
         reasons = {"cut by truncate or too long even alone": stats.turns_dropped_truncation,
                    "more images than the model has": stats.turns_dropped_image_limit,

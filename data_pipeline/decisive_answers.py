@@ -7,12 +7,19 @@ small share of the answer's loss (about 1 in 8 on the phantom's stage-1/2 answer
 being words that the question and that first token already predict. `decisive_answer` keeps
 that first part: "Yes." / "No." for yes/no, "<letter>." for single-choice. Every other question
 type, and a closed answer that does not start that way, is returned unchanged.
+
+The cut can be limited to some stages (`with_decisive_answers(study, stages)`). The words it
+removes are not always redundant: the stage-1 detail "No. This is a PA view." (to "Is this an
+AP view?") names the view outright, which the image alone decides, while "No." is the view
+combined with the question's wording; keeping such details is what lets a model from scratch
+read the view before it learns that combination (experiments/RESULTS.md, "2026-12-06").
 """
 
 from __future__ import annotations
 
 import dataclasses
 import re
+from collections.abc import Collection
 
 from data_pipeline.cxrtrek_json import DEFAULT_SYSTEM_PROMPT, derive_messages
 from data_pipeline.records import Study
@@ -34,11 +41,12 @@ def decisive_answer(qtype: str, answer: str) -> str:
     return answer
 
 
-def with_decisive_answers(study: Study) -> Study:
-    """`study` with every turn's answer replaced by its `decisive_answer` (its released chat
-    `messages`, if any, rebuilt from them with the same system message)."""
+def with_decisive_answers(study: Study, stages: Collection[int] | None = None) -> Study:
+    """`study` with the answer of every turn of `stages` (None = every turn) replaced by its
+    `decisive_answer` (its released chat `messages`, if any, rebuilt from them with the same
+    system message)."""
     items = tuple(dataclasses.replace(item, answer=decisive_answer(item.qtype, item.answer))
-                  for item in study.items)
+                  if stages is None or item.stage in stages else item for item in study.items)
     if study.messages is None:
         return study.replace(items=items)
     system = next((m.content for m in study.messages if m.role == "system"), DEFAULT_SYSTEM_PROMPT)

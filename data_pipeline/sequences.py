@@ -119,6 +119,8 @@ class SequenceConfig:
     closed_answers: "full" (the answers as given) or "decisive" (yes/no and single-choice
         answers cut to "Yes." / "No." / "<letter>.", `decisive_answers`: the token the images
         decide is then a third to a half of the answer's loss instead of about an eighth).
+    decisive_stages: with closed_answers "decisive", cut only the answers of these stages
+        (None = every stage).
     """
 
     max_length: int | None = None
@@ -134,10 +136,16 @@ class SequenceConfig:
     window_context: float = 0.5
     loss_weighting: str = "token"
     closed_answers: str = "full"
+    decisive_stages: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
         if self.closed_answers not in CLOSED_ANSWERS:
             raise ValueError(f"closed_answers must be one of {CLOSED_ANSWERS}, got {self.closed_answers!r}")
+        if self.decisive_stages is not None:
+            if self.closed_answers != "decisive":
+                raise ValueError(f"decisive_stages {self.decisive_stages!r} needs closed_answers 'decisive', got "
+                                 f"{self.closed_answers!r}")
+            object.__setattr__(self, "decisive_stages", _stage_set(self.decisive_stages, "decisive_stages"))
         if self.loss_weighting not in LOSS_WEIGHTINGS:
             raise ValueError(f"loss_weighting must be one of {LOSS_WEIGHTINGS}, got {self.loss_weighting!r}")
         if self.context not in TRAINING_CONTEXTS:
@@ -153,9 +161,7 @@ class SequenceConfig:
         if self.tokens_per_image is not None and self.tokens_per_image < 1:
             raise ValueError(f"tokens_per_image must be >= 1, got {self.tokens_per_image}")
         if self.stages is not None:
-            object.__setattr__(self, "stages", tuple(sorted({int(Stage.parse(s)) for s in self.stages})))
-            if not self.stages:
-                raise ValueError("stages must name at least one stage (or be None for all)")
+            object.__setattr__(self, "stages", _stage_set(self.stages, "stages"))
 
     @property
     def stage_context(self) -> bool:
@@ -176,12 +182,21 @@ class SequenceConfig:
         return self
 
 
+def _stage_set(stages, field: str) -> tuple[int, ...]:
+    """`stages` (numbers or names) as sorted unique stage numbers; ValueError naming `field` when empty."""
+    parsed = tuple(sorted({int(Stage.parse(s)) for s in stages}))
+    if not parsed:
+        raise ValueError(f"{field} must name at least one stage (or be None for all)")
+    return parsed
+
+
 @dataclasses.dataclass(frozen=True)
 class SequenceStats:
     """Counts of one or more `build_sequences` calls (add them up with `+`).
 
     turns_in = turns_kept + turns_excluded_by_stage + turns_dropped_no_prior
-    + turns_dropped_image_limit + turns_dropped_truncation. turns_kept counts
+    + turns_dropped_image_limit + turns_dropped_truncation (`turns_dropped`: the last
+    three). turns_kept counts
     trained turns (with loss); turns_windowed those of them trained in a window
     that lacks some earlier turn of the chain. images_dropped: study images that
     appear in none of the study's sequences. unfittable: turns (with
@@ -214,6 +229,11 @@ class SequenceStats:
         return SequenceStats(
             **{f.name: add(getattr(self, f.name), getattr(other, f.name)) for f in dataclasses.fields(self)}
         )
+
+    @property
+    def turns_dropped(self) -> int:
+        """Turns not trained for a reason other than the `stages` selection."""
+        return self.turns_in - self.turns_kept - self.turns_excluded_by_stage
 
     def per_stage(self) -> dict[int, dict[str, int]]:
         """stage -> {"trained", "windowed", "dropped"} for every stage with a turn."""
@@ -332,7 +352,7 @@ def filter_turns(study: Study, stages: Sequence[int] | None, no_prior: bool) -> 
 def _select_turns(study: Study, config: SequenceConfig) -> tuple[list[int], dict[str, int]]:
     """Indices of the turns to use, in sequence order, and the exclusion counts."""
     current = current_image_count(study)
-    counts = {"turns_excluded_by_stage": 0, "turns_dropped_no_prior": 0, "turns_dropped_image_limit": 0}
+    counts = {name: 0 for name in _EXCLUSION_COUNTS.values()}
     turns = []
     for t, item in enumerate(study.items):
         reason = turn_exclusion(item, config.stages, config.no_prior, current)
@@ -521,7 +541,7 @@ def build_sequences(
     config.check_complete()
     _check_image_counts(study)
     if config.closed_answers == "decisive":
-        study = with_decisive_answers(study)
+        study = with_decisive_answers(study, config.decisive_stages)
     turns, counts = _select_turns(study, config)
     groups: Iterable[list[int]] = [turns] if config.stage_context else [[t] for t in turns]
     sequences: list[TrainingSequence] = []

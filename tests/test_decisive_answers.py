@@ -36,3 +36,14 @@ def test_a_study_keeps_its_questions_order_and_system_message():
     assert [m.content for m in cut.messages if m.role == "assistant"] == ["B.", "Yes.", "Small left effusion."]
     assert cut.messages[0] == Message("system", "Be brief.")
     assert study.items[1].answer == "Yes. Small left effusion."  # the input is not modified
+
+
+def test_the_cut_can_be_limited_to_some_stages():
+    items = (QAItem(1, "View_Information", "yes_no", 1, "<image>\nIs this an AP view?", "No. This is a PA view."),
+             QAItem(2, "Findings_Identification", "yes_no", 1, "Effusion?", "Yes. Small left effusion."),
+             QAItem(2, "Findings_Identification", "single-choice", 1, "Side? A. left B. right", "A. left"))
+    study = Study(study_id="s", images=("a.png",), items=items)
+    assert [i.answer for i in with_decisive_answers(study, stages=(2,)).items] == [
+        "No. This is a PA view.", "Yes.", "A."]
+    assert [i.answer for i in with_decisive_answers(study, stages=(1,)).items] == [
+        "No.", "Yes. Small left effusion.", "A. left"]

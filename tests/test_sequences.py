@@ -144,8 +144,16 @@ def test_decisive_closed_answers_train_only_the_deciding_token(tok):
                for name, seq in (("full", full), ("cut", cut)) for stage in (1, 2, 8)}
     assert trained == {"full1": "B. AP", "full2": "Yes. Left base.", "full8": "Small left effusion.",
                        "cut1": "B.", "cut2": "Yes.", "cut8": "Small left effusion."}
+    (stage_2,), _ = build_sequences(study, tok, SequenceConfig(max_length=512, tokens_per_image=N,
+                                                               closed_answers="decisive", decisive_stages=("2",)))
+    assert [tok.decode(stage_2.target_tokens[(stage_2.loss_mask > 0) & (stage_2.stage_ids == stage)])
+            for stage in (1, 2, 8)] == ["B. AP", "Yes.", "Small left effusion."]
     with pytest.raises(ValueError, match="closed_answers must be one of .*'short'"):
         SequenceConfig(closed_answers="short")
+    with pytest.raises(ValueError, match="decisive_stages .* needs closed_answers 'decisive'"):
+        SequenceConfig(decisive_stages=(2,))
+    with pytest.raises(ValueError, match="decisive_stages must name at least one stage"):
+        SequenceConfig(closed_answers="decisive", decisive_stages=())
 
 
 def test_lazy_prior_image_goes_into_the_comparison_question(tok):
@@ -283,6 +291,12 @@ def test_no_prior_drops_prior_images_and_the_turns_needing_them(tok):
     _check_layout(seq, *_layout(tok, STUDY_B, [0, 1]))
     assert seq.image_indices == (0,)
     assert stats.turns_dropped_no_prior == 2 and stats.images_dropped == 1 and stats.turns_kept == 2
+    assert stats.turns_dropped == 2
+    # Turns left out by the stage selection are not dropped ones: of STUDY_B's stages 1, 2, 5, 8,
+    # keeping 2, 5, 8 excludes the stage-1 turn, and no_prior drops the two that need the prior.
+    _, selected = build_sequences(STUDY_B, tok, SequenceConfig(max_length=512, tokens_per_image=N, no_prior=True,
+                                                               stages=(2, 5, 8)))
+    assert (selected.turns_excluded_by_stage, selected.turns_dropped, selected.turns_kept) == (1, 2, 1)
     # a study without a prior loses nothing
     (seq_a,), stats_a = build_sequences(STUDY_A, tok, SequenceConfig(max_length=512, tokens_per_image=N, no_prior=True))
     assert seq_a.turn_indices == (0, 1, 2, 3) and stats_a.turns_dropped_no_prior == 0

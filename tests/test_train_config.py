@@ -111,6 +111,21 @@ def test_the_alignment_phase_alone_cuts_its_closed_answers():
         cfg.override({"alignment.closed_answers": "short"})
 
 
+def test_the_alignment_phase_can_cut_the_answers_of_some_stages_only():
+    from cxrtrek_jax.cli.train_cmd import parse_overrides
+    from cxrtrek_jax.train.run import alignment_phase
+    from experiments import get_experiment
+
+    cfg = get_experiment("aligned", "tiny").override(parse_overrides(
+        ["alignment.closed_answers=decisive", "alignment.decisive_stages=2"]))
+    sequence = alignment_phase(cfg).data.pipeline.sequence
+    assert (sequence.closed_answers, sequence.decisive_stages) == ("decisive", (2,))
+    assert cfg.data.pipeline.sequence.decisive_stages is None  # the chains train the answers as given
+    assert ExperimentConfig.from_dict(cfg.to_dict()) == cfg
+    with pytest.raises(ValueError, match=r"alignment\.decisive_stages .* needs closed_answers 'decisive'"):
+        cfg.override({"alignment.closed_answers": "full"})
+
+
 def test_an_unknown_alignment_context_is_refused_naming_the_field():
     from cxrtrek_jax.train.config import AlignmentConfig
 

@@ -163,6 +163,7 @@ class AlignmentConfig:
         "<letter>.", `data_pipeline.decisive_answers`, so that the token the images decide carries
         a third to a half of each answer's loss, not about an eighth); the main phase trains the
         answers as given;
+    decisive_stages: with closed_answers "decisive", cut only these stages' answers (None = all);
     optim: its optimiser (its `total_steps` is set to `num_steps` + 1 by the trainer).
     """
 
@@ -172,6 +173,7 @@ class AlignmentConfig:
     length_buckets: tuple[int, ...] = (192, 256)
     context: str = "off"
     closed_answers: str = "full"
+    decisive_stages: tuple[int, ...] | None = None
     optim: OptimConfig = OptimConfig(learning_rate=1e-4, warmup_steps=10, total_steps=101,
                                      weight_decay=0.01)
 
@@ -187,6 +189,9 @@ class AlignmentConfig:
         if self.closed_answers not in CLOSED_ANSWERS:
             raise ValueError(f"alignment.closed_answers must be one of {CLOSED_ANSWERS}, got "
                              f"{self.closed_answers!r}")
+        if self.decisive_stages is not None and (self.closed_answers != "decisive" or not self.decisive_stages):
+            raise ValueError(f"alignment.decisive_stages {self.decisive_stages!r} needs closed_answers 'decisive' "
+                             f"and at least one stage (got closed_answers {self.closed_answers!r})")
 
 
 @dataclasses.dataclass(frozen=True)

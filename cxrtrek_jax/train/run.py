@@ -399,7 +399,7 @@ def _gather_ints(values: list[int]) -> np.ndarray:
 def alignment_phase(cfg: ExperimentConfig) -> ExperimentConfig:
     """The experiment of `cfg`'s alignment phase: its data as the QA pairs of the alignment
     stages (one row per pair or per study, `alignment.context`; its closed answers as
-    `alignment.closed_answers`; no packing), its batch, buckets,
+    `alignment.closed_answers` in `alignment.decisive_stages`; no packing), its batch, buckets,
     optimiser and length; no alignment."""
     a = cfg.alignment
     if a is None:
@@ -410,7 +410,8 @@ def alignment_phase(cfg: ExperimentConfig) -> ExperimentConfig:
             cfg.data.pipeline, packing=False, global_batch_size=a.global_batch_size,
             length_buckets=a.length_buckets,
             sequence=dataclasses.replace(cfg.data.pipeline.sequence, context=a.context, stages=a.stages,
-                                         closed_answers=a.closed_answers))),
+                                         closed_answers=a.closed_answers,
+                                         decisive_stages=a.decisive_stages))),
         optim=dataclasses.replace(a.optim, total_steps=a.num_steps + 1,
                                   warmup_steps=min(a.optim.warmup_steps, a.num_steps)),
         train=dataclasses.replace(cfg.train, num_steps=a.num_steps),
@@ -495,7 +496,7 @@ def _train_phase(cfg: ExperimentConfig, workdir: pathlib.Path, init_from: str | 
                       step_time_s=elapsed / steps,
                       truncated_turns=float(seen.turns_dropped_truncation),
                       windowed_turns=float(seen.turns_windowed),
-                      dropped_turns=float(seen.turns_in - seen.turns_kept - seen.turns_excluded_by_stage))
+                      dropped_turns=float(seen.turns_dropped))
         clock.update(t=now, step=step)
         metrics_log.write("train", step, values)
 
