@@ -15,8 +15,8 @@ the question's two answer tokens has the larger logit at the first answer positi
 the row's own image and once with another study's image (`evaluation.image_reliance.swap_images`).
 A model that reads its images is right with its own image and at chance with another's.
 
-    python -m benchmarks.grounding                       # the shipped recipe (`aligned`'s alignment phase)
-    python -m benchmarks.grounding --steps 150 --set optim.learning_rate=1e-3 --out runs/grounding.json
+    python -m benchmarks.grounding                       # the shipped recipe: `grounded`'s alignment phase, tiny
+    python -m benchmarks.grounding --preset small --set alignment.optim.learning_rate=1e-4 --out runs/grounding.json
 
 It prints one line per evaluation, then per question: held-out accuracy with own and swapped
 images at the last step, the majority-answer accuracy, and the first step at which own-image
@@ -300,14 +300,14 @@ def result_table(result: Mapping, margin: float = 0.15) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.grounding", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--experiment", default="aligned",
+    ap.add_argument("--experiment", default="grounded",
                     help="whose recipe: its alignment phase's optimiser, else its main optimiser")
-    ap.add_argument("--preset", default="small")
-    ap.add_argument("--steps", type=int, default=150)
+    ap.add_argument("--preset", default="tiny", help="the model (default: the demo's)")
+    ap.add_argument("--steps", type=int, default=600)
     ap.add_argument("--batch-size", type=int, default=16)
-    ap.add_argument("--train-studies", type=int, default=500)
+    ap.add_argument("--train-studies", type=int, default=1000)
     ap.add_argument("--test-studies", type=int, default=100)
-    ap.add_argument("--eval-every", type=int, default=10)
+    ap.add_argument("--eval-every", type=int, default=100)
     ap.add_argument("--margin", type=float, default=0.15)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--questions", default=",".join(DEFAULT_QUESTIONS),

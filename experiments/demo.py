@@ -1,12 +1,13 @@
 """`make demo`: the main job end to end on a generated phantom CXRTrek set.
 
-    python -m experiments.demo --out demo_out [--preset small] [--steps N] [--studies N]
+    python -m experiments.demo --out demo_out [--preset tiny] [--experiment grounded] [--seed N] [--steps N]
 
 Steps (each reruns only when what it is made from changed: the phantom recipe, the experiment
 config, the checkpoint; an interrupted training resumes):
 1. phantom studies (train/validation/test) and their validation report;
 2. TFDS build + a byte-level BPE tokenizer + training (`cxrtrek train`'s trainer; resumes) of the
-   `baseline` recipe (`--alignment-steps N`: the `aligned` recipe, N alignment steps first);
+   `grounded` recipe on the `tiny` model: an alignment phase of one row per study (its stage-1/2
+   turns), then the staged chains (`--experiment`, `--preset`, `--alignment-steps` choose others);
 3. evaluation on the held-out test split in the `own`, `teacher`, `none` and `swapped` (own,
    with another study's images) context modes
    (predictions.jsonl, metrics.json/.md, stages.png, report.html);
@@ -61,6 +62,22 @@ def _done(began: float, what: str) -> None:
     print(f"    {what} ({time.time() - began:.0f} s)", flush=True)
 
 
+# The model room the demo's chains need: their longest bucket in positions, and four image slots
+# (current frontal and lateral, prior frontal and lateral). A preset with less is widened to it.
+DEMO_IMAGE_SLOTS = 4
+
+
+def _model_room(cfg, buckets: str) -> dict:
+    """Overrides widening `cfg.model` to the demo's longest bucket and DEMO_IMAGE_SLOTS images."""
+    longest = max(int(b) for b in buckets.split(","))
+    room = {}
+    if cfg.model.text.max_positions < longest:
+        room["model.text.max_positions"] = longest
+    if cfg.model.max_images < DEMO_IMAGE_SLOTS:
+        room["model.max_images"] = DEMO_IMAGE_SLOTS
+    return room
+
+
 def _experiment(args: argparse.Namespace, out: Path):
     from experiments import get_experiment
 
@@ -76,16 +93,25 @@ def _experiment(args: argparse.Namespace, out: Path):
         "optim.warmup_steps": max(args.steps // 10, 1),
         "optim.total_steps": args.steps + 1,
         "train.num_steps": args.steps,
+        "train.seed": args.seed,
+        "data.pipeline.seed": args.seed,
         "train.log_every": 5,
-        "train.eval_batches": 2,
+        # 10 batches: the image-reliance line from 2 batches (~6 studies of one-pair rows) swung
+        # between 0.008 and 0.066 nats for the same recipe (experiments/RESULTS.md).
+        "train.eval_batches": 10,
         "checkpoint.save_every": max(args.steps // 2, 1),
     }
     from cxrtrek_jax.cli.train_cmd import parse_overrides
 
+    cfg = get_experiment(args.experiment, args.preset)
+    if args.alignment_steps is not None:
+        if cfg.alignment is None:
+            raise SystemExit(f"error: --alignment-steps {args.alignment_steps}: experiment {args.experiment!r} has "
+                             "no alignment phase (the `aligned` and `grounded` experiments do)")
+        overrides["alignment.num_steps"] = args.alignment_steps
+    overrides.update(_model_room(cfg, args.buckets))
     overrides.update(parse_overrides(args.set))
-    if not args.alignment_steps:
-        return get_experiment("baseline", args.preset).override(overrides)
-    return get_experiment("aligned", args.preset).override({**overrides, "alignment.num_steps": args.alignment_steps})
+    return cfg.override(overrides)
 
 
 def _pytorch_check(export_dir: Path, ckpt: Path, data_json: Path, count: int, new_tokens: int) -> list[dict]:
@@ -138,17 +164,22 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m experiments.demo", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="demo_out")
-    parser.add_argument("--preset", default=os.environ.get("PRESET", "small"))
-    parser.add_argument("--studies", type=int, default=200, help="phantom studies (80/10/10 split)")
-    parser.add_argument("--steps", type=int, default=120, help="training steps")
+    parser.add_argument("--preset", default=os.environ.get("PRESET", "tiny"))
+    parser.add_argument("--experiment", default="grounded", help="the named experiment (recipe) to train")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="training seed: initialisation, data order and augmentation (the phantom set, "
+                             "and so the held-out studies, stay the same)")
+    parser.add_argument("--studies", type=int, default=3000, help="phantom studies (80/10/10 split)")
+    parser.add_argument("--steps", type=int, default=300, help="training steps of the staged chains")
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--turns", default="10,12", help="min,max QA turns per phantom study")
     parser.add_argument("--buckets", default="512,768,1024", help="padded sequence lengths in tokens")
-    parser.add_argument("--learning-rate", type=float, default=2e-3)
-    parser.add_argument("--alignment-steps", type=int, default=0,
-                        help="steps of the `aligned` recipe's image-dense alignment phase before the "
-                             "chains (default 0: the `baseline` recipe; see experiments/RESULTS.md)")
-    parser.add_argument("--eval-studies", type=int, default=20, help="test studies evaluated")
+    parser.add_argument("--learning-rate", type=float, default=1e-3,
+                        help="the chains' peak learning rate (the experiment's per-tower rates stay)")
+    parser.add_argument("--alignment-steps", type=int, default=None,
+                        help="steps of the experiment's alignment phase before the chains (default: the "
+                             "experiment's own; see experiments/RESULTS.md)")
+    parser.add_argument("--eval-studies", type=int, default=80, help="test studies evaluated")
     parser.add_argument("--check-studies", type=int, default=3,
                         help="test studies whose first answer PyTorch must reproduce")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -256,7 +287,8 @@ def main(argv: list[str] | None = None) -> int:
 
     run = out / "run"
     ckpt = run / "checkpoints"
-    t = _step(f"2. train CXRTrekNet-{args.preset} for {args.steps} steps -> {run}")
+    phases = (f"{cfg.alignment.num_steps} alignment steps, then " if cfg.alignment is not None else "")
+    t = _step(f"2. train CXRTrekNet-{args.preset} ({cfg.name}: {phases}{args.steps} chain steps) -> {run}")
     step, what = _train(cfg, run)
     _done(t, f"step {step} ({what})")
 

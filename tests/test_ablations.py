@@ -43,6 +43,8 @@ def _run(root, name, *extra):
     sets = _smoke_sets(root)
     if name == "lora_r8":
         sets.append(f"train.init_from={root / 'runs' / 'baseline' / 'checkpoints'}")
+    if name in ("aligned", "grounded"):  # a smoke-length alignment phase too
+        sets.append(f"alignment.num_steps={SMOKE_STEPS}")
     argv = ["run", name, "--preset", "tiny", "--runs-dir", str(root / "runs"), "--bootstrap-resamples", "20",
             "--no-progress", *[a for s in sets for a in ("--set", s)], *extra]
     return ablations.main(argv)

@@ -60,6 +60,28 @@ def test_last_image_gain_reads_the_newest_validation_record(tmp_path):
     assert _last_image_gain(path) is None
 
 
+def test_the_default_demo_trains_the_grounded_recipe_with_room_for_its_chains(tmp_path):
+    from experiments import demo
+
+    cfg = demo._experiment(demo._parser().parse_args(["--out", str(tmp_path)]), tmp_path)
+    assert cfg.name == "grounded" and cfg.alignment.context == "on" and cfg.alignment.num_steps > 0
+    # tiny holds 512 positions and 2 images; the demo's chains need 1,024 and up to 4 (priors).
+    assert (cfg.model.text.max_positions, cfg.model.max_images) == (1024, 4)
+    assert cfg.optim.vision.learning_rate < cfg.optim.learning_rate
+    small = demo._experiment(demo._parser().parse_args(["--out", str(tmp_path), "--preset", "small"]), tmp_path)
+    assert (small.model.text.max_positions, small.model.max_images) == (2048, 4)  # never narrowed
+    steps = demo._experiment(demo._parser().parse_args(["--out", str(tmp_path), "--alignment-steps", "7"]), tmp_path)
+    assert steps.alignment.num_steps == 7
+    # A seed moves the training (initialisation, data order, augmentation), never the phantom set
+    # the held-out studies and the baseline come from.
+    seeded = demo._experiment(demo._parser().parse_args(["--out", str(tmp_path), "--seed", "2"]), tmp_path)
+    assert (seeded.train.seed, seeded.data.pipeline.seed) == (2, 2) != (cfg.train.seed, cfg.data.pipeline.seed)
+    assert seeded.data.phantom_seed == cfg.data.phantom_seed
+    with pytest.raises(SystemExit, match="'baseline' has no alignment phase"):
+        demo._experiment(demo._parser().parse_args(["--out", str(tmp_path), "--experiment", "baseline",
+                                                    "--alignment-steps", "7"]), tmp_path)
+
+
 @pytest.mark.slow  # four tiny demo runs, ~3-5 min on the 2-core CPU
 def test_the_demo_runs_end_to_end_and_reruns_only_what_changed(tmp_path, capsys):
     """A tiny demo: every step runs through the library (no command-line strings) and its exit
@@ -78,7 +100,8 @@ def test_the_demo_runs_end_to_end_and_reruns_only_what_changed(tmp_path, capsys)
     argv = ["--out", str(tmp_path), "--preset", "tiny", "--studies", "20", "--steps", "2", "--turns", "4,6",
             "--buckets", "256,512", "--eval-studies", "3", "--check-studies", "1",
             "--set", "mesh.tensor=2", "--set", "data.phantom_size=64", "--set", "tokenizer.vocab_size=600",
-            "--set", "data.phantom_splits=train=14,validation=3,test=3"]
+            "--set", "data.phantom_splits=train=14,validation=3,test=3",
+            "--alignment-steps", "2", "--set", "alignment.global_batch_size=4"]
     first = run(argv)
     assert "answers token-identical" in first and "learning checks met" in first
     checkpoint = tmp_path / "run" / "checkpoints"

@@ -1,5 +1,5 @@
-"""The grounding benchmark's short version: under the shipped recipe (the `aligned` experiment's
-alignment phase) the tiny model must answer an image-only question better with each study's own
+"""The grounding benchmark's short version: under the shipped recipe (the `grounded` experiment's
+alignment phase, the demo's) the tiny model must answer an image-only question better with each study's own
 radiograph than with another study's, so a recipe change that stops the model reading its images
 fails here."""
 
@@ -12,7 +12,7 @@ from experiments import get_experiment
 
 @pytest.fixture(scope="module")
 def view_run():
-    optim = get_experiment("aligned", "tiny").alignment.optim
+    optim = get_experiment("grounded", "tiny").alignment.optim
     return grounding.run_grounding(optim, preset="tiny", steps=40, batch_size=16, train_studies=200,
                                    test_studies=60, eval_every=10, questions=("view",), log=lambda _: None)
 
