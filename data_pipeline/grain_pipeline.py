@@ -32,6 +32,10 @@ Without packing a batch holds the next B sequences, one per row; with packing,
 the next sequences first-fit into B rows of max(length_buckets) tokens and
 max_images image slots. Rows short of B at the end of a finite pass are padding
 (`segment_ids` 0, `loss_mask` 0, no images): no example is ever dropped.
+With `image_labels` (no packing) two more fields, `IMAGE_LABEL_FIELDS`:
+`image_labels`, `image_label_mask` float32[B, K], the finding labels of the row
+study's current image (`data_pipeline.image_labels`; mask 0 where unknown, on
+padding rows, and on rows whose first image slot is not the current image).
 Running counts (studies, turns dropped by truncation, padding, ...) are
 `iterator.stats`, saved and restored with the iterator state.
 """
@@ -57,6 +61,7 @@ from data_pipeline.augment import (
     sample_intensity,
     study_box_extent,
 )
+from data_pipeline.image_labels import IMAGE_LABEL_KINDS, study_image_labels
 from data_pipeline.images import resize_with_pad, resize_with_pad_params
 from data_pipeline.packing import choose_bucket, pack_sequences, pad_sequence, row_images, stack_rows
 from data_pipeline.sequences import SequenceConfig, SequenceStats, TrainingSequence, build_sequences
@@ -66,6 +71,7 @@ from data_pipeline.tokenizer import CXRTrekTokenizer
 
 __all__ = [
     "BATCH_FIELDS",
+    "IMAGE_LABEL_FIELDS",
     "BatchLayout",
     "BatchStats",
     "PipelineConfig",
@@ -91,6 +97,7 @@ BATCH_FIELDS = (
     "images",
     "image_mask",
 )
+IMAGE_LABEL_FIELDS = ("image_labels", "image_label_mask")
 _TOKEN_FIELDS = ("input_tokens", "target_tokens", "loss_mask", "stage_ids", "segment_ids", "positions")
 
 
@@ -121,6 +128,8 @@ class PipelineConfig:
         prepared studies each worker keeps ready; read_threads: threads per process
         preparing studies.
     augment: training augmentation strengths (`AugmentConfig.none()` = off).
+    image_labels: add each row's current-image finding labels (`IMAGE_LABEL_FIELDS`, for an
+        auxiliary image-label loss); needs packing off (a packed row holds several studies).
     """
 
     source: str = ""
@@ -138,6 +147,7 @@ class PipelineConfig:
     read_threads: int = 2
     augment: AugmentConfig = AugmentConfig()
     sequence: SequenceConfig = SequenceConfig()
+    image_labels: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "source", str(self.source))
@@ -165,6 +175,9 @@ class PipelineConfig:
             raise ValueError(f"num_workers and read_threads must be >= 0, got {self.num_workers}, {self.read_threads}")
         if not 0 <= self.seed < 2**32:
             raise ValueError(f"seed must be in [0, 2**32), got {self.seed}")
+        if self.image_labels and self.packing:
+            raise ValueError("image_labels needs packing off: a packed row holds several studies' "
+                             "images, and a row's labels describe one study's current image")
 
     def check_complete(self) -> "PipelineConfig":
         """self, or a ValueError naming each field still unset ("" or None) that a pipeline needs."""
@@ -220,12 +233,15 @@ class PreparedStudy:
     images: image index -> float32[H, W] model-input image, for every index
         the sequences use.
     stats: what `build_sequences` kept and dropped.
+    image_labels: (labels, known) float32[K] of the current image (`study_image_labels`), or
+        None when the pipeline does not emit labels.
     """
 
     study_id: str
     sequences: tuple[TrainingSequence, ...]
     images: Mapping[int, np.ndarray]
     stats: SequenceStats
+    image_labels: tuple[np.ndarray, np.ndarray] | None = None
 
 
 class PrepareStudy:
@@ -243,11 +259,13 @@ class PrepareStudy:
         sequence_config: SequenceConfig,
         image_size: int,
         augment: AugmentConfig | None = None,
+        image_labels: bool = False,
     ):
         self.tokenizer = tokenizer
         self.sequence_config = sequence_config
         self.image_size = image_size
         self.augment = None if augment is None or augment.is_identity else augment
+        self.image_labels = image_labels
 
     def __call__(self, record: StudyRecord, rng: np.random.Generator | None = None) -> PreparedStudy:
         study = record.study
@@ -267,7 +285,8 @@ class PrepareStudy:
         for k in used:
             image = crop_image(loaded[k] if k in loaded else record.load_image(k), window)
             images[k] = self._to_model_input(image, changes[k])
-        return PreparedStudy(study.key, tuple(sequences), images, stats)
+        labels = study_image_labels(study) if self.image_labels else None
+        return PreparedStudy(study.key, tuple(sequences), images, stats, labels)
 
     def _to_model_input(self, image: np.ndarray, change: IntensityChange) -> np.ndarray:
         """Resize with padding to the model size; the intensity change touches the content only."""
@@ -292,6 +311,7 @@ class BatchLayout:
     image_shape: tuple[int, int]
     pad_id: int
     packing: bool = False
+    image_labels: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -334,7 +354,8 @@ class PipelineStats:
         return cls(SequenceStats(**studies), BatchStats(**data["batches"]))
 
 
-_Item = tuple[TrainingSequence, Mapping[int, np.ndarray]]
+# A sequence, its study's images and its study's image labels (None unless the layout asks).
+_Item = tuple[TrainingSequence, Mapping[int, np.ndarray], tuple[np.ndarray, np.ndarray] | None]
 
 
 class StudyBatchIterator(grain.DatasetIterator):
@@ -382,7 +403,7 @@ class StudyBatchIterator(grain.DatasetIterator):
             if self._count_on_pull:
                 self._stats = PipelineStats(self._stats.studies + element.stats, self._stats.batches)
             self._count_on_pull = True
-        return self._current.sequences[self._offset], self._current.images
+        return self._current.sequences[self._offset], self._current.images, self._current.image_labels
 
     def _take(self) -> None:
         self._offset += 1
@@ -435,9 +456,11 @@ class StudyBatchIterator(grain.DatasetIterator):
 
     def _assemble(self, items: list[_Item]) -> dict[str, np.ndarray]:
         layout = self._layout
-        rows = self._rows([seq for seq, _ in items])
-        images = np.stack([row_images(row, [imgs for _, imgs in items], layout.image_shape) for row in rows])
+        rows = self._rows([seq for seq, _, _ in items])
+        images = np.stack([row_images(row, [imgs for _, imgs, _ in items], layout.image_shape) for row in rows])
         batch = stack_rows(rows, images)
+        if layout.image_labels:
+            batch.update(_row_labels(items, len(rows)))
         used = int(np.count_nonzero(batch["segment_ids"], axis=1).max())
         length = choose_bucket(used, layout.length_buckets)
         for name in _TOKEN_FIELDS:
@@ -484,6 +507,20 @@ class StudyBatchIterator(grain.DatasetIterator):
 
     def __str__(self) -> str:
         return f"StudyBatchIterator({self._layout})"
+
+
+def _row_labels(items: list[_Item], rows: int) -> dict[str, np.ndarray]:
+    """`IMAGE_LABEL_FIELDS` of unpacked rows (row n = items[n]): the study's labels where the
+    row's first image slot holds the study's current image (index 0), else mask 0."""
+    labels = np.zeros((rows, len(IMAGE_LABEL_KINDS)), np.float32)
+    mask = np.zeros_like(labels)
+    for n, (sequence, _, study_labels) in enumerate(items[:rows]):
+        if study_labels is None:
+            raise ValueError(f"study {sequence.study_id}: prepared without image labels for a "
+                             "pipeline that emits them")
+        if sequence.image_indices[:1] == (0,):
+            labels[n], mask[n] = study_labels
+    return {"image_labels": labels, "image_label_mask": mask}
 
 
 def _append_padding_rows(batch: dict[str, np.ndarray], count: int, pad_id: int) -> dict[str, np.ndarray]:
@@ -544,7 +581,7 @@ def _build(
         raise ValueError(f"{cfg.source}: the {cfg.source_kind} source holds no studies")
     ds = grain.MapDataset.source(source)
     augment = cfg.augment if train and not cfg.augment.is_identity else None
-    prepare = PrepareStudy(tokenizer, cfg.sequence_config(), cfg.image_size, augment)
+    prepare = PrepareStudy(tokenizer, cfg.sequence_config(), cfg.image_size, augment, cfg.image_labels)
     if train:
         ds = ds.shuffle(seed=cfg.seed)
     if augment is not None:
@@ -569,6 +606,7 @@ def _build(
         image_shape=cfg.image_shape,
         pad_id=tokenizer.pad_id,
         packing=cfg.packing,
+        image_labels=cfg.image_labels,
     )
     return StudyBatchIterDataset(it_ds, layout)
 

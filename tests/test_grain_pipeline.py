@@ -22,11 +22,13 @@ from data_pipeline.augment import (
 from data_pipeline.boxes import parse_boxes
 from data_pipeline.grain_pipeline import (
     BATCH_FIELDS,
+    IMAGE_LABEL_FIELDS,
     PipelineConfig,
     PrepareStudy,
     build_eval_iterator,
     build_train_iterator,
 )
+from data_pipeline.image_labels import IMAGE_LABEL_KINDS, study_image_labels
 from data_pipeline.images import ImageLoadError, load_image, resize_with_pad, resize_with_pad_params
 from data_pipeline.packing import choose_bucket
 from data_pipeline.records import QAItem, Study
@@ -53,7 +55,7 @@ def _studies():
         )),
         Study(study_id="s1", pat_id="p1", images=("p1/s1/a.png", "p1/s1/b.png"), items=(
             _item(1, 2, "<image>\n<image>\nWhich views are these?", "PA and lateral."),
-            _item(2, 2, "Is there a pneumothorax?", "No."),
+            _item(2, 2, "Is there a pneumothorax?", "No.", "yes_no"),
             _item(8, 2, "Write the report.", "No acute findings. No effusion or pneumothorax."),
         )),
         Study(study_id="s2", pat_id="p2", ref_study_id="s2-prior", images=("p2/s2/a.png", "p2/s2/prior.png"), items=(
@@ -66,7 +68,7 @@ def _studies():
     for i in range(3, 7):
         out.append(Study(study_id=f"s{i}", pat_id=f"p{i}", images=(f"p{i}/s{i}/a.png",), items=(
             _item(1, 1, "<image>\nWhich view is this?", "AP view." * (i - 2)),
-            _item(2, 1, "Is there cardiomegaly?", "No."),
+            _item(2, 1, "Is there cardiomegaly?", "Yes." if i % 2 else "No.", "yes_no"),
             _item(7, 1, "What do you advise?", "Follow up in " + "six " * i + "weeks."),
         )))
     return out
@@ -208,6 +210,26 @@ def test_eval_batches_equal_padded_sequences_in_source_order(data, tok):
                 np.testing.assert_array_equal(batch["images"][r, k], _expected_image(data, study, k))
         assert batch["input_tokens"].shape[1] == choose_bucket(max(lengths), cfg.length_buckets)
     assert iterator.stats.batches.padding_rows == 1 and iterator.stats.studies.studies == len(STUDIES)
+
+
+def test_image_labels_are_each_row_study_labels(data, tok):
+    """With `image_labels`, every row carries its study's stage-2 finding labels (one row per study
+    or per turn); padding rows and pipelines without labels carry none."""
+    none = np.zeros(len(IMAGE_LABEL_KINDS), np.float32)
+    known_total = 0.0
+    for context in ("on", "off"):
+        cfg = _config(data, image_labels=True, context=context)
+        for batch, row_ids in _drain(build_eval_iterator(cfg, tok)):
+            assert set(batch) == set(BATCH_FIELDS) | set(IMAGE_LABEL_FIELDS)
+            for r, ids in enumerate(row_ids):
+                labels, known = study_image_labels(BY_ID[ids[0]]) if ids else (none, none)
+                np.testing.assert_array_equal(batch["image_labels"][r], labels)
+                np.testing.assert_array_equal(batch["image_label_mask"][r], known)
+                known_total += known.sum()
+    assert known_total > 0
+    assert not set(IMAGE_LABEL_FIELDS) & set(next(build_eval_iterator(_config(data), tok)))
+    with pytest.raises(ValueError, match="image_labels needs packing off"):
+        _config(data, image_labels=True, packing=True)
 
 
 def test_loss_mask_covers_answers_and_stage_ids_label_turns(data, tok):

@@ -131,3 +131,24 @@ def test_an_unknown_alignment_context_is_refused_naming_the_field():
 
     with pytest.raises(ValueError, match=r"alignment\.context.*'shuffled'"):
         AlignmentConfig(context="shuffled")
+
+
+def test_the_image_label_loss_is_the_alignment_phases_and_labels_only_its_training_rows():
+    from cxrtrek_jax.train.config import AlignmentConfig, TrainConfig
+    from cxrtrek_jax.train.run import DataPaths, alignment_phase, pipeline_config
+    from experiments import get_experiment
+
+    cfg = get_experiment("grounded", "tiny")
+    phase = alignment_phase(cfg)
+    assert phase.train.image_label_weight == cfg.alignment.image_label_weight > 0
+    assert cfg.train.image_label_weight == 0.0  # the chains train without it
+    paths = DataPaths(tfds_dir="/nowhere")
+    assert pipeline_config(phase, phase.model, paths, "train", training=True).image_labels
+    assert not pipeline_config(phase, phase.model, paths, "validation", training=False).image_labels
+    assert not pipeline_config(cfg, cfg.model, paths, "train", training=True).image_labels
+    with pytest.raises(ValueError, match=r"alignment\.image_label_weight must be >= 0"):
+        AlignmentConfig(image_label_weight=-1.0)
+    with pytest.raises(ValueError, match=r"train\.image_label_weight must be >= 0"):
+        TrainConfig(image_label_weight=float("nan"))
+    with pytest.raises(ValueError, match=r"data\.pipeline\.image_labels = True: the run sets it"):
+        cfg.override({"data.pipeline.image_labels": "true"})

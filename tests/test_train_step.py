@@ -19,6 +19,7 @@ from cxrtrek_jax.train import sharding as sh
 from cxrtrek_jax.testing import synthetic_batches as sb
 from cxrtrek_jax.train import step as ts
 from cxrtrek_jax.model import CXRTrekNet, get_config, override, trainable_mask
+from data_pipeline.image_labels import IMAGE_LABEL_KINDS
 
 CONFIG = get_config("tiny")
 # One block per tower: half the compile time, for the tests that do not compare against CONFIG.
@@ -297,3 +298,70 @@ def test_bfloat16_compute_keeps_float32_master_weights():
     assert np.isfinite(losses).all() and bool(metrics["finite"])
     changed = jax.tree.map(lambda a, b: bool(np.any(np.asarray(a) != b)), state.params, params)
     assert all(jax.tree.leaves(changed))
+
+
+def _with_image_labels(batch, seed=0):
+    """`batch` plus random labels over the finding kinds, about 60 % of them known."""
+    rng = np.random.default_rng(seed)
+    shape = (batch["input_tokens"].shape[0], len(IMAGE_LABEL_KINDS))
+    return dict(batch, image_labels=rng.integers(0, 2, shape).astype(np.float32),
+                image_label_mask=(rng.random(shape) < 0.6).astype(np.float32))
+
+
+def _numpy_image_label_sums(features, image_mask, labels, known):
+    """Sigmoid cross-entropy of the fixed read-out of each row's mean slot-0 token, in numpy."""
+    pooled = np.asarray(features, np.float64)[:, 0].mean(axis=1)
+    readout = np.asarray(ts.image_label_readout(pooled.shape[-1], labels.shape[-1]), np.float64)
+    x = pooled @ readout
+    bce = np.maximum(x, 0) - x * labels + np.log1p(np.exp(-np.abs(x)))
+    weight = known * image_mask[:, :1]
+    return float(np.sum(bce * weight)), float(np.sum(weight))
+
+
+def test_image_label_loss_matches_numpy_and_reaches_only_the_image_side():
+    mesh = _one_device_mesh()
+    optim = dataclasses.replace(OPTIM, clip_norm=None)  # a global clip would couple the towers
+    model = CXRTrekNet(ONE_BLOCK, rngs=nnx.Rngs(0))
+    params = jax.device_get(nnx.to_pure_dict(nnx.state(model, nnx.Param)))
+    batch = _with_image_labels(sb.synthetic_batch(SPEC, 0))
+    split = ts.split_abstract_model(lambda rngs: CXRTrekNet(ONE_BLOCK, rngs=rngs))
+    tx = opt.make_optimizer(optim)
+    shardings = ts.state_shardings(split, tx, mesh)
+    after, metrics = {}, {}
+    for weight in (0.0, 2.0):
+        step_fn = ts.make_train_step(split, tx, optim, shardings, image_label_weight=weight)
+        state, m = step_fn(ts.create_train_state(params, tx, shardings), sh.put_batch(batch, mesh))
+        metrics[weight] = jax.device_get(m)
+        # Adam's first update is the gradient's sign; the second shows a changed gradient.
+        state, _ = step_fn(state, sh.put_batch(_with_image_labels(sb.synthetic_batch(SPEC, 1), 1), mesh))
+        after[weight] = jax.device_get(state.params)
+    ref_sum, ref_count = _numpy_image_label_sums(model.encode_images(batch["images"]), batch["image_mask"],
+                                                 batch["image_labels"], batch["image_label_mask"])
+    m = metrics[2.0]
+    assert "image_label_loss_sum" not in metrics[0.0]
+    assert m["image_labels"] == ref_count > 0
+    assert m["image_label_loss_sum"] == pytest.approx(ref_sum, rel=1e-5)
+    assert m["loss"] == pytest.approx(metrics[0.0]["loss"], rel=1e-6)  # "loss" stays the token loss
+    assert ts.summarize_metrics(m)["image_label_loss"] == pytest.approx(ref_sum / ref_count, rel=1e-5)
+    for tower, moved in (("text", False), ("vision", True), ("projector", True)):
+        differs = [bool(np.any(a != b)) for a, b in zip(jax.tree.leaves(after[0.0][tower]),
+                                                        jax.tree.leaves(after[2.0][tower]))]
+        assert any(differs) == moved, tower
+
+
+def test_image_label_weight_needs_labelled_batches():
+    mesh = _one_device_mesh()
+    split = ts.split_abstract_model(lambda rngs: CXRTrekNet(ONE_BLOCK, rngs=rngs))
+    tx = opt.make_optimizer(OPTIM)
+    shardings = ts.state_shardings(split, tx, mesh)
+    with pytest.raises(ValueError, match="image_label_weight must be >= 0"):
+        ts.make_train_step(split, tx, OPTIM, shardings, image_label_weight=-1.0)
+    step_fn = ts.make_train_step(split, tx, OPTIM, shardings, image_label_weight=1.0)
+    state = ts.create_train_state(_host_params(split), tx, shardings)
+    with pytest.raises(ValueError, match="needs batches with"):
+        step_fn(state, sh.put_batch(sb.synthetic_batch(SPEC, 0), mesh))
+    batch = _with_image_labels(sb.synthetic_batch(SPEC, 0))
+    with pytest.raises(ValueError, match=r"missing \['image_label_mask'\]"):
+        ts.check_batch({k: v for k, v in batch.items() if k != "image_label_mask"})
+    with pytest.raises(ValueError, match="'image_labels'"):
+        ts.check_batch({**batch, "image_labels": batch["image_labels"][:, :2]})

@@ -91,7 +91,7 @@ class DataConfig:
         p = self.pipeline
         for name, value, unset in (("source", p.source, ""), ("source_kind", p.source_kind, "tfds"),
                                    ("split", p.split, TRAIN), ("image_root", p.image_root, None),
-                                   ("image_size", p.image_size, None),
+                                   ("image_size", p.image_size, None), ("image_labels", p.image_labels, False),
                                    ("sequence.tokens_per_image", p.sequence.tokens_per_image, None),
                                    ("sequence.max_images", p.sequence.max_images, None)):
             if value != unset:
@@ -114,15 +114,22 @@ class TokenizerConfig:
 class TrainConfig:
     """num_steps: optimiser steps; log_every: steps between log lines;
     eval_batches: validation batches per evaluation (at every checkpoint);
-    init_from: a params checkpoint (e.g. from `cxrtrek import-hf`) to start from."""
+    init_from: a params checkpoint (e.g. from `cxrtrek import-hf`) to start from;
+    image_label_weight: w > 0 adds the auxiliary image-label loss (`cxrtrek_jax.train.step`):
+      the current image's finding labels from the study's own stage-2 answers
+      (`data_pipeline.image_labels`), read from its mean image token by a fixed read-out, each
+      known label weighing w answer tokens; needs `data.pipeline.packing` off."""
 
     num_steps: int = 300
     log_every: int = 10
     eval_batches: int = 8
     seed: int = 0
     init_from: str = ""
+    image_label_weight: float = 0.0
 
     def __post_init__(self) -> None:
+        if not self.image_label_weight >= 0.0:
+            raise ValueError(f"train.image_label_weight must be >= 0, got {self.image_label_weight}")
         if self.num_steps < 1 or self.log_every < 1 or self.eval_batches < 0:
             raise ValueError(
                 f"train.num_steps and train.log_every must be >= 1 and eval_batches >= 0, got "
@@ -164,6 +171,8 @@ class AlignmentConfig:
         a third to a half of each answer's loss, not about an eighth); the main phase trains the
         answers as given;
     decisive_stages: with closed_answers "decisive", cut only these stages' answers (None = all);
+    image_label_weight: the phase's auxiliary image-label loss (`TrainConfig.image_label_weight`;
+        0 = off); the main phase uses `train.image_label_weight`;
     optim: its optimiser (its `total_steps` is set to `num_steps` + 1 by the trainer).
     """
 
@@ -174,6 +183,7 @@ class AlignmentConfig:
     context: str = "off"
     closed_answers: str = "full"
     decisive_stages: tuple[int, ...] | None = None
+    image_label_weight: float = 0.0
     optim: OptimConfig = OptimConfig(learning_rate=1e-4, warmup_steps=10, total_steps=101,
                                      weight_decay=0.01)
 
@@ -183,6 +193,8 @@ class AlignmentConfig:
                              f"{self.num_steps}, {self.global_batch_size}")
         if not self.stages:
             raise ValueError("alignment.stages must name at least one stage")
+        if not self.image_label_weight >= 0.0:
+            raise ValueError(f"alignment.image_label_weight must be >= 0, got {self.image_label_weight}")
         if self.context not in ("off", "on"):
             raise ValueError(f"alignment.context must be 'off' (one row per QA pair) or 'on' (one row "
                              f"per study), got {self.context!r}")

@@ -102,6 +102,7 @@ def run_training(
     preemption: preemption_lib.PreemptionWatcher | None = None,
     devices: list[jax.Device] | None = None,
     rules: sharding_lib.LogicalRules = sharding_lib.LOGICAL_AXIS_RULES,
+    image_label_weight: float = 0.0,
 ) -> TrainResult:
     """Train `model_config` (a `cxrtrek_jax.model.ModelConfig`) to `num_steps` optimizer steps,
     resuming from the newest readable checkpoint in `checkpoint.directory` if there is one.
@@ -118,6 +119,8 @@ def run_training(
       LoRA model it may lack the adapters (a base model's checkpoint), which start fresh.
     preemption: the watcher to poll; by default one is installed for the duration of the call
       (SIGTERM -> checkpoint at the current step, return with stop_reason "preempted").
+    image_label_weight: the auxiliary image-label loss's weight (`step.make_train_step`); > 0
+      needs batches with image labels.
     Raises NonFiniteError (naming the step) when a loss or gradient norm is NaN/Inf.
     """
     from cxrtrek_jax.model import CXRTrekNet, to_dict
@@ -133,7 +136,8 @@ def run_training(
     tx = optimizer_lib.make_optimizer(optim, trainable)
     shardings = step_lib.state_shardings(split, tx, mesh, rules)
     train_step = step_lib.make_train_step(
-        split, tx, optim, shardings, trainable=trainable, seed=seed, rules=rules
+        split, tx, optim, shardings, trainable=trainable, seed=seed, rules=rules,
+        image_label_weight=image_label_weight,
     )
     run_metadata = dict(metadata or {})
     run_metadata.update(

@@ -54,6 +54,9 @@ def aligned(preset: str) -> ExperimentConfig:
 GROUNDED_ALIGNMENT_STEPS = 2500
 GROUNDED_DECISIVE_STAGES = (2,)
 GROUNDED_IMAGE_TOWER_RATE = 1e-5
+# Each known stage-2 finding label of a row weighs as much as 4 answer tokens (about 37 per row):
+# with it the alignment phase also reads pleural effusion (RESULTS.md, "2026-12-06").
+GROUNDED_IMAGE_LABEL_WEIGHT = 4.0
 
 
 def grounded(preset: str) -> ExperimentConfig:
@@ -66,18 +69,21 @@ def grounded(preset: str) -> ExperimentConfig:
     outright ("No. This is a PA view."): every view question itself is an exclusive-or of image and
     wording, which a model from scratch learns only once it reads the view, and the details are what
     teach it to. The rate stays at its peak throughout (`final_lr_fraction` 1.0): under a cosine decay
-    that exclusive-or was never learned."""
+    that exclusive-or was never learned. An auxiliary loss (`image_label_weight`) asks the mean image
+    token of the current radiograph for the findings its stage 2 answers, through a fixed read-out:
+    without it only the global findings (cardiomegaly) were read."""
     cfg = base_config(preset)
     base = alignment_for(preset)
     alignment = dataclasses.replace(
         base, num_steps=GROUNDED_ALIGNMENT_STEPS, context="on", closed_answers="decisive",
         decisive_stages=GROUNDED_DECISIVE_STAGES, length_buckets=(256, 384, 512),
+        image_label_weight=GROUNDED_IMAGE_LABEL_WEIGHT,
         optim=dataclasses.replace(base.optim, final_lr_fraction=1.0))
     gentle = TowerSchedule(learning_rate=GROUNDED_IMAGE_TOWER_RATE)
     return _named(
         cfg, "grounded",
-        "constant-rate study-row alignment phase (stages 1-2, stage-2 closed answers cut to Yes/No), "
-        "then the chains with the image towers at 1e-5",
+        "constant-rate study-row alignment phase (stages 1-2, stage-2 closed answers cut to Yes/No, "
+        "an image-label loss from the stage-2 answers), then the chains with the image towers at 1e-5",
         alignment=alignment, optim=dataclasses.replace(cfg.optim, vision=gentle, projector=gentle),
     )
 

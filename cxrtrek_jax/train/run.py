@@ -233,8 +233,9 @@ def resolve_model_config(model: ModelConfig, tokenizer: CXRTrekTokenizer) -> Mod
 def pipeline_config(cfg: ExperimentConfig, model: ModelConfig, data: DataPaths, split: str,
                     *, training: bool) -> PipelineConfig:
     """`cfg.data.pipeline` for reading `split` of the prepared data: the source set to its TFDS
-    dir, the image geometry to the model's; for evaluation (`training=False`) without
-    augmentation and worker processes."""
+    dir, the image geometry to the model's; image labels when training with
+    `train.image_label_weight` > 0; for evaluation (`training=False`) without augmentation,
+    worker processes and labels."""
     p = cfg.data.pipeline
     sequence = dataclasses.replace(p.sequence, tokens_per_image=model.tokens_per_image,
                                    max_images=model.max_images)
@@ -243,6 +244,7 @@ def pipeline_config(cfg: ExperimentConfig, model: ModelConfig, data: DataPaths, 
         image_size=model.vision.image_size, sequence=sequence,
         num_workers=p.num_workers if training else 0,
         augment=p.augment if training else AugmentConfig.none(),
+        image_labels=training and cfg.train.image_label_weight > 0,
     )
 
 
@@ -400,7 +402,7 @@ def alignment_phase(cfg: ExperimentConfig) -> ExperimentConfig:
     """The experiment of `cfg`'s alignment phase: its data as the QA pairs of the alignment
     stages (one row per pair or per study, `alignment.context`; its closed answers as
     `alignment.closed_answers` in `alignment.decisive_stages`; no packing), its batch, buckets,
-    optimiser and length; no alignment."""
+    optimiser, length and image-label loss weight; no alignment."""
     a = cfg.alignment
     if a is None:
         raise ValueError(f"experiment {cfg.name!r} has no alignment phase")
@@ -414,7 +416,7 @@ def alignment_phase(cfg: ExperimentConfig) -> ExperimentConfig:
                                          decisive_stages=a.decisive_stages))),
         optim=dataclasses.replace(a.optim, total_steps=a.num_steps + 1,
                                   warmup_steps=min(a.optim.warmup_steps, a.num_steps)),
-        train=dataclasses.replace(cfg.train, num_steps=a.num_steps),
+        train=dataclasses.replace(cfg.train, num_steps=a.num_steps, image_label_weight=a.image_label_weight),
         checkpoint=dataclasses.replace(cfg.checkpoint, directory="", save_every=a.num_steps),
     )
 
@@ -521,6 +523,7 @@ def _train_phase(cfg: ExperimentConfig, workdir: pathlib.Path, init_from: str | 
                                                         resolved.checkpoint.directory)},
             init_params_from=init_from,
             devices=devices,
+            image_label_weight=cfg.train.image_label_weight,
         )
     finally:
         metrics_log.close()

@@ -8,10 +8,13 @@ the step they are merged back (`nnx.merge`). The step is `jax.jit` with explicit
 
 Batch fields (the batch contract of `data_pipeline.grain_pipeline`, `BATCH_FIELDS`), B = global batch, L = sequence length:
   input_tokens, target_tokens, stage_ids, segment_ids, positions: int32[B, L];
-  loss_mask: float32[B, L]; images: float32[B, M, H, W]; image_mask: bool[B, M].
+  loss_mask: float32[B, L]; images: float32[B, M, H, W]; image_mask: bool[B, M];
+  optionally (`IMAGE_LABEL_FIELDS`) image_labels, image_label_mask: float32[B, K].
 
 Loss: token cross-entropy summed over `loss_mask`, divided by the number of answer tokens in the
-global batch (not per micro-batch, not per sample).
+global batch (not per micro-batch, not per sample). With `image_label_weight` w > 0 the train step
+adds w x the summed binary cross-entropy of the image-label read-out (`image_label_sums`) to that
+sum before the division: each known (row, finding) label weighs w answer tokens.
 """
 
 from __future__ import annotations
@@ -32,7 +35,8 @@ from jax.sharding import Mesh, NamedSharding
 from cxrtrek_jax.train import optimizer as optimizer_lib
 from cxrtrek_jax.train import sharding as sharding_lib
 from cxrtrek_jax.model import axis_rules
-from data_pipeline.grain_pipeline import BATCH_FIELDS  # the batch contract, defined by the data side
+# The batch contract, defined by the data side.
+from data_pipeline.grain_pipeline import BATCH_FIELDS, IMAGE_LABEL_FIELDS
 from data_pipeline.stages import NUM_STAGES  # re-exported: the one definition of the stage count
 
 __all__ = [
@@ -48,6 +52,8 @@ __all__ = [
     "check_batch",
     "token_metric_sums",
     "answer_token_sums",
+    "image_label_readout",
+    "image_label_sums",
     "DEFAULT_HEAD_CHUNK",
     "make_train_step",
     "make_eval_step",
@@ -169,8 +175,11 @@ def _rest_placeholder(abstract_rest: nnx.State) -> nnx.State:
 def check_batch(batch: Mapping[str, Any]) -> None:
     """ValueError naming the field when `batch` lacks a contract field, has an unexpected one, or
     a field's leading dims disagree ([B, L] token fields, [B, M, H, W] images, [B, M] mask)."""
+    labelled = [f for f in IMAGE_LABEL_FIELDS if f in batch]
     missing = [f for f in BATCH_FIELDS if f not in batch]
-    extra = sorted(set(batch) - set(BATCH_FIELDS))
+    if labelled:
+        missing += [f for f in IMAGE_LABEL_FIELDS if f not in batch]
+    extra = sorted(set(batch) - set(BATCH_FIELDS) - set(IMAGE_LABEL_FIELDS))
     if missing or extra:
         raise ValueError(f"batch fields: missing {missing}, unexpected {extra}")
     rows_len = tuple(batch["input_tokens"].shape)
@@ -184,6 +193,11 @@ def check_batch(batch: Mapping[str, Any]) -> None:
     if len(images) != 4 or images[0] != rows_len[0] or mask != images[:2]:
         raise ValueError(f"batch fields 'images' {images} / 'image_mask' {mask} must be "
                          f"[{rows_len[0]}, M, H, W] / [{rows_len[0]}, M]")
+    if labelled:
+        labels, known = tuple(batch["image_labels"].shape), tuple(batch["image_label_mask"].shape)
+        if len(labels) != 2 or labels[0] != rows_len[0] or known != labels:
+            raise ValueError(f"batch fields 'image_labels' {labels} / 'image_label_mask' {known} must "
+                             f"both be [{rows_len[0]}, K]")
 
 
 def token_metric_sums(
@@ -288,6 +302,34 @@ def answer_token_sums(
                 stage_answer_tokens=mask @ per_stage)
 
 
+_READOUT_SEED = 0x1AB
+
+
+def image_label_readout(embed_dim: int, num_labels: int) -> jax.Array:
+    """The fixed (never trained) read-out float32[E, K] of the image-label loss: Gaussian entries
+    of variance 1/E from a constant seed. Being fixed, it adds no parameter (nothing to checkpoint
+    or export), and the loss can only fall by making the image tokens themselves carry the labels
+    along directions the decoder sees."""
+    return jax.random.normal(jax.random.key(_READOUT_SEED), (embed_dim, num_labels)) / np.sqrt(embed_dim)
+
+
+def image_label_sums(image_features: jax.Array, image_mask: jax.Array, labels: jax.Array,
+                     label_mask: jax.Array) -> dict[str, jax.Array]:
+    """The auxiliary image-label loss of one (micro-)batch.
+
+    image_features: [B, M, N, E] (`CXRTrekNet.encode_images`); slot 0 is the row's current image.
+    image_mask: bool[B, M]; labels, label_mask: float32[B, K] (1 = present / known).
+    Each row's slot-0 tokens are averaged to [E] and read out by `image_label_readout` to K
+    logits. Returns image_label_loss_sum (sigmoid cross-entropy in nats, summed over the known
+    labels of rows whose slot 0 holds an image) and image_labels (how many), float32[].
+    """
+    pooled = jnp.mean(image_features[:, 0].astype(jnp.float32), axis=1)
+    logits = pooled @ image_label_readout(pooled.shape[-1], labels.shape[-1])
+    known = label_mask.astype(jnp.float32) * image_mask[:, :1].astype(jnp.float32)
+    bce = optax.sigmoid_binary_cross_entropy(logits, labels.astype(jnp.float32))
+    return {"image_label_loss_sum": jnp.sum(bce * known), "image_labels": jnp.sum(known)}
+
+
 def _rng_stream_tags(rest: nnx.State) -> tuple[str, ...]:
     """The RNG streams (e.g. LoRA dropout's) held by the model's non-`Param` variables."""
     return tuple(sorted({v.tag for _, v in nnx.to_flat_state(rest) if isinstance(v, nnx.RngKey)}))
@@ -310,9 +352,10 @@ def _pure_head(text: nnx.Module) -> Callable[[jax.Array], jax.Array]:
 
 def _forward_sums(
     graphdef, params, rest, batch: Mapping[str, jax.Array], rng_key: jax.Array | None,
-    head_chunk: int = DEFAULT_HEAD_CHUNK,
+    head_chunk: int = DEFAULT_HEAD_CHUNK, image_labels: bool = False,
 ) -> dict[str, jax.Array]:
-    """`answer_token_sums` of one (micro-)batch; rng_key None = evaluation: dropout off."""
+    """`answer_token_sums` of one (micro-)batch (plus `image_label_sums` with `image_labels`);
+    rng_key None = evaluation: dropout off."""
     # Fresh Variable objects for this trace (reseeding mutates them).
     model = nnx.merge(graphdef, params, jax.tree.map(lambda x: x, rest))
     if rng_key is None:
@@ -321,16 +364,22 @@ def _forward_sums(
         tags = _rng_stream_tags(rest)
         if tags:
             nnx.reseed(model, policy=_path_salted, **{tag: rng_key for tag in tags})
+    features = model.encode_images(batch["images"])
     hidden, _ = model(
         batch["input_tokens"],
-        batch["images"],
+        None,
         batch["image_mask"],
         batch["positions"],
         batch["segment_ids"],
+        image_features=features,
         return_hidden=True,
     )
-    return answer_token_sums(hidden, _pure_head(model.text), batch["target_tokens"], batch["loss_mask"],
+    sums = answer_token_sums(hidden, _pure_head(model.text), batch["target_tokens"], batch["loss_mask"],
                              batch["stage_ids"], chunk=head_chunk)
+    if image_labels:
+        sums.update(image_label_sums(features, batch["image_mask"], batch["image_labels"],
+                                     batch["image_label_mask"]))
+    return sums
 
 
 def _microbatches(batch: Mapping[str, jax.Array], count: int, mesh: Mesh) -> dict[str, jax.Array]:
@@ -361,6 +410,7 @@ def make_train_step(
     seed: int = 0,
     rules: sharding_lib.LogicalRules = sharding_lib.LOGICAL_AXIS_RULES,
     head_chunk: int = DEFAULT_HEAD_CHUNK,
+    image_label_weight: float = 0.0,
 ) -> Callable[[TrainState, dict[str, jax.Array]], tuple[TrainState, dict[str, jax.Array]]]:
     """The jitted train step `(state, batch) -> (state, metrics)`; `state` is donated.
 
@@ -371,9 +421,15 @@ def make_train_step(
       micro-batch), so a resumed run draws the same masks as an uninterrupted one.
     rules: logical-axis rules for the model's activation constraints.
     head_chunk: answer tokens per LM-head product (`answer_token_sums`).
-    metrics (replicated, no host sync): loss, accuracy, answer_tokens, grad_norm, learning_rate,
-      finite, and the raw sums of `token_metric_sums` (per stage included).
+    image_label_weight: w > 0 adds the image-label loss (`image_label_sums`; the batches must
+      carry `IMAGE_LABEL_FIELDS`) to the objective, each known label weighing w answer tokens.
+    metrics (replicated, no host sync): loss (the token loss alone), accuracy, answer_tokens,
+      grad_norm, learning_rate, finite, the raw sums of `token_metric_sums` (per stage included)
+      and, with w > 0, those of `image_label_sums`.
     """
+    if not image_label_weight >= 0.0:
+        raise ValueError(f"image_label_weight must be >= 0, got {image_label_weight}")
+    with_labels = image_label_weight > 0.0
     mesh = shardings.step.mesh
     schedule = optimizer_lib.learning_rate_schedule(config)
     accum = config.grad_accum_steps
@@ -403,8 +459,11 @@ def make_train_step(
 
         def objective(train_leaves):
             params = combine(train_leaves, frozen_leaves)
-            sums = _forward_sums(graphdef, params, rest, batch, rng_key, head_chunk)
-            return sums["loss_sum"] / denominator, sums
+            sums = _forward_sums(graphdef, params, rest, batch, rng_key, head_chunk, with_labels)
+            objective = sums["loss_sum"]
+            if with_labels:
+                objective = objective + image_label_weight * sums["image_label_loss_sum"]
+            return objective / denominator, sums
 
         (_, sums), train_grads = jax.value_and_grad(objective, has_aux=True)(train_leaves)
         return train_grads, sums
@@ -428,6 +487,9 @@ def make_train_step(
         return grads, sums
 
     def step_fn(state: TrainState, batch: dict[str, jax.Array]):
+        if with_labels and not all(f in batch for f in IMAGE_LABEL_FIELDS):
+            raise ValueError(f"image_label_weight {image_label_weight} needs batches with "
+                             f"{IMAGE_LABEL_FIELDS} (PipelineConfig.image_labels)")
         denominator = jnp.maximum(jnp.sum(batch["loss_mask"].astype(jnp.float32)), 1.0)
         with axis_rules(rules, mesh):
             train_grads, sums = accumulate(state, batch, denominator)
@@ -444,6 +506,8 @@ def make_train_step(
             opt_state=opt_state,
         )
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+        if with_labels:
+            finite &= jnp.isfinite(sums["image_label_loss_sum"])
         new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state, state)
         metrics = dict(
             sums,
@@ -504,7 +568,8 @@ def make_eval_step(
 def summarize_sums(sums: Mapping[str, Any]) -> dict[str, float]:
     """Host scalars from `token_metric_sums` (possibly added over batches): loss, accuracy and
     answer_tokens, and for each stage s with answer tokens `stage{s}/loss`, `stage{s}/accuracy`,
-    `stage{s}/tokens`."""
+    `stage{s}/tokens`; with `image_label_sums` also image_label_loss (nats per known label) and
+    image_labels."""
     m = jax.device_get(dict(sums))
     tokens = float(m["answer_tokens"])
     out = {
@@ -518,6 +583,10 @@ def summarize_sums(sums: Mapping[str, Any]) -> dict[str, float]:
             out[f"stage{s + 1}/loss"] = float(m["stage_loss_sum"][s]) / stage_tokens
             out[f"stage{s + 1}/accuracy"] = float(m["stage_correct"][s]) / stage_tokens
             out[f"stage{s + 1}/tokens"] = stage_tokens
+    if "image_label_loss_sum" in m:
+        labels = float(m["image_labels"])
+        out["image_label_loss"] = float(m["image_label_loss_sum"]) / max(labels, 1.0)
+        out["image_labels"] = labels
     return out
 
 
