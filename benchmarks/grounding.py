@@ -8,7 +8,9 @@ encoded with the project's chat template and a BPE tokenizer trained on these te
 are rendered at the demo's 256 px and resized with padding to the model's size as the input
 pipeline does. Training uses the project's own train step (`train_step.make_train_step`) and
 optimiser (`optimizer.make_optimizer` with the recipe's `OptimConfig`, per-tower schedules
-included), on one device.
+included), on one device; with the recipe's image-label loss (`image_label_weight`) each row also
+carries its study's finding labels as the training pipeline derives them: the study's answers to the
+finding questions in the set (`row_image_labels`).
 
 Every `eval_every` steps it scores every held-out row teacher-forced: the answer is whichever of
 the question's two answer tokens has the larger logit at the first answer position, once with
@@ -37,8 +39,8 @@ import numpy as np
 
 from data_pipeline.findings import FINDING_KINDS, PRESENCE_QUESTIONS
 
-__all__ = ["QUESTIONS", "DEFAULT_QUESTIONS", "GroundingSet", "make_grounding_set", "run_grounding", "first_step_above",
-           "result_table", "main"]
+__all__ = ["QUESTIONS", "DEFAULT_QUESTIONS", "GroundingSet", "make_grounding_set", "row_image_labels", "run_grounding",
+           "first_step_above", "result_table", "main"]
 
 # name -> (question, positive answer, negative answer). The view questions' "positive" is AP.
 # `view_ab` / `view_ba` ask the view as the phantom's single-choice turns do, with the options in
@@ -115,6 +117,25 @@ def make_grounding_set(num_studies: int, seed: int, image_size: int, *, render_s
                         np.array(positive, bool)[order], np.array(studies, np.int32)[order])
 
 
+def row_image_labels(data: GroundingSet) -> tuple[np.ndarray, np.ndarray]:
+    """(labels, known) float32[N, K] over `IMAGE_LABEL_KINDS`: for each row, its study's answers to
+    the finding questions among the set's rows (the pipeline's rule: a study's presence answers
+    label its image; a finding the study is not asked about is unknown)."""
+    from data_pipeline.image_labels import IMAGE_LABEL_KINDS
+
+    names = list(QUESTIONS)
+    answers: dict[int, dict[int, bool]] = {}
+    for study, q, positive in zip(data.study, data.question, data.positive):
+        if names[q] in IMAGE_LABEL_KINDS:
+            answers.setdefault(int(study), {})[IMAGE_LABEL_KINDS.index(names[q])] = bool(positive)
+    labels = np.zeros((len(data), len(IMAGE_LABEL_KINDS)), np.float32)
+    known = np.zeros_like(labels)
+    for row, study in enumerate(data.study):
+        for k, positive in answers.get(int(study), {}).items():
+            labels[row, k], known[row, k] = float(positive), 1.0
+    return labels, known
+
+
 def _tokenizer(vocab_size: int):
     from data_pipeline.cxrtrek_json import DEFAULT_SYSTEM_PROMPT
     from data_pipeline.tokenizer import train_tokenizer
@@ -154,15 +175,19 @@ def _encoded_rows(tokenizer, tokens_per_image: int) -> tuple[np.ndarray, np.ndar
     return ids, np.array(first, np.int32), np.array(answer_tokens, np.int32), length
 
 
-def _batch(data: GroundingSet, rows: np.ndarray, ids: np.ndarray, tokenizer) -> dict[str, np.ndarray]:
-    """The batch contract's fields for `rows` of `data` (loss on the answer and its end of turn)."""
+def _batch(data: GroundingSet, rows: np.ndarray, ids: np.ndarray, tokenizer,
+           image_labels: tuple[np.ndarray, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+    """The batch contract's fields for `rows` of `data` (loss on the answer and its end of turn),
+    plus the image-label fields when `image_labels` (`row_image_labels(data)`) is given."""
     chosen = ids[data.question[rows], (~data.positive[rows]).astype(np.int32)]  # [B, T + 1]
     inputs, targets = chosen[:, :-1], chosen[:, 1:]
     real = inputs != tokenizer.pad_id
     assistant = np.cumsum(inputs == tokenizer.prefix_ids("assistant")[-1], axis=1) >= 1
     loss_mask = (assistant & (targets != tokenizer.pad_id)).astype(np.float32)
     b, length = inputs.shape
-    return {
+    labels = {} if image_labels is None else {"image_labels": image_labels[0][rows],
+                                              "image_label_mask": image_labels[1][rows]}
+    return labels | {
         "input_tokens": inputs, "target_tokens": targets, "loss_mask": loss_mask,
         "stage_ids": np.where(real, np.where(np.isin(data.question[rows, None], _VIEW_INDICES), 1, 2),
                               0).astype(np.int32),
@@ -183,10 +208,11 @@ def first_step_above(records: Sequence[Mapping], name: str, threshold: float) ->
 def run_grounding(optim, *, preset: str = "small", steps: int = 150, batch_size: int = 16,
                   train_studies: int = 500, test_studies: int = 100, eval_every: int = 10,
                   seed: int = 0, model_overrides: Mapping[str, object] | None = None,
-                  questions: Sequence[str] = DEFAULT_QUESTIONS, log=print) -> dict:
+                  questions: Sequence[str] = DEFAULT_QUESTIONS, image_label_weight: float = 0.0,
+                  log=print) -> dict:
     """Train `preset` on the image-only questions under `optim` (an `OptimConfig`; its
     `total_steps` is set to `steps` + 1 and warmups are capped below it) on `questions` (names in
-    QUESTIONS) and evaluate every
+    QUESTIONS), with the image-label loss at `image_label_weight` (0 = off), and evaluate every
     `eval_every` steps. Returns {"records": [{"step", "loss", "own": {q: acc}, "swapped": {q: acc}}],
     "majority": {q: held-out accuracy of the training majority}, "rows": {...}, "seconds"}."""
     import jax
@@ -234,7 +260,9 @@ def run_grounding(optim, *, preset: str = "small", steps: int = 150, batch_size:
     tx = optimizer_lib.make_optimizer(optim)
     shardings = step_lib.state_shardings(split, tx, mesh)
     state = step_lib.create_train_state(step_lib.init_params(model_fn, seed, shardings.params), tx, shardings)
-    train_step = step_lib.make_train_step(split, tx, optim, shardings, seed=seed)
+    train_step = step_lib.make_train_step(split, tx, optim, shardings, seed=seed,
+                                          image_label_weight=image_label_weight)
+    train_labels = row_image_labels(train) if image_label_weight > 0 else None
 
     @jax.jit
     def answer_logits(params, batch):
@@ -267,7 +295,7 @@ def run_grounding(optim, *, preset: str = "small", steps: int = 150, batch_size:
         if len(order) < batch_size:
             order = np.concatenate([order, rng.permutation(len(train))])
         rows, order = order[:batch_size], order[batch_size:]
-        batch = sharding_lib.put_batch(_batch(train, rows, ids, tokenizer), mesh)
+        batch = sharding_lib.put_batch(_batch(train, rows, ids, tokenizer, train_labels), mesh)
         state, metrics = train_step(state, batch)
         losses.append(float(metrics["loss"]))
         if step % eval_every == 0 or step == steps:
@@ -282,7 +310,8 @@ def run_grounding(optim, *, preset: str = "small", steps: int = 150, batch_size:
             "rows": {"train": len(train), "test": len(test),
                      "test_per_question": {n: int((test.question == q).sum()) for q, n in enumerate(names)
                                            if n in questions}},
-            "optim": dataclasses.asdict(optim), "preset": preset, "batch_size": batch_size}
+            "optim": dataclasses.asdict(optim), "preset": preset, "batch_size": batch_size,
+            "image_label_weight": image_label_weight}
 
 
 def result_table(result: Mapping, margin: float = 0.15) -> str:
@@ -301,7 +330,8 @@ def result_table(result: Mapping, margin: float = 0.15) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.grounding", description=__doc__.split("\n\n")[0])
     ap.add_argument("--experiment", default="grounded",
-                    help="whose recipe: its alignment phase's optimiser, else its main optimiser")
+                    help="whose recipe: its alignment phase's optimiser and image-label weight, else its "
+                         "main phase's")
     ap.add_argument("--preset", default="tiny", help="the model (default: the demo's)")
     ap.add_argument("--steps", type=int, default=600)
     ap.add_argument("--batch-size", type=int, default=16)
@@ -323,14 +353,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     cfg = get_experiment(args.experiment, args.preset).override(overrides)
     alignment = cfg.alignment
     optim = alignment.optim if alignment is not None else cfg.optim
+    weight = alignment.image_label_weight if alignment is not None else cfg.train.image_label_weight
     print(f"recipe: {args.experiment} ({'alignment phase' if alignment is not None else 'main phase'}) "
-          f"optimiser {optim}")
+          f"optimiser {optim}, image_label_weight {weight}")
     result = run_grounding(optim, preset=args.preset, steps=args.steps, batch_size=args.batch_size,
                            train_studies=args.train_studies, test_studies=args.test_studies,
                            eval_every=args.eval_every, seed=args.seed,
                            model_overrides={key[len("model."):]: value for key, value in overrides.items()
                                             if key.startswith("model.")},
-                           questions=tuple(q for q in args.questions.split(",") if q))
+                           questions=tuple(q for q in args.questions.split(",") if q),
+                           image_label_weight=weight)
     table = result_table(result, args.margin)
     print(table)
     print(f"total {result['seconds']:.0f} s")

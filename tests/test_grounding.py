@@ -12,9 +12,10 @@ from experiments import get_experiment
 
 @pytest.fixture(scope="module")
 def view_run():
-    optim = get_experiment("grounded", "tiny").alignment.optim
-    return grounding.run_grounding(optim, preset="tiny", steps=40, batch_size=16, train_studies=200,
-                                   test_studies=60, eval_every=10, questions=("view",), log=lambda _: None)
+    alignment = get_experiment("grounded", "tiny").alignment
+    return grounding.run_grounding(alignment.optim, preset="tiny", steps=40, batch_size=16, train_studies=200,
+                                   test_studies=60, eval_every=10, questions=("view",),
+                                   image_label_weight=alignment.image_label_weight, log=lambda _: None)
 
 
 def test_own_images_beat_swapped_images_and_the_majority(view_run):
@@ -62,3 +63,20 @@ def test_the_single_choice_view_answers_name_the_option_of_the_studys_view(name)
         view = s.cxrtrek_extras["phantom_truth"]["current"]["acquisition"]["view"]
         letter = positive if is_positive else negative
         assert options[letter].endswith(f"({view})")
+
+
+def test_rows_carry_their_studys_finding_answers_as_image_labels():
+    from data_pipeline.image_labels import IMAGE_LABEL_KINDS
+
+    data = grounding.make_grounding_set(40, 0, 32, questions=("view", "cardiomegaly", "pleural_effusion"))
+    labels, known = grounding.row_image_labels(data)
+    names = list(grounding.QUESTIONS)
+    for row in range(len(data)):
+        same_study = data.study == data.study[row]
+        for k, kind in enumerate(IMAGE_LABEL_KINDS):
+            asked = same_study & (data.question == names.index(kind))
+            assert known[row, k] == float(asked.any())
+            if asked.any():
+                assert labels[row, k] == float(data.positive[asked][0])
+    assert known[:, [IMAGE_LABEL_KINDS.index("cardiomegaly"), IMAGE_LABEL_KINDS.index("pleural_effusion")]].any()
+    assert not known[:, IMAGE_LABEL_KINDS.index("nodule")].any()  # not in the set: unknown

@@ -49,8 +49,8 @@ def aligned(preset: str) -> ExperimentConfig:
 
 # The from-scratch recipe that reads its radiographs (experiments/RESULTS.md, "2026-12-06"), measured
 # on `tiny` with 3,000 phantom studies: the view and cardiomegaly are read from the image by step
-# 1,000-1,500 of the alignment phase, and the demo's view check is met with the images and lost with
-# another study's.
+# 1,000-1,500 of the alignment phase, pleural effusion by ~2,000 with the image-label loss, and the
+# demo's view and stage-2 checks are met with the images and lost with another study's.
 GROUNDED_ALIGNMENT_STEPS = 2500
 GROUNDED_DECISIVE_STAGES = (2,)
 GROUNDED_IMAGE_TOWER_RATE = 1e-5
