@@ -15,10 +15,9 @@ naming exactly one finding by its `FINDING_NAMES` name ("Is there evidence of pn
 
 from __future__ import annotations
 
-import re
-
 import numpy as np
 
+from data_pipeline.decisive_answers import decisive_answer
 from data_pipeline.findings import FINDING_KINDS, FINDING_NAMES, PRESENCE_QUESTIONS
 from data_pipeline.records import Study
 
@@ -26,8 +25,6 @@ __all__ = ["IMAGE_LABEL_KINDS", "LABEL_STAGE", "presence_answers", "study_image_
 
 IMAGE_LABEL_KINDS = FINDING_KINDS
 LABEL_STAGE = 2  # findings identification
-
-_YES_NO = re.compile(r"\s*(yes|no)\b", re.IGNORECASE)
 
 
 def _normalise(question: str) -> str:
@@ -54,9 +51,9 @@ def presence_answers(study: Study) -> dict[str, bool]:
         if item.stage != LABEL_STAGE or item.qtype != "yes_no":
             continue
         kind = _asked_kind(item.question)
-        match = _YES_NO.match(item.answer)
-        if kind is not None and match is not None:
-            seen.setdefault(kind, set()).add(match.group(1).lower() == "yes")
+        decision = decisive_answer(item.qtype, item.answer).lower()  # "yes." / "no." when it decides
+        if kind is not None and decision in ("yes.", "no."):
+            seen.setdefault(kind, set()).add(decision == "yes.")
     return {kind: values.pop() for kind, values in seen.items() if len(values) == 1}
 
 
