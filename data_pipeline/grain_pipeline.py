@@ -250,7 +250,8 @@ class PrepareStudy:
     With an rng and an augmentation: one crop window per study (boxes in the
     text follow it), then one intensity change per image, drawn in image
     order. Without: the images as they are. Then every used image is resized
-    with padding to `image_size`.
+    with padding to `image_size`. With an rng, the sequences flip answers as
+    `sequence_config.answer_flips` says (drawn after the augmentation's draws).
     """
 
     def __init__(
@@ -279,7 +280,7 @@ class PrepareStudy:
                 loaded[0] = record.load_image(0)
                 window = window.snapped(*loaded[0].shape)
                 study = crop_study_boxes(study, window)
-        sequences, stats = build_sequences(study, self.tokenizer, self.sequence_config)
+        sequences, stats = build_sequences(study, self.tokenizer, self.sequence_config, rng)
         used = sorted({k for seq in sequences for k in seq.image_indices})
         images = {}
         for k in used:
@@ -584,7 +585,7 @@ def _build(
     prepare = PrepareStudy(tokenizer, cfg.sequence_config(), cfg.image_size, augment, cfg.image_labels)
     if train:
         ds = ds.shuffle(seed=cfg.seed)
-    if augment is not None:
+    if augment is not None or (train and cfg.sequence.answer_flips > 0.0):
         ds = ds.random_map(prepare, seed=cfg.augmentation_seed())
     else:
         ds = ds.map(prepare)

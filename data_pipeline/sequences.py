@@ -32,6 +32,13 @@ A chain longer than `max_length` (`SequenceConfig.long_chains`):
   - "truncate": one sequence; trailing turns that do not fit are dropped.
 A turn that does not fit even alone (with its images) is dropped. Every
 dropped turn and image is counted in `SequenceStats`, per stage too.
+
+Answer flips (`SequenceConfig.answer_flips`, training only: `build_sequences` with an rng):
+each bare "Yes." / "No." answer is replaced by the other with that probability and carries no
+loss, so the turns after it learn from a context whose earlier answers may be wrong, as when a
+model decodes a chain with its own answers (exposure bias; experiments/RESULTS.md, "2026-12-06").
+Only bare answers flip (with `closed_answers` "decisive"): a flipped "Yes. The heart is enlarged."
+would contradict itself and mark the flip.
 """
 
 from __future__ import annotations
@@ -44,7 +51,7 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 
 from data_pipeline.cxrtrek_json import DEFAULT_SYSTEM_PROMPT, derive_messages
-from data_pipeline.decisive_answers import with_decisive_answers
+from data_pipeline.decisive_answers import decisive_answer, with_decisive_answers
 from data_pipeline.records import IMAGE_PLACEHOLDER, Message, QAItem, Study
 from data_pipeline.stages import NUM_STAGES, Stage
 from data_pipeline.tokenizer import CXRTrekTokenizer
@@ -58,6 +65,7 @@ __all__ = [
     "SequenceTooLongError",
     "TrainingSequence",
     "SequenceBuilder",
+    "flip_answers",
     "build_sequences",
     "current_image_count",
     "turn_exclusion",
@@ -121,6 +129,9 @@ class SequenceConfig:
         decide is then a third to a half of the answer's loss instead of about an eighth).
     decisive_stages: with closed_answers "decisive", cut only the answers of these stages
         (None = every stage).
+    answer_flips: probability in [0, 1) that a bare "Yes." / "No." answer of a yes/no turn is
+        flipped to the other and trained without loss (module docstring); applied only when
+        `build_sequences` is given an rng (training), so evaluation sees the data as it is.
     """
 
     max_length: int | None = None
@@ -137,8 +148,11 @@ class SequenceConfig:
     loss_weighting: str = "token"
     closed_answers: str = "full"
     decisive_stages: tuple[int, ...] | None = None
+    answer_flips: float = 0.0
 
     def __post_init__(self) -> None:
+        if not 0.0 <= self.answer_flips < 1.0:
+            raise ValueError(f"answer_flips must be in [0, 1), got {self.answer_flips}")
         if self.closed_answers not in CLOSED_ANSWERS:
             raise ValueError(f"closed_answers must be one of {CLOSED_ANSWERS}, got {self.closed_answers!r}")
         if self.decisive_stages is not None:
@@ -204,7 +218,9 @@ class SequenceStats:
     by truncation).
     stage_trained / stage_windowed / stage_dropped: the same per stage, index
     1..8 (index 0 unused); dropped = not trained, for any reason but the
-    `stages` filter.
+    `stages` filter. turns_flipped: kept turns whose answer was flipped
+    (`SequenceConfig.answer_flips`): in their sequence as context, without loss (counted
+    in turns_kept and stage_trained, which count the turns each study offers for training).
     """
 
     studies: int = 0
@@ -218,6 +234,7 @@ class SequenceStats:
     images_dropped: int = 0
     unfittable: int = 0
     turns_windowed: int = 0
+    turns_flipped: int = 0
     stage_trained: tuple[int, ...] = (0,) * (NUM_STAGES + 1)
     stage_windowed: tuple[int, ...] = (0,) * (NUM_STAGES + 1)
     stage_dropped: tuple[int, ...] = (0,) * (NUM_STAGES + 1)
@@ -400,8 +417,9 @@ def _conversation(
 
 
 def _encode(study: Study, turns: Sequence[int], trained_from: int, tokenizer: CXRTrekTokenizer,
-            config: SequenceConfig) -> TrainingSequence:
-    """The sequence of `turns` (all of which fit), with loss on `turns[trained_from:]` only."""
+            config: SequenceConfig, flipped: frozenset[int] = frozenset()) -> TrainingSequence:
+    """The sequence of `turns` (all of which fit), with loss on `turns[trained_from:]` only,
+    except the `flipped` turns (study item indices)."""
     messages, introduced = _conversation(
         study, turns, system_prompt_of(study, config.system_prompt), tokenizer.format.image
     )
@@ -413,7 +431,7 @@ def _encode(study: Study, turns: Sequence[int], trained_from: int, tokenizer: CX
     for j in range(len(turns)):
         user, assistant = spans[1 + 2 * j], spans[2 + 2 * j]
         token_stage[user.start : assistant.end] = study.items[turns[j]].stage
-        if j >= trained_from:
+        if j >= trained_from and turns[j] not in flipped:
             answer = slice(assistant.content_start, assistant.end)
             weight = 1.0 if config.loss_weighting == "token" else 1.0 / max(answer.stop - answer.start, 1)
             token_loss[answer] = weight
@@ -526,8 +544,33 @@ def _plan(study: Study, group: list[int], tokenizer: CXRTrekTokenizer, config: S
     return windows, unfittable
 
 
+_FLIPPED = {"Yes.": "No.", "No.": "Yes."}
+
+
+def flip_answers(study: Study, turns: Sequence[int], probability: float,
+                 rng: np.random.Generator) -> tuple[Study, frozenset[int]]:
+    """`study` with each bare "Yes." / "No." answer among `turns` (item indices) of a yes/no turn
+    flipped with `probability` (one uniform draw per such turn, in turn order), and the flipped
+    item indices. Other answers never flip and draw nothing."""
+    items = list(study.items)
+    flipped = set()
+    for t in turns:
+        item = items[t]
+        answer = item.answer.strip()
+        if item.qtype != "yes_no" or answer not in _FLIPPED or decisive_answer(item.qtype, answer) != answer:
+            continue
+        if rng.random() < probability:
+            items[t] = dataclasses.replace(item, answer=_FLIPPED[answer])
+            flipped.add(t)
+    if not flipped:
+        return study, frozenset()
+    messages = None if study.messages is None else derive_messages(tuple(items), system_prompt_of(study))
+    return study.replace(items=tuple(items), messages=messages), frozenset(flipped)
+
+
 def build_sequences(
-    study: Study, tokenizer: CXRTrekTokenizer, config: SequenceConfig
+    study: Study, tokenizer: CXRTrekTokenizer, config: SequenceConfig,
+    rng: np.random.Generator | None = None,
 ) -> tuple[list[TrainingSequence], SequenceStats]:
     """The training sequence(s) of one study and what was left out.
 
@@ -536,13 +579,17 @@ def build_sequences(
     "truncate": a sequence's first turn) exceeds `config.max_length` (unless
     `config.drop_unfittable`). A study with no turn left after the
     stage/no_prior filters gives no sequence. `config.max_length` and
-    `config.tokens_per_image` must be set (ValueError otherwise).
+    `config.tokens_per_image` must be set (ValueError otherwise). With `rng` (training) and
+    `config.answer_flips` > 0, answers are flipped (`flip_answers`) after the turn selection.
     """
     config.check_complete()
     _check_image_counts(study)
     if config.closed_answers == "decisive":
         study = with_decisive_answers(study, config.decisive_stages)
     turns, counts = _select_turns(study, config)
+    flipped: frozenset[int] = frozenset()
+    if rng is not None and config.answer_flips > 0.0:
+        study, flipped = flip_answers(study, turns, config.answer_flips, rng)
     groups: Iterable[list[int]] = [turns] if config.stage_context else [[t] for t in turns]
     sequences: list[TrainingSequence] = []
     unfittable = 0
@@ -554,7 +601,7 @@ def build_sequences(
         windows, bad = _plan(study, group, tokenizer, config)
         unfittable += len(bad)
         for first, start, end in windows:
-            sequences.append(_encode(study, group[first:end], start - first, tokenizer, config))
+            sequences.append(_encode(study, group[first:end], start - first, tokenizer, config, flipped))
             trained.update(group[start:end])
             if first > 0:
                 windowed_turns.update(group[start:end])
@@ -577,6 +624,7 @@ def build_sequences(
         images_dropped=study.num_images - len(used_images),
         unfittable=unfittable,
         turns_windowed=len(windowed_turns),
+        turns_flipped=len(flipped & trained),
         stage_trained=tuple(stage_trained),
         stage_windowed=tuple(stage_windowed),
         stage_dropped=tuple(stage_dropped),

@@ -399,6 +399,32 @@ def test_training_is_seeded(data, tok):
     assert [ids for _, ids in first] != [ids for _, ids in other]
 
 
+def test_answer_flips_reach_training_rows_only(data, tok):
+    """With `answer_flips` (and no augmentation) training rows flip some bare yes/no answers,
+    newly drawn each epoch, each flipped one without loss; evaluation rows never flip."""
+    cfg = _config(data, answer_flips=0.5, num_epochs=4, read_threads=2)
+    flips = {True: 0, False: 0}
+    opposite = {"Yes.": "No.", "No.": "Yes."}
+    for batch, row_ids in _drain(build_train_iterator(cfg, tok)):
+        for r, ids in enumerate(row_ids):
+            if not ids or BY_ID[ids[0]].items[1].qtype != "yes_no":
+                continue
+            answer = BY_ID[ids[0]].items[1].answer  # the stage-2 turn
+            stage_2 = batch["stage_ids"][r] == 2
+            trained = tok.decode(batch["target_tokens"][r][stage_2 & (batch["loss_mask"][r] > 0)])
+            shown = tok.decode(batch["target_tokens"][r][stage_2], stop_at_end_of_turn=False)
+            flipped = trained == ""
+            assert shown.endswith(opposite[answer] if flipped else answer), (ids, shown)
+            assert flipped or trained == answer
+            flips[flipped] += 1
+    assert flips[True] > 0 and flips[False] > 0, flips  # 5 studies x 4 epochs, each drawn anew
+    for batch, row_ids in _drain(build_eval_iterator(cfg, tok)):
+        for r, ids in enumerate(row_ids):
+            if ids and BY_ID[ids[0]].items[1].qtype == "yes_no":
+                stage_2 = (batch["stage_ids"][r] == 2) & (batch["loss_mask"][r] > 0)
+                assert tok.decode(batch["target_tokens"][r][stage_2]) == BY_ID[ids[0]].items[1].answer
+
+
 def test_augmentation_crops_images_and_moves_boxes_together(data, tok):
     """Training batches carry cropped, intensity-changed images and the s0 box answer rewritten with them."""
     cfg = _config(data, augment=AugmentConfig(crop_area=(0.5, 0.6), brightness=0.1, contrast=0.2), num_epochs=3)

@@ -14,6 +14,7 @@ from data_pipeline.sequences import (
     SequenceTooLongError,
     build_sequences,
     current_image_count,
+    flip_answers,
     filter_turns,
     keeps_turn,
     system_prompt_of,
@@ -154,6 +155,58 @@ def test_decisive_closed_answers_train_only_the_deciding_token(tok):
         SequenceConfig(decisive_stages=(2,))
     with pytest.raises(ValueError, match="decisive_stages must name at least one stage"):
         SequenceConfig(closed_answers="decisive", decisive_stages=())
+
+
+FLIP_STUDY = Study(study_id="F", images=("front.png",), items=(
+    QAItem(1, "View_Information", "yes_no", 1, "<image>\nIs this an AP view?", "Yes."),
+    QAItem(2, "Findings_Identification", "yes_no", 1, "Is there an effusion?", "Yes. Left base."),
+    QAItem(2, "Findings_Identification", "yes_no", 1, "Is there a pneumothorax?", "No."),
+    _item(2, 1, "Is there an effusion?", "Yes."),  # not a yes/no turn: never flips
+    _item(8, 1, "Write the report.", "Small left effusion."),
+))
+
+
+class _Draws:
+    """A stand-in rng whose uniform draws are given (and counted)."""
+
+    def __init__(self, *values):
+        self.values, self.drawn = list(values), 0
+
+    def random(self):
+        self.drawn += 1
+        return self.values.pop(0)
+
+
+def test_flip_answers_flips_bare_yes_no_answers_with_their_draws():
+    draws = _Draws(0.1, 0.9)  # turn 0 flips (0.1 < 0.5), turn 2 does not
+    flipped_study, flipped = flip_answers(FLIP_STUDY, range(5), 0.5, draws)
+    assert flipped == {0} and draws.drawn == 2  # "Yes. Left base." and the captioning turn draw nothing
+    assert [i.answer for i in flipped_study.items] == ["No.", "Yes. Left base.", "No.", "Yes.", "Small left effusion."]
+    draws = _Draws(0.3, 0.3)
+    assert flip_answers(FLIP_STUDY, [2], 0.5, draws)[0].items[2].answer == "Yes." and draws.drawn == 1
+    assert flip_answers(FLIP_STUDY, range(5), 0.5, _Draws(0.6, 0.6)) == (FLIP_STUDY, frozenset())
+
+
+def test_flipped_answers_are_context_without_loss_and_only_in_training(tok):
+    config = SequenceConfig(max_length=512, tokens_per_image=N, closed_answers="decisive", answer_flips=0.5)
+    (clean,), _ = build_sequences(FLIP_STUDY, tok, config)  # no rng: as the data says
+    (flip,), stats = build_sequences(FLIP_STUDY, tok, config, _Draws(0.9, 0.1, 0.9))
+    # decisive cut first ("Yes. Left base." -> "Yes."), then the three bare answers draw: turn 1 flips
+    expected = Study(study_id="F", images=("front.png",), items=(
+        FLIP_STUDY.items[0], QAItem(2, "Findings_Identification", "yes_no", 1, "Is there an effusion?", "No."),
+        *FLIP_STUDY.items[2:]))
+    ids, stage, loss = _layout(tok, expected, [0, 1, 2, 3, 4])
+    turn_1 = np.zeros_like(loss)
+    answer_1 = [*tok.encode_text("No."), tok.end_of_turn_id]
+    # the flipped answer's tokens (and its end-of-turn) are in the text but carry no loss
+    start = next(k for k in range(len(ids)) if list(ids[k:k + len(answer_1)]) == answer_1 and loss[k] == 1.0)
+    turn_1[start:start + len(answer_1)] = 1.0
+    _check_layout(flip, ids, stage, loss - turn_1)
+    assert stats.turns_flipped == 1 and stats.turns_kept == 5
+    trained = tok.decode(clean.target_tokens[(clean.loss_mask > 0) & (clean.stage_ids == 2)], stop_at_end_of_turn=False)
+    assert trained.startswith("Yes.") and stats.turns_dropped == 0
+    with pytest.raises(ValueError, match=r"answer_flips must be in \[0, 1\), got 1.0"):
+        SequenceConfig(answer_flips=1.0)
 
 
 def test_lazy_prior_image_goes_into_the_comparison_question(tok):
