@@ -49,7 +49,7 @@ EVAL_CONTEXTS = CONTEXT_MODES  # own, teacher, none and swapped
 # What a demo step's output was made from (run/STAMP_FILE, hf_export.STAMP_FILE beside the
 # export): a step reruns only when it changed.
 STAMP_FILE = "demo_inputs.json"
-# |val_image_gain| below this (nats per answer token) reads as "the images are ignored".
+# |val_image_gain| below this (nats per answer token, or per answer) reads as "the images are ignored".
 IGNORES_IMAGES_BELOW = 0.01
 
 
@@ -321,8 +321,9 @@ def main(argv: list[str] | None = None) -> int:
     if gain is not None:
         reading = ("about 0: the model ignores its images" if abs(gain) < IGNORES_IMAGES_BELOW
                    else "the model reads its images")
+        unit = "answer" if cfg.data.pipeline.sequence.loss_weighting == "answer" else "answer token"
         print(f"\n  image reliance (last validation): loss with the images swapped between studies minus loss with "
-              f"their own images = {gain:+.4f} nats per answer token ({reading})")
+              f"their own images = {gain:+.4f} nats per {unit} ({reading})")
     for name, path in [("phantom data", data_json), ("TFDS data set", data.tfds_dir), ("run (config, metrics, "
                        "checkpoints, tensorboard)", run), ("evaluation", evaluation / "metrics.md"),
                        ("case report", evaluation / "report.html"), ("Hugging Face export", export),

@@ -126,6 +126,21 @@ def test_the_alignment_phase_can_cut_the_answers_of_some_stages_only():
         cfg.override({"alignment.closed_answers": "full"})
 
 
+def test_the_alignment_phase_has_its_own_loss_weighting():
+    from cxrtrek_jax.train.run import alignment_phase
+    from experiments import get_experiment
+
+    # the chains a loss per answer, the alignment phase per token (its default)
+    cfg = get_experiment("grounded", "tiny").override({"data.pipeline.sequence.loss_weighting": "answer"})
+    assert cfg.data.pipeline.sequence.loss_weighting == "answer"
+    assert alignment_phase(cfg).data.pipeline.sequence.loss_weighting == "token"
+    per_answer = cfg.override({"alignment.loss_weighting": "answer"})
+    assert alignment_phase(per_answer).data.pipeline.sequence.loss_weighting == "answer"
+    assert ExperimentConfig.from_dict(per_answer.to_dict()) == per_answer
+    with pytest.raises(ValueError, match=r"alignment\.loss_weighting must be one of .*'turn'"):
+        cfg.override({"alignment.loss_weighting": "turn"})
+
+
 def test_an_unknown_alignment_context_is_refused_naming_the_field():
     from cxrtrek_jax.train.config import AlignmentConfig
 

@@ -23,7 +23,7 @@ from cxrtrek_jax.model.config import ModelConfig, get_config
 from cxrtrek_jax.train.optimizer import OptimConfig
 from cxrtrek_jax.train.sharding import MeshConfig
 from data_pipeline.grain_pipeline import PipelineConfig
-from data_pipeline.sequences import CLOSED_ANSWERS, SequenceConfig
+from data_pipeline.sequences import CLOSED_ANSWERS, LOSS_WEIGHTINGS, SequenceConfig
 from data_pipeline.splits import TEST, TRAIN, VALIDATION
 
 __all__ = [
@@ -171,6 +171,8 @@ class AlignmentConfig:
         a third to a half of each answer's loss, not about an eighth); the main phase trains the
         answers as given;
     decisive_stages: with closed_answers "decisive", cut only these stages' answers (None = all);
+    loss_weighting: the phase's `SequenceConfig.loss_weighting` ("token" or "answer"), whatever the
+        main phase's (`data.pipeline.sequence.loss_weighting`) is;
     image_label_weight: the phase's auxiliary image-label loss (`TrainConfig.image_label_weight`;
         0 = off); the main phase uses `train.image_label_weight`;
     optim: its optimiser (its `total_steps` is set to `num_steps` + 1 by the trainer).
@@ -183,6 +185,7 @@ class AlignmentConfig:
     context: str = "off"
     closed_answers: str = "full"
     decisive_stages: tuple[int, ...] | None = None
+    loss_weighting: str = "token"
     image_label_weight: float = 0.0
     optim: OptimConfig = OptimConfig(learning_rate=1e-4, warmup_steps=10, total_steps=101,
                                      weight_decay=0.01)
@@ -201,6 +204,9 @@ class AlignmentConfig:
         if self.closed_answers not in CLOSED_ANSWERS:
             raise ValueError(f"alignment.closed_answers must be one of {CLOSED_ANSWERS}, got "
                              f"{self.closed_answers!r}")
+        if self.loss_weighting not in LOSS_WEIGHTINGS:
+            raise ValueError(f"alignment.loss_weighting must be one of {LOSS_WEIGHTINGS}, got "
+                             f"{self.loss_weighting!r}")
         if self.decisive_stages is not None and (self.closed_answers != "decisive" or not self.decisive_stages):
             raise ValueError(f"alignment.decisive_stages {self.decisive_stages!r} needs closed_answers 'decisive' "
                              f"and at least one stage (got closed_answers {self.closed_answers!r})")

@@ -401,8 +401,9 @@ def _gather_ints(values: list[int]) -> np.ndarray:
 def alignment_phase(cfg: ExperimentConfig) -> ExperimentConfig:
     """The experiment of `cfg`'s alignment phase: its data as the QA pairs of the alignment
     stages (one row per pair or per study, `alignment.context`; its closed answers as
-    `alignment.closed_answers` in `alignment.decisive_stages`; no packing), its batch, buckets,
-    optimiser, length and image-label loss weight; no alignment."""
+    `alignment.closed_answers` in `alignment.decisive_stages`, weighted per
+    `alignment.loss_weighting`; no packing), its batch, buckets, optimiser, length and image-label
+    loss weight; no alignment."""
     a = cfg.alignment
     if a is None:
         raise ValueError(f"experiment {cfg.name!r} has no alignment phase")
@@ -413,7 +414,8 @@ def alignment_phase(cfg: ExperimentConfig) -> ExperimentConfig:
             length_buckets=a.length_buckets,
             sequence=dataclasses.replace(cfg.data.pipeline.sequence, context=a.context, stages=a.stages,
                                          closed_answers=a.closed_answers,
-                                         decisive_stages=a.decisive_stages))),
+                                         decisive_stages=a.decisive_stages,
+                                         loss_weighting=a.loss_weighting))),
         optim=dataclasses.replace(a.optim, total_steps=a.num_steps + 1,
                                   warmup_steps=min(a.optim.warmup_steps, a.num_steps)),
         train=dataclasses.replace(cfg.train, num_steps=a.num_steps, image_label_weight=a.image_label_weight),
