@@ -51,7 +51,7 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 
 from data_pipeline.cxrtrek_json import DEFAULT_SYSTEM_PROMPT, derive_messages
-from data_pipeline.decisive_answers import decisive_answer, with_decisive_answers
+from data_pipeline.decisive_answers import with_decisive_answers
 from data_pipeline.records import IMAGE_PLACEHOLDER, Message, QAItem, Study
 from data_pipeline.stages import NUM_STAGES, Stage
 from data_pipeline.tokenizer import CXRTrekTokenizer
@@ -557,7 +557,7 @@ def flip_answers(study: Study, turns: Sequence[int], probability: float,
     for t in turns:
         item = items[t]
         answer = item.answer.strip()
-        if item.qtype != "yes_no" or answer not in _FLIPPED or decisive_answer(item.qtype, answer) != answer:
+        if item.qtype != "yes_no" or answer not in _FLIPPED:
             continue
         if rng.random() < probability:
             items[t] = dataclasses.replace(item, answer=_FLIPPED[answer])
