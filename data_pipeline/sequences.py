@@ -44,6 +44,7 @@ would contradict itself and mark the flip.
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import zlib
 from collections.abc import Iterable, Sequence
@@ -80,7 +81,7 @@ _LATER_STUDY_STAGES = (Stage.COMPARISON, Stage.FUTURE_TREND)
 # How a chain longer than max_length is trained (module docstring).
 LONG_CHAINS = ("window", "truncate")
 # How the loss is spread over answer tokens (`SequenceConfig.loss_weighting`).
-LOSS_WEIGHTINGS = ("token", "answer")
+LOSS_WEIGHTINGS = ("token", "answer", "sqrt")
 # What a closed answer trains on (`SequenceConfig.closed_answers`).
 CLOSED_ANSWERS = ("full", "decisive")
 # How a study's turns are grouped into training sequences (`SequenceConfig.context`); not the
@@ -123,7 +124,10 @@ class SequenceConfig:
         all, spread evenly over its tokens and end-of-turn: `loss_mask` holds 1/n on
         an answer of n target tokens; the train step's loss, accuracy and per-stage
         figures, weighted by `loss_mask`, become means over answers and its
-        `answer_tokens` a count of answers).
+        `answer_tokens` a count of answers) or "sqrt" (between the two: an answer of n target
+        tokens weighs sqrt(n) in all, 1/sqrt(n) per token, so a 60-token report outweighs a
+        one-word view answer about 5.5 to 1 instead of 30 to 1; the train step's figures are
+        then means over these weights).
     closed_answers: "full" (the answers as given) or "decisive" (yes/no and single-choice
         answers cut to "Yes." / "No." / "<letter>.", `decisive_answers`: the token the images
         decide is then a third to a half of the answer's loss instead of about an eighth).
@@ -266,7 +270,8 @@ class TrainingSequence:
 
     input_tokens int32[T]; target_tokens int32[T] (next token);
     loss_mask float32[T] (> 0 where the target is an answer token or its end-of-turn:
-        1.0, or 1/n on an answer of n such tokens with `loss_weighting` "answer");
+        1.0, or 1/n resp. 1/sqrt(n) on an answer of n such tokens with `loss_weighting`
+        "answer" resp. "sqrt");
     stage_ids int32[T] (stage of the target token's turn, 0 for bos/system);
     positions int32[T] (0..T-1).
     image_indices: indices into `Study.images` of the images whose
@@ -416,6 +421,12 @@ def _conversation(
     return messages, introduced
 
 
+def _token_weight(loss_weighting: str, n: int) -> float:
+    """The loss weight of each of an answer's n target tokens (`SequenceConfig.loss_weighting`)."""
+    n = max(n, 1)
+    return {"token": 1.0, "answer": 1.0 / n, "sqrt": 1.0 / math.sqrt(n)}[loss_weighting]
+
+
 def _encode(study: Study, turns: Sequence[int], trained_from: int, tokenizer: CXRTrekTokenizer,
             config: SequenceConfig, flipped: frozenset[int] = frozenset()) -> TrainingSequence:
     """The sequence of `turns` (all of which fit), with loss on `turns[trained_from:]` only,
@@ -433,8 +444,7 @@ def _encode(study: Study, turns: Sequence[int], trained_from: int, tokenizer: CX
         token_stage[user.start : assistant.end] = study.items[turns[j]].stage
         if j >= trained_from and turns[j] not in flipped:
             answer = slice(assistant.content_start, assistant.end)
-            weight = 1.0 if config.loss_weighting == "token" else 1.0 / max(answer.stop - answer.start, 1)
-            token_loss[answer] = weight
+            token_loss[answer] = _token_weight(config.loss_weighting, answer.stop - answer.start)
     num_images = introduced[-1]
     image_tokens = int(np.count_nonzero(ids == tokenizer.image_id))
     if image_tokens != num_images * config.tokens_per_image:

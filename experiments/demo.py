@@ -321,7 +321,8 @@ def main(argv: list[str] | None = None) -> int:
     if gain is not None:
         reading = ("about 0: the model ignores its images" if abs(gain) < IGNORES_IMAGES_BELOW
                    else "the model reads its images")
-        unit = "answer" if cfg.data.pipeline.sequence.loss_weighting == "answer" else "answer token"
+        unit = {"answer": "answer", "sqrt": "answer token, weighted 1/sqrt(answer length)"}.get(
+            cfg.data.pipeline.sequence.loss_weighting, "answer token")
         print(f"\n  image reliance (last validation): loss with the images swapped between studies minus loss with "
               f"their own images = {gain:+.4f} nats per {unit} ({reading})")
     for name, path in [("phantom data", data_json), ("TFDS data set", data.tfds_dir), ("run (config, metrics, "

@@ -132,6 +132,25 @@ def test_answer_weighting_gives_every_answer_weight_one_over_the_same_tokens(tok
         SequenceConfig(loss_weighting="turn")
 
 
+def test_sqrt_weighting_gives_an_answer_of_n_tokens_weight_sqrt_n(tok):
+    (by_token,), _ = build_sequences(STUDY_A, tok, SequenceConfig(max_length=512, tokens_per_image=N))
+    (by_sqrt,), _ = build_sequences(STUDY_A, tok, SequenceConfig(max_length=512, tokens_per_image=N,
+                                                                  loss_weighting="sqrt"))
+    np.testing.assert_array_equal(by_sqrt.target_tokens, by_token.target_tokens)
+    np.testing.assert_array_equal(by_sqrt.loss_mask > 0, by_token.loss_mask > 0)
+    totals = {}
+    for stage, answer in [(1, "PA view."), (2, "Yes."), (8, "Small left effusion.")]:
+        weights = by_sqrt.loss_mask[by_sqrt.stage_ids == stage]
+        weights = weights[weights > 0]
+        n = len(tok.encode_text(answer)) + 1  # the answer's tokens plus its end-of-turn
+        assert len(weights) == n
+        np.testing.assert_allclose(weights, 1.0 / np.sqrt(n), rtol=1e-6)
+        totals[stage] = weights.sum()
+        np.testing.assert_allclose(totals[stage], np.sqrt(n), rtol=1e-6)
+    # The report outweighs the yes/no answer, but by the square root of its length ratio only.
+    assert totals[8] > totals[2]
+
+
 def test_decisive_closed_answers_train_only_the_deciding_token(tok):
     study = Study(study_id="D", images=("front.png",), items=(
         QAItem(1, "View_Information", "single-choice", 1, "<image>\nView? A. PA B. AP", "B. AP"),

@@ -130,8 +130,11 @@ def test_the_alignment_phase_has_its_own_loss_weighting():
     from cxrtrek_jax.train.run import alignment_phase
     from experiments import get_experiment
 
+    shipped = get_experiment("grounded", "tiny")  # the chains sqrt-weighted, the alignment per token
+    assert shipped.data.pipeline.sequence.loss_weighting == "sqrt"
+    assert alignment_phase(shipped).data.pipeline.sequence.loss_weighting == "token"
     # the chains a loss per answer, the alignment phase per token (its default)
-    cfg = get_experiment("grounded", "tiny").override({"data.pipeline.sequence.loss_weighting": "answer"})
+    cfg = shipped.override({"data.pipeline.sequence.loss_weighting": "answer"})
     assert cfg.data.pipeline.sequence.loss_weighting == "answer"
     assert alignment_phase(cfg).data.pipeline.sequence.loss_weighting == "token"
     per_answer = cfg.override({"alignment.loss_weighting": "answer"})

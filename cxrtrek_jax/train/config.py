@@ -171,7 +171,7 @@ class AlignmentConfig:
         a third to a half of each answer's loss, not about an eighth); the main phase trains the
         answers as given;
     decisive_stages: with closed_answers "decisive", cut only these stages' answers (None = all);
-    loss_weighting: the phase's `SequenceConfig.loss_weighting` ("token" or "answer"), whatever the
+    loss_weighting: the phase's `SequenceConfig.loss_weighting` ("token", "answer" or "sqrt"), whatever the
         main phase's (`data.pipeline.sequence.loss_weighting`) is;
     image_label_weight: the phase's auxiliary image-label loss (`TrainConfig.image_label_weight`;
         0 = off); the main phase uses `train.image_label_weight`;

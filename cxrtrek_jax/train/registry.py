@@ -57,6 +57,9 @@ GROUNDED_IMAGE_TOWER_RATE = 1e-5
 # Each known stage-2 finding label of a row weighs as much as 4 answer tokens (about 37 per row):
 # with it the alignment phase also reads pleural effusion (RESULTS.md, "2026-12-06").
 GROUNDED_IMAGE_LABEL_WEIGHT = 4.0
+# The chains weigh an answer of n tokens sqrt(n): per token, the long answers' updates moved stage 2
+# by +-0.04 from seed to seed; per answer, the reports shrank (RESULTS.md, "2026-12-06, later").
+GROUNDED_CHAIN_LOSS_WEIGHTING = "sqrt"
 
 
 def grounded(preset: str) -> ExperimentConfig:
@@ -71,8 +74,12 @@ def grounded(preset: str) -> ExperimentConfig:
     teach it to. The rate stays at its peak throughout (`final_lr_fraction` 1.0): under a cosine decay
     that exclusive-or was never learned. An auxiliary loss (`image_label_weight`) asks the mean image
     token of the current radiograph for the findings its stage 2 answers, through a fixed read-out:
-    without it only the global findings (cardiomegaly) were read."""
-    cfg = base_config(preset)
+    without it only the global findings (cardiomegaly) were read.
+
+    The chains' loss weighs each answer by the square root of its length
+    (GROUNDED_CHAIN_LOSS_WEIGHTING; the alignment phase stays per token), so that a report does not
+    outweigh a stage-2 "Yes." 60 to 1, nor the other way round."""
+    cfg = base_config(preset).override({"data.pipeline.sequence.loss_weighting": GROUNDED_CHAIN_LOSS_WEIGHTING})
     base = alignment_for(preset)
     alignment = dataclasses.replace(
         base, num_steps=GROUNDED_ALIGNMENT_STEPS, context="on", closed_answers="decisive",
@@ -83,7 +90,8 @@ def grounded(preset: str) -> ExperimentConfig:
     return _named(
         cfg, "grounded",
         "constant-rate study-row alignment phase (stages 1-2, stage-2 closed answers cut to Yes/No, "
-        "an image-label loss from the stage-2 answers), then the chains with the image towers at 1e-5",
+        "an image-label loss from the stage-2 answers), then the chains with the image towers at 1e-5 "
+        "and each answer's loss weighing sqrt(its tokens)",
         alignment=alignment, optim=dataclasses.replace(cfg.optim, vision=gentle, projector=gentle),
     )
 
