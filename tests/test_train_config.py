@@ -132,6 +132,8 @@ def test_the_alignment_phase_has_its_own_loss_weighting():
 
     shipped = get_experiment("grounded", "tiny")  # the chains sqrt-weighted, the alignment per token
     assert shipped.data.pipeline.sequence.loss_weighting == "sqrt"
+    assert (shipped.data.pipeline.sequence.closed_answers, shipped.data.pipeline.sequence.decisive_stages) == (
+        "decisive", (2,))
     assert alignment_phase(shipped).data.pipeline.sequence.loss_weighting == "token"
     # the chains a loss per answer, the alignment phase per token (its default)
     cfg = shipped.override({"data.pipeline.sequence.loss_weighting": "answer"})

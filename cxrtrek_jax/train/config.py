@@ -168,8 +168,8 @@ class AlignmentConfig:
     context: "off" (one row per pair) or "on" (one row per study); see above;
     closed_answers: "full" or "decisive" (yes/no and single-choice answers cut to "Yes." / "No." /
         "<letter>.", `data_pipeline.decisive_answers`, so that the token the images decide carries
-        a third to a half of each answer's loss, not about an eighth); the main phase trains the
-        answers as given;
+        a third to a half of each answer's loss, not about an eighth); the main phase cuts
+        its own per `data.pipeline.sequence.closed_answers`;
     decisive_stages: with closed_answers "decisive", cut only these stages' answers (None = all);
     loss_weighting: the phase's `SequenceConfig.loss_weighting` ("token", "answer" or "sqrt"), whatever the
         main phase's (`data.pipeline.sequence.loss_weighting`) is;

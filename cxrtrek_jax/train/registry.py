@@ -57,8 +57,9 @@ GROUNDED_IMAGE_TOWER_RATE = 1e-5
 # Each known stage-2 finding label of a row weighs as much as 4 answer tokens (about 37 per row):
 # with it the alignment phase also reads pleural effusion (RESULTS.md, "2026-12-06").
 GROUNDED_IMAGE_LABEL_WEIGHT = 4.0
-# The chains weigh an answer of n tokens sqrt(n): per token, the long answers' updates moved stage 2
-# by +-0.04 from seed to seed; per answer, the reports shrank (RESULTS.md, "2026-12-06, later").
+# The chains weigh an answer of n tokens sqrt(n) and cut stage 2's closed answers as the alignment
+# phase does: per token, the long answers' updates moved stage 2 by +-0.04 from seed to seed; per
+# answer, the reports shrank (RESULTS.md, "2026-12-06, later").
 GROUNDED_CHAIN_LOSS_WEIGHTING = "sqrt"
 
 
@@ -78,8 +79,13 @@ def grounded(preset: str) -> ExperimentConfig:
 
     The chains' loss weighs each answer by the square root of its length
     (GROUNDED_CHAIN_LOSS_WEIGHTING; the alignment phase stays per token), so that a report does not
-    outweigh a stage-2 "Yes." 60 to 1, nor the other way round."""
-    cfg = base_config(preset).override({"data.pipeline.sequence.loss_weighting": GROUNDED_CHAIN_LOSS_WEIGHTING})
+    outweigh a stage-2 "Yes." 60 to 1, nor the other way round; their stage-2 closed answers are cut
+    as in the alignment phase, so the model answers those "Yes." / "No." and leaves the detail to
+    stage 3."""
+    cfg = base_config(preset).override({
+        "data.pipeline.sequence.loss_weighting": GROUNDED_CHAIN_LOSS_WEIGHTING,
+        "data.pipeline.sequence.closed_answers": "decisive",
+        "data.pipeline.sequence.decisive_stages": ",".join(map(str, GROUNDED_DECISIVE_STAGES))})
     base = alignment_for(preset)
     alignment = dataclasses.replace(
         base, num_steps=GROUNDED_ALIGNMENT_STEPS, context="on", closed_answers="decisive",
@@ -91,7 +97,7 @@ def grounded(preset: str) -> ExperimentConfig:
         cfg, "grounded",
         "constant-rate study-row alignment phase (stages 1-2, stage-2 closed answers cut to Yes/No, "
         "an image-label loss from the stage-2 answers), then the chains with the image towers at 1e-5 "
-        "and each answer's loss weighing sqrt(its tokens)",
+        "(stage-2 closed answers cut there too) and each answer's loss weighing sqrt(its tokens)",
         alignment=alignment, optim=dataclasses.replace(cfg.optim, vision=gentle, projector=gentle),
     )
 
