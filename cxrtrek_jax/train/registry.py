@@ -85,7 +85,7 @@ def grounded(preset: str) -> ExperimentConfig:
     cfg = base_config(preset).override({
         "data.pipeline.sequence.loss_weighting": GROUNDED_CHAIN_LOSS_WEIGHTING,
         "data.pipeline.sequence.closed_answers": "decisive",
-        "data.pipeline.sequence.decisive_stages": ",".join(map(str, GROUNDED_DECISIVE_STAGES))})
+        "data.pipeline.sequence.decisive_stages": GROUNDED_DECISIVE_STAGES})
     base = alignment_for(preset)
     alignment = dataclasses.replace(
         base, num_steps=GROUNDED_ALIGNMENT_STEPS, context="on", closed_answers="decisive",
