@@ -49,7 +49,8 @@ EVAL_CONTEXTS = CONTEXT_MODES  # own, teacher, none and swapped
 # What a demo step's output was made from (run/STAMP_FILE, hf_export.STAMP_FILE beside the
 # export): a step reruns only when it changed.
 STAMP_FILE = "demo_inputs.json"
-# |val_image_gain| below this (nats per answer token, or per answer) reads as "the images are ignored".
+# |val_image_gain| below this (nats per unit of loss weight: per answer token, per answer, or per
+# sqrt-weighted token, as `loss_weighting` says) reads as "the images are ignored".
 IGNORES_IMAGES_BELOW = 0.01
 
 
