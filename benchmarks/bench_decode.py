@@ -60,10 +60,10 @@ from cxrtrek_jax.hf import llava as hf_llava
 from cxrtrek_jax.decoding import GREEDY, ChainStudy, DecodeSpec, StepwiseDecoder, Turn, fixed_plan, run_chain
 from cxrtrek_jax.decoding.chain import ChatTokens, stack_images
 from cxrtrek_jax.model import CXRTrekNet, get_config, override
-from data_pipeline.images import resize_with_pad
+from data_pipeline.files.images import resize_with_pad
 from data_pipeline.phantom import PhantomConfig, generate_study
-from data_pipeline.sequences import place_placeholders
-from data_pipeline.tokenizer import train_tokenizer, training_texts
+from data_pipeline.text.sequences import place_placeholders
+from data_pipeline.text.tokenizer import train_tokenizer, training_texts
 
 SYSTEM = "You are a helpful radiology assistant."
 

@@ -10,9 +10,9 @@ A byte-level BPE tokenizer is trained on the set's text.
 Per example (study) both loaders do the same work, with the same code: decode every used image,
 draw the training augmentation (crop window + intensity change), resize with padding to the
 model input, tokenise the study's conversation through the chat template
-(`data_pipeline.grain_pipeline.PrepareStudy`); per batch: choose the length bucket, pad the rows,
-place the images in their slots and stack (`data_pipeline.packing`). Grain runs its pipeline
-(`build_train_iterator`, via `data_pipeline.pipeline_benchmark.measure_throughput`); the
+(`data_pipeline.batches.grain_pipeline.PrepareStudy`); per batch: choose the length bucket, pad the rows,
+place the images in their slots and stack (`data_pipeline.batches.packing`). Grain runs its pipeline
+(`build_train_iterator`, via `data_pipeline.batches.pipeline_benchmark.measure_throughput`); the
 DataLoader wraps the same source and `PrepareStudy` in a map-style dataset with a collate
 function. Each uses 0, 1 and 2 worker processes (Grain with `read_threads` threads per process,
 1 by default so that 0 workers means one thread on both sides).
@@ -39,9 +39,9 @@ from typing import Any
 
 import numpy as np
 
-from data_pipeline.grain_pipeline import BatchLayout, PipelineConfig, PreparedStudy, PrepareStudy
-from data_pipeline.packing import choose_bucket, pad_sequence, row_images, stack_rows
-from data_pipeline.sequences import SequenceConfig
+from data_pipeline.batches.grain_pipeline import BatchLayout, PipelineConfig, PreparedStudy, PrepareStudy
+from data_pipeline.batches.packing import choose_bucket, pad_sequence, row_images, stack_rows
+from data_pipeline.text.sequences import SequenceConfig
 
 __all__ = [
     "InputBenchConfig",
@@ -134,10 +134,10 @@ def dicom_bytes(image: np.ndarray, bits_stored: int = 12) -> bytes:
 def prepare_data(root: str | os.PathLike, bench: InputBenchConfig, log: Callable[[str], None] = _log) -> BenchData:
     """Write the phantom set (PNG), its DICOM twin (same relative paths, DICOM content: the
     loader detects the format by content) and a tokenizer under `root`."""
-    from data_pipeline.cxrtrek_json import read_studies
-    from data_pipeline.images import load_image
+    from data_pipeline.files.cxrtrek_json import read_studies
+    from data_pipeline.files.images import load_image
     from data_pipeline.phantom import PhantomConfig, write_phantom_dataset
-    from data_pipeline.tokenizer import train_tokenizer, training_texts
+    from data_pipeline.text.tokenizer import train_tokenizer, training_texts
 
     root = Path(root)
     log(f"writing {bench.num_studies} phantom studies ({bench.image_px} px)")
@@ -202,7 +202,7 @@ class CollateStudies:
 def _torch_loader(cfg: PipelineConfig, tokenizer, workers: int):
     import torch
 
-    from data_pipeline.sources import open_study_source
+    from data_pipeline.files.sources import open_study_source
 
     source = open_study_source(cfg.source_kind, cfg.source, image_root=cfg.image_root, split=cfg.split)
     prepare = PrepareStudy(tokenizer, cfg.sequence_config(), cfg.image_size, cfg.augment)
@@ -217,7 +217,7 @@ def _torch_loader(cfg: PipelineConfig, tokenizer, workers: int):
 def measure_torch_loader(cfg: PipelineConfig, tokenizer, workers: int, batches: int, warmup: int):
     """Like `measure_throughput`, for the DataLoader: startup to the first batch, then the rate
     and CPU per example over `batches` batches after `warmup`."""
-    from data_pipeline.pipeline_benchmark import Throughput, process_tree_cpu_seconds
+    from data_pipeline.batches.pipeline_benchmark import Throughput, process_tree_cpu_seconds
 
     start = time.perf_counter()
     loader = _torch_loader(cfg, tokenizer, workers)
@@ -247,9 +247,9 @@ def run_benchmark(bench: InputBenchConfig, work_dir: str | os.PathLike,
                   log: Callable[[str], None] = _log) -> dict[str, Any]:
     """Prepare the data under `work_dir` and measure every (loader, format, workers) case."""
     from benchmarks import common
-    from data_pipeline.grain_pipeline import ensure_absl_flags_parsed
-    from data_pipeline.pipeline_benchmark import measure_throughput
-    from data_pipeline.tokenizer import load_tokenizer
+    from data_pipeline.batches.grain_pipeline import ensure_absl_flags_parsed
+    from data_pipeline.batches.pipeline_benchmark import measure_throughput
+    from data_pipeline.text.tokenizer import load_tokenizer
 
     ensure_absl_flags_parsed()
     machine = common.machine_info(with_jax=False)  # load average at the start

@@ -90,7 +90,7 @@ def _log(message: str) -> None:
 
 
 def bench_batch(model_config, batch: int, seq_len: int, images: int, seed: int = 0) -> dict[str, np.ndarray]:
-    """A full batch in the batch contract of `data_pipeline.grain_pipeline`: each row is [BOS] + images x N image tokens +
+    """A full batch in the batch contract of `data_pipeline.batches.grain_pipeline`: each row is [BOS] + images x N image tokens +
     random text filling L + 1 tokens; the second half of the text is the scored answer (stage ids
     cycling 1..8). No padding, every image slot present."""
     n = model_config.tokens_per_image

@@ -37,7 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
-from data_pipeline.findings import FINDING_KINDS, PRESENCE_QUESTIONS
+from data_pipeline.schema.findings import FINDING_KINDS, PRESENCE_QUESTIONS
 
 __all__ = ["QUESTIONS", "DEFAULT_QUESTIONS", "GroundingSet", "make_grounding_set", "row_image_labels", "run_grounding",
            "first_step_above", "result_table", "main"]
@@ -87,7 +87,7 @@ def make_grounding_set(num_studies: int, seed: int, image_size: int, *, render_s
                        first_index: int = 0, questions: Sequence[str] = DEFAULT_QUESTIONS) -> GroundingSet:
     """Phantom studies `first_index ..` (seed `seed`) -> balanced rows: for every question in
     `questions`, as many positive as negative studies (the larger side is subsampled, seeded)."""
-    from data_pipeline.images import resize_with_pad
+    from data_pipeline.files.images import resize_with_pad
     from data_pipeline.phantom import PhantomConfig, generate_study
 
     config = PhantomConfig(size=render_size, turns_per_study=(1, 1))
@@ -121,7 +121,7 @@ def row_image_labels(data: GroundingSet) -> tuple[np.ndarray, np.ndarray]:
     """(labels, known) float32[N, K] over `IMAGE_LABEL_KINDS`: for each row, its study's answers to
     the finding questions among the set's rows (the pipeline's rule: a study's presence answers
     label its image; a finding the study is not asked about is unknown)."""
-    from data_pipeline.image_labels import IMAGE_LABEL_KINDS
+    from data_pipeline.text.image_labels import IMAGE_LABEL_KINDS
 
     names = list(QUESTIONS)
     answers: dict[int, dict[int, bool]] = {}
@@ -137,8 +137,8 @@ def row_image_labels(data: GroundingSet) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _tokenizer(vocab_size: int):
-    from data_pipeline.cxrtrek_json import DEFAULT_SYSTEM_PROMPT
-    from data_pipeline.tokenizer import train_tokenizer
+    from data_pipeline.files.cxrtrek_json import DEFAULT_SYSTEM_PROMPT
+    from data_pipeline.text.tokenizer import train_tokenizer
 
     texts = [DEFAULT_SYSTEM_PROMPT] + [t for q in QUESTIONS.values() for t in q] * 4
     return train_tokenizer(texts, vocab_size, min_frequency=1)
@@ -147,8 +147,8 @@ def _tokenizer(vocab_size: int):
 def _encoded_rows(tokenizer, tokens_per_image: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
     """Per (question, answer side): token ids [Q, 2, T] (padded), the first-answer position [Q, 2]
     (index into input positions), the two answer tokens [Q, 2] (positive, negative), and T."""
-    from data_pipeline.cxrtrek_json import DEFAULT_SYSTEM_PROMPT
-    from data_pipeline.records import IMAGE_PLACEHOLDER
+    from data_pipeline.files.cxrtrek_json import DEFAULT_SYSTEM_PROMPT
+    from data_pipeline.schema.records import IMAGE_PLACEHOLDER
 
     encoded, first, answer_tokens = [], [], []
     for question, pos, neg in QUESTIONS.values():

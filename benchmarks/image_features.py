@@ -47,8 +47,8 @@ def ridge_probe_accuracy(x: np.ndarray, y: np.ndarray, train: np.ndarray, ridge:
 
 
 def _first_images(data: Path, size: int, max_studies: int):
-    from data_pipeline.cxrtrek_json import iter_studies
-    from data_pipeline.images import load_image, resize_with_pad
+    from data_pipeline.files.cxrtrek_json import iter_studies
+    from data_pipeline.files.images import load_image, resize_with_pad
 
     images, views, splits = [], [], []
     for study in iter_studies(data):

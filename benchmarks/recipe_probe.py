@@ -36,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
-from data_pipeline.splits import TRAIN, VALIDATION
+from data_pipeline.schema.splits import TRAIN, VALIDATION
 
 __all__ = ["Recipe", "RECIPES", "ROW_FIELDS", "Rows", "answer_starts", "turn_weights", "dump_rows",
            "run_recipe", "summary_table", "main"]
@@ -99,7 +99,7 @@ def dump_rows(workdir: str | Path, studies: int, out: str | Path, *, preset: str
     """Generate the phantom set under `workdir`, and write its rows to `out` (.npz); studies longer
     than `on_length` tokens are left out (as the trainer does). Returns the row counts."""
     from cxrtrek_jax.train import run as trainer
-    from data_pipeline.grain_pipeline import build_eval_iterator, ensure_absl_flags_parsed
+    from data_pipeline.batches.grain_pipeline import build_eval_iterator, ensure_absl_flags_parsed
     from experiments import get_experiment
 
     ensure_absl_flags_parsed()
@@ -180,7 +180,7 @@ def _pair_token_ids(arrays: dict[str, np.ndarray], tokenizer) -> dict[str, np.nd
 
 class Rows:
     """One split and context of a dump; `batch(idx, length)` builds model batches (the
-    `data_pipeline.grain_pipeline` batch fields) of the rows `idx` (indices into the kept rows), cut or padded to `length`."""
+    `data_pipeline.batches.grain_pipeline` batch fields) of the rows `idx` (indices into the kept rows), cut or padded to `length`."""
 
     def __init__(self, data, split: str, context: str, stages: Sequence[int] = ()):
         p = f"{split}_{context}_"
@@ -258,7 +258,7 @@ def run_recipe(rows_file: str | Path, recipe: Recipe, out: str | Path, *, name: 
     from cxrtrek_jax.model.config import get_config, override
     from cxrtrek_jax.train.optimizer import OptimConfig, TowerSchedule, make_optimizer
     from cxrtrek_jax.train.step import token_metric_sums
-    from data_pipeline.stages import NUM_STAGES
+    from data_pipeline.schema.stages import NUM_STAGES
 
     began = time.time()
     lengths = {**ROW_LENGTH, **(row_length or {})}

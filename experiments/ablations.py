@@ -38,9 +38,9 @@ from typing import Any
 
 from cxrtrek_jax.cli import CLIError
 from cxrtrek_jax.cli.train_cmd import parse_overrides
-from data_pipeline.sequences import filter_turns
-from data_pipeline.splits import study_split
-from data_pipeline.stages import STAGE_NUMBERS as STAGES
+from data_pipeline.text.sequences import filter_turns
+from data_pipeline.schema.splits import study_split
+from data_pipeline.schema.stages import STAGE_NUMBERS as STAGES
 
 __all__ = [
     "FINISHED_FILE",
@@ -111,7 +111,7 @@ def _machine() -> dict[str, Any]:
 def _filtered_eval_file(cfg, json_file: Path, out: Path) -> dict[str, Any]:
     """Write the eval split's studies, their turns filtered as in training, to `out`; returns
     what was filtered (studies left without a turn are not evaluated and are counted)."""
-    from data_pipeline.cxrtrek_json import iter_studies, write_studies
+    from data_pipeline.files.cxrtrek_json import iter_studies, write_studies
 
     stats = {"studies_kept": 0, "studies_without_turns": [], "turns_in": 0, "turns_kept": 0}
 

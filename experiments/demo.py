@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 
 from cxrtrek_jax.contexts import CONTEXT_MODES
-from cxrtrek_jax.evaluation.answer_baselines import BASELINE_NAME
+from cxrtrek_jax.evaluation.scores.answer_baselines import BASELINE_NAME
 
 __all__ = ["main", "LEARNING_CHECKS", "learning_checks"]
 
@@ -125,9 +125,9 @@ def _pytorch_check(export_dir: Path, ckpt: Path, data_json: Path, count: int, ne
 
     from cxrtrek_jax.decoding import ChainStudy, DecodeSpec, StepwiseDecoder, fixed_plan, run_chain, study_turns
     from cxrtrek_jax.decoding.model_loading import load_decoding_model
-    from cxrtrek_jax.evaluation.model_eval import EvalData, iter_eval_studies
-    from data_pipeline.sequences import system_prompt_of
-    from data_pipeline.tokenizer import load_tokenizer
+    from cxrtrek_jax.evaluation.runs.model_eval import EvalData, iter_eval_studies
+    from data_pipeline.text.sequences import system_prompt_of
+    from data_pipeline.text.tokenizer import load_tokenizer
 
     loaded = load_decoding_model(ckpt)
     tokenizer = load_tokenizer(loaded.tokenizer_path)
@@ -200,7 +200,7 @@ def _write_stamp(path: Path, inputs: dict) -> None:
 def _validate(data_json: Path) -> bool:
     """Print the validation report of the phantom JSON; False when it has errors."""
     from cxrtrek_jax.cli.data_validate import format_report
-    from data_pipeline.validation import validate_file
+    from data_pipeline.files.validation import validate_file
 
     report = validate_file(data_json, image_root=data_json.parent)
     print(format_report(report, str(data_json), images_checked=True))
@@ -234,7 +234,7 @@ def _train(cfg, run: Path):
 
 def _export(ckpt: Path, export: Path) -> str:
     """Export the newest checkpoint to `export` unless it already holds that checkpoint's export."""
-    from cxrtrek_jax.evaluation.model_eval import checkpoint_identity
+    from cxrtrek_jax.evaluation.runs.model_eval import checkpoint_identity
     from cxrtrek_jax.hf import export_checkpoint
 
     stamp, inputs = export.with_name(f"{export.name}.{STAMP_FILE}"), checkpoint_identity(ckpt)

@@ -9,7 +9,7 @@ import pytest
 
 from experiments import ablations
 from cxrtrek_jax.train import checkpointing as ck
-from data_pipeline.records import QAItem, Study
+from data_pipeline.schema.records import QAItem, Study
 from experiments import ABLATIONS
 
 SMOKE_STEPS = 4
@@ -177,8 +177,8 @@ def test_no_context_trains_rows_of_one_qa_pair(root, monkeypatch):
     """Every training row of `no_context` holds one question and its answer (one loss span),
     where the baseline's rows hold staged chains; and it is evaluated in mode none."""
     from cxrtrek_jax.train import run as trainer
-    from data_pipeline.grain_pipeline import build_train_iterator
-    from data_pipeline.tokenizer import load_tokenizer
+    from data_pipeline.batches.grain_pipeline import build_train_iterator
+    from data_pipeline.text.tokenizer import load_tokenizer
 
     used, pipeline_config = [], trainer.pipeline_config
 

@@ -2,18 +2,18 @@
 
 import pytest
 
-from cxrtrek_jax.evaluation.answer_baselines import (
+from cxrtrek_jax.evaluation.scores.answer_baselines import (
     NORMAL_FINDINGS,
     NORMAL_IMPRESSION,
     MajorityAnswerBaseline,
     baseline_records,
     normal_report,
 )
-from cxrtrek_jax.evaluation.answer_parsing import parse_closed_answer
-from cxrtrek_jax.evaluation.chexpert_labeller import default_labeller
-from cxrtrek_jax.evaluation.predictions import PredictionRecord
-from data_pipeline.records import QAItem, Study
-from data_pipeline.stages import parse_qtype
+from cxrtrek_jax.evaluation.metrics.answer_parsing import parse_closed_answer
+from data_pipeline.reports.chexpert_labeller import default_labeller
+from cxrtrek_jax.evaluation.scores.predictions import PredictionRecord
+from data_pipeline.schema.records import QAItem, Study
+from data_pipeline.schema.stages import parse_qtype
 
 
 def _study(index: int, *items: tuple) -> Study:

@@ -2,14 +2,14 @@
 
 import pytest
 
-from cxrtrek_jax.evaluation.answer_parsing import (
+from cxrtrek_jax.evaluation.metrics.answer_parsing import (
     ChoiceOption,
     judge_closed_answer,
     parse_closed_answer,
     parse_options,
     parse_yes_no,
 )
-from data_pipeline.stages import parse_qtype
+from data_pipeline.schema.stages import parse_qtype
 
 SINGLE = parse_qtype("single-choice")
 YES_NO = parse_qtype("yes_no")

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from data_pipeline.augment import (
+from data_pipeline.batches.augment import (
     AugmentConfig,
     CropWindow,
     IntensityChange,
@@ -15,8 +15,8 @@ from data_pipeline.augment import (
     sample_intensity,
     study_box_extent,
 )
-from data_pipeline.boxes import Box, parse_boxes
-from data_pipeline.records import QAItem, Study
+from data_pipeline.schema.boxes import Box, parse_boxes
+from data_pipeline.schema.records import QAItem, Study
 
 BOX_ANSWER = "Here: <|ref|> left effusion <|/ref|> <|box|>(60.0, 70.0), (90.0, 95.0)<|/box|> done."
 

@@ -17,7 +17,7 @@ import pytest
 from benchmarks import bench_input, bench_memory, bench_train, common, model_flops, tpu_compile_check
 from cxrtrek_jax.train import sharding as sh
 from cxrtrek_jax.model import get_config, override
-from data_pipeline.images import load_image_bytes
+from data_pipeline.files.images import load_image_bytes
 
 logging.getLogger("cxrtrek_jax.train.sharding").setLevel(logging.ERROR)
 TINY = get_config("tiny")

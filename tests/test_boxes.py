@@ -1,6 +1,6 @@
 import pytest
 
-from data_pipeline.boxes import Box, BoxParseError, box_iou, format_box, format_boxes, has_box_markup, map_boxes, parse_boxes
+from data_pipeline.schema.boxes import Box, BoxParseError, box_iou, format_box, format_boxes, has_box_markup, map_boxes, parse_boxes
 
 RELEASED = "<|ref|> right apical zone <|/ref|> <|box|>(19.2, 12.5), (43.3, 30.8)<|/box|>"
 

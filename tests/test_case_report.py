@@ -21,10 +21,10 @@ from cxrtrek_jax.case_report.image_overlay import (
 from cxrtrek_jax.case_report.summary import summarize_all, summarize_stages
 from cxrtrek_jax.case_report.turns import judge_turn, report_turn
 from cxrtrek_jax.cli import main
-from cxrtrek_jax.evaluation.predictions import PredictionRecord, write_predictions
-from data_pipeline.boxes import Box
-from data_pipeline.cxrtrek_json import read_studies, write_studies
-from data_pipeline.records import QAItem, Study
+from cxrtrek_jax.evaluation.scores.predictions import PredictionRecord, write_predictions
+from data_pipeline.schema.boxes import Box
+from data_pipeline.files.cxrtrek_json import read_studies, write_studies
+from data_pipeline.schema.records import QAItem, Study
 
 VIEW_Q = (
     "<image><image>Which view is this? Select the correct answer from choices below: "

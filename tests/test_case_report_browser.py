@@ -19,8 +19,8 @@ from PIL import Image
 from cxrtrek_jax.case_report import write_case_report
 from cxrtrek_jax.case_report.image_overlay import MODEL_BOX_COLOR, REFERENCE_BOX_COLOR
 from cxrtrek_jax.case_report.render import STAGE_ACCENT_COLOR
-from cxrtrek_jax.evaluation.predictions import PredictionRecord
-from data_pipeline.records import QAItem, Study
+from cxrtrek_jax.evaluation.scores.predictions import PredictionRecord
+from data_pipeline.schema.records import QAItem, Study
 
 CHROMIUM = Path("/usr/bin/chromium")
 WINDOW = (1200, 2000)

@@ -20,12 +20,12 @@ from cxrtrek_jax.decoding import (
     says_yes,
     study_turns,
 )
-from cxrtrek_jax.evaluation.predictions import PredictionRecord, prediction_from_turn
+from cxrtrek_jax.evaluation.scores.predictions import PredictionRecord, prediction_from_turn
 from cxrtrek_jax.model import CXRTrekNet, get_config, override
-from data_pipeline.images import resize_with_pad
+from data_pipeline.files.images import resize_with_pad
 from data_pipeline.phantom import PhantomConfig, generate_study
-from data_pipeline.records import IMAGE_PLACEHOLDER
-from data_pipeline.tokenizer import train_tokenizer, training_texts
+from data_pipeline.schema.records import IMAGE_PLACEHOLDER
+from data_pipeline.text.tokenizer import train_tokenizer, training_texts
 
 BUDGET = 8
 CACHE = 512

@@ -6,15 +6,15 @@ import json
 
 import pytest
 
-from data_pipeline.chat_template import (
+from data_pipeline.text.chat_template import (
     CHAT_FORMAT_FILE,
     ChatFormat,
     as_messages,
     jinja_template,
     render,
 )
-from data_pipeline.records import Message
-from data_pipeline.tokenizer import train_tokenizer
+from data_pipeline.schema.records import Message
+from data_pipeline.text.tokenizer import train_tokenizer
 
 MESSAGES = [
     {"role": "system", "content": "Read the film."},

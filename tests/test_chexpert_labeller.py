@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from cxrtrek_jax.evaluation.chexpert_labeller import (
+from data_pipeline.reports.chexpert_labeller import (
     CHEXPERT_OBSERVATIONS,
     NEGATIVE,
     POSITIVE,
@@ -15,7 +15,7 @@ from cxrtrek_jax.evaluation.chexpert_labeller import (
     default_labeller,
     labeller_tokens,
 )
-from cxrtrek_jax.evaluation.clinical_efficacy import ce_item_statistics, ce_metrics, ce_statistics
+from cxrtrek_jax.evaluation.metrics.clinical_efficacy import ce_item_statistics, ce_metrics, ce_statistics
 
 
 def labels(report: str) -> dict:

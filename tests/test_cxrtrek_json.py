@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from data_pipeline import cxrtrek_json as cj
-from data_pipeline.records import Message, QAItem, Study
+from data_pipeline.files import cxrtrek_json as cj
+from data_pipeline.schema.records import Message, QAItem, Study
 
 
 def _item(stage, task_type, qtype, count, question, answer, **extras):

@@ -2,8 +2,8 @@
 
 import pytest
 
-from data_pipeline.decisive_answers import decisive_answer, with_decisive_answers
-from data_pipeline.records import Message, QAItem, Study
+from data_pipeline.text.decisive_answers import decisive_answer, with_decisive_answers
+from data_pipeline.schema.records import Message, QAItem, Study
 
 
 @pytest.mark.parametrize("qtype, answer, expected", [

@@ -2,8 +2,8 @@
 
 import pytest
 
-from cxrtrek_jax.evaluation.detection_metrics import BoxPair, match_boxes, score_detection
-from data_pipeline.boxes import Box, BoxParseError, format_boxes
+from cxrtrek_jax.evaluation.metrics.detection_metrics import BoxPair, match_boxes, score_detection
+from data_pipeline.schema.boxes import Box, BoxParseError, format_boxes
 
 
 def _answer(*boxes: Box) -> str:

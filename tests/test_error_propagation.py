@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
-from cxrtrek_jax.evaluation.error_propagation import StageOutcomes, compare_contexts
-from cxrtrek_jax.evaluation.predictions import PredictionRecord
-from cxrtrek_jax.evaluation.scoring import ScoringConfig, score_predictions
+from cxrtrek_jax.evaluation.metrics.error_propagation import StageOutcomes, compare_contexts
+from cxrtrek_jax.evaluation.scores.predictions import PredictionRecord
+from cxrtrek_jax.evaluation.scores.scoring import ScoringConfig, score_predictions
 
 # study -> correctness of its closed-ended answer at stages 1, 2, 3 (context "own").
 OWN_OUTCOMES = {

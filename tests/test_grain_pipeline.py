@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from data_pipeline import cxrtrek_json as cj
-from data_pipeline import tfds_builder as tb
-from data_pipeline.augment import (
+from data_pipeline.files import cxrtrek_json as cj
+from data_pipeline.files import tfds_builder as tb
+from data_pipeline.batches.augment import (
     AugmentConfig,
     adjust_intensity,
     crop_image,
@@ -19,8 +19,8 @@ from data_pipeline.augment import (
     sample_intensity,
     study_box_extent,
 )
-from data_pipeline.boxes import parse_boxes
-from data_pipeline.grain_pipeline import (
+from data_pipeline.schema.boxes import parse_boxes
+from data_pipeline.batches.grain_pipeline import (
     BATCH_FIELDS,
     IMAGE_LABEL_FIELDS,
     PipelineConfig,
@@ -28,13 +28,13 @@ from data_pipeline.grain_pipeline import (
     build_eval_iterator,
     build_train_iterator,
 )
-from data_pipeline.image_labels import IMAGE_LABEL_KINDS, study_image_labels
-from data_pipeline.images import ImageLoadError, load_image, resize_with_pad, resize_with_pad_params
-from data_pipeline.packing import choose_bucket
-from data_pipeline.records import QAItem, Study
-from data_pipeline.sequences import SequenceConfig, SequenceStats, build_sequences
-from data_pipeline.sources import JsonStudySource, TfdsStudySource
-from data_pipeline.tokenizer import train_tokenizer
+from data_pipeline.text.image_labels import IMAGE_LABEL_KINDS, study_image_labels
+from data_pipeline.files.images import ImageLoadError, load_image, resize_with_pad, resize_with_pad_params
+from data_pipeline.batches.packing import choose_bucket
+from data_pipeline.schema.records import QAItem, Study
+from data_pipeline.text.sequences import SequenceConfig, SequenceStats, build_sequences
+from data_pipeline.files.sources import JsonStudySource, TfdsStudySource
+from data_pipeline.text.tokenizer import train_tokenizer
 
 N_IMG = 2  # tokens per image
 SIZE = 8  # model image size

@@ -66,7 +66,7 @@ def test_the_single_choice_view_answers_name_the_option_of_the_studys_view(name)
 
 
 def test_rows_carry_their_studys_finding_answers_as_image_labels():
-    from data_pipeline.image_labels import IMAGE_LABEL_KINDS
+    from data_pipeline.text.image_labels import IMAGE_LABEL_KINDS
 
     data = grounding.make_grounding_set(40, 0, 32, questions=("view", "cardiomegaly", "pleural_effusion"))
     labels, known = grounding.row_image_labels(data)

@@ -23,13 +23,13 @@ from cxrtrek_jax.train import step as ts
 from cxrtrek_jax.cli import main
 from cxrtrek_jax.decoding.model_loading import load_decoding_model, split_for_decoding
 from cxrtrek_jax.model import CXRTrekNet, LoraConfig, get_config, override, to_dict
-from data_pipeline.chat_template import render
-from data_pipeline.cxrtrek_json import read_studies
-from data_pipeline.images import load_image, resize_with_pad
-from data_pipeline.packing import pad_sequence, stack_rows
+from data_pipeline.text.chat_template import render
+from data_pipeline.files.cxrtrek_json import read_studies
+from data_pipeline.files.images import load_image, resize_with_pad
+from data_pipeline.batches.packing import pad_sequence, stack_rows
 from data_pipeline.phantom import PhantomConfig, write_phantom_dataset
-from data_pipeline.sequences import SequenceConfig, build_sequences, system_prompt_of
-from data_pipeline.tokenizer import train_tokenizer, training_texts
+from data_pipeline.text.sequences import SequenceConfig, build_sequences, system_prompt_of
+from data_pipeline.text.tokenizer import train_tokenizer, training_texts
 
 SEQ_LEN = 320
 TRAIN_STEPS = 40

@@ -20,15 +20,15 @@ from cxrtrek_jax.train import checkpointing
 from cxrtrek_jax.train import optimizer as opt
 from cxrtrek_jax.train import sharding as sh
 from cxrtrek_jax.train import step as ts
-from data_pipeline.chat_template import CHAT_FORMAT_FILE, ChatFormat, render
-from data_pipeline.cxrtrek_json import read_studies
-from data_pipeline.images import load_image, resize_with_pad
-from data_pipeline.packing import pad_sequence, stack_rows
+from data_pipeline.text.chat_template import CHAT_FORMAT_FILE, ChatFormat, render
+from data_pipeline.files.cxrtrek_json import read_studies
+from data_pipeline.files.images import load_image, resize_with_pad
+from data_pipeline.batches.packing import pad_sequence, stack_rows
 from data_pipeline.phantom import PhantomConfig, write_phantom_dataset
-from data_pipeline.records import IMAGE_PLACEHOLDER
-from data_pipeline.sequences import SequenceConfig, build_sequences
-from data_pipeline.boxes import MARKUP_TOKENS
-from data_pipeline.tokenizer import load_tokenizer, train_tokenizer, training_texts
+from data_pipeline.schema.records import IMAGE_PLACEHOLDER
+from data_pipeline.text.sequences import SequenceConfig, build_sequences
+from data_pipeline.schema.boxes import MARKUP_TOKENS
+from data_pipeline.text.tokenizer import load_tokenizer, train_tokenizer, training_texts
 from tests.test_gemma3 import tiny_gemma3
 
 # Gemma's control tokens; the tokenizer's own template folds the system prompt into the first user

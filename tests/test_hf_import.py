@@ -18,8 +18,8 @@ from cxrtrek_jax.hf import importer as hf_import
 from cxrtrek_jax.train import sharding as sh
 from cxrtrek_jax.cli import main
 from cxrtrek_jax.decoding.model_loading import load_decoding_model
-from data_pipeline.chat_template import CHAT_FORMAT_FILE, ChatFormat
-from data_pipeline.tokenizer import load_tokenizer, train_tokenizer
+from data_pipeline.text.chat_template import CHAT_FORMAT_FILE, ChatFormat
+from data_pipeline.text.tokenizer import load_tokenizer, train_tokenizer
 
 IMAGE_SIZE, PATCH = 32, 8
 TOKENS_PER_IMAGE = (IMAGE_SIZE // PATCH) ** 2

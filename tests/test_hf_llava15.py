@@ -15,10 +15,10 @@ from transformers import AutoTokenizer, LlavaForConditionalGeneration
 from cxrtrek_jax.cli import main
 from cxrtrek_jax.decoding.model_loading import load_decoding_model
 from cxrtrek_jax.hf import importer as hf_import
-from data_pipeline.chat_template import ChatFormat
-from data_pipeline.tokenizer import load_tokenizer
-from data_pipeline.sequences import SequenceConfig, build_sequences
-from data_pipeline.records import QAItem, Study
+from data_pipeline.text.chat_template import ChatFormat
+from data_pipeline.text.tokenizer import load_tokenizer
+from data_pipeline.text.sequences import SequenceConfig, build_sequences
+from data_pipeline.schema.records import QAItem, Study
 from tests.test_hf_import import IMAGE_SIZE, TEXTS, TOKENS_PER_IMAGE, tiny_llava
 
 # The llava-1.5 (Vicuna v1) conversation layout as a tokenizer chat_template.

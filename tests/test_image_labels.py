@@ -3,10 +3,10 @@ phantom studies against the phantom's own ground truth (which the labeller never
 
 import numpy as np
 
-from data_pipeline.findings import FINDING_KINDS
-from data_pipeline.image_labels import IMAGE_LABEL_KINDS, presence_answers, study_image_labels
+from data_pipeline.schema.findings import FINDING_KINDS
+from data_pipeline.text.image_labels import IMAGE_LABEL_KINDS, presence_answers, study_image_labels
 from data_pipeline.phantom import PhantomConfig, generate_study
-from data_pipeline.records import QAItem, Study
+from data_pipeline.schema.records import QAItem, Study
 
 
 def _turn(stage, question, answer, qtype="yes_no"):

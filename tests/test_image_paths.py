@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from data_pipeline.image_paths import DEFAULT_REMAP_ANCHORS, ImagePathError, resolve_image_path
+from data_pipeline.files.image_paths import DEFAULT_REMAP_ANCHORS, ImagePathError, resolve_image_path
 
 _MIMIC_TAIL = "files/p10/p10000032/s50414267/02aa804e.jpg"
 

@@ -16,8 +16,8 @@ from pydicom.uid import (
     generate_uid,
 )
 
-from data_pipeline.boxes import Box
-from data_pipeline.images import (
+from data_pipeline.schema.boxes import Box
+from data_pipeline.files.images import (
     ImageLoadError,
     encode_png16,
     is_dicom,

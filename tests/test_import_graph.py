@@ -1,10 +1,12 @@
 """The import graph of the project's packages, read from the source with `ast` (nothing is imported).
 
-Rules (README "layout"): the data side (`data_pipeline`) imports neither the library
+Rules (docs/layout.md): the data side (`data_pipeline`) imports neither the library
 (`cxrtrek_jax`) nor the applications (`experiments`); the library imports no application;
-the subpackages import each other without a cycle; and the phantom (`data_pipeline.phantom`)
-is imported only by its own modules and its declared users. Every import counts, at any
-level: inside functions, under `if TYPE_CHECKING:`, relative ones resolved.
+inside `data_pipeline` and inside `cxrtrek_jax.evaluation` each layer imports only itself and the
+layers before it (`LAYERS`); the subpackages import each other without a cycle, and so do the
+modules; and the phantom (`data_pipeline.phantom`) is imported only by its own modules and its
+declared users. Every import counts, at any level: inside functions, under `if TYPE_CHECKING:`,
+relative ones resolved.
 """
 
 from __future__ import annotations
@@ -22,12 +24,22 @@ PACKAGES = ("data_pipeline", "cxrtrek_jax", "experiments")
 # `cxrtrek_jax` itself stands for the library's top-level modules (config_tree, __init__).
 SUBPACKAGES = (
     "data_pipeline",
+    "data_pipeline.schema",
+    "data_pipeline.reports",
+    "data_pipeline.files",
+    "data_pipeline.phantom",
+    "data_pipeline.construct",
+    "data_pipeline.text",
+    "data_pipeline.batches",
     "cxrtrek_jax",
     "cxrtrek_jax.model",
     "cxrtrek_jax.train",
     "cxrtrek_jax.hf",
     "cxrtrek_jax.decoding",
     "cxrtrek_jax.evaluation",
+    "cxrtrek_jax.evaluation.metrics",
+    "cxrtrek_jax.evaluation.scores",
+    "cxrtrek_jax.evaluation.runs",
     "cxrtrek_jax.case_report",
     "cxrtrek_jax.cli",
     "cxrtrek_jax.testing",
@@ -37,6 +49,16 @@ SUBPACKAGES = (
 # that change. Each must still exist (`test_every_exception_is_still_needed`): delete an entry
 # once its change lands. Subpackage edges left out of the cycle check:
 CYCLE_EXCEPTIONS: dict[tuple[str, str], str] = {}
+# Module edges left out of the module cycle check, likewise.
+MODULE_CYCLE_EXCEPTIONS: dict[tuple[str, str], str] = {
+    ("cxrtrek_jax.hf.llava", "cxrtrek_jax.hf.gemma3"): "issue 33: one family table instead of llava <-> gemma3",
+}
+# The layers of a package, in order: a module of a layer imports only modules of its own layer,
+# of the layers before it, and of the package's own face (`__init__`), never a later layer.
+LAYERS: dict[str, tuple[str, ...]] = {
+    "data_pipeline": ("schema", "reports", "files", "phantom", "construct", "text", "batches"),
+    "cxrtrek_jax.evaluation": ("metrics", "scores", "runs"),
+}
 # Library modules allowed to import `experiments` (none).
 LIBRARY_IMPORTS_APPLICATION: dict[str, str] = {}
 PHANTOM = "data_pipeline.phantom"
@@ -166,6 +188,49 @@ def cycle_message(imports: Iterable[Import]) -> str | None:
     return "import cycle between subpackages " + " -> ".join(cycle) + ":\n" + "\n".join(steps)
 
 
+def module_edges(imports: Iterable[Import]) -> dict[tuple[str, str], Import]:
+    """(importer module, imported project module) -> the first import making that edge; a package
+    face importing its own modules and a module importing its own package's face are left out
+    (Python runs a face before any of its modules, so neither is a cycle that can bite)."""
+    modules = {i.importer for i in imports}
+    edges: dict[tuple[str, str], Import] = {}
+    for i in imports:
+        a, b = i.importer, i.imported
+        if b not in modules or a == b or _within(a, b) or _within(b, a) or (a, b) in MODULE_CYCLE_EXCEPTIONS:
+            continue
+        edges.setdefault((a, b), i)
+    return edges
+
+
+def module_cycle_message(imports: Iterable[Import]) -> str | None:
+    """A message naming a cycle between modules and, per edge, the import that makes it; None when acyclic."""
+    edges = module_edges(imports)
+    cycle = find_cycle(edges)
+    if cycle is None:
+        return None
+    steps = [f"  {edges[(a, b)]}" for a, b in zip(cycle, cycle[1:])]
+    return "import cycle between modules " + " -> ".join(cycle) + ":\n" + "\n".join(steps)
+
+
+def layer_of(name: str, package: str) -> int | None:
+    """The index in `LAYERS[package]` of the layer module `name` belongs to (None: not in a layer)."""
+    for index, layer in enumerate(LAYERS[package]):
+        if _within(name, f"{package}.{layer}"):
+            return index
+    return None
+
+
+def layer_violations(imports: Iterable[Import]) -> list[str]:
+    """Imports from a layer of a `LAYERS` package into a later layer of the same package."""
+    bad = []
+    for i in imports:
+        for package in LAYERS:
+            a, b = layer_of(i.importer, package), layer_of(i.imported, package)
+            if a is not None and b is not None and b > a:
+                bad.append(f"{i} (layer {LAYERS[package][a]} may not import layer {LAYERS[package][b]})")
+    return bad
+
+
 def phantom_violations(imports: Iterable[Import]) -> list[str]:
     """Imports of `data_pipeline.phantom` by a module that is neither the phantom nor a declared user."""
     return [str(i) for i in imports
@@ -195,12 +260,24 @@ def test_every_exception_is_still_needed(imports):
     stale = [f"cycle exception {a} -> {b}" for a, b in CYCLE_EXCEPTIONS if (a, b) not in edges]
     importers = {i.importer for i in imports if _within(i.imported, "experiments")}
     stale += [f"library exception {m}" for m in LIBRARY_IMPORTS_APPLICATION if m not in importers]
+    module_pairs = {(i.importer, i.imported) for i in imports}
+    stale += [f"module cycle exception {a} -> {b}" for a, b in MODULE_CYCLE_EXCEPTIONS if (a, b) not in module_pairs]
     assert not stale, "no longer needed, delete them from tests/test_import_graph.py: " + ", ".join(stale)
 
 
 def test_no_cycle_between_subpackages(imports):
     message = cycle_message(imports)
     assert message is None, message
+
+
+def test_no_cycle_between_modules(imports):
+    message = module_cycle_message(imports)
+    assert message is None, message
+
+
+def test_layers_import_only_earlier_layers(imports):
+    bad = layer_violations(imports)
+    assert not bad, "a layer imports a later one:\n" + "\n".join(bad)
 
 
 def test_only_declared_users_import_the_phantom(imports):
@@ -213,6 +290,11 @@ def test_the_checks_catch_planted_violations(tmp_path):
     files = {
         "data_pipeline/__init__.py": "",
         "data_pipeline/reader.py": "def f():\n    from cxrtrek_jax.model import net\n",
+        "data_pipeline/schema/__init__.py": "",
+        "data_pipeline/schema/records.py": "from data_pipeline.text import tokens\n",
+        "data_pipeline/text/__init__.py": "",
+        "data_pipeline/text/tokens.py": "def f():\n    from data_pipeline.text.words import w\n",
+        "data_pipeline/text/words.py": "from . import tokens\nfrom data_pipeline.schema import records\n",
         "data_pipeline/phantom/__init__.py": "from . import draw\n",
         "data_pipeline/phantom/draw.py": "",
         "cxrtrek_jax/__init__.py": "",
@@ -241,3 +323,15 @@ def test_the_checks_catch_planted_violations(tmp_path):
     assert phantom_violations(planted) == [
         "cxrtrek_jax.decoding.script (cxrtrek_jax/decoding/script.py:1) imports data_pipeline.phantom"]
     assert find_cycle([("a", "b"), ("b", "c")]) is None
+    assert layer_violations(planted) == [
+        "data_pipeline.schema.records (data_pipeline/schema/records.py:1) imports data_pipeline.text "
+        "(layer schema may not import layer text)",
+        "data_pipeline.schema.records (data_pipeline/schema/records.py:1) imports data_pipeline.text.tokens "
+        "(layer schema may not import layer text)"]
+    assert module_cycle_message(planted).startswith(
+        "import cycle between modules cxrtrek_jax.model.net -> cxrtrek_jax.train.step -> cxrtrek_jax.model.net:")
+    data_side = [i for i in planted if _within(i.importer, "data_pipeline")]
+    message = module_cycle_message(data_side)  # a function-level import closes this one
+    assert message.startswith("import cycle between modules data_pipeline.schema.records -> "
+                              "data_pipeline.text.tokens -> data_pipeline.text.words -> data_pipeline.schema.records:")
+    assert "data_pipeline.text.tokens (data_pipeline/text/tokens.py:2) imports data_pipeline.text.words" in message

@@ -11,11 +11,11 @@ from pydicom.data import get_testdata_file
 
 from cxrtrek_jax.train.checkpointing import save_params_only
 from cxrtrek_jax.cli import main
-from cxrtrek_jax.evaluation.predictions import read_predictions
+from cxrtrek_jax.evaluation.scores.predictions import read_predictions
 from cxrtrek_jax.model import CXRTrekNet, get_config, override, to_dict
-from data_pipeline.cxrtrek_json import read_studies
+from data_pipeline.files.cxrtrek_json import read_studies
 from data_pipeline.phantom import PhantomConfig, write_phantom_dataset
-from data_pipeline.tokenizer import train_tokenizer, training_texts
+from data_pipeline.text.tokenizer import train_tokenizer, training_texts
 
 COMMON = ["--max-new-tokens", "4", "--cache-length", "512"]
 

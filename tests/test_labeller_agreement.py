@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from cxrtrek_jax.evaluation.chexpert_labeller import CHEXPERT_OBSERVATIONS, default_labeller
-from cxrtrek_jax.evaluation.labeller_agreement import (
+from data_pipeline.reports.chexpert_labeller import CHEXPERT_OBSERVATIONS, default_labeller
+from cxrtrek_jax.evaluation.metrics.labeller_agreement import (
     ReferenceSentence,
     agreement_table,
     expected_labels,

@@ -9,10 +9,10 @@ import jax
 from cxrtrek_jax.cli import main
 import numpy as np
 
-from cxrtrek_jax.evaluation.model_eval import EvalData, iter_eval_studies, with_foreign_images
-from cxrtrek_jax.evaluation.predictions import read_predictions
+from cxrtrek_jax.evaluation.runs.model_eval import EvalData, iter_eval_studies, with_foreign_images
+from cxrtrek_jax.evaluation.scores.predictions import read_predictions
 from cxrtrek_jax.train.run import train_experiment
-from data_pipeline.cxrtrek_json import read_studies
+from data_pipeline.files.cxrtrek_json import read_studies
 from experiments import get_experiment
 
 FAST = ["--max-new-tokens", "3", "--no-meteor", "--bootstrap-resamples", "20", "--no-progress"]

@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from cxrtrek_jax.evaluation.nlg_metrics import (
+from cxrtrek_jax.evaluation.metrics.nlg_metrics import (
     CiderD,
     MeteorScorer,
     bleu_from_statistics,

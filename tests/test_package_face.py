@@ -10,7 +10,9 @@ import pytest
 import cxrtrek_jax
 
 FACES = ("cxrtrek_jax.model", "cxrtrek_jax.train", "cxrtrek_jax.hf", "cxrtrek_jax.decoding",
-         "cxrtrek_jax.evaluation")
+         "cxrtrek_jax.evaluation", "cxrtrek_jax.evaluation.metrics", "cxrtrek_jax.evaluation.scores",
+         "cxrtrek_jax.evaluation.runs", "data_pipeline", "data_pipeline.schema", "data_pipeline.reports",
+         "data_pipeline.files", "data_pipeline.text", "data_pipeline.batches")
 
 
 @pytest.mark.parametrize("face", FACES)

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from data_pipeline.packing import (
+from data_pipeline.batches.packing import (
     FirstFitPacker,
     choose_bucket,
     length_buckets,
@@ -12,9 +12,9 @@ from data_pipeline.packing import (
     row_images,
     stack_rows,
 )
-from data_pipeline.records import QAItem, Study
-from data_pipeline.sequences import SequenceConfig, TrainingSequence, build_sequences
-from data_pipeline.tokenizer import train_tokenizer
+from data_pipeline.schema.records import QAItem, Study
+from data_pipeline.text.sequences import SequenceConfig, TrainingSequence, build_sequences
+from data_pipeline.text.tokenizer import train_tokenizer
 
 PAD = 0
 

@@ -12,7 +12,7 @@ import pytest
 
 from cxrtrek_jax.cli import main
 from data_pipeline.phantom.splits import parse_splits
-from data_pipeline.boxes import parse_boxes
+from data_pipeline.schema.boxes import parse_boxes
 from data_pipeline.phantom import (
     Acquisition,
     Finding,
@@ -23,8 +23,8 @@ from data_pipeline.phantom import (
     sample_anatomy,
     write_phantom_dataset,
 )
-from data_pipeline.stages import STAGE_TASK_TYPES, parse_qtype
-from data_pipeline.validation import validate_file
+from data_pipeline.schema.stages import STAGE_TASK_TYPES, parse_qtype
+from data_pipeline.files.validation import validate_file
 
 SMALL = PhantomConfig(size=96)
 

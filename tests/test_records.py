@@ -4,7 +4,7 @@ import pickle
 
 import pytest
 
-from data_pipeline.records import FrozenMapping, QAItem, Study, freeze, thaw
+from data_pipeline.schema.records import FrozenMapping, QAItem, Study, freeze, thaw
 
 
 def _study():

@@ -19,7 +19,7 @@ import pytest
 from PIL import Image
 
 from cxrtrek_jax.cli import main
-from data_pipeline.cxrtrek_json import derive_messages, study_to_element
+from data_pipeline.files.cxrtrek_json import derive_messages, study_to_element
 from data_pipeline.phantom import PhantomConfig, generate_study
 
 HINT = " Please output in the format <|box|>(x1, y1), (x2, y2)<|/box|>."

@@ -6,18 +6,18 @@ import numpy as np
 import pytest
 
 from cxrtrek_jax.cli import main
-from cxrtrek_jax.evaluation.bootstrap import StudyStats, bootstrap_weights, percentile_interval
-from cxrtrek_jax.evaluation.nlg_metrics import (
+from cxrtrek_jax.evaluation.metrics.bootstrap import StudyStats, bootstrap_weights, percentile_interval
+from cxrtrek_jax.evaluation.metrics.nlg_metrics import (
     MeteorScorer,
     meteor_unavailable_reason,
 )
-from cxrtrek_jax.evaluation.predictions import (
+from cxrtrek_jax.evaluation.scores.predictions import (
     PredictionFormatError,
     PredictionRecord,
     read_predictions,
     write_predictions,
 )
-from cxrtrek_jax.evaluation.scoring import ScoringConfig, score_predictions
+from cxrtrek_jax.evaluation.scores.scoring import ScoringConfig, score_predictions
 
 VIEW_Q = "Which view? A. PA. or B. AP."
 BOX_REF = "<|ref|> heart <|/ref|> <|box|>(10.0, 10.0), (50.0, 50.0)<|/box|>"

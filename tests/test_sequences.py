@@ -5,9 +5,9 @@ import pickle
 import numpy as np
 import pytest
 
-from data_pipeline.cxrtrek_json import DEFAULT_SYSTEM_PROMPT
-from data_pipeline.records import Message, QAItem, Study
-from data_pipeline.sequences import (
+from data_pipeline.files.cxrtrek_json import DEFAULT_SYSTEM_PROMPT
+from data_pipeline.schema.records import Message, QAItem, Study
+from data_pipeline.text.sequences import (
     SequenceBuilder,
     SequenceConfig,
     SequenceStats,
@@ -20,7 +20,7 @@ from data_pipeline.sequences import (
     system_prompt_of,
     turn_exclusion,
 )
-from data_pipeline.tokenizer import train_tokenizer
+from data_pipeline.text.tokenizer import train_tokenizer
 
 N = 3  # tokens per image
 

@@ -2,8 +2,8 @@
 
 import pytest
 
-from data_pipeline.records import Study, freeze
-from data_pipeline.splits import SPLIT_NAMES, canonical_split, split_field, study_split
+from data_pipeline.schema.records import Study, freeze
+from data_pipeline.schema.splits import SPLIT_NAMES, canonical_split, split_field, study_split
 
 
 def _study(cxrtrek=None, element=None):

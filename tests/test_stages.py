@@ -1,6 +1,6 @@
 import pytest
 
-from data_pipeline.stages import (
+from data_pipeline.schema.stages import (
     STAGE_TASK_TYPES,
     QType,
     Stage,

@@ -24,10 +24,10 @@ from cxrtrek_jax.decoding import (
     study_turns,
 )
 from cxrtrek_jax.model import CXRTrekNet, get_config, override
-from data_pipeline.images import resize_with_pad
-from data_pipeline.sequences import place_placeholders
+from data_pipeline.files.images import resize_with_pad
+from data_pipeline.text.sequences import place_placeholders
 from data_pipeline.phantom import PhantomConfig, generate_study
-from data_pipeline.tokenizer import train_tokenizer, training_texts
+from data_pipeline.text.tokenizer import train_tokenizer, training_texts
 
 CACHE = 1024
 TIGHT = 128

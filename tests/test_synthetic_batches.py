@@ -1,4 +1,4 @@
-"""Synthetic batches follow the batch contract of data_pipeline.grain_pipeline and are deterministic."""
+"""Synthetic batches follow the batch contract of data_pipeline.batches.grain_pipeline and are deterministic."""
 
 import numpy as np
 import pytest

@@ -11,10 +11,10 @@ from PIL import Image
 from pydicom.data import get_testdata_file
 
 from cxrtrek_jax.cli import main
-from data_pipeline import cxrtrek_json as cj
-from data_pipeline import tfds_builder as tb
-from data_pipeline.images import load_image
-from data_pipeline.splits import SPLIT_NAMES
+from data_pipeline.files import cxrtrek_json as cj
+from data_pipeline.files import tfds_builder as tb
+from data_pipeline.files.images import load_image
+from data_pipeline.schema.splits import SPLIT_NAMES
 
 tfds.disable_progress_bar()
 

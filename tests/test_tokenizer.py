@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 
 from cxrtrek_jax.cli import main
-from data_pipeline.boxes import MARKUP_TOKENS
-from data_pipeline.chat_template import CHAT_FORMAT_FILE, ChatFormat, render
-from data_pipeline.cxrtrek_json import DEFAULT_SYSTEM_PROMPT, write_studies
-from data_pipeline.records import Message, QAItem, Study
-from data_pipeline.tokenizer import (
+from data_pipeline.schema.boxes import MARKUP_TOKENS
+from data_pipeline.text.chat_template import CHAT_FORMAT_FILE, ChatFormat, render
+from data_pipeline.files.cxrtrek_json import DEFAULT_SYSTEM_PROMPT, write_studies
+from data_pipeline.schema.records import Message, QAItem, Study
+from data_pipeline.text.tokenizer import (
     CXRTrekTokenizer,
     load_tokenizer,
     train_tokenizer,

@@ -9,8 +9,8 @@ import pytest
 from cxrtrek_jax.cli import main
 from cxrtrek_jax.train import base_config
 from cxrtrek_jax.train.config import RENAMED_KEYS, ExperimentConfig, current_key
-from data_pipeline.grain_pipeline import PipelineConfig
-from data_pipeline.sequences import SequenceConfig
+from data_pipeline.batches.grain_pipeline import PipelineConfig
+from data_pipeline.text.sequences import SequenceConfig
 
 
 def _leaf_keys(tree: dict, prefix: str = "") -> list[str]:

@@ -19,7 +19,7 @@ from cxrtrek_jax.train import sharding as sh
 from cxrtrek_jax.testing import synthetic_batches as sb
 from cxrtrek_jax.train import step as ts
 from cxrtrek_jax.model import CXRTrekNet, get_config, override, trainable_mask
-from data_pipeline.image_labels import IMAGE_LABEL_KINDS
+from data_pipeline.text.image_labels import IMAGE_LABEL_KINDS
 
 CONFIG = get_config("tiny")
 # One block per tower: half the compile time, for the tests that do not compare against CONFIG.

@@ -10,8 +10,8 @@ import pytest
 from PIL import Image
 
 from cxrtrek_jax.cli import main
-from data_pipeline.cxrtrek_json import DEFAULT_SYSTEM_PROMPT
-from data_pipeline.validation import Problem, validate_elements, validate_file
+from data_pipeline.files.cxrtrek_json import DEFAULT_SYSTEM_PROMPT
+from data_pipeline.files.validation import Problem, validate_elements, validate_file
 
 CX = "data_dict.cxrtrek_data."
 

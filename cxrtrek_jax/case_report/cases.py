@@ -7,7 +7,7 @@ Only the records of the selected studies are kept in memory; the data file is
 streamed and only the selected studies are kept.
 
 Context: a predictions file may hold several context modes ("own", "teacher",
-"none"; see `cxrtrek_jax.evaluation.predictions`). The report shows one: the
+"none"; see `cxrtrek_jax.evaluation.scores.predictions`). The report shows one: the
 requested one, else "own" when any record has it, else "teacher", else
 "none". A selected study without records in that context is listed as a
 warning (with the contexts it does have), never dropped silently.
@@ -31,8 +31,8 @@ from collections.abc import Iterable, Sequence
 from cxrtrek_jax.case_report.errors import CaseReportError
 from cxrtrek_jax.case_report.turns import ReportTurn, report_turn
 from cxrtrek_jax.contexts import CONTEXT_MODES
-from cxrtrek_jax.evaluation.predictions import PredictionRecord
-from data_pipeline.records import Study
+from cxrtrek_jax.evaluation.scores.predictions import PredictionRecord
+from data_pipeline.schema.records import Study
 
 __all__ = ["StudyCase", "CaseSelection", "choose_context", "select_cases"]
 

@@ -1,6 +1,6 @@
 """Radiographs for the page: downscaled, inlined as PNG data URIs, with boxes drawn in SVG.
 
-An image is loaded with `data_pipeline.images.load_image` (PNG, JPEG or
+An image is loaded with `data_pipeline.files.images.load_image` (PNG, JPEG or
 DICOM -> float [H, W] in [0, 1], air dark), shrunk so that its longer side is
 at most `max_side` pixels (aspect kept; never enlarged), quantised to 8-bit
 grayscale and embedded as ``data:image/png;base64,...``. Boxes are drawn as
@@ -23,8 +23,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from data_pipeline.boxes import Box
-from data_pipeline.images import load_image, resize_square
+from data_pipeline.schema.boxes import Box
+from data_pipeline.files.images import load_image, resize_square
 
 __all__ = [
     "MODEL_BOX_COLOR",

@@ -32,8 +32,8 @@ from cxrtrek_jax.case_report.image_overlay import (
 )
 from cxrtrek_jax.case_report.summary import StageSummary, summarize_all, summarize_stages
 from cxrtrek_jax.case_report.turns import ParsedBoxes, ReportTurn
-from data_pipeline.records import thaw
-from data_pipeline.stages import Stage
+from data_pipeline.schema.records import thaw
+from data_pipeline.schema.stages import Stage
 
 __all__ = [
     "ImagePanel",

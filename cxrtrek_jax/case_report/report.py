@@ -1,8 +1,8 @@
 """`write_case_report`: predictions + studies + images -> one self-contained HTML file.
 
 Images: each study's `images` are resolved under `image_root` with
-`data_pipeline.image_paths.resolve_image_path` and loaded with
-`data_pipeline.images.load_image`. The leading `current_image_count(study)`
+`data_pipeline.files.image_paths.resolve_image_path` and loaded with
+`data_pipeline.files.images.load_image`. The leading `current_image_count(study)`
 images are the current study's views, the rest the prior (or later) study's.
 Detection boxes (model and reference, every detection turn of the shown
 context) are drawn on the first image, the current study's first view: the
@@ -25,11 +25,11 @@ from cxrtrek_jax.case_report.errors import CaseReportError
 from cxrtrek_jax.case_report.image_overlay import OverlayBox, load_page_image
 from cxrtrek_jax.case_report.render import ImagePanel, render_case_report
 from cxrtrek_jax.case_report.turns import ReportTurn
-from cxrtrek_jax.evaluation.predictions import PredictionRecord
-from data_pipeline.image_paths import ImagePathError, resolve_image_path
-from data_pipeline.images import ImageLoadError
-from data_pipeline.records import Study
-from data_pipeline.sequences import current_image_count
+from cxrtrek_jax.evaluation.scores.predictions import PredictionRecord
+from data_pipeline.files.image_paths import ImagePathError, resolve_image_path
+from data_pipeline.files.images import ImageLoadError
+from data_pipeline.schema.records import Study
+from data_pipeline.text.sequences import current_image_count
 
 __all__ = ["CaseReportResult", "detection_overlay_boxes", "study_image_panels", "write_case_report"]
 
@@ -179,9 +179,9 @@ def write_evaluation_report(eval_dir: str | os.PathLike, data, *, max_studies: i
     """`eval_dir`/report.html over the first `max_studies` studies of an evaluation directory
     written by `evaluation.evaluate_checkpoint` from `data` (an `evaluation.EvalData`); None for
     a TFDS data set, whose images live inside the data set (`cxrtrek report --data JSON`)."""
-    from cxrtrek_jax.evaluation.evaluate import PREDICTIONS_FILE
-    from cxrtrek_jax.evaluation.predictions import read_predictions
-    from data_pipeline.cxrtrek_json import iter_studies
+    from cxrtrek_jax.evaluation.runs.evaluate import PREDICTIONS_FILE
+    from cxrtrek_jax.evaluation.scores.predictions import read_predictions
+    from data_pipeline.files.cxrtrek_json import iter_studies
 
     if data.kind != "json":
         return None

@@ -6,7 +6,7 @@ import dataclasses
 from collections.abc import Iterable
 
 from cxrtrek_jax.case_report.turns import ReportTurn
-from data_pipeline.stages import Stage
+from data_pipeline.schema.stages import Stage
 
 __all__ = ["StageSummary", "summarize_stages", "summarize_all"]
 

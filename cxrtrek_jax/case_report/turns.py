@@ -11,7 +11,7 @@ Open questions (captioning, detection) get no mark.
 
 Boxes: a detection turn (qtype ``detection``, or a reference carrying
 ``<|box|>`` markup) has its prediction and reference parsed with
-`data_pipeline.boxes.parse_boxes`; a parse failure is kept as a message for
+`data_pipeline.schema.boxes.parse_boxes`; a parse failure is kept as a message for
 the page, never raised (a model may well write broken markup).
 """
 
@@ -20,10 +20,10 @@ from __future__ import annotations
 import dataclasses
 
 from cxrtrek_jax.case_report.errors import CaseReportError
-from cxrtrek_jax.evaluation.answer_parsing import judge_closed_answer
-from cxrtrek_jax.evaluation.predictions import PredictionRecord
-from data_pipeline.boxes import Box, BoxParseError, has_box_markup, parse_boxes
-from data_pipeline.stages import parse_qtype
+from cxrtrek_jax.evaluation.metrics.answer_parsing import judge_closed_answer
+from cxrtrek_jax.evaluation.scores.predictions import PredictionRecord
+from data_pipeline.schema.boxes import Box, BoxParseError, has_box_markup, parse_boxes
+from data_pipeline.schema.stages import parse_qtype
 
 __all__ = [
     "Verdict",

@@ -36,8 +36,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from data_pipeline.cxrtrek_json import CXRTrekFormatError
-    from data_pipeline.tfds_builder import BuildOptions, InvalidSampleError, SplitConfig, build_dataset
+    from data_pipeline.files.cxrtrek_json import CXRTrekFormatError
+    from data_pipeline.files.tfds_builder import BuildOptions, InvalidSampleError, SplitConfig, build_dataset
 
     for path in args.json:
         if not os.path.isfile(path):

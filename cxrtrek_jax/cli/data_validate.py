@@ -29,7 +29,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from data_pipeline.validation import validate_file
+    from data_pipeline.files.validation import validate_file
 
     if not os.path.isfile(args.file):
         raise CLIError(f"{args.file}: no such file")

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from cxrtrek_jax.cli import CLIError
-from data_pipeline.splits import TEST, TRAIN
+from data_pipeline.schema.splits import TEST, TRAIN
 
 REPORT_STUDIES = 8  # studies shown in the case report written by a --checkpoint run
 
@@ -109,7 +109,7 @@ def _contexts(value: str) -> tuple[str, ...]:
 
 
 def _scoring_config(args: argparse.Namespace):
-    from cxrtrek_jax.evaluation.scoring import ScoringConfig
+    from cxrtrek_jax.evaluation.scores.scoring import ScoringConfig
 
     try:
         return ScoringConfig(bootstrap_resamples=args.bootstrap_resamples, seed=args.seed,
@@ -164,11 +164,11 @@ def _evaluate_checkpoint(args: argparse.Namespace, scoring, extra_identity: dict
 
 def _score_file(args: argparse.Namespace, scoring, extra_identity: dict) -> tuple[dict, list[Path]]:
     """--predictions (and --baseline-predictions): score a saved file into --out."""
-    from cxrtrek_jax.evaluation.answer_baselines import BASELINE_NAME, score_baseline
-    from cxrtrek_jax.evaluation.evaluate import SCORED_PREDICTIONS_FILE
-    from cxrtrek_jax.evaluation.outputs import file_sha256, write_metrics
-    from cxrtrek_jax.evaluation.predictions import read_predictions
-    from cxrtrek_jax.evaluation.scoring import score_predictions
+    from cxrtrek_jax.evaluation.scores.answer_baselines import BASELINE_NAME, score_baseline
+    from cxrtrek_jax.evaluation.runs.evaluate import SCORED_PREDICTIONS_FILE
+    from cxrtrek_jax.evaluation.scores.outputs import file_sha256, write_metrics
+    from cxrtrek_jax.evaluation.scores.predictions import read_predictions
+    from cxrtrek_jax.evaluation.scores.scoring import score_predictions
 
     if args.data is not None:
         raise CLIError("--data goes with --checkpoint (to re-score, --predictions alone)")
@@ -190,8 +190,8 @@ def _score_file(args: argparse.Namespace, scoring, extra_identity: dict) -> tupl
 
 
 def run(args: argparse.Namespace) -> int:
-    from cxrtrek_jax.evaluation.nlg_metrics import MeteorUnavailable
-    from cxrtrek_jax.evaluation.predictions import PredictionFormatError
+    from cxrtrek_jax.evaluation.metrics.nlg_metrics import MeteorUnavailable
+    from cxrtrek_jax.evaluation.scores.predictions import PredictionFormatError
 
     scoring = _scoring_config(args)
     extra_identity = _load_identity(args.identity)

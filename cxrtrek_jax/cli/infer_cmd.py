@@ -3,7 +3,7 @@
     cxrtrek infer --checkpoint CKPT --image a.dcm [--prior b.png]      # the default 8-stage question script
     cxrtrek infer --checkpoint CKPT --data test.json --context teacher --out predictions.jsonl
 
-Each output line is a predictions record (`cxrtrek_jax.evaluation.predictions`),
+Each output line is a predictions record (`cxrtrek_jax.evaluation.scores.predictions`),
 so `cxrtrek eval --predictions` scores it; the reference is "" when unknown.
 """
 
@@ -91,7 +91,7 @@ def _load_model(args: argparse.Namespace):
 
 
 def _load_tokenizer(args: argparse.Namespace, loaded):
-    from data_pipeline.tokenizer import load_tokenizer
+    from data_pipeline.text.tokenizer import load_tokenizer
 
     path = args.tokenizer or loaded.tokenizer_path
     if path is None:
@@ -104,7 +104,7 @@ def _load_tokenizer(args: argparse.Namespace, loaded):
 
 def _image_studies(args: argparse.Namespace, image_size: int):
     from cxrtrek_jax.decoding import ChainStudy, default_script
-    from data_pipeline.cxrtrek_json import DEFAULT_SYSTEM_PROMPT
+    from data_pipeline.files.cxrtrek_json import DEFAULT_SYSTEM_PROMPT
 
     images = _load_images([*args.image, *args.prior, *args.later], image_size)
     counts = dict(current_images=len(args.image), prior_images=len(args.prior), later_images=len(args.later))
@@ -114,7 +114,7 @@ def _image_studies(args: argparse.Namespace, image_size: int):
 
 def _load_images(paths, image_size: int):
     from cxrtrek_jax.decoding import load_study_images
-    from data_pipeline.images import ImageLoadError
+    from data_pipeline.files.images import ImageLoadError
 
     try:
         return load_study_images(paths, image_size)
@@ -124,9 +124,9 @@ def _load_images(paths, image_size: int):
 
 def _data_studies(args: argparse.Namespace, image_size: int):
     from cxrtrek_jax.decoding import ChainStudy, default_script, fixed_plan, study_turns
-    from data_pipeline.cxrtrek_json import CXRTrekFormatError, read_studies
-    from data_pipeline.image_paths import ImagePathError, resolve_image_path
-    from data_pipeline.sequences import current_image_count, system_prompt_of
+    from data_pipeline.files.cxrtrek_json import CXRTrekFormatError, read_studies
+    from data_pipeline.files.image_paths import ImagePathError, resolve_image_path
+    from data_pipeline.text.sequences import current_image_count, system_prompt_of
 
     if not Path(args.data).is_file():
         raise CLIError(f"data file {args.data} does not exist")
@@ -161,7 +161,7 @@ def _data_studies(args: argparse.Namespace, image_size: int):
 
 
 def _print_trace(results) -> None:
-    from data_pipeline.stages import Stage
+    from data_pipeline.schema.stages import Stage
 
     for turns in results:
         if not turns:
@@ -181,7 +181,7 @@ def _infer(args: argparse.Namespace) -> int:
     import jax
 
     from cxrtrek_jax.decoding import DecodeSpec, SamplingConfig, StepwiseDecoder, run_chain
-    from cxrtrek_jax.evaluation.predictions import PredictionWriter, prediction_from_turn
+    from cxrtrek_jax.evaluation.scores.predictions import PredictionWriter, prediction_from_turn
 
     loaded = _load_model(args)
     tokenizer = _load_tokenizer(args, loaded)

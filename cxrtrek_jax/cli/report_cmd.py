@@ -57,8 +57,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def _report(args: argparse.Namespace) -> int:
     from cxrtrek_jax.case_report import CaseReportError, write_case_report
-    from cxrtrek_jax.evaluation.predictions import PredictionFormatError, read_predictions
-    from data_pipeline.cxrtrek_json import CXRTrekFormatError, iter_studies
+    from cxrtrek_jax.evaluation.scores.predictions import PredictionFormatError, read_predictions
+    from data_pipeline.files.cxrtrek_json import CXRTrekFormatError, iter_studies
 
     for flag, path in (("--predictions", args.predictions), ("--data", args.data)):
         if not Path(path).is_file():

@@ -31,8 +31,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from data_pipeline.cxrtrek_json import CXRTrekFormatError, iter_studies
-    from data_pipeline.tokenizer import TOKENIZER_FILE, train_tokenizer, training_texts
+    from data_pipeline.files.cxrtrek_json import CXRTrekFormatError, iter_studies
+    from data_pipeline.text.tokenizer import TOKENIZER_FILE, train_tokenizer, training_texts
 
     out = Path(args.out)
     if (out / TOKENIZER_FILE).exists() and not args.overwrite:

@@ -9,7 +9,7 @@ Context modes (what the earlier turns of the conversation hold when a turn is as
            then replaced by the reference);
   none     nothing: each question sees only the system prompt and the images.
 
-The conversation of each mode is exactly what training sees (`data_pipeline.sequences`):
+The conversation of each mode is exactly what training sees (`data_pipeline.text.sequences`):
 images are introduced by placeholders in the question of the turn that first
 needs them (own / teacher, like a stage-context sequence), or all images
 visible at a turn are placed in its question (none, like a per-turn sequence).
@@ -27,7 +27,7 @@ scratch, which never happens: the images are encoded once by `start`.
 
 Long chains (own / teacher): when the wanted context plus `max_new_tokens`
 does not fit the cache, the turn is asked in a window, as training windows a
-chain (`data_pipeline.sequences`): the prompt, every image the turn needs
+chain (`data_pipeline.text.sequences`): the prompt, every image the turn needs
 (placed in the window's first question) and as many earlier turns as fit,
 newest first, with the mode's answers; the cache is rewound to the prompt and
 the window prefilled. Later turns continue in the window until it is full
@@ -54,10 +54,10 @@ from cxrtrek_jax.decoding.sampling import GREEDY, SamplingConfig
 from cxrtrek_jax.decoding.stepwise import StepwiseDecoder
 from cxrtrek_jax.decoding.turns import Turn, TurnPlan
 from cxrtrek_jax.contexts import CHAIN_CONTEXTS
-from data_pipeline.images import load_image, resize_with_pad
-from data_pipeline.records import Message
-from data_pipeline.sequences import place_placeholders
-from data_pipeline.tokenizer import CXRTrekTokenizer
+from data_pipeline.files.images import load_image, resize_with_pad
+from data_pipeline.schema.records import Message
+from data_pipeline.text.sequences import place_placeholders
+from data_pipeline.text.tokenizer import CXRTrekTokenizer
 
 __all__ = ["ChainStudy", "TurnResult", "ChatTokens", "run_chain", "stack_images",
            "load_study_images"]

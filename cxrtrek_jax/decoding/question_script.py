@@ -6,7 +6,7 @@
 
 The script reads a film the way the phantom's studies do
 (`data_pipeline.phantom.questions`), in the words of the finding vocabulary
-(`data_pipeline.findings`), so that a phantom-trained model understands it:
+(`data_pipeline.schema.findings`), so that a phantom-trained model understands it:
 
   1  view (single choice PA / AP) and technical quality;
   2  one yes/no question per finding kind (effusion, pneumothorax, ...);
@@ -29,8 +29,8 @@ from __future__ import annotations
 import re
 
 from cxrtrek_jax.decoding.turns import Turn, TurnPlan
-from data_pipeline.findings import FINDING_KINDS, FINDING_NAMES, PATHOLOGIES, PRESENCE_QUESTIONS
-from data_pipeline.records import IMAGE_PLACEHOLDER
+from data_pipeline.schema.findings import FINDING_KINDS, FINDING_NAMES, PATHOLOGIES, PRESENCE_QUESTIONS
+from data_pipeline.schema.records import IMAGE_PLACEHOLDER
 
 __all__ = ["default_script", "says_yes"]
 

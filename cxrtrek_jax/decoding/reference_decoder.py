@@ -28,9 +28,9 @@ from cxrtrek_jax.decoding.chain import ChainStudy
 from cxrtrek_jax.decoding.stepwise import DecodeSpec
 from cxrtrek_jax.decoding.turns import Turn
 from cxrtrek_jax.model import CXRTrekNet
-from data_pipeline.records import Message
-from data_pipeline.sequences import place_placeholders
-from data_pipeline.tokenizer import CXRTrekTokenizer
+from data_pipeline.schema.records import Message
+from data_pipeline.text.sequences import place_placeholders
+from data_pipeline.text.tokenizer import CXRTrekTokenizer
 
 __all__ = ["ReferenceTurn", "ReferenceDecoder"]
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Generator, Sequence
 
-from data_pipeline.records import Study
+from data_pipeline.schema.records import Study
 
 __all__ = ["ORDERS", "Turn", "TurnPlan", "study_turns", "fixed_plan"]
 

@@ -18,7 +18,7 @@ processor_config.json (`LlavaProcessor` + its image processor). With
 `adapter_model.safetensors`, PEFT's layout). Only JSON and safetensors are
 written.
 
-Image preprocessing. Ours (`data_pipeline.images`): an 8-bit grayscale file
+Image preprocessing. Ours (`data_pipeline.files.images`): an 8-bit grayscale file
 becomes x / 255; `resize_with_pad` fits it into S x S (longest side S, the
 other round(side * S / longest)) with PIL's antialiased BILINEAR on float
 ("F") pixels, centred at offset floor((S - side) / 2) on black; the vision
@@ -307,7 +307,7 @@ def image_processor_options(vision: VisionConfig) -> dict[str, Any]:
 
 def _load_tokenizer(tokenizer_dir: Path | None, config: ModelConfig):
     """Our tokenizer of `tokenizer_dir`, checked against the model config."""
-    from data_pipeline.tokenizer import load_tokenizer
+    from data_pipeline.text.tokenizer import load_tokenizer
 
     if tokenizer_dir is None:
         raise ExportError("the checkpoint names no tokenizer directory; pass one (--tokenizer DIR)")
@@ -331,7 +331,7 @@ def write_processor(directory: str | os.PathLike, tokenizer, config: ModelConfig
     from transformers import AutoTokenizer, LlavaProcessor
     from transformers.models.janus.image_processing_pil_janus import JanusImageProcessorPil
 
-    from data_pipeline.chat_template import jinja_template
+    from data_pipeline.text.chat_template import jinja_template
 
     directory = Path(directory)
     tokenizer.save(directory, model_max_length=config.text.max_positions)
@@ -370,13 +370,13 @@ def write_gemma3_processor(directory: str | os.PathLike, tokenizer, config: Mode
     expansion itself (as `render` does).
 
     Gemma 3's image processor resizes straight to S x S (the aspect is not kept) where ours fits
-    the longest side and pads (`data_pipeline.images.resize_with_pad`): the pixels agree for
+    the longest side and pads (`data_pipeline.files.images.resize_with_pad`): the pixels agree for
     square images; pad others to a square first.
     """
     from transformers import AutoTokenizer, Gemma3Processor
     from transformers.models.gemma3.image_processing_pil_gemma3 import Gemma3ImageProcessorPil
 
-    from data_pipeline.chat_template import jinja_template
+    from data_pipeline.text.chat_template import jinja_template
 
     directory = Path(directory)
     fmt, vision = tokenizer.format, config.vision

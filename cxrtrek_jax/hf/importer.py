@@ -224,7 +224,7 @@ def template_format(hf_tokenizer, base: Mapping[str, str | None]):
     prompt folded into the first user turn, content trimmed or rewritten, a generation prompt unlike
     the assistant prefix), verified by re-rendering every probe with the derived format.
     """
-    from data_pipeline.chat_template import ChatFormat, render
+    from data_pipeline.text.chat_template import ChatFormat, render
 
     if not getattr(hf_tokenizer, "chat_template", None):
         raise TemplateFormatError("the tokenizer has no chat_template")
@@ -296,7 +296,7 @@ def derive_chat_format(hf_dir: str | os.PathLike, overrides: Mapping[str, str | 
 
 def _derive_chat_format(hf_dir, overrides) -> tuple[Any, str]:
     """(ChatFormat, where it came from: "chat format file", "chat_template", "special tokens")."""
-    from data_pipeline.chat_template import CHAT_FORMAT_FILE, ChatFormat
+    from data_pipeline.text.chat_template import CHAT_FORMAT_FILE, ChatFormat
 
     hf_dir = Path(hf_dir)
     given = {k: v for k, v in (overrides or {}).items() if v is not None}
@@ -357,7 +357,7 @@ def _derive_chat_format(hf_dir, overrides) -> tuple[Any, str]:
 
 def _tokenizer(hf_dir: Path, fmt, config):
     """Our tokenizer of `hf_dir` with `fmt`, checked against the model config."""
-    from data_pipeline.tokenizer import load_tokenizer
+    from data_pipeline.text.tokenizer import load_tokenizer
 
     try:
         tokenizer = load_tokenizer(hf_dir, fmt)

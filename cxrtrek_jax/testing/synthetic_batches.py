@@ -1,4 +1,4 @@
-"""Synthetic training batches in the batch contract of `data_pipeline.grain_pipeline`, deterministic from (seed, index).
+"""Synthetic training batches in the batch contract of `data_pipeline.batches.grain_pipeline`, deterministic from (seed, index).
 
 Used to exercise training (sharding, checkpoints, exact resume) before and apart from the real
 data pipeline. Each batch index gives one global batch; a process takes its contiguous share
@@ -91,7 +91,7 @@ def _row(rng: np.random.Generator, spec: SyntheticSpec) -> dict[str, np.ndarray]
 def synthetic_batch(
     spec: SyntheticSpec, index: int, process_index: int = 0, process_count: int = 1
 ) -> dict[str, np.ndarray]:
-    """Batch `index` (this process's rows of it): fields as in `data_pipeline.grain_pipeline.BATCH_FIELDS`, batch dim first."""
+    """Batch `index` (this process's rows of it): fields as in `data_pipeline.batches.grain_pipeline.BATCH_FIELDS`, batch dim first."""
     if spec.batch_size % process_count:
         raise ValueError(
             f"batch_size {spec.batch_size} is not divisible by {process_count} processes"

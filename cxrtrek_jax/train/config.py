@@ -22,9 +22,9 @@ from cxrtrek_jax.train.checkpointing import CheckpointConfig
 from cxrtrek_jax.model.config import ModelConfig, get_config
 from cxrtrek_jax.train.optimizer import OptimConfig
 from cxrtrek_jax.train.sharding import MeshConfig
-from data_pipeline.grain_pipeline import PipelineConfig
-from data_pipeline.sequences import CLOSED_ANSWERS, LOSS_WEIGHTINGS, SequenceConfig
-from data_pipeline.splits import TEST, TRAIN, VALIDATION
+from data_pipeline.batches.grain_pipeline import PipelineConfig
+from data_pipeline.text.sequences import CLOSED_ANSWERS, LOSS_WEIGHTINGS, SequenceConfig
+from data_pipeline.schema.splits import TEST, TRAIN, VALIDATION
 
 __all__ = [
     "DataConfig",
@@ -58,9 +58,9 @@ class DataConfig:
       (min, max) QA turns per study (fewer turns = shorter sequences).
     coverage_studies: how many training studies the per-stage coverage table
       printed at the start of every run is computed over (0 = every study).
-    pipeline: `data_pipeline.grain_pipeline.PipelineConfig` as the run uses it: batch size,
+    pipeline: `data_pipeline.batches.grain_pipeline.PipelineConfig` as the run uses it: batch size,
       length buckets, packing, workers, augmentation, and `pipeline.sequence`
-      (`data_pipeline.sequences.SequenceConfig`: context "on"/"off"/"shuffled", stage filter,
+      (`data_pipeline.text.sequences.SequenceConfig`: context "on"/"off"/"shuffled", stage filter,
       no_prior, long chains, system prompt). The run fills what the data and the model fix:
       `source`/`source_kind`/`split`/`image_root` (the prepared TFDS set and the split in
       use), `image_size`, `sequence.tokens_per_image` and `sequence.max_images` (from the
@@ -117,7 +117,7 @@ class TrainConfig:
     init_from: a params checkpoint (e.g. from `cxrtrek import-hf`) to start from;
     image_label_weight: w > 0 adds the auxiliary image-label loss (`cxrtrek_jax.train.step`):
       the current image's finding labels from the study's own stage-2 answers
-      (`data_pipeline.image_labels`), read from its mean image token by a fixed read-out, each
+      (`data_pipeline.text.image_labels`), read from its mean image token by a fixed read-out, each
       known label weighing w answer tokens; needs `data.pipeline.packing` off."""
 
     num_steps: int = 300
@@ -167,7 +167,7 @@ class AlignmentConfig:
     length_buckets: its padded row lengths (a single QA pair with its images is short);
     context: "off" (one row per pair) or "on" (one row per study); see above;
     closed_answers: "full" or "decisive" (yes/no and single-choice answers cut to "Yes." / "No." /
-        "<letter>.", `data_pipeline.decisive_answers`, so that the token the images decide carries
+        "<letter>.", `data_pipeline.text.decisive_answers`, so that the token the images decide carries
         a third to a half of each answer's loss, not about an eighth); the main phase cuts
         its own per `data.pipeline.sequence.closed_answers`;
     decisive_stages: with closed_answers "decisive", cut only these stages' answers (None = all);

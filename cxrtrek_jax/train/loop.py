@@ -108,7 +108,7 @@ def run_training(
     resuming from the newest readable checkpoint in `checkpoint.directory` if there is one.
 
     make_batches: returns a fresh checkpointable iterator of process-local batches (the batch
-      contract of `data_pipeline.grain_pipeline`, numpy, leading dim = global batch / process count).
+      contract of `data_pipeline.batches.grain_pipeline`, numpy, leading dim = global batch / process count).
     on_log: called as on_log(step, summary) every `log_every` steps and at the last step.
     on_start: called as on_start(step) once the start is known: the restored checkpoint's step,
       or 0 for a fresh run (e.g. to drop log records of steps after it, which are redone).

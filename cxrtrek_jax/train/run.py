@@ -44,9 +44,9 @@ from cxrtrek_jax.train import checkpointing as ckpt_lib
 from cxrtrek_jax.train import sharding as sharding_lib
 from cxrtrek_jax.train import loop as train_loop
 from cxrtrek_jax.model.config import ModelConfig, override
-from data_pipeline.augment import AugmentConfig
-from data_pipeline.grain_pipeline import PipelineConfig, build_eval_iterator, build_train_iterator
-from data_pipeline.tokenizer import CXRTrekTokenizer, load_tokenizer
+from data_pipeline.batches.augment import AugmentConfig
+from data_pipeline.batches.grain_pipeline import PipelineConfig, build_eval_iterator, build_train_iterator
+from data_pipeline.text.tokenizer import CXRTrekTokenizer, load_tokenizer
 from cxrtrek_jax.train.config import ExperimentConfig
 
 __all__ = ["DataPaths", "prepare_data", "prepare_tokenizer", "resolve_model_config",
@@ -139,7 +139,7 @@ def _tfds_stamp(json_file: pathlib.Path) -> dict:
 
 
 def _build_tfds(json_file: pathlib.Path, image_root: pathlib.Path, tfds_dir: pathlib.Path) -> None:
-    from data_pipeline.tfds_builder import BuildOptions, build_dataset
+    from data_pipeline.files.tfds_builder import BuildOptions, build_dataset
 
     marker = tfds_dir / _COMPLETE
     stamp = _tfds_stamp(json_file)
@@ -191,8 +191,8 @@ def prepare_tokenizer(cfg: ExperimentConfig, data: DataPaths) -> tuple[CXRTrekTo
     def make() -> None:
         if directory.is_dir():
             return
-        from data_pipeline.sources import TfdsStudySource
-        from data_pipeline.tokenizer import train_tokenizer, training_texts
+        from data_pipeline.files.sources import TfdsStudySource
+        from data_pipeline.text.tokenizer import train_tokenizer, training_texts
 
         source = TfdsStudySource(data.tfds_dir, cfg.data.train_split)
         studies = (source[i].study for i in range(len(source)))
@@ -250,7 +250,7 @@ def pipeline_config(cfg: ExperimentConfig, model: ModelConfig, data: DataPaths, 
 
 def _print_coverage(pcfg: PipelineConfig, tokenizer: CXRTrekTokenizer, max_studies: int) -> None:
     """Print (process 0) how many turns of each stage the run trains, windows and drops."""
-    from data_pipeline.chain_coverage import chain_coverage, format_coverage
+    from data_pipeline.batches.chain_coverage import chain_coverage, format_coverage
 
     if jax.process_index() == 0:
         print(format_coverage(chain_coverage(pcfg, tokenizer, max_studies)), flush=True)

@@ -6,7 +6,7 @@ At the jit boundary the NNX model is split (`nnx.split`) into a static graph def
 the step they are merged back (`nnx.merge`). The step is `jax.jit` with explicit `in_shardings` /
 `out_shardings` and a donated state.
 
-Batch fields (the batch contract of `data_pipeline.grain_pipeline`, `BATCH_FIELDS`), B = global batch, L = sequence length:
+Batch fields (the batch contract of `data_pipeline.batches.grain_pipeline`, `BATCH_FIELDS`), B = global batch, L = sequence length:
   input_tokens, target_tokens, stage_ids, segment_ids, positions: int32[B, L];
   loss_mask: float32[B, L]; images: float32[B, M, H, W]; image_mask: bool[B, M];
   optionally (`IMAGE_LABEL_FIELDS`) image_labels, image_label_mask: float32[B, K].
@@ -36,8 +36,8 @@ from cxrtrek_jax.train import optimizer as optimizer_lib
 from cxrtrek_jax.train import sharding as sharding_lib
 from cxrtrek_jax.model import axis_rules
 # The batch contract, defined by the data side.
-from data_pipeline.grain_pipeline import BATCH_FIELDS, IMAGE_LABEL_FIELDS
-from data_pipeline.stages import NUM_STAGES  # re-exported: the one definition of the stage count
+from data_pipeline.batches.grain_pipeline import BATCH_FIELDS, IMAGE_LABEL_FIELDS
+from data_pipeline.schema.stages import NUM_STAGES  # re-exported: the one definition of the stage count
 
 __all__ = [
     "NUM_STAGES",
@@ -538,7 +538,7 @@ def make_eval_step(
     added up (`np.add`) and summarised with `summarize_sums`.
 
     params: as in `TrainState.params` (sharded by `rules` on `mesh`); local_batch: this process's
-    rows of a batch (numpy, `data_pipeline.grain_pipeline` batch fields; padding rows have segment_ids 0 and no loss).
+    rows of a batch (numpy, `data_pipeline.batches.grain_pipeline` batch fields; padding rows have segment_ids 0 and no loss).
     """
     from cxrtrek_jax.model import CXRTrekNet
 

@@ -23,7 +23,7 @@ import functools
 import numpy as np
 from PIL import Image
 
-from data_pipeline.boxes import Box
+from data_pipeline.schema.boxes import Box
 from data_pipeline.phantom.findings import Acquisition, Finding, LabelledRegion
 
 __all__ = [

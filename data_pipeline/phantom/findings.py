@@ -20,8 +20,8 @@ from typing import Any
 
 import numpy as np
 
-from data_pipeline.boxes import Box
-from data_pipeline.findings import FINDING_KINDS
+from data_pipeline.schema.boxes import Box
+from data_pipeline.schema.findings import FINDING_KINDS
 from data_pipeline.phantom.config import PhantomConfig, Prevalences
 
 __all__ = [
@@ -42,7 +42,7 @@ __all__ = [
     "derive_findings",
 ]
 
-KINDS = FINDING_KINDS  # sampling order, also the order findings are listed in (data_pipeline.findings)
+KINDS = FINDING_KINDS  # sampling order, also the order findings are listed in (data_pipeline.schema.findings)
 SIDES = ("right", "left")
 ZONES = ("upper", "middle", "lower")
 # Change of a finding from the earlier to the later exam of a pair.

@@ -23,7 +23,7 @@ from collections.abc import Callable, Mapping
 import numpy as np
 from PIL import Image
 
-from data_pipeline.cxrtrek_json import add_released_fields, write_studies
+from data_pipeline.files.cxrtrek_json import add_released_fields, write_studies
 from data_pipeline.phantom.anatomy import render_frontal, render_lateral, sample_anatomy
 from data_pipeline.phantom.config import PhantomConfig
 from data_pipeline.phantom.findings import (
@@ -35,7 +35,7 @@ from data_pipeline.phantom.findings import (
 )
 from data_pipeline.phantom.phrases import chexpert_labels
 from data_pipeline.phantom.questions import Turn, build_turns, introduce_images
-from data_pipeline.records import QAItem, Study, freeze
+from data_pipeline.schema.records import QAItem, Study, freeze
 
 __all__ = ["generate_study", "write_phantom_dataset", "study_ids", "DATASET_FILENAME"]
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from data_pipeline.findings import CHEXPERT_LABELS, FINDING_NAMES, PATHOLOGIES
+from data_pipeline.schema.findings import CHEXPERT_LABELS, FINDING_NAMES, PATHOLOGIES
 from data_pipeline.phantom.findings import Acquisition, ExamTruth, Finding
 
 __all__ = [
@@ -36,7 +36,7 @@ __all__ = [
     "pick",
 ]
 
-NAMES = FINDING_NAMES  # the finding vocabulary is data_pipeline.findings
+NAMES = FINDING_NAMES  # the finding vocabulary is data_pipeline.schema.findings
 
 
 def pick(rng: np.random.Generator, options: tuple[str, ...] | list[str]) -> str:

@@ -21,9 +21,9 @@ from typing import Any
 
 import numpy as np
 
-from data_pipeline.boxes import format_boxes
+from data_pipeline.schema.boxes import format_boxes
 from data_pipeline.phantom.config import PhantomConfig
-from data_pipeline.findings import PRESENCE_QUESTIONS
+from data_pipeline.schema.findings import PRESENCE_QUESTIONS
 from data_pipeline.phantom.findings import KINDS, Finding, StudyTruth
 from data_pipeline.phantom.phrases import (
     NAMES,
@@ -43,7 +43,7 @@ from data_pipeline.phantom.phrases import (
     trend_phrase,
     trend_word,
 )
-from data_pipeline.records import IMAGE_PLACEHOLDER
+from data_pipeline.schema.records import IMAGE_PLACEHOLDER
 
 __all__ = ["Turn", "build_turns", "introduce_images"]
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from data_pipeline.splits import SPLIT_NAMES  # also the order rounding remainders are given in
+from data_pipeline.schema.splits import SPLIT_NAMES  # also the order rounding remainders are given in
 
 __all__ = ["parse_splits"]
 

@@ -1,0 +1,197 @@
+"""`evaluate_checkpoint`: decode a checkpoint over a data split, score it beside the blind
+baseline and write the evaluation directory. `cxrtrek eval --checkpoint`, the ablations and the
+demo all call it.
+
+    result = evaluate_checkpoint("runs/x/checkpoints", EvalData("cxrtrek.json", split="test"),
+                                 "runs/x/eval", contexts=("own", "teacher", "none"),
+                                 baseline=EvalData("cxrtrek.json", split="train"))
+    result.metrics["contexts"]["own"]["overall"]
+
+What it writes into `out_dir` (and returns in `EvaluationResult.written`):
+  predictions.jsonl            every turn's answer in every context mode (`decode_predictions`)
+  baseline_predictions.jsonl   the majority-answer baseline fitted on `baseline`, same turns
+  predictions.scored.jsonl     the records with their per-turn scores
+  metrics.json / metrics.md / stages.png   scores per context, stage, task and qtype, with the
+                               baseline under "baselines" and an identity (checkpoint, data,
+                               settings, per-stage decode coverage, skipped turns, hashes)
+The case report of an evaluation directory is `case_report.write_evaluation_report`.
+  inputs.json                  what the evaluation was made from (`evaluation_inputs`), so a
+                               caller can tell whether an existing directory is still current
+
+The baseline is fitted before anything is decoded, so a wrong split fails fast. Turns that need
+more image slots than the model has, and turns that do not fit the cache, are counted in the
+identity and said on the console.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from cxrtrek_jax.contexts import CONTEXT_MODES
+from cxrtrek_jax.evaluation.runs.model_eval import (
+    DecodeCoverage,
+    EvalData,
+    checkpoint_identity,
+    decode_predictions,
+)
+from cxrtrek_jax.evaluation.scores.scoring import ScoringConfig
+
+__all__ = [
+    "PREDICTIONS_FILE", "BASELINE_PREDICTIONS_FILE", "SCORED_PREDICTIONS_FILE",
+    "INPUTS_FILE", "EvaluationResult", "evaluate_checkpoint", "evaluation_inputs", "is_current",
+]
+
+PREDICTIONS_FILE = "predictions.jsonl"
+BASELINE_PREDICTIONS_FILE = "baseline_predictions.jsonl"
+SCORED_PREDICTIONS_FILE = "predictions.scored.jsonl"
+INPUTS_FILE = "inputs.json"
+
+
+@dataclasses.dataclass(frozen=True)
+class EvaluationResult:
+    """metrics: what metrics.json holds under its scores (contexts, baselines, counts, ...);
+    identity: what identifies the evaluation; written: every file written, in order; reused:
+    the directory was already current and was read back (`reuse_current`)."""
+
+    out_dir: Path
+    metrics: dict[str, Any]
+    identity: dict[str, Any]
+    written: tuple[Path, ...]
+    reused: bool = False
+
+
+def evaluation_inputs(checkpoint: str | Path, data: EvalData, settings: Mapping[str, Any]) -> dict[str, Any]:
+    """What an evaluation is made from: the checkpoint's identity (newest step, metadata hash),
+    the data's (path, split, file hash) and the settings. Equal inputs give equal outputs."""
+    return _inputs({**checkpoint_identity(checkpoint), **data.identity()}, data, settings)
+
+
+def _inputs(source: Mapping[str, Any], data: EvalData, settings: Mapping[str, Any]) -> dict[str, Any]:
+    """`evaluation_inputs` from the already computed checkpoint + data identity `source`."""
+    return json.loads(json.dumps({**source, "max_studies": data.max_studies, "settings": dict(settings)},
+                                 default=str))
+
+
+def is_current(out_dir: str | Path, inputs: Mapping[str, Any]) -> bool:
+    """Whether `out_dir` holds a finished evaluation made from exactly `inputs`."""
+    path = Path(out_dir) / INPUTS_FILE
+    return (path.is_file() and (Path(out_dir) / "metrics.json").is_file()
+            and json.loads(path.read_text()) == json.loads(json.dumps(dict(inputs), default=str)))
+
+
+def _read_back(out: Path) -> EvaluationResult:
+    """The EvaluationResult of a finished evaluation directory."""
+    document = json.loads((out / "metrics.json").read_text())
+    identity = document.pop("identity")
+    written = tuple(p for p in (out / name for name in (
+        PREDICTIONS_FILE, SCORED_PREDICTIONS_FILE, BASELINE_PREDICTIONS_FILE, "metrics.json", "metrics.md",
+        "stages.png")) if p.exists())
+    return EvaluationResult(out, document, identity, written, reused=True)
+
+
+def _check_settings(checkpoint: Path, contexts: Sequence[str], max_new_tokens: int, batch_size: int) -> None:
+    if not checkpoint.is_dir():
+        raise FileNotFoundError(f"checkpoint {checkpoint}: no such directory")
+    unknown = [c for c in contexts if c not in CONTEXT_MODES]
+    if unknown or not contexts:
+        raise ValueError(f"context modes must be among {', '.join(CONTEXT_MODES)}, got {list(contexts)}")
+    for name, value in (("max_new_tokens", max_new_tokens), ("batch_size", batch_size)):
+        if value < 1:
+            raise ValueError(f"{name} must be >= 1, got {value}")
+
+
+def _decode(checkpoint: Path, data: EvalData, out: Path, *, contexts, order, max_new_tokens, batch_size,
+            on_study) -> dict[str, Any]:
+    """Decode into out/predictions.jsonl; print the coverage; return the identity part it adds."""
+    from cxrtrek_jax.evaluation.scores.predictions import PredictionWriter
+
+    skipped: dict[str, int] = {}
+    coverage = DecodeCoverage()
+    with PredictionWriter(out / PREDICTIONS_FILE) as writer:
+        for record in decode_predictions(checkpoint, data, contexts=contexts, order=order,
+                                         max_new_tokens=max_new_tokens, batch_size=batch_size,
+                                         on_study=on_study, skipped=skipped):
+            writer.write(record)
+            coverage.add(record)
+    if skipped:
+        print(f"note: {sum(skipped.values())} turn(s) of {len(skipped)} study(ies) need more images than the "
+              "model's image slots and were not asked (listed in metrics.json identity)", flush=True)
+    print(coverage.format(), flush=True)
+    return {"contexts": list(contexts), "turns_skipped_image_limit": skipped,
+            "stage_coverage": coverage.to_json()}
+
+
+def evaluate_checkpoint(
+    checkpoint: str | Path,
+    data: EvalData,
+    out_dir: str | Path,
+    *,
+    contexts: Sequence[str] = ("own", "teacher", "none"),
+    order: str = "given",
+    max_new_tokens: int = 96,
+    batch_size: int = 4,
+    baseline: EvalData | None = None,
+    scoring: ScoringConfig = ScoringConfig(),
+    identity: Mapping[str, Any] | None = None,
+    on_study: Callable[[str, str], None] | None = None,
+    progress: bool = True,
+    reuse_current: bool = False,
+) -> EvaluationResult:
+    """Decode `checkpoint` over `data` in `contexts`, score it (and the majority baseline fitted
+    on `baseline`, None = no baseline) and write `out_dir` (module docstring).
+
+    identity: extra entries for metrics.json's identity; on_study(context, study_key) is called
+    as each study is decoded. reuse_current: when `out_dir` already holds an evaluation made
+    from the same inputs (`is_current`: same checkpoint step and metadata, data file, split and
+    settings), read it back instead of decoding again. Raises FileNotFoundError (checkpoint, data, tokenizer), ValueError
+    (settings, empty split, malformed records) and `nlg_metrics.MeteorUnavailable`."""
+    from cxrtrek_jax.evaluation.scores.answer_baselines import (
+        BASELINE_NAME,
+        MajorityAnswerBaseline,
+        score_baseline,
+        write_baseline_predictions,
+    )
+    from cxrtrek_jax.evaluation.runs.model_eval import iter_split_studies
+    from cxrtrek_jax.evaluation.scores.outputs import file_sha256, write_metrics
+    from cxrtrek_jax.evaluation.scores.predictions import read_predictions
+    from cxrtrek_jax.evaluation.scores.scoring import score_predictions
+
+    checkpoint, out = Path(checkpoint), Path(out_dir)
+    _check_settings(checkpoint, contexts, max_new_tokens, batch_size)
+    settings = {"contexts": list(contexts), "order": order, "max_new_tokens": max_new_tokens,
+                "baseline_split": None if baseline is None else baseline.split,
+                "scoring": dataclasses.asdict(scoring)}
+    source = {**checkpoint_identity(checkpoint), **data.identity()}  # hashes the data file once
+    inputs = _inputs(source, data, settings)
+    if reuse_current and is_current(out, inputs):
+        return _read_back(out)
+    fitted = None
+    if baseline is not None:
+        try:
+            fitted = MajorityAnswerBaseline.fit(iter_split_studies(baseline))
+        except ValueError as err:
+            raise ValueError(f"baseline split {baseline.split!r}: {err}") from None
+    out.mkdir(parents=True, exist_ok=True)
+    (out / INPUTS_FILE).unlink(missing_ok=True)  # a directory left half-written is never current
+    ids = {**source,
+           **_decode(checkpoint, data, out, contexts=contexts, order=order, max_new_tokens=max_new_tokens,
+                     batch_size=batch_size, on_study=on_study)}
+    predictions = out / PREDICTIONS_FILE
+    ids.update(predictions=str(predictions), predictions_sha256=file_sha256(predictions))
+    metrics = score_predictions(read_predictions(predictions), scoring,
+                                scored_path=out / SCORED_PREDICTIONS_FILE, progress=progress)
+    written = [predictions, out / SCORED_PREDICTIONS_FILE]
+    if fitted is not None:
+        path = out / BASELINE_PREDICTIONS_FILE
+        fit = write_baseline_predictions(fitted, predictions, path)
+        metrics["baselines"] = {BASELINE_NAME: score_baseline(path, scoring)}
+        ids["baseline"] = {"predictions": str(path), "fitted_on": {"split": baseline.split, **fit}}
+        written.append(path)
+    ids.update(identity or {})
+    written.extend(write_metrics(out, metrics, ids).values())
+    (out / INPUTS_FILE).write_text(json.dumps(inputs, indent=2) + "\n")
+    return EvaluationResult(out, metrics, ids, tuple(written))

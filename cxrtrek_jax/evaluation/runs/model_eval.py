@@ -1,0 +1,270 @@
+"""Decode a checkpoint over a CXRTrek data set in the evaluation's context modes.
+
+`decode_predictions(...)` streams `PredictionRecord`s: for each context mode
+(`own`, `teacher`, `none`, and `swapped`: `own` with each study's images taken from another
+study, see `with_foreign_images`) the studies are read batch by batch (a JSON file,
+or one split of a TFDS data dir built by `cxrtrek data build-tfds`), their
+images decoded once per batch, and their conversations run with the explicit
+chain state (`cxrtrek_jax.decoding.run_chain`). Memory is bounded by one batch
+of studies; the records go straight to a predictions file.
+
+`checkpoint_identity(...)` hashes what identifies an evaluation (checkpoint
+parameters' metadata, data file, config) for `metrics.json`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cxrtrek_jax.contexts import CONTEXT_MODES, SWAPPED
+from cxrtrek_jax.evaluation.scores.predictions import PredictionRecord, prediction_from_turn
+from data_pipeline.schema.splits import TEST, study_split
+
+__all__ = ["EvalData", "iter_eval_studies", "iter_split_studies", "with_foreign_images", "decode_predictions",
+           "checkpoint_identity"]
+
+
+class EvalData:
+    """The studies to evaluate and how to read their images.
+
+    path: a CXRTrek JSON file (images under `image_root`, default its folder;
+      with `split`, only studies whose `split` field says so) or a TFDS data dir.
+    """
+
+    def __init__(self, path: str | os.PathLike, *, split: str | None = TEST,
+                 image_root: str | os.PathLike | None = None, max_studies: int | None = None):
+        self.path = Path(path)
+        if not self.path.exists():
+            raise FileNotFoundError(f"evaluation data {self.path}: no such file or directory")
+        self.kind = "tfds" if self.path.is_dir() else "json"
+        self.split = split
+        self.image_root = Path(image_root) if image_root else (self.path.parent if self.kind == "json" else None)
+        self.max_studies = max_studies
+
+    def identity(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"data": str(self.path), "data_split": self.split}
+        if self.kind == "json":
+            from cxrtrek_jax.evaluation.scores.outputs import file_sha256
+
+            out["data_sha256"] = file_sha256(self.path)
+        return out
+
+
+def _study_records(data: EvalData) -> Iterator[tuple[Any, Any]]:
+    """(Study, StudyRecord) of the data's split in data order (all of them; images not read).
+
+    A JSON study without a `split` field is an error naming it when a split is asked for
+    (nothing is silently dropped or silently included)."""
+    if data.kind == "tfds":
+        from data_pipeline.files.sources import TfdsStudySource
+
+        source = TfdsStudySource(data.path, data.split or TEST)
+        for i in range(len(source)):
+            record = source[i]
+            yield record.study, record
+        return
+    from data_pipeline.files.cxrtrek_json import iter_studies
+    from data_pipeline.files.sources import json_study_record
+
+    for index, study in enumerate(iter_studies(data.path)):
+        if data.split is not None:
+            split = study_split(study)
+            if split is None:
+                raise ValueError(f"{data.path}: study {study.key!r} (sample {index}) has no "
+                                 f"'split' field; pass split=None to evaluate every study")
+            if split != data.split:
+                continue
+        record = json_study_record(study, data.image_root, data.path, index)
+        yield record.study, record
+
+
+def iter_split_studies(data: EvalData) -> Iterator[Any]:
+    """The Study records of the data's split (at most `max_studies`), without reading images.
+    Raises ValueError when the split holds no study."""
+    count = 0
+    for study, _ in _study_records(data):
+        if data.max_studies is not None and count >= data.max_studies:
+            return
+        count += 1
+        yield study
+    if count == 0:
+        raise ValueError(f"{data.path}: no study in split {data.split!r}")
+
+
+def iter_eval_studies(data: EvalData, image_size: int) -> Iterator[tuple[Any, np.ndarray]]:
+    """(Study, float32[K, S, S] images at the model's size) in data order, at most `max_studies`.
+
+    A JSON study without a `split` field is an error naming it when a split is asked for
+    (nothing is silently dropped or silently included), and so is a split with no study."""
+    from data_pipeline.files.images import resize_with_pad
+
+    count = 0
+    for study, record in _study_records(data):
+        if data.max_studies is not None and count >= data.max_studies:
+            return
+        images = [resize_with_pad(record.load_image(k), image_size) for k in range(study.num_images)]
+        stacked = np.stack(images) if images else np.zeros((0, image_size, image_size), np.float32)
+        count += 1
+        yield study, stacked
+    if count == 0:
+        raise ValueError(f"{data.path}: no study in split {data.split!r}")
+
+
+def with_foreign_images(studies: Iterator[tuple[Any, np.ndarray]]) -> Iterator[tuple[Any, np.ndarray]]:
+    """(study, images of another study) for each (study, images), in order: a study gets the
+    images of the study before it (the first study those of the second), cycled to fill its own
+    image count, so every study keeps its image layout and sees none of its own images.
+    Raises ValueError with fewer than two studies (nothing to swap with)."""
+    def fill(donor: np.ndarray, count: int) -> np.ndarray:
+        return donor[np.arange(count) % len(donor)] if count and len(donor) else donor[:0]
+
+    it = iter(studies)
+    first, second = next(it, None), next(it, None)
+    if second is None:
+        raise ValueError("the 'swapped' context needs at least two studies to swap images between")
+    yield first[0], fill(second[1], len(first[1]))
+    previous = first
+    for current in (second, *it):
+        yield current[0], fill(previous[1], len(current[1]))
+        previous = current
+
+
+def _chain_study(study, images: np.ndarray, order: str, max_images: int):
+    """(ChainStudy, number of turns skipped): turns needing more images than the model's
+    `max_images` slots are skipped (as in training) and counted, never silently."""
+    import functools
+
+    from cxrtrek_jax.decoding import ChainStudy, fixed_plan, study_turns
+    from data_pipeline.text.sequences import system_prompt_of
+
+    if not study.items:
+        raise ValueError(f"study {study.key!r} has no questions to evaluate")
+    turns = study_turns(study, order)
+    kept = tuple(t for t in turns if t.image_input_count <= max_images)
+    chain = ChainStudy(study_id=study.key, images=images[:max_images],
+                       system_prompt=system_prompt_of(study), plan=functools.partial(fixed_plan, kept))
+    return chain, len(turns) - len(kept)
+
+
+def _batches(items: Iterator, size: int) -> Iterator[list]:
+    batch: list = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def decode_predictions(
+    ckpt_dir: str | os.PathLike,
+    data: EvalData,
+    *,
+    contexts: Sequence[str] = CONTEXT_MODES,
+    order: str = "given",
+    max_new_tokens: int = 96,
+    batch_size: int = 4,
+    cache_length: int | None = None,
+    tokenizer_dir: str | os.PathLike | None = None,
+    on_study: Callable[[str, str], None] | None = None,
+    skipped: dict[str, int] | None = None,
+) -> Iterator[PredictionRecord]:
+    """Greedy answers of the checkpoint for every turn of every study, per context mode.
+
+    on_study(context, study_id) is called as each study finishes (progress bars).
+    skipped: filled with {study_id: turns skipped} for studies with turns that need
+    more images than the model has slots for.
+    Raises ValueError for an unknown context mode or order, FileNotFoundError for a
+    missing checkpoint or tokenizer."""
+    import jax
+
+    from cxrtrek_jax.decoding import DecodeSpec, StepwiseDecoder, run_chain
+    from cxrtrek_jax.decoding.model_loading import load_decoding_model
+    from data_pipeline.text.tokenizer import load_tokenizer
+
+    unknown = [c for c in contexts if c not in CONTEXT_MODES]
+    if unknown or not contexts:
+        raise ValueError(f"context modes must be among {CONTEXT_MODES}, got {list(contexts)}")
+    loaded = load_decoding_model(ckpt_dir)
+    tokenizer_path = tokenizer_dir or loaded.tokenizer_path
+    if tokenizer_path is None:
+        raise FileNotFoundError(f"checkpoint {ckpt_dir} names no tokenizer; give tokenizer_dir")
+    tokenizer = load_tokenizer(tokenizer_path)
+    config = loaded.config
+    spec = DecodeSpec.for_model(config, tokenizer, cache_length=cache_length or config.text.max_positions,
+                                max_answer_tokens=max_new_tokens)
+    decoder = StepwiseDecoder(loaded.graphdef, config, spec)
+    for context in contexts:
+        studies = iter_eval_studies(data, config.vision.image_size)
+        if context == SWAPPED:
+            studies = with_foreign_images(studies)
+        for batch in _batches(studies, batch_size):
+            chain = []
+            for study, images in batch:
+                one, dropped = _chain_study(study, images, order, config.max_images)
+                chain.append(one)
+                if dropped and skipped is not None:
+                    skipped[study.key] = dropped
+            results = run_chain(decoder, loaded.state, tokenizer, chain,
+                                context="own" if context == SWAPPED else context,
+                                max_new_tokens=max_new_tokens, rng=jax.random.key(0))
+            for study_results, (study, _) in zip(results, batch):
+                for turn in study_results:
+                    record = prediction_from_turn(turn)
+                    yield dataclasses.replace(record, context=SWAPPED) if context == SWAPPED else record
+                if on_study is not None:
+                    on_study(context, study.key)
+
+
+class DecodeCoverage:
+    """Per context and stage, how many turns were answered with the whole earlier chain, answered
+    in a window (`context_dropped` > 0: earlier turns left out to fit the cache), or lost (stop
+    reason "cache_full": the turn does not fit the cache even alone)."""
+
+    KINDS = ("whole", "windowed", "lost")
+
+    def __init__(self) -> None:
+        self.counts: dict[str, dict[int, dict[str, int]]] = {}
+
+    def add(self, record: PredictionRecord) -> None:
+        row = self.counts.setdefault(record.context, {}).setdefault(record.stage, dict.fromkeys(self.KINDS, 0))
+        if record.stop_reason == "cache_full":
+            row["lost"] += 1
+        elif record.context_dropped:
+            row["windowed"] += 1
+        else:
+            row["whole"] += 1
+
+    def to_json(self) -> dict[str, dict[str, dict[str, int]]]:
+        return {c: {str(s): dict(r) for s, r in sorted(stages.items())} for c, stages in self.counts.items()}
+
+    def format(self) -> str:
+        lines = ["turns per stage: whole chain / windowed / lost (does not fit the cache even alone)"]
+        for context, stages in self.counts.items():
+            cells = "  ".join(f"{s}: {r['whole']}/{r['windowed']}/{r['lost']}" for s, r in sorted(stages.items()))
+            lines.append(f"  {context:<8} {cells}")
+        lost = sum(r["lost"] for stages in self.counts.values() for r in stages.values())
+        if lost:
+            lines.append(f"  WARNING: {lost} turn(s) could not be asked (scored with empty answers)")
+        return "\n".join(lines)
+
+
+def checkpoint_identity(ckpt_dir: str | os.PathLike) -> dict[str, Any]:
+    """The checkpoint dir, its newest step, and a SHA-256 of its metadata (model config included)."""
+    from cxrtrek_jax.train.checkpointing import read_metadata
+
+    metadata = read_metadata(ckpt_dir)
+    blob = json.dumps(metadata, sort_keys=True, default=str).encode()
+    return {"checkpoint": str(Path(ckpt_dir).resolve()), "checkpoint_step": metadata.get("step"),
+            "checkpoint_metadata_sha256": hashlib.sha256(blob).hexdigest(),
+            "model_config_sha256": hashlib.sha256(
+                json.dumps(metadata.get("model_config"), sort_keys=True).encode()).hexdigest()}

@@ -1,0 +1,281 @@
+"""Blind answer baselines: what a model that never looks at the images would score.
+
+`MajorityAnswerBaseline.fit(train_studies)` learns, from the references of a
+training split alone, the answer most often right for each question group:
+
+* yes/no questions without listed options: "Yes." or "No.", whichever the
+  references of the group say more often;
+* questions that list options (single- and multi-choice, yes/no with listed
+  options): per option *text*, how often it is right when it is offered. A
+  single-choice question gets its offered option most often right; a
+  multi-choice question every offered option right more often than not (or,
+  when none is, the one most often right). Shuffled or re-lettered options
+  therefore do not hide the majority answer;
+* other open-ended questions (captions, detection boxes): the group's most
+  frequent reference;
+* stage-8 reports: a constant normal report (`NORMAL_FINDINGS`,
+  `NORMAL_IMPRESSION`), the classic "normal report" baseline of report
+  generation, whatever the training references say.
+
+Groups back off from fine to coarse: the exact question (its lower-cased
+words without image placeholders and option texts) when it was seen at least
+`min_count` times in training, else (stage, task type, qtype), else (stage,
+qtype). Counting is bounded (`max_keys` per table, least frequent entries
+evicted first), so fitting on the full CXRTrek training split (~11M turns)
+keeps a few MB; below the bound the counts are exact.
+
+`baseline_records(model_records, baseline)` answers the very turns a model
+was evaluated on (each (study, turn) once, context "none"), so the two score
+on identical questions with the same scorer.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections import Counter
+from collections.abc import Hashable, Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+from cxrtrek_jax.evaluation.metrics.answer_parsing import ChoiceOption, parse_closed_answer, parse_options
+from cxrtrek_jax.evaluation.scores.predictions import PredictionRecord
+from data_pipeline.schema.records import IMAGE_PLACEHOLDER, Study
+from data_pipeline.schema.stages import Stage, parse_qtype
+
+__all__ = [
+    "BASELINE_NAME",
+    "NORMAL_FINDINGS",
+    "NORMAL_IMPRESSION",
+    "normal_report",
+    "MajorityAnswerBaseline",
+    "baseline_records",
+    "write_baseline_predictions",
+    "score_baseline",
+]
+
+# The key of this baseline under a metrics dictionary's "baselines".
+BASELINE_NAME = "majority"
+NORMAL_FINDINGS = (
+    "The lungs are clear. There is no pleural effusion or pneumothorax. "
+    "The heart size is normal. No acute osseous abnormality."
+)
+NORMAL_IMPRESSION = "No acute cardiopulmonary process."
+_REPORT_STAGE = int(Stage.REPORT)
+_WORD = re.compile(r"[a-z0-9]+")
+
+
+def normal_report(task_type: str) -> str:
+    """The constant normal report for a stage-8 task type: findings only
+    ("...[Findings]"), impression only ("...[Impression]") or both sections."""
+    if task_type.endswith("[Findings]"):
+        return NORMAL_FINDINGS
+    if task_type.endswith("[Impression]"):
+        return NORMAL_IMPRESSION
+    return f"FINDINGS: {NORMAL_FINDINGS} IMPRESSION: {NORMAL_IMPRESSION}"
+
+
+def _words(text: str) -> tuple[str, ...]:
+    return tuple(_WORD.findall(text.lower()))
+
+
+def _question_key(question: str, options: tuple[ChoiceOption, ...]) -> tuple[str, ...]:
+    """The question's lower-cased words, without image placeholders, option keys and option words."""
+    option_words = {w for o in options for w in _words(o.text)} | {o.key.lower() for o in options if o.key}
+    text = question.replace(IMAGE_PLACEHOLDER, " ")
+    return tuple(w for w in _words(text) if w not in option_words)
+
+
+class _BoundedCounts:
+    """key -> Counter of values, at most `max_keys` keys and `max_keys` values per key.
+
+    Over the bound, the least frequent half is evicted (so rare keys and values
+    may be forgotten; frequent ones are kept with exact counts while below the
+    bound, and their ranking is what the baseline needs)."""
+
+    def __init__(self, max_keys: int):
+        self.max_keys = max_keys
+        self.tables: dict[Hashable, Counter] = {}
+        self.totals: Counter = Counter()
+
+    def add(self, key: Hashable, values: Iterable[Hashable]) -> None:
+        table = self.tables.setdefault(key, Counter())
+        table.update(values)
+        self.totals[key] += 1
+        if len(table) > self.max_keys:
+            self.tables[key] = Counter(dict(table.most_common(self.max_keys // 2)))
+        if len(self.tables) > self.max_keys:
+            for stale, _ in self.totals.most_common()[self.max_keys // 2:]:
+                del self.tables[stale], self.totals[stale]
+
+    def get(self, key: Hashable, min_count: int = 1) -> tuple[Counter, int] | None:
+        """(value counts, times the key was seen), or None when seen fewer than `min_count` times."""
+        if self.totals.get(key, 0) < max(min_count, 1):
+            return None
+        return self.tables[key], self.totals[key]
+
+
+def _majority(counts: Counter) -> Hashable:
+    """Most frequent value; ties go to the smallest value (stable across runs)."""
+    best = max(counts.values())
+    return min((v for v, c in counts.items() if c == best), key=repr)
+
+
+@dataclasses.dataclass
+class MajorityAnswerBaseline:
+    """Majority answers per question group, fitted on training references (see the module docstring).
+
+    min_count: fits of an exact question needed before its own majority is used.
+    max_keys: bound of every count table (see `_BoundedCounts`).
+    """
+
+    min_count: int = 5
+    max_keys: int = 20_000
+    studies_seen: int = 0
+    turns_seen: int = 0
+    turns_unusable: int = 0
+
+    def __post_init__(self) -> None:
+        if self.min_count < 1 or self.max_keys < 2:
+            raise ValueError(f"min_count must be >= 1 and max_keys >= 2, got {self.min_count}, {self.max_keys}")
+        self._closed = _BoundedCounts(self.max_keys)  # group -> counts of "yes"/"no" or option texts offered/right
+        self._offered = _BoundedCounts(self.max_keys)
+        self._open = _BoundedCounts(self.max_keys)  # group -> counts of reference texts
+
+    # -- fitting -------------------------------------------------------------------------------
+
+    @classmethod
+    def fit(cls, studies: Iterable[Study], **kwargs) -> MajorityAnswerBaseline:
+        """Count the references of `studies` (a training split). Raises ValueError when none has a turn."""
+        baseline = cls(**kwargs)
+        for study in studies:
+            baseline.studies_seen += 1
+            for item in study.items:
+                baseline.add(item.stage, item.task_type, item.qtype, item.question, item.answer)
+        if baseline.turns_seen == 0:
+            raise ValueError("majority baseline: the training studies hold no question to learn from")
+        return baseline
+
+    def _groups(self, stage: int, task_type: str, qtype: str, key: tuple[str, ...]) -> list[tuple]:
+        return [("question", stage, task_type, qtype, key), ("task", stage, task_type, qtype), ("stage", stage, qtype)]
+
+    def add(self, stage: int, task_type: str, qtype: str, question: str, reference: str) -> None:
+        """Count one training turn (its reference is the right answer)."""
+        self.turns_seen += 1
+        kind = parse_qtype(qtype)
+        if not kind.is_closed:
+            if stage != _REPORT_STAGE:
+                for group in self._groups(stage, task_type, qtype, ())[1:]:
+                    self._open.add(group, [reference.strip()])
+            return
+        options = parse_options(question)
+        parsed = parse_closed_answer(reference, question, kind)
+        values = _right_values(parsed.value, options)
+        if values is None:
+            self.turns_unusable += 1
+            return
+        offered = [_words(o.text) for o in options]
+        for group in self._groups(stage, task_type, qtype, _question_key(question, options)):
+            self._closed.add(group, values)
+            if options:
+                self._offered.add(group, offered)
+
+    # -- answering -----------------------------------------------------------------------------
+
+    def answer(self, stage: int, task_type: str, qtype: str, question: str) -> str:
+        """The baseline's answer to a question ("" when the groups never saw its kind)."""
+        kind = parse_qtype(qtype)
+        if stage == _REPORT_STAGE and not kind.is_closed:
+            return normal_report(task_type)
+        if not kind.is_closed:
+            for group in self._groups(stage, task_type, qtype, ())[1:]:
+                found = self._open.get(group)
+                if found:
+                    return str(_majority(found[0]))
+            return ""
+        options = parse_options(question)
+        groups = self._groups(stage, task_type, qtype, _question_key(question, options))
+        for level, group in enumerate(groups):
+            found = self._closed.get(group, self.min_count if level == 0 else 1)
+            if found is None:
+                continue
+            reply = _choose(found[0], self._offered.get(group), options, multi=kind.kind == "multi-choice")
+            if reply:
+                return reply
+        return ""
+
+
+def _right_values(value: frozenset[str] | None, options: tuple[ChoiceOption, ...]) -> list | None:
+    """The right answer as countable values: ["yes"]/["no"], or the words of each right option."""
+    if value is None:
+        return None
+    if not options:
+        return sorted(value) if value <= {"yes", "no"} else None
+    indices = [int(v.split(":", 1)[1]) for v in value if v.startswith("opt:")]
+    if len(indices) != len(value):
+        return None
+    return [_words(options[i].text) for i in sorted(indices)]
+
+
+def _render(options: tuple[ChoiceOption, ...], chosen: list[int]) -> str:
+    return ", ".join(f"{o.key}. {o.text}" if o.key else o.text for o in (options[i] for i in chosen))
+
+
+def _choose(right: Counter, offered: tuple[Counter, int] | None, options: tuple[ChoiceOption, ...],
+            multi: bool) -> str:
+    """The reply for one question from its group's counts ("" when nothing applies)."""
+    if not options:
+        yes, no = right.get("yes", 0), right.get("no", 0)
+        return "" if yes == no == 0 else ("Yes." if yes > no else "No.")
+    offered_counts = offered[0] if offered else Counter()
+    rate = []
+    for i, option in enumerate(options):
+        words = _words(option.text)
+        rate.append((right.get(words, 0) / max(offered_counts.get(words, 0), 1), right.get(words, 0), -i))
+    if not any(r[1] for r in rate):
+        return ""
+    if multi:
+        chosen = [i for i, r in enumerate(rate) if r[0] > 0.5]
+        if chosen:
+            return _render(options, chosen)
+    best = max(range(len(options)), key=lambda i: rate[i])
+    return _render(options, [best])
+
+
+def baseline_records(records: Iterable[PredictionRecord], baseline: MajorityAnswerBaseline
+                     ) -> Iterator[PredictionRecord]:
+    """The baseline's record for every distinct (study, turn) in `records` (first occurrence,
+    any context), with context "none": the baseline sees neither images nor earlier turns."""
+    seen: set[tuple[str, int]] = set()
+    for record in records:
+        key = (record.study_id, record.turn_index)
+        if key in seen:
+            continue
+        seen.add(key)
+        yield dataclasses.replace(
+            record, context="none", scores={}, num_generated_tokens=None, latency_s=None, stop_reason=None,
+            prediction=baseline.answer(record.stage, record.task_type, record.qtype, record.question))
+
+
+def write_baseline_predictions(baseline: MajorityAnswerBaseline, model_predictions: str | Path,
+                               out: str | Path) -> dict[str, Any]:
+    """The baseline's answers to the turns of a model's predictions file -> `out` (JSONL);
+    returns what the baseline was fitted on."""
+    from cxrtrek_jax.evaluation.scores.predictions import PredictionWriter, read_predictions
+
+    with PredictionWriter(out) as writer:
+        for record in baseline_records(read_predictions(model_predictions), baseline):
+            writer.write(record)
+    return {"split_studies": baseline.studies_seen, "turns": baseline.turns_seen,
+            "turns_unusable": baseline.turns_unusable, "min_count": baseline.min_count}
+
+
+def score_baseline(predictions: str | Path, config) -> dict[str, Any]:
+    """A baseline predictions file scored like a model (`scoring.score_predictions` with
+    `config`): its single context section, plus the constant normal report it used."""
+    from cxrtrek_jax.evaluation.scores.predictions import read_predictions
+    from cxrtrek_jax.evaluation.scores.scoring import score_predictions
+
+    scored = score_predictions(read_predictions(predictions), config)
+    (section,) = scored["contexts"].values()
+    return {**section, "normal_report": {"findings": NORMAL_FINDINGS, "impression": NORMAL_IMPRESSION}}

@@ -1,0 +1,16 @@
+"""Layer 4, text: studies -> token ids, loss masks and labels.
+
+Modules: `tokenizer` (byte-level BPE, Hugging Face format), `chat_template` (the one CXRTrek chat
+format), `sequences` (one study -> a training sequence), `decisive_answers` (closed answers cut to
+their deciding part) and `image_labels` (a study's finding labels from its own stage-2 answers).
+"""
+
+from data_pipeline.text.chat_template import ChatFormat
+from data_pipeline.text.sequences import SequenceConfig, TrainingSequence, build_sequences
+from data_pipeline.text.tokenizer import CXRTrekTokenizer, load_tokenizer, train_tokenizer
+
+__all__ = [
+    "ChatFormat",
+    "SequenceConfig", "TrainingSequence", "build_sequences",
+    "CXRTrekTokenizer", "load_tokenizer", "train_tokenizer",
+]
