@@ -19,7 +19,7 @@ from cxrtrek_jax.case_report.image_overlay import (
     overlay_svg,
 )
 from cxrtrek_jax.case_report.summary import summarize_all, summarize_stages
-from cxrtrek_jax.case_report.turns import judge_turn, report_turn
+from cxrtrek_jax.case_report.report_turns import judge_turn, report_turn
 from cxrtrek_jax.cli import main
 from cxrtrek_jax.evaluation.scores.predictions import PredictionRecord, write_predictions
 from data_pipeline.schema.boxes import Box

@@ -6,7 +6,7 @@ resource) with, per study, the images and their detection boxes, then the
 stages in order with each turn's question, model answer, reference and
 correct/incorrect mark, under a per-stage summary.
 
-Modules: `cases` (selection, context, checks), `turns` (correctness and
+Modules: `cases` (selection, context, checks), `report_turns` (correctness and
 boxes of a turn), `summary` (per-stage counts), `image_overlay` (page images
 and box SVG), `render` (HTML), `report` (the whole, to a file).
 """

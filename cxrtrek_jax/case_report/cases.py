@@ -29,7 +29,7 @@ import dataclasses
 from collections.abc import Iterable, Sequence
 
 from cxrtrek_jax.case_report.errors import CaseReportError
-from cxrtrek_jax.case_report.turns import ReportTurn, report_turn
+from cxrtrek_jax.case_report.report_turns import ReportTurn, report_turn
 from cxrtrek_jax.contexts import CONTEXT_MODES
 from cxrtrek_jax.evaluation.scores.predictions import PredictionRecord
 from data_pipeline.schema.records import Study

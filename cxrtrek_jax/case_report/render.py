@@ -31,7 +31,7 @@ from cxrtrek_jax.case_report.image_overlay import (
     overlay_svg,
 )
 from cxrtrek_jax.case_report.summary import StageSummary, summarize_all, summarize_stages
-from cxrtrek_jax.case_report.turns import ParsedBoxes, ReportTurn
+from cxrtrek_jax.case_report.report_turns import ParsedBoxes, ReportTurn
 from data_pipeline.schema.records import thaw
 from data_pipeline.schema.stages import Stage
 

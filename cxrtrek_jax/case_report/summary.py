@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterable
 
-from cxrtrek_jax.case_report.turns import ReportTurn
+from cxrtrek_jax.case_report.report_turns import ReportTurn
 from data_pipeline.schema.stages import Stage
 
 __all__ = ["StageSummary", "summarize_stages", "summarize_all"]

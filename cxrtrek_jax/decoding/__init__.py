@@ -19,7 +19,7 @@ from cxrtrek_jax.decoding.stepwise import (
     rewind_step,
     start_step,
 )
-from cxrtrek_jax.decoding.turns import ORDERS, Turn, TurnPlan, fixed_plan, study_turns
+from cxrtrek_jax.decoding.turn_plans import ORDERS, Turn, TurnPlan, fixed_plan, study_turns
 
 __all__ = [
     "ChainStudy", "TurnResult", "load_study_images", "run_chain",

@@ -52,7 +52,7 @@ from flax import nnx
 from cxrtrek_jax.decoding.chain_state import ChainState, StopReason
 from cxrtrek_jax.decoding.sampling import GREEDY, SamplingConfig
 from cxrtrek_jax.decoding.stepwise import StepwiseDecoder
-from cxrtrek_jax.decoding.turns import Turn, TurnPlan
+from cxrtrek_jax.decoding.turn_plans import Turn, TurnPlan
 from cxrtrek_jax.contexts import CHAIN_CONTEXTS
 from data_pipeline.files.images import load_image, resize_with_pad
 from data_pipeline.schema.records import Message

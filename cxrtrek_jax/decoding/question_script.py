@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import re
 
-from cxrtrek_jax.decoding.turns import Turn, TurnPlan
+from cxrtrek_jax.decoding.turn_plans import Turn, TurnPlan
 from data_pipeline.schema.findings import FINDING_KINDS, FINDING_NAMES, PATHOLOGIES, PRESENCE_QUESTIONS
 from data_pipeline.schema.records import IMAGE_PLACEHOLDER
 

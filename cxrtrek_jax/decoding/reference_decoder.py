@@ -12,7 +12,9 @@ vocabulary padding are never chosen, end-of-turn is blocked until
 `min_new_tokens` and forced at `max_new_tokens`.
 
 Quadratic in the conversation length by design: it is the ground truth the
-cached chain is tested against, and the re-prefilling baseline of the benchmark.
+cached chain is tested against (`tests/test_chain.py`, `tests/test_stepwise.py`).
+It is not the decode benchmark's baseline: `benchmarks.bench_decode`'s
+re-prefill method runs the cached step functions from a fresh state each turn.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from flax import nnx
 
 from cxrtrek_jax.decoding.chain import ChainStudy
 from cxrtrek_jax.decoding.stepwise import DecodeSpec
-from cxrtrek_jax.decoding.turns import Turn
+from cxrtrek_jax.decoding.turn_plans import Turn
 from cxrtrek_jax.model import CXRTrekNet
 from data_pipeline.schema.records import Message
 from data_pipeline.text.sequences import place_placeholders
