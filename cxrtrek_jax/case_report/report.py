@@ -26,6 +26,7 @@ from cxrtrek_jax.case_report.image_overlay import OverlayBox, load_page_image
 from cxrtrek_jax.case_report.render import ImagePanel, render_case_report
 from cxrtrek_jax.case_report.report_turns import ReportTurn
 from cxrtrek_jax.evaluation.scores.predictions import PredictionRecord
+from data_pipeline.files.atomic_write import write_text_atomically
 from data_pipeline.files.image_paths import ImagePathError, resolve_image_path
 from data_pipeline.files.images import ImageLoadError
 from data_pipeline.schema.records import Study
@@ -102,17 +103,6 @@ def study_image_panels(
     return tuple(panels), tuple(warnings)
 
 
-def _write_atomically(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
 def _panels_of(
     cases: Sequence[StudyCase], image_root: str | os.PathLike, max_image_side: int, allow_missing: bool
 ) -> tuple[dict[str, tuple[ImagePanel, ...]], list[str]]:
@@ -165,7 +155,8 @@ def write_case_report(
     warnings = (*selection.warnings, *image_warnings)
     page = render_case_report(selection, panels, title=title, warnings=warnings)
     out = Path(out_path)
-    _write_atomically(out, page)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_text_atomically(out, page, encoding="utf-8")
     return CaseReportResult(
         path=out,
         study_ids=tuple(case.study_id for case in selection.cases),

@@ -50,6 +50,7 @@ from grain import checkpoint as grain_checkpoint
 from jax.sharding import Mesh, NamedSharding, Sharding
 
 from cxrtrek_jax.train import sharding as sharding_lib
+from data_pipeline.files.atomic_write import write_text_atomically
 
 __all__ = [
     "ITEM_PARAMS",
@@ -366,9 +367,7 @@ class Checkpointer:
                 for rel, full in sorted(files.items())}}
             target = self.checksum_path(step)
             target.parent.mkdir(parents=True, exist_ok=True)
-            tmp = target.parent / f".{target.name}.tmp"
-            tmp.write_text(json.dumps(manifest))
-            os.replace(os.fspath(tmp), os.fspath(target))
+            write_text_atomically(target, json.dumps(manifest))
         checksum_dir = self.directory / CHECKSUMS_DIR
         if checksum_dir.exists():
             for path in checksum_dir.glob("*.json"):

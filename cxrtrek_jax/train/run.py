@@ -44,6 +44,7 @@ from cxrtrek_jax.train import checkpointing as ckpt_lib
 from cxrtrek_jax.train import sharding as sharding_lib
 from cxrtrek_jax.train import loop as train_loop
 from cxrtrek_jax.model.config import ModelConfig, override
+from data_pipeline.files.atomic_write import replace_directory_atomically, write_text_atomically
 from data_pipeline.batches.augment import AugmentConfig
 from data_pipeline.batches.grain_pipeline import PipelineConfig, build_eval_iterator, build_train_iterator
 from data_pipeline.text.tokenizer import CXRTrekTokenizer, load_tokenizer
@@ -198,7 +199,7 @@ def prepare_tokenizer(cfg: ExperimentConfig, data: DataPaths) -> tuple[CXRTrekTo
         studies = (source[i].study for i in range(len(source)))
         tok = train_tokenizer(training_texts(studies), cfg.tokenizer.vocab_size,
                               min_frequency=cfg.tokenizer.min_frequency)
-        _save_atomically(directory, tok.save)
+        replace_directory_atomically(directory, tok.save)
         log.info("trained a %d-token BPE tokenizer on %d training studies -> %s",
                  tok.vocab_size, len(source), directory)
 
@@ -209,15 +210,6 @@ def prepare_tokenizer(cfg: ExperimentConfig, data: DataPaths) -> tuple[CXRTrekTo
             "trained it; see process 0's error, and check that the data dir is on a file system "
             "every process shares")
     return load_tokenizer(directory), str(directory)
-
-
-def _save_atomically(directory: pathlib.Path, write) -> None:
-    """`write(tmp)` into a temporary sibling of `directory`, then rename it into place."""
-    tmp = directory.with_name(f".{directory.name}.tmp-{os.getpid()}")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    write(tmp)
-    os.replace(tmp, directory)
 
 
 def resolve_model_config(model: ModelConfig, tokenizer: CXRTrekTokenizer) -> ModelConfig:
@@ -300,9 +292,7 @@ class MetricsLog:
                 kept.append(line)
         if not (dropped or partial or (text and not text.endswith("\n"))):
             return
-        tmp = self.path.with_name(f".{self.path.name}.tmp")
-        tmp.write_text("".join(f"{line}\n" for line in kept))
-        os.replace(tmp, self.path)
+        write_text_atomically(self.path, "".join(f"{line}\n" for line in kept))
         message = (f"{self.path}: dropped {dropped} records of steps after {step} (the run that "
                    f"wrote them stopped before checkpointing them; they are redone)")
         if partial:
@@ -468,7 +458,7 @@ def _train_phase(cfg: ExperimentConfig, workdir: pathlib.Path, init_from: str | 
         (workdir / "config.json").write_text(resolved.to_json() + "\n")
         local_tok = workdir / "tokenizer"
         if not local_tok.exists():
-            _save_atomically(local_tok, lambda tmp: shutil.copytree(tokenizer_dir, tmp))
+            replace_directory_atomically(local_tok, lambda tmp: shutil.copytree(tokenizer_dir, tmp))
 
     _on_process_0_then_barrier("cxrtrek_workdir", write_workdir)
     train_pcfg = pipeline_config(resolved, model, data, cfg.data.train_split, training=True)

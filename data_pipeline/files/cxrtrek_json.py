@@ -37,6 +37,7 @@ import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any, Literal, TextIO
 
+from data_pipeline.files.atomic_write import open_atomically
 from data_pipeline.schema.records import FrozenMapping, Message, QAItem, Study, freeze, study_key, thaw
 
 __all__ = [
@@ -499,25 +500,18 @@ def write_studies(
     indent: None puts each study on one line; an int pretty-prints (the
     released file uses 4).
     """
-    name = os.fspath(path)
-    tmp = f"{name}.tmp-{os.getpid()}"
     count = 0
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write("[")
-            for study in studies:
-                text = json.dumps(study_to_element(study, form), indent=indent)
-                if indent is not None:
-                    text = text.replace("\n", "\n" + " " * indent)
-                    f.write(("," if count else "") + "\n" + " " * indent + text)
-                else:
-                    f.write(("," if count else "") + "\n" + text)
-                count += 1
-            f.write("\n]\n")
-        os.replace(tmp, name)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    with open_atomically(path, "w", encoding="utf-8") as f:
+        f.write("[")
+        for study in studies:
+            text = json.dumps(study_to_element(study, form), indent=indent)
+            if indent is not None:
+                text = text.replace("\n", "\n" + " " * indent)
+                f.write(("," if count else "") + "\n" + " " * indent + text)
+            else:
+                f.write(("," if count else "") + "\n" + text)
+            count += 1
+        f.write("\n]\n")
     return count
 
 
