@@ -50,6 +50,7 @@ from grain import checkpoint as grain_checkpoint
 from jax.sharding import Mesh, NamedSharding, Sharding
 
 from cxrtrek_jax.train import sharding as sharding_lib
+from cxrtrek_jax.train.process_gather import gather_ints
 from data_pipeline.files.atomic_write import write_text_atomically
 
 __all__ = [
@@ -192,10 +193,8 @@ def _warn(message: str) -> None:
 
 
 def _gather_steps(value: int) -> list[int]:
-    from jax.experimental import multihost_utils
-    import numpy as np
-
-    return [int(v) for v in np.asarray(multihost_utils.process_allgather(np.int32(value))).reshape(-1)]
+    """[int per process]: `value` of every process (a collective)."""
+    return [int(v) for v in gather_ints([value])[:, 0]]
 
 
 def check_same_step(step: int | None, directory, *, gather=None) -> None:

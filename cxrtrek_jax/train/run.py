@@ -43,6 +43,7 @@ import numpy as np
 from cxrtrek_jax.train import checkpointing as ckpt_lib
 from cxrtrek_jax.train import sharding as sharding_lib
 from cxrtrek_jax.train import loop as train_loop
+from cxrtrek_jax.train.process_gather import gather_ints
 from cxrtrek_jax.model.config import ModelConfig, override
 from data_pipeline.files.atomic_write import replace_directory_atomically, write_text_atomically
 from data_pipeline.batches.augment import AugmentConfig
@@ -350,7 +351,7 @@ def _validation(cfg: ExperimentConfig, model: ModelConfig, data: DataPaths,
         swapped = [swap_images(batch, seed=index) for index, batch in enumerate(batches)]
         # Every process must run the same eval steps (they are collectives): the batch count
         # and whether a batch has a swapped twin are agreed on first.
-        counts = _gather_ints([len(batches)] + [int(s is not None) for s in swapped]
+        counts = gather_ints([len(batches)] + [int(s is not None) for s in swapped]
                               + [0] * (cfg.train.eval_batches - len(batches)))
         usable = int(counts[:, 0].min())
         if usable == 0:
@@ -376,16 +377,6 @@ def _validation(cfg: ExperimentConfig, model: ModelConfig, data: DataPaths,
         return values
 
     return evaluate
-
-
-def _gather_ints(values: list[int]) -> np.ndarray:
-    """[process, value]: `values` (the same length on every process) from all processes."""
-    local = np.asarray(values, np.int32)
-    if jax.process_count() == 1:
-        return local[None]
-    from jax.experimental import multihost_utils
-
-    return np.asarray(multihost_utils.process_allgather(local)).reshape(jax.process_count(), -1)
 
 
 def alignment_phase(cfg: ExperimentConfig) -> ExperimentConfig:
