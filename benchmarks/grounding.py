@@ -14,7 +14,8 @@ finding questions in the set (`row_image_labels`).
 
 Every `eval_every` steps it scores every held-out row teacher-forced: the answer is whichever of
 the question's two answer tokens has the larger logit at the first answer position, once with
-the row's own image and once with another study's image (`evaluation.image_reliance.swap_images`).
+the row's own image and once with another study's image
+(`cxrtrek_jax.train.image_reliance.swap_images`).
 A model that reads its images is right with its own image and at chance with another's.
 
     python -m benchmarks.grounding                       # the shipped recipe: `grounded`'s alignment phase, tiny

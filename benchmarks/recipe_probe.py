@@ -4,7 +4,7 @@ A probe, not a trainer: it trains the `small` model on rows dumped once from the
 pipeline and, every `eval_every` steps, measures on the validation rows
 
   * the answer-token loss per stage and its *image gain*: the loss increase when every row's
-    images are swapped with another row's (`evaluation.image_reliance.swap_images`), and
+    images are swapped with another row's (`cxrtrek_jax.train.image_reliance.swap_images`), and
   * the teacher-forced accuracy of the first answer token on the binary closed questions of
     stages 1-3: `yn` (answers starting "Yes"/"No") and `view` (answers starting "AP"/"PA"),
     with own and with swapped images. A model that reads its images loses accuracy when they
@@ -20,8 +20,8 @@ every QA pair as its own row (`off`), without augmentation, images as uint8. A r
 is a list of phases `context:batch:steps`, a peak learning rate (10% warmup, cosine decay), the
 loss weighting (`token`: every answer token counts once, as in the trainer; `turn`: every answer
 counts once, its tokens weighted 1/length) and the optimiser's `vision_lr_scale`. Rows are cut
-or padded to 1024 tokens (`on`) or 384 (`off`). BENCHMARKS.md and experiments/RESULTS.md hold
-the figures and the commands that made them.
+or padded to 1024 tokens (`on`) or 384 (`off`). docs/notes/2026-11-recipe-probe.md holds the
+figures, the commands that made them and the run logs.
 """
 
 from __future__ import annotations

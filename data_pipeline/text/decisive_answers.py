@@ -12,7 +12,7 @@ The cut can be limited to some stages (`with_decisive_answers(study, stages)`). 
 removes are not always redundant: the stage-1 detail "No. This is a PA view." (to "Is this an
 AP view?") names the view outright, which the image alone decides, while "No." is the view
 combined with the question's wording; keeping such details is what lets a model from scratch
-read the view before it learns that combination (experiments/RESULTS.md, "2026-12-06").
+read the view before it learns that combination (measured in docs/notes/2026-12-grounding.md).
 """
 
 from __future__ import annotations

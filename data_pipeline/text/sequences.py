@@ -36,7 +36,7 @@ dropped turn and image is counted in `SequenceStats`, per stage too.
 Answer flips (`SequenceConfig.answer_flips`, training only: `build_sequences` with an rng):
 each bare "Yes." / "No." answer is replaced by the other with that probability and carries no
 loss, so the turns after it learn from a context whose earlier answers may be wrong, as when a
-model decodes a chain with its own answers (exposure bias; experiments/RESULTS.md, "2026-12-06").
+model decodes a chain with its own answers (exposure bias; docs/notes/2026-12-grounding.md has what it did).
 Only bare answers flip (with `closed_answers` "decisive"): a flipped "Yes. The heart is enlarged."
 would contradict itself and mark the flip.
 """
