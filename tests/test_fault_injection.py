@@ -2,7 +2,7 @@
 the tiny preset, hard-killed (SIGKILL), pre-empted (SIGTERM), restarted over a corrupted newest
 checkpoint, and run as two processes of which one is killed. Each case asserts that the final
 parameters are bit-identical to an uninterrupted run's, that the per-step losses are the same,
-and that `metrics.jsonl` holds every step once (README: "What survives what").
+and that `metrics.jsonl` holds every step once (docs/training.md: "What survives what").
 
 The SIGKILL case runs in the default suite; the others are `slow` (`make test-slow`).
 """
