@@ -3,7 +3,8 @@
 Radiograph-like images (PA/AP frontal, optional lateral, prior and later exams
 of the same patient) with drawn ground-truth findings, and staged QA for all
 eight CXRTrek stages generated from that truth. See `generator` for the study
-layout and `questions` for the QA design.
+layout and `questions` for the QA design; `plain_source` writes the same studies as a hospital
+would export them (reports and radiographs, `construct --source plain`), with the truth beside them.
 """
 
 from data_pipeline.phantom.config import PhantomConfig, Prevalences
@@ -18,6 +19,7 @@ from data_pipeline.phantom.findings import (
 )
 from data_pipeline.phantom.anatomy import PatientAnatomy, render_frontal, render_lateral, sample_anatomy
 from data_pipeline.phantom.generator import DATASET_FILENAME, generate_study, study_ids, write_phantom_dataset
+from data_pipeline.phantom.plain_source import PLAIN_STUDIES_FILENAME, PLAIN_TRUTH_FILENAME, write_plain_source
 
 __all__ = [
     "PhantomConfig",
@@ -37,4 +39,7 @@ __all__ = [
     "generate_study",
     "study_ids",
     "write_phantom_dataset",
+    "PLAIN_STUDIES_FILENAME",
+    "PLAIN_TRUTH_FILENAME",
+    "write_plain_source",
 ]
