@@ -2,8 +2,9 @@
 "correlate clinically"), verbatim, and a small per-finding rule table for the present findings.
 
 Each rule-table answer names its rules in provenance (`advice_table:<finding>`), so it is never
-mistaken for the radiologist's words; a study with neither a recommendation nor a finding the
-table knows gets no stage-7 item.
+mistaken for the radiologist's words (and left out where the report's recommendation says just
+what the table would); a study with neither a recommendation nor a finding the table knows gets
+no stage-7 item.
 """
 
 from __future__ import annotations
@@ -63,8 +64,8 @@ def stage7_items(data: StageInput) -> StageResult:
                              answer, provenance))
     present = {s.finding: s for s in summarise_findings(data.facts) if s.status == PRESENT}
     ruled = [name for name in ADVICE_RULES if name in present]
-    if ruled:
-        answer = " ".join(dict.fromkeys(ADVICE_RULES[name] for name in ruled))
+    answer = " ".join(dict.fromkeys(ADVICE_RULES[name] for name in ruled))
+    if ruled and not (items and items[0].answer == answer):  # not when the report says just that
         provenance = cite(data.facts, sorted({i for name in ruled for i in present[name].sentences}),
                           rule=" + ".join(f"advice_table:{name}" for name in ruled))
         items.append(qa_item(STAGE, TASK, "captioning", caption_hint(wording, wording.pick(_RULE_QUESTIONS), answer),
