@@ -14,8 +14,11 @@ __all__ = [
     "ReportSentence", "FindingMention", "FindingRelation", "TechniqueFacts", "ReportFacts",
 ]
 
-# Canonical section names; a report without headers has all its text in "findings".
-SECTIONS = ("examination", "indication", "technique", "comparison", "findings", "impression", "recommendation")
+# Canonical section names; a report without headers has all its text in "findings". The last three
+# hold what some reports add: the radiologist's notification of a finding ("NOTIFICATION:"), an
+# addendum, and the preliminary wet read above MIMIC-CXR's "FINAL REPORT" (kept, never read for facts).
+SECTIONS = ("examination", "indication", "technique", "comparison", "findings", "impression", "recommendation",
+            "notification", "addendum", "wet_read")
 PRESENT, ABSENT, UNCERTAIN = "present", "absent", "uncertain"
 STATUSES = (PRESENT, ABSENT, UNCERTAIN)
 # The authors' two kinds of stage-2 target: `abnormality_[name]`, `foreign_body_[name]`.
@@ -44,7 +47,8 @@ class FindingMention:
     sentence: index of its `ReportSentence`; phrase: the words that named it, verbatim.
     sides: subset of ("left", "right", "bilateral"); regions: zone/lobe/part words as written in
         normalised form ("lower lobe", "base", "apex", "upper zone", "retrocardiac", ...).
-    severity: a severity or size word ("trace", "small", "mild", "moderate", "large", "severe"), or None.
+    severity: a severity or size word ("trace", "small", "mild", "moderate", "large", "severe", a range such
+        as "mild to moderate") or a measured size ("1.5 cm"), or None.
     change: one of `CHANGES` against the prior study, or None.
     """
 
