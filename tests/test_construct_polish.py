@@ -92,8 +92,9 @@ def test_polish_keeps_checked_rewrites_and_falls_back_on_the_rest():
     assert validate_elements([study_to_element(polished)]).errors == ()
 
 
-def _tiny_causal_lm(directory):
-    """A byte-level BPE tokenizer and a randomly initialised 1-layer Llama, saved as safetensors."""
+def _tiny_causal_lm(directory, chat_template=None):
+    """A byte-level BPE tokenizer (with `chat_template` when given) and a randomly initialised
+    1-layer Llama, saved as safetensors."""
     backend = Tokenizer(models.BPE())
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     backend.decoder = decoders.ByteLevel()
@@ -102,16 +103,20 @@ def _tiny_causal_lm(directory):
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     backend.train_from_iterator(["Rewrite this question about a chest X-ray.", "small left pleural effusion"], trainer=trainer)
     backend.save(str(directory / "tokenizer.json"))
-    (directory / "tokenizer_config.json").write_text(json.dumps(
-        {"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": "<s>", "eos_token": "</s>"}))
+    config = {"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": "<s>", "eos_token": "</s>"}
+    if chat_template:
+        config["chat_template"] = chat_template
+    (directory / "tokenizer_config.json").write_text(json.dumps(config))
     config = LlamaConfig(vocab_size=backend.get_vocab_size(), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
                          num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=512,
                          bos_token_id=0, eos_token_id=1)
     LlamaForCausalLM(config).save_pretrained(str(directory), safe_serialization=True)
 
 
-def test_a_random_model_runs_and_every_rewrite_falls_back(tmp_path):
-    _tiny_causal_lm(tmp_path)
+@pytest.mark.parametrize("chat_template", [None, "{% for m in messages %}USER: {{ m['content'] }}{% endfor %}"
+                                                  "{% if add_generation_prompt %} ASSISTANT:{% endif %}"])
+def test_a_random_model_runs_and_every_rewrite_falls_back(tmp_path, chat_template):
+    _tiny_causal_lm(tmp_path, chat_template)
     items = _study().items[:6]
     polished = polish_with_llm(items, FACTS, tmp_path, max_new_tokens=12)
     assert [(i.question, i.answer) for i in polished] == [(i.question, i.answer) for i in items]

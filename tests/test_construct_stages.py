@@ -358,3 +358,10 @@ def test_a_study_without_any_item_is_refused_by_name():
     silent = _facts({"comparison": ["None."]})
     with pytest.raises(ConstructError, match="plain/p1/s2.*no question could be made"):
         assemble_study(_input(facts=silent, images=(SourceImage("p1/s2/a.png"),)))
+
+
+def test_a_measured_size_is_asked_as_a_size_without_a_scale_to_choose_from():
+    facts = _facts({"findings": ["A 1.5 cm nodule in the right upper lobe."]},
+                   mentions=[_m("nodule", "present", 0, "nodule", ["right"], ["upper lobe"], severity="1.5 cm")])
+    (size,) = _by_target(stage3_items(_input(facts=facts)).items)["severity_[nodule]"]
+    assert size.question.startswith("What is the size of the nodule?") and size.answer == "1.5 cm."

@@ -174,7 +174,7 @@ def hf_rewriter(model_dir: str | os.PathLike, *, max_new_tokens: int = 128) -> R
 
     def rewrite(kind: str, text: str) -> str:
         request = f"{_INSTRUCTIONS[kind]}\n\n{text}"
-        if tokenizer.chat_template:
+        if getattr(tokenizer, "chat_template", None):
             ids = tokenizer.apply_chat_template([{"role": "user", "content": request}], add_generation_prompt=True,
                                                 return_tensors="pt", return_dict=True)["input_ids"]
         else:

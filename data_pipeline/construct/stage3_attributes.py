@@ -42,6 +42,7 @@ _LOCATION_STEMS = ("Where is the {f} located?", "Location of {f}: ______", "Whic
 _LOCATION_YES_NO = ("Is the {f} located {at}?", "Is it correct to state that the X-ray shows the {f} {at}?",
                     "Can you confirm the presence of {f} {at}?")
 _SEVERITY_CAPTIONS = ("How severe is the {f}?", "What is the severity of the {f}?", "How large is the {f}?")
+_SIZE_CAPTION = "What is the size of the {f}?"
 _TYPE_CAPTIONS = ("What type of {f} is described?", "How would you characterise the {f}?")
 _DESCRIPTION_CAPTIONS = ("What is the complete description of the {f} in the image?", "How would you describe the {f} in this X-ray?",
                          "Describe the {f} seen on this radiograph.")
@@ -112,9 +113,10 @@ def _severity_items(wording: Wording, s: FindingSummary, provenance: Provenance)
         return []
     target = f"severity_[{s.finding}]"
     answer = capitalise(s.severity) + "."
-    items = [qa_item(STAGE, TASK, "captioning",
-                     caption_hint(wording, wording.pick(_SEVERITY_CAPTIONS).format(f=s.finding), answer),
-                     answer, provenance, target=target)]
+    measured = any(ch.isdigit() for ch in s.severity)  # a size such as "1.5 cm"
+    question = (_SIZE_CAPTION if measured else wording.pick(_SEVERITY_CAPTIONS)).format(f=s.finding)
+    items = [qa_item(STAGE, TASK, "captioning", caption_hint(wording, question, answer), answer, provenance,
+                     target=target)]
     scale = next((scale for scale in SEVERITY_SCALES if s.severity in scale), None)
     if scale is not None:
         items.append(choice_item(wording, STAGE, TASK, wording.pick(_SEVERITY_CAPTIONS).format(f=s.finding),

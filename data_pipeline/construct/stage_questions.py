@@ -168,14 +168,14 @@ def yes_no_question(wording: Wording, stem: str) -> tuple[str, bool]:
 def caption_hint(wording: Wording, question: str, answer: str) -> str:
     """`question` with, one time in two, a length hint the answer honours: a short-answer hint
     for answers of at most `SHORT_WORD_LIMIT` words, "at least N words" for answers of 60 words
-    or more (N rounded down to tens), a request for detail for answers of 30-59 words."""
+    or more (N rounded down to tens, at most 100), a request for detail for answers of 30-59 words."""
     if not wording.chance(0.5):
         return question
     words = word_count(answer)
     if words <= SHORT_WORD_LIMIT:
         return f"{question} {wording.pick(SHORT_HINTS)}"
     if words >= 60:
-        return f"{question} {LONG_HINT.format(n=10 * (words // 10) if words < 100 else 60)}"
+        return f"{question} {LONG_HINT.format(n=min(100, 10 * (words // 10)))}"
     if words >= 30:
         return f"{question} {wording.pick(_DETAIL_HINTS)}"
     return question
