@@ -8,7 +8,7 @@ truth the phantom drew:
   - stage 5 exists exactly for the studies with a prior exam and stage 6 exactly for those with a
     later one, linked to the right study;
   - stage 5 says how each finding changed since the prior exam (new, resolved, worse, better,
-    unchanged), as the phantom drew it;
+    unchanged), as the phantom drew it, and stage 6 the course the later exam shows;
   - the output validates with zero errors (image files included).
 """
 
@@ -148,6 +148,30 @@ def test_stage5_says_how_each_finding_changed_since_the_prior(built):
                 wrong.append(f"{study_id}: {kind} {change}, answered {answer!r} from {dict(cited)}")
     assert checked >= 30
     assert not wrong, f"{len(wrong)} of {checked} changes misread: {wrong[:5]}"
+
+
+# How stage 6 words each change from the current to the later exam, as the expected course.
+STAGE6_WORDS = {"new": "is expected to develop", "resolved": "is expected to resolve", "larger": "is expected to worsen",
+                "smaller": "is expected to improve", "unchanged": "is expected to remain stable"}
+
+
+def test_stage6_gives_the_course_the_later_exam_shows(built):
+    truth, studies, _, _ = built
+    checked, wrong = 0, []
+    for study_id, row in truth.items():
+        if not row["next_study_id"]:
+            continue
+        said = {str(i.extras.get("target", "")): i.answer for i in studies[study_id].items_of_stage(6)}
+        for kind, change in truth[row["next_study_id"]]["changes_from_prior"].items():
+            if kind == "support_devices":
+                continue
+            names = [n for n in READER_NAMES[kind] if f"trend_[{n}]" in said]
+            answer = said[f"trend_[{names[0]}]"] if names else "(no stage-6 answer)"
+            checked += 1
+            if not answer.endswith(f"{STAGE6_WORDS[change]}."):
+                wrong.append(f"{study_id}: {kind} {change}, answered {answer!r}")
+    assert checked >= 30
+    assert not wrong, f"{len(wrong)} of {checked} courses misread: {wrong[:5]}"
 
 
 def test_the_plain_export_is_dated_per_patient_and_byte_identical_on_a_rerun(tmp_path):
