@@ -9,10 +9,15 @@ before it only ("left PICC terminates in the right atrium" is a left PICC).
 
 Change words reach findings as the labeller's cues do (pre words forward over a list, post words
 backward; the labeller's scope terminators stop them, "which" excepted: "effusion, which has
-increased", and so do "with" and relation phrases: "increased effusion with adjacent atelectasis"
-says nothing of the atelectasis' change); a change word inside a finding's gap phrase ("the heart remains enlarged") is that
+increased", and so do "with", relation and hypothetical phrases: "increased effusion with adjacent
+atelectasis" says nothing of the atelectasis' change); a change word inside a finding's gap phrase ("the heart remains enlarged") is that
 finding's. The nearest reaching word wins; an absent finding keeps only "resolved", a present or
 uncertain one never takes it.
+
+A finding reached by a hypothetical phrase (`context.json` "hypothetical": "requires", "recommend",
+"to document", ...; forward, with the labeller's scope rules) is asked for or to be checked, not
+stated: it gives no mention ("the pneumothorax requires chest tube placement" states no chest tube;
+"follow-up to document resolution of the pneumonia" states nothing of the pneumonia).
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ from data_pipeline.construct.report_rules import NORMAL_PREFIX, ReaderRules
 from data_pipeline.construct.report_scan import SentenceScan, SentenceScanner, Span
 from data_pipeline.reports.chexpert_labeller import _PUNCT
 
-__all__ = ["roles", "sentence_mentions"]
+__all__ = ["roles", "hypothetical", "sentence_mentions"]
 
 _NUMBER = re.compile(r"^\d+(?:\.\d+)?$")
 _SIDE_ORDER = ("left", "right", "bilateral")
@@ -35,6 +40,15 @@ _SIDE_ORDER = ("left", "right", "bilateral")
 def roles(kind: str) -> tuple[tuple[str, str], ...]:
     """A context span's roles: "side=left|region=base" -> (("side", "left"), ("region", "base"))."""
     return tuple(tuple(role.split("=", 1)) for role in kind.split("|"))  # type: ignore[misc]
+
+
+def hypothetical(scanner: SentenceScanner, scan: SentenceScan) -> set[int]:
+    """Indices of the finding spans a hypothetical phrase reaches ("requires chest tube placement")."""
+    reached: set[int] = set()
+    for cue in scan.context:
+        if any(role == "hypothetical" for role, _ in roles(cue.kind)):
+            reached |= scanner.reach(scan, cue, True, scan.cues)
+    return reached
 
 
 def _window_stops(scan: SentenceScan, rules: ReaderRules) -> frozenset[int]:
@@ -102,7 +116,7 @@ def _change_candidates(scanner: SentenceScanner, scan: SentenceScan) -> list[lis
     candidates: list[list[tuple[int, str]]] = [[] for _ in scan.spans]
     cues = [c for c in scan.cues if scan.tokens[c.start : c.end] != ("which",)]
     cues += [Span(c.start, c.end, "scope_terminators") for c in scan.context
-             if any(role == "relation" for role, _ in roles(c.kind))]
+             if any(role in ("relation", "hypothetical") for role, _ in roles(c.kind))]
     cues += [Span(j, j + 1, "scope_terminators") for j, token in enumerate(scan.tokens) if token == "with"]
     for cue in scan.context:
         for role, value in roles(cue.kind):
@@ -131,7 +145,10 @@ def sentence_mentions(scanner: SentenceScanner, scan: SentenceScan, index: int) 
     mentions = []
     changes = _change_candidates(scanner, scan)
     stops = _window_stops(scan, rules)
+    unstated = hypothetical(scanner, scan)
     for i, span in enumerate(scan.spans):
+        if i in unstated:
+            continue
         names = span.kind[len(NORMAL_PREFIX) :].split("|") if span.kind.startswith(NORMAL_PREFIX) else [span.kind]
         device = rules.findings[names[0]].category == "foreign_body"
         sides, regions, severity = _modifiers(scan, i, rules, device, stops)

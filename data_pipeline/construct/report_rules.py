@@ -212,6 +212,7 @@ def _context_phrases(context: Mapping, laterality: Mapping, origin: str) -> tupl
     pairs += _change_phrases(_field(context, "changes", origin), origin)
     pairs += _role_phrases(_field(context, "relations", origin), "relation", origin, RELATION_KINDS)
     pairs += [(text, "recommend=") for text in _field(context, "recommendation", origin)]
+    pairs += [(text, "hypothetical=") for text in _field(context, "hypothetical", origin)]
     pairs += _technique_phrases(_field(context, "technique", origin), origin)
     roles: dict[Words, list[str]] = {}
     for text, role in pairs:
