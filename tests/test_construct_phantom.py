@@ -110,7 +110,8 @@ def test_the_view_is_the_metadata_view_for_every_study(built):
     for study_id, row in truth.items():
         views = list(dict.fromkeys(row["views"]))
         expected = " and ".join(VIEW_WORDS[v] for v in views) + (" views." if len(views) > 1 else " view.")
-        (caption,) = [i for i in studies[study_id].items if i.task_type == "View_Information" and i.qtype == "captioning"]
+        (caption,) = [i for i in studies[study_id].items
+                      if i.task_type == "View_Information" and i.qtype == "captioning"]
         assert caption.answer == expected[:1].upper() + expected[1:], study_id
 
 
@@ -136,7 +137,8 @@ def test_stage5_says_how_each_finding_changed_since_the_prior(built):
     truth, studies, _, _ = built
     checked, wrong = 0, []
     for study_id, row in truth.items():
-        said = {str(i.extras.get("target", "")): i for i in studies[study_id].items_of_stage(5) if i.qtype == "captioning"}
+        said = {str(i.extras.get("target", "")): i for i in studies[study_id].items_of_stage(5)
+                if i.qtype == "captioning"}
         for kind, change in row["changes_from_prior"].items():
             if kind == "support_devices":
                 continue
@@ -151,7 +153,8 @@ def test_stage5_says_how_each_finding_changed_since_the_prior(built):
 
 
 # How stage 6 words each change from the current to the later exam, as the expected course.
-STAGE6_WORDS = {"new": "is expected to develop", "resolved": "is expected to resolve", "larger": "is expected to worsen",
+STAGE6_WORDS = {"new": "is expected to develop", "resolved": "is expected to resolve",
+                "larger": "is expected to worsen",
                 "smaller": "is expected to improve", "unchanged": "is expected to remain stable"}
 
 

@@ -24,14 +24,16 @@ FACTS = ReportFacts(
     sentences=(ReportSentence("findings", 0, "Small left pleural effusion."),
                ReportSentence("findings", 1, "No pneumothorax."),
                ReportSentence("findings", 2, "Atelectasis at the left base.")),
-    mentions=(FindingMention("pleural effusion", "abnormality", "present", 0, "pleural effusion", ("left",), (), "small"),
+    mentions=(FindingMention("pleural effusion", "abnormality", "present", 0, "pleural effusion", ("left",), (),
+                             "small"),
               FindingMention("pneumothorax", "abnormality", "absent", 1, "pneumothorax"),
               FindingMention("atelectasis", "abnormality", "present", 2, "atelectasis", ("left",), ("base",))),
 )
 
 
 @pytest.mark.parametrize("original, rewrite, yes_no", [
-    ("Is there any evidence of pleural effusion in the X-ray?", "Does the X-ray show any evidence of pleural effusion?", False),
+    ("Is there any evidence of pleural effusion in the X-ray?", "Does the X-ray show any evidence of pleural effusion?",
+     False),
     ("Yes. There is evidence of small left pleural effusion.", "Yes. A small left pleural effusion is evident.", True),
     ("The X-ray shows small left pleural effusion and atelectasis in the left base.",
      "Small left pleural effusion and atelectasis in the left base are shown on the X-ray.", False),
@@ -50,12 +52,14 @@ def test_a_faithful_rewrite_passes(original, rewrite, yes_no):
      "findings named differ: ['atelectasis', 'pleural effusion'] vs ['pleural effusion']"),
     ("There is no evidence of pneumothorax on the X-ray.", "There is evidence of pneumothorax on the X-ray.", False,
      "negation added or dropped"),
-    ("Is there any evidence of pleural effusion in the X-ray?", "Is there any evidence of pleural effusion in the X-ray? "
+    ("Is there any evidence of pleural effusion in the X-ray?",
+     "Is there any evidence of pleural effusion in the X-ray? "
      "Please look for any evidence of pleural effusion in the X-ray and answer whether there is any at all.", False,
      "length 157 is not within half to twice the rule text's 55"),
     ("Assess the technical quality of the chest X-ray.", "Quux blorp zing wobble frotz glim.", False,
      "keeps only 0% of the rule text's words"),
-    ("Here is the current X-ray image: <image> . Is the heart enlarged?", "Here is the current X-ray image. Is the heart enlarged?", False,
+    ("Here is the current X-ray image: <image> . Is the heart enlarged?",
+     "Here is the current X-ray image. Is the heart enlarged?", False,
      "image placeholders or box markup changed"),
 ])
 def test_an_unfaithful_rewrite_is_refused_with_its_reason(original, rewrite, yes_no, reason):
@@ -99,9 +103,11 @@ def _tiny_causal_lm(directory, chat_template=None):
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     backend.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=300, min_frequency=1, show_progress=False,
-                                  special_tokens=[AddedToken(t, special=True, normalized=False) for t in ("<s>", "</s>")],
+                                  special_tokens=[AddedToken(t, special=True, normalized=False)
+                                                  for t in ("<s>", "</s>")],
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    backend.train_from_iterator(["Rewrite this question about a chest X-ray.", "small left pleural effusion"], trainer=trainer)
+    backend.train_from_iterator(["Rewrite this question about a chest X-ray.", "small left pleural effusion"],
+                                trainer=trainer)
     backend.save(str(directory / "tokenizer.json"))
     config = {"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": "<s>", "eos_token": "</s>"}
     if chat_template:

@@ -58,7 +58,8 @@ def _m(finding, status, sentence, phrase="", sides=(), regions=(), severity=None
 CURRENT = _facts(
     {"findings": ["Portable AP chest.", "The patient is rotated.", "Small left pleural effusion.",
                   "No pneumothorax or consolidation.", "Endotracheal tube in place.",
-                  "Platelike atelectasis at the left base, likely reflecting the effusion.", "Cannot exclude pneumonia."],
+                  "Platelike atelectasis at the left base, likely reflecting the effusion.",
+                  "Cannot exclude pneumonia."],
      "impression": ["Small left effusion.", "Recommend a follow-up radiograph."]},
     mentions=[_m("pleural effusion", "present", 2, "pleural effusion", ["left"], severity="small"),
               _m("pneumothorax", "absent", 3), _m("consolidation", "absent", 3),
@@ -72,7 +73,8 @@ CURRENT = _facts(
 )
 # The prior: "No pleural effusion. Small right pneumothorax."
 PRIOR = _facts({"findings": ["No pleural effusion.", "Small right pneumothorax."]},
-               mentions=[_m("pleural effusion", "absent", 0), _m("pneumothorax", "present", 1, sides=["right"], severity="small")])
+               mentions=[_m("pleural effusion", "absent", 0),
+                         _m("pneumothorax", "present", 1, sides=["right"], severity="small")])
 # The next study: "The left effusion has resolved. Atelectasis is unchanged. ET tube removed."
 NEXT = _facts({"impression": ["The left effusion has resolved.", "Atelectasis is unchanged.", "ET tube removed."]},
               mentions=[_m("pleural effusion", "absent", 0, "effusion", ["left"], change="resolved"),
@@ -133,7 +135,8 @@ def test_an_uncertain_finding_gets_no_closed_item_and_is_named_as_possible():
 def test_presence_answers_cite_the_sentences_that_state_them():
     items = _by_target(stage2_items(_input()).items)
     (effusion,) = [i for i in items["abnormality_[pleural effusion]"] if i.qtype == "yes_no"]
-    assert _sentences(effusion) == [("current", 2, "Small left pleural effusion."), ("current", 7, "Small left effusion.")]
+    assert _sentences(effusion) == [("current", 2, "Small left pleural effusion."),
+                                    ("current", 7, "Small left effusion.")]
     (pneumothorax,) = items["abnormality_[pneumothorax]"]
     assert _sentences(pneumothorax) == [("current", 3, "No pneumothorax or consolidation.")]
 
@@ -202,6 +205,15 @@ def test_quality_items_state_only_what_the_report_states():
     assert [i.qtype for i in items] == ["yes_no", "yes_no", "captioning"]
     assert items[-1].answer == "The radiograph is a portable study. The patient is rotated."
     assert all(i.answer.startswith("Yes") for i in items[:2])
+    # "Low lung volumes. The right costophrenic angle is excluded."
+    facts = _facts({"findings": ["Low lung volumes.", "The right costophrenic angle is excluded."]},
+                   technique=TechniqueFacts(inspiration="low", excluded_anatomy=("right costophrenic angle",),
+                                            sentences=(0, 1)))
+    items = stage1_items(_input(facts=facts)).items
+    inspiration, excluded = [i for i in items if i.qtype == "yes_no"]
+    assert inspiration.answer.split(".")[0].split()[-1] == "No" and excluded.answer.startswith("Yes")
+    assert items[-1].answer == ("The lung volumes are low (poor inspiration). The right costophrenic angle is excluded "
+                                "from the field of view.")
 
 
 def test_attributes_location_severity_type_of_present_findings_only():
@@ -229,7 +241,8 @@ def test_detection_items_from_pixel_boxes_and_the_image_size(tmp_path):
     path = tmp_path / "p1/s2/frontal.png"
     path.parent.mkdir(parents=True)
     Image.fromarray(np.tile(np.arange(300, dtype=np.uint8), (200, 1))).save(path)  # 300 wide, 200 high
-    boxes = {"s2f": (PixelBox("Pleural effusion", 30.0, 50.0, 120.0, 150.0), PixelBox("Pleural effusion", 180.0, 40.0, 270.0, 160.0)),
+    boxes = {"s2f": (PixelBox("Pleural effusion", 30.0, 50.0, 120.0, 150.0),
+                     PixelBox("Pleural effusion", 180.0, 40.0, 270.0, 160.0)),
              "other-image": (PixelBox("Nodule", 1.0, 1.0, 2.0, 2.0),)}
     timeline = TimelineStudy(_study("s2", CUR_IMAGES))
     data = stage_input_for(timeline, lambda text: CURRENT, boxes, tmp_path)
@@ -249,7 +262,8 @@ def test_detection_items_from_pixel_boxes_and_the_image_size(tmp_path):
 def test_relationships_from_the_linking_sentence():
     (item,) = stage4_items(_input()).items
     assert item.answer == "The atelectasis likely reflects the pleural effusion."
-    assert _sentences(item) == [("current", 5, "Platelike atelectasis at the left base, likely reflecting the effusion.")]
+    assert _sentences(item) == [
+        ("current", 5, "Platelike atelectasis at the left base, likely reflecting the effusion.")]
     assert stage4_items(_input(facts=PRIOR)).items == ()
 
 
@@ -285,7 +299,8 @@ def test_stage5_only_with_a_prior_and_what_changed():
     items = stage5_items(_input(prior=True)).items
     overview = items[0]
     # Effusion: absent before, present now -> new. Pneumothorax: present before, absent now -> resolved.
-    assert overview.answer == "Compared with the prior study: The pleural effusion is new. The pneumothorax has resolved."
+    assert overview.answer == ("Compared with the prior study: The pleural effusion is new. "
+                               "The pneumothorax has resolved.")
     per_finding = {i.extras["target"]: i.answer for i in items[1:] if i.qtype == "captioning"}
     assert per_finding == {"change_[pleural effusion]": "The pleural effusion is new.",
                            "change_[pneumothorax]": "The pneumothorax has resolved."}

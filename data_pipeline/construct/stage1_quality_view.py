@@ -29,7 +29,8 @@ VIEW_NAMES = {
 }
 # The views a choice item offers besides the study's own (as the sample's "Oblique X-ray(s)").
 _CHOICE_POOL = ("PA", "AP", "LATERAL", "LAO")
-_VIEW_STEMS_ONE = ("Which view is this X-ray?", "View of the X-ray: ______", "In which projection was this X-ray taken?")
+_VIEW_STEMS_ONE = ("Which view is this X-ray?", "View of the X-ray: ______",
+                   "In which projection was this X-ray taken?")
 _VIEW_STEMS_MANY = ("Which views does this study include?", "View(s) of the X-ray: ______",
                     "Which projections were acquired in this study?")
 _VIEW_CAPTIONS = ("Can you specify the exact view of the X-ray image?", "What projection is the X-ray image taken in?",
@@ -71,12 +72,13 @@ def _view_items(data: StageInput, wording: Wording) -> StageResult:
     return StageResult(skipped=("stage 1: no view (no image metadata view and no view in the report's technique)",))
 
 
-# Per stated technique fact: (stem, yes?, sentence when yes, sentence when no).
 def _quality_facts(t: TechniqueFacts) -> list[tuple[str, bool, str]]:
+    """Per technique fact the report states: (yes/no stem, the answer, the sentence stating it)."""
     facts = []
     if t.portable is not None:
         facts.append(("Was this radiograph taken with a portable technique?", t.portable,
-                      "The radiograph is a portable study." if t.portable else "The radiograph is not a portable study."))
+                      "The radiograph is a portable study." if t.portable
+                      else "The radiograph is not a portable study."))
     if t.rotated is not None:
         facts.append(("Is the patient rotated on this radiograph?", t.rotated,
                       "The patient is rotated." if t.rotated else "There is no patient rotation."))
@@ -85,9 +87,9 @@ def _quality_facts(t: TechniqueFacts) -> list[tuple[str, bool, str]]:
         facts.append(("Is the depth of inspiration adequate?", adequate,
                       "Inspiration is adequate." if adequate else "The lung volumes are low (poor inspiration)."))
     if t.excluded_anatomy:
+        verb = "is" if len(t.excluded_anatomy) == 1 else "are"
         facts.append(("Is any part of the chest excluded from the field of view?", True,
-                      capitalise(f"the {join_phrases(t.excluded_anatomy)} {'is' if len(t.excluded_anatomy) == 1 else 'are'}"
-                                 " excluded from the field of view.")))
+                      capitalise(f"the {join_phrases(t.excluded_anatomy)} {verb} excluded from the field of view.")))
     return facts
 
 

@@ -28,7 +28,8 @@ __all__ = ["stage2_items", "presence_target", "YES_NO_ABNORMALITY", "YES_NO_FORE
 
 STAGE = 2
 TASK = "Findings_Identification"
-YES_NO_ABNORMALITY, YES_NO_FOREIGN_BODY, OTHER_ABNORMALITIES = "yes_no_abnormality", "yes_no_foreign_body", "other_abnormalities"
+YES_NO_ABNORMALITY, YES_NO_FOREIGN_BODY = "yes_no_abnormality", "yes_no_foreign_body"
+OTHER_ABNORMALITIES = "other_abnormalities"
 _PRESENCE_STEMS = (
     "Is there any evidence of {f} in the X-ray?",
     "Does the X-ray reveal the presence of {f}?",
@@ -132,9 +133,9 @@ def _choice_items(data: StageInput, wording: Wording, summaries: list[FindingSum
 
 
 def _list_caption(data: StageInput, wording: Wording, summaries: list[FindingSummary]):
-    by_kind = {kind: [s for s in summaries if s.category == cat and s.status == status]
-               for kind, cat, status in (("abnormal", "abnormality", PRESENT), ("devices", "foreign_body", PRESENT),
-                                         ("possible", "abnormality", UNCERTAIN), ("possible_devices", "foreign_body", UNCERTAIN))}
+    groups = (("abnormal", "abnormality", PRESENT), ("devices", "foreign_body", PRESENT),
+              ("possible", "abnormality", UNCERTAIN), ("possible_devices", "foreign_body", UNCERTAIN))
+    by_kind = {kind: [s for s in summaries if s.category == cat and s.status == status] for kind, cat, status in groups}
     parts = []
     if by_kind["abnormal"]:
         parts.append(f"The X-ray shows {join_phrases([describe_finding(s) for s in by_kind['abnormal']])}.")

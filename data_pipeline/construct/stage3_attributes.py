@@ -18,7 +18,9 @@ import dataclasses
 from collections.abc import Sequence
 
 from data_pipeline.construct.box_annotations import PixelBox
-from data_pipeline.construct.finding_summary import PRESENT, FindingSummary, describe_finding, location_text, summarise_findings
+from data_pipeline.construct.finding_summary import (
+    PRESENT, FindingSummary, describe_finding, location_text, summarise_findings,
+)
 from data_pipeline.construct.stage_input import StageInput
 from data_pipeline.construct.stage_items import Provenance, StageResult, choice_item, cite, qa_item, yes_no_item
 from data_pipeline.construct.stage_questions import Wording, capitalise, caption_hint
@@ -44,8 +46,8 @@ _LOCATION_YES_NO = ("Is the {f} located {at}?", "Is it correct to state that the
 _SEVERITY_CAPTIONS = ("How severe is the {f}?", "What is the severity of the {f}?", "How large is the {f}?")
 _SIZE_CAPTION = "What is the size of the {f}?"
 _TYPE_CAPTIONS = ("What type of {f} is described?", "How would you characterise the {f}?")
-_DESCRIPTION_CAPTIONS = ("What is the complete description of the {f} in the image?", "How would you describe the {f} in this X-ray?",
-                         "Describe the {f} seen on this radiograph.")
+_DESCRIPTION_CAPTIONS = ("What is the complete description of the {f} in the image?",
+                         "How would you describe the {f} in this X-ray?", "Describe the {f} seen on this radiograph.")
 _DETECTION_FORMAT = "in the format <|box|>(x1, y1), (x2, y2)<|/box|>."
 _DETECTION_STEMS = ("Locate this phrase: {c} in the X-ray, output bounding box(s) " + _DETECTION_FORMAT,
                     "Output the area where the {c} is located in the X-ray image, " + _DETECTION_FORMAT,
@@ -84,7 +86,8 @@ def _other_locations(summary: FindingSummary) -> list[str]:
     """The same regions on the other sides (only when the report states a side)."""
     if summary.sides not in [(side,) for side in _SIDES]:
         return []
-    return [location_text(dataclasses.replace(summary, sides=(other,))) for other in _SIDES if (other,) != summary.sides]
+    return [location_text(dataclasses.replace(summary, sides=(other,)))
+            for other in _SIDES if (other,) != summary.sides]
 
 
 def _location_items(wording: Wording, s: FindingSummary, provenance: Provenance) -> list:
@@ -103,8 +106,8 @@ def _location_items(wording: Wording, s: FindingSummary, provenance: Provenance)
                                  provenance, target=target))
         asked = where if wording.chance(0.5) else wording.pick(others)
         detail = "" if asked == where else f"The {s.finding} is located {_at(where)}."
-        items.append(yes_no_item(wording, STAGE, TASK, wording.pick(_LOCATION_YES_NO).format(f=s.finding, at=_at(asked)),
-                                 asked == where, detail, provenance, target))
+        stem = wording.pick(_LOCATION_YES_NO).format(f=s.finding, at=_at(asked))
+        items.append(yes_no_item(wording, STAGE, TASK, stem, asked == where, detail, provenance, target))
     return items
 
 

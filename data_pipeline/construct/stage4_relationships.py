@@ -21,7 +21,8 @@ RELATION_VERBS = {
     "due_to": "is likely due to",
     "consistent_with": "is consistent with",
 }
-_PAIR_QUESTIONS = ("What is the relationship between the {a} and the {b}?", "Examine how the {a} correlates with the {b} in the X-ray image.",
+_PAIR_QUESTIONS = ("What is the relationship between the {a} and the {b}?",
+                   "Examine how the {a} correlates with the {b} in the X-ray image.",
                    "How are the {a} and the {b} related on this radiograph?")
 _SUMMARY_QUESTIONS = ("What are the relationships among the findings in this chest X-ray?",
                       "Assess associations among abnormalities and foreign bodies.",

@@ -82,7 +82,8 @@ def _overview(data: StageInput, changes: list[FindingChange]):
             indices = sorted({i for s in summarise_findings(facts) for i in s.sentences})
             if indices:
                 provenance = cite(facts, indices, study) + provenance
-    return qa_item(STAGE, TASK, "captioning", caption_hint(wording, wording.pick(_OVERVIEW), answer), answer, provenance)
+    question = caption_hint(wording, wording.pick(_OVERVIEW), answer)
+    return qa_item(STAGE, TASK, "captioning", question, answer, provenance)
 
 
 def stage5_items(data: StageInput) -> StageResult:

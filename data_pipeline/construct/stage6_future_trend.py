@@ -67,7 +67,8 @@ def stage6_items(data: StageInput) -> StageResult:
         provenance = functools.reduce(operator.add, provenances)
     else:
         answer, provenance = _fallback(data)
-    items = [qa_item(STAGE, TASK, "captioning", caption_hint(wording, wording.pick(_OVERVIEW), answer), answer, provenance)]
+    question = caption_hint(wording, wording.pick(_OVERVIEW), answer)
+    items = [qa_item(STAGE, TASK, "captioning", question, answer, provenance)]
     for c, cited in zip(changes, provenances):
         answer = _course(c)
         question = wording.pick(_PER_FINDING).format(f=c.finding)

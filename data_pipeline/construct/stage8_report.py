@@ -23,14 +23,16 @@ __all__ = ["report_section", "stage8_items"]
 STAGE = 8
 _QUESTIONS = {
     "ALL": ("Create a detailed report summarizing the X-ray findings and impressions.",
-            "Compose a comprehensive chest X-ray report, ensuring it contains distinct 'Impression:' and 'Findings:' sections.",
+            "Compose a comprehensive chest X-ray report, ensuring it contains distinct 'Impression:' and "
+            "'Findings:' sections.",
             "Prepare a full report based on the X-ray review."),
     "Findings": ("Generate the main findings from the X-ray image.", "What findings would you highlight in the study?",
                  "Can you describe the findings in the X-ray image in detail?", "Findings of this study: ______."),
-    "Impression": ("What is the impression of this study?", "What is the overall clinical takeaway from the chest X-ray?",
-                   "Final impression: ______."),
+    "Impression": ("What is the impression of this study?",
+                   "What is the overall clinical takeaway from the chest X-ray?", "Final impression: ______."),
     "Impression_with_findings": ("Summarize the following Findings: {findings} Write its Impression.",
-                                 "Generate the impressions section of a diagnostic report given the following findings: {findings}"),
+                                 "Generate the impressions section of a diagnostic report given the following "
+                                 "findings: {findings}"),
     "Impression_without_findings": ("How would you diagnose the patient based on the chest X-ray image?",
                                     "What is the concise clinical interpretation of the chest X-ray?"),
 }

@@ -127,7 +127,8 @@ def choice_item(wording: Wording, stage: int, task_type: str, stem: str, options
     number of options. The answer is the correct labelled option, several joined by ", "
     ("B. Cardiomegaly, E. Atelectasis.")."""
     if not correct or any(c not in options for c in correct) or len(set(options)) != len(options):
-        raise ValueError(f"choice item {stem!r}: correct {list(correct)} must be among distinct options {list(options)}")
+        raise ValueError(f"choice item {stem!r}: correct {list(correct)} must be among distinct "
+                         f"options {list(options)}")
     order = wording.shuffled(options) if shuffle else list(options)
     numbered = wording.chance(0.25)
     labelled = [f"{i + 1 if numbered else _LETTERS[i]}. {_period(text)}" for i, text in enumerate(order)]

@@ -32,7 +32,9 @@ from data_pipeline.construct.stage7_advice import stage7_items
 from data_pipeline.construct.stage8_report import stage8_items
 from data_pipeline.construct.stage_input import StageInput
 from data_pipeline.construct.stage_items import StageResult
-from data_pipeline.construct.stage_questions import CURRENT_INTRODUCTIONS, PRIOR_INTRODUCTIONS, introduce_images, wording_for
+from data_pipeline.construct.stage_questions import (
+    CURRENT_INTRODUCTIONS, PRIOR_INTRODUCTIONS, introduce_images, wording_for,
+)
 from data_pipeline.files.cxrtrek_json import DEFAULT_SYSTEM_PROMPT, derive_abs_images, derive_messages
 from data_pipeline.files.images import load_image
 from data_pipeline.schema.records import QAItem, Study, freeze
