@@ -355,7 +355,8 @@ def test_plain_reads_dates_views_and_the_report_as_given(tmp_path):
         "Lungs are clear. No focal consolidation, pleural effusion, or pneumothorax. Heart size is normal. "
         "No acute cardiopulmonary process.\n")
     assert [(i.path, i.view, i.image_id) for i in studies[("P0007", "S0003")].images] == [
-        ("P0007/S0003/image1.png", "PA", "image1"), ("P0007/S0003/image2.png", "LATERAL", "image2")]
+        ("P0007/S0003/image1.png", "PA", "P0007/S0003/image1"),
+        ("P0007/S0003/image2.png", "LATERAL", "P0007/S0003/image2")]
     assert studies[("P0007", "S0003")].origin == f"{fixture.files['input']}:3"  # lines are interleaved
 
 

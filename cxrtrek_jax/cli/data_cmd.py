@@ -12,6 +12,7 @@ _DATA_MODULES: tuple[str, ...] = (
     "cxrtrek_jax.cli.data_validate",
     "cxrtrek_jax.cli.data_tfds",
     "cxrtrek_jax.cli.data_phantom",
+    "cxrtrek_jax.cli.data_construct",
 )
 
 

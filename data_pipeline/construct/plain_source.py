@@ -9,7 +9,8 @@ and time without a UTC offset ("2021-03-04", "2021-03-04T09:15:00", "2021-03-04 
 order key is (date, time), the time "" for a bare date (so a bare date sorts before any time of
 the same day); without it the study has no order key. report: the whole text, headers included.
 images: at least one, each with `path` (relative to the image root) and an optional `view` (PA,
-AP, LATERAL, LL, ...). split: optional ("train", "validation"/"valid", "test"), an addition to the
+AP, LATERAL, LL, ...); an image's id (what a `--boxes` CSV's `image_id` names) is its path without
+the suffix ("P0007/S0003/frontal"), unique under the root where a bare file name need not be. split: optional ("train", "validation"/"valid", "test"), an addition to the
 issue's format for exports that carry their own split. Any other key is refused by name, so a
 misspelt field is not lost. Blank lines are skipped.
 
@@ -74,7 +75,7 @@ def _images(value: object, image_root: ImageRoot, origin: str) -> tuple[SourceIm
             raise SourceError(origin, f"{field}.view", f"must be a string, got {view!r}")
         path = image_root.existing(item.get("path"), origin, f"{field}.path")
         images.append(SourceImage(path=path, view=normalise_view(view, origin, f"{field}.view"),
-                                  image_id=PurePosixPath(path).stem))
+                                  image_id=str(PurePosixPath(path).with_suffix(""))))
     return tuple(images)
 
 
