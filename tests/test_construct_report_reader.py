@@ -226,6 +226,8 @@ def test_report_without_headers_is_all_findings():
          ["examination", "technique", "comparison", "recommendation"]),
         ("INDICATION: eval.\n\nHeart size is normal.\n\nIMPRESSION: Normal.", ["indication", "findings", "impression"]),
         ("CHEST (PA AND LAT)\n\nFINDINGS: No effusion.", ["examination", "findings"]),
+        (" UNDERLYING MEDICAL CONDITION:\n  ___ year old man\n REASON FOR THIS EXAMINATION:\n  eval ptx\n"
+         " ______\n FINAL REPORT\n FINDINGS: No ptx.\n FINAL ADDENDUM: Clips noted.", ["indication", "findings", "addendum"]),
         ("The heart size is normal: findings are stable. Impression: stable.", ["findings", "impression"]),
         ("The heart size is normal. Findings are stable: no change.", ["findings"]),
     ],

@@ -10,9 +10,9 @@ before it only ("left PICC terminates in the right atrium" is a left PICC).
 Change words reach findings as the labeller's cues do (pre words forward over a list, post words
 backward; the labeller's scope terminators stop them, "which" excepted: "effusion, which has
 increased", and so do "with", relation and hypothetical phrases: "increased effusion with adjacent
-atelectasis" says nothing of the atelectasis' change); a change word inside a finding's gap phrase ("the heart remains enlarged") is that
-finding's. The nearest reaching word wins; an absent finding keeps only "resolved", a present or
-uncertain one never takes it.
+atelectasis" says nothing of the atelectasis' change); a change word inside a finding's gap phrase
+("the heart remains enlarged") is that finding's. The nearest reaching word wins; an absent finding
+keeps only "resolved", a present or uncertain one never takes it.
 
 A finding reached by a hypothetical phrase (`context.json` "hypothetical": "requires", "recommend",
 "to document", ...; forward, with the labeller's scope rules) is asked for or to be checked, not

@@ -3,7 +3,8 @@
 A relation phrase (`context.json` "relations") links the finding just before it (its source) to
 the findings it reaches after it, as a labeller pre cue reaches a list ("opacities, which may
 represent atelectasis or pneumonia": two relations). Neither end may be absent or hypothetical
-(`report_mentions.hypothetical`), and a finding is never linked to itself ("the heart is enlarged, consistent with cardiomegaly").
+(`report_mentions.hypothetical`), and a finding is never linked to itself ("the heart is enlarged,
+consistent with cardiomegaly").
 """
 
 from __future__ import annotations
@@ -30,7 +31,9 @@ def sentence_relations(scanner: SentenceScanner, scan: SentenceScan, index: int)
             continue
         for target in sorted(scanner.reach(scan, cue, True, scan.cues)):
             name, origin = scan.spans[target].kind, scan.spans[source].kind
-            if scan.statuses[target] == ABSENT or name.startswith(NORMAL_PREFIX) or name == origin or target in unstated:
+            if scan.statuses[target] == ABSENT or name.startswith(NORMAL_PREFIX) or name == origin:
+                continue
+            if target in unstated:
                 continue
             relation = FindingRelation(kinds[0], origin, name, index)
             if relation not in relations:

@@ -125,4 +125,5 @@ class SentenceScanner:
         spans = [Span(s.start, s.end, s.kind) for s in found if s.kind != "ignore"]
         cues = [Span(c.start, c.end, c.kind) for c in all_cues if not covered.intersection(range(c.start, c.end))]
         context = tuple(Span(s.start, s.end, s.kind) for s in self._context.find(words, blocked=_GAP_BLOCKERS))
-        return SentenceScan(text, tokens, offsets, tuple(spans), self._statuses(words, spans, cues), tuple(cues), context)
+        statuses = self._statuses(words, spans, cues)
+        return SentenceScan(text, tokens, offsets, tuple(spans), statuses, tuple(cues), context)

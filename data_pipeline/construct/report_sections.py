@@ -35,7 +35,9 @@ def header_pattern(rules: ReaderRules) -> re.Pattern:
     """A regex finding candidate headers (groups: name, colon); `_is_header` checks case and place."""
     names = sorted(set(rules.headers) | set(rules.report_start), key=len, reverse=True)
     alternation = "|".join(re.escape(n).replace(r"\ ", r"[ \t]+") for n in names)
-    return re.compile(rf"(?:^|(?<=[.!?]))[ \t]*(?P<name>{alternation})[ \t]*(?P<colon>:|$)", re.IGNORECASE | re.MULTILINE)
+    return re.compile(
+        rf"(?:^|(?<=[.!?]))[ \t]*(?P<name>{alternation})[ \t]*(?P<colon>:|$)", re.IGNORECASE | re.MULTILINE
+    )
 
 
 def _is_header(text: str, match: re.Match) -> bool:

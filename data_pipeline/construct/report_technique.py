@@ -37,7 +37,9 @@ def _roles_of(scan: SentenceScan) -> list[tuple[Span, str, str]]:
     return found
 
 
-def _views(found: list[tuple[Span, str, str]], scan: SentenceScan, comparison: frozenset[str]) -> list[tuple[str, bool]]:
+def _views(
+    found: list[tuple[Span, str, str]], scan: SentenceScan, comparison: frozenset[str]
+) -> list[tuple[str, bool]]:
     """(view, stated outright) of the sentence, before any comparison word; portable/supine imply AP."""
     stop = next((j for j, token in enumerate(scan.tokens) if token in comparison), len(scan.tokens))
     views = []
