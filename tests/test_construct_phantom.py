@@ -1,7 +1,7 @@
 """The phantom check of `construct`: the phantom writes its studies as a hospital would export them
-(reports and radiographs in the plain source layout, the truth beside them); construction reads
-them back with the report reader and the stage generators, and what comes out must agree with the
-truth the phantom drew:
+(reports and radiographs in the plain source layout, the truth beside them); `cxrtrek data
+construct --source plain` reads them back (report reader, timeline, stage generators), and what
+comes out must agree with the truth the phantom drew:
 
   - stage-2 presence answers agree with the truth at F1 >= 0.95 for every phantom finding;
   - the view (stage 1) is the metadata's, for every study;
@@ -19,11 +19,9 @@ import json
 
 import pytest
 
-from data_pipeline.construct.plain_source import PlainSource
-from data_pipeline.construct.report_reader import read_report
-from data_pipeline.construct.study_assembly import assemble_study, stage_input_for
-from data_pipeline.construct.timeline import study_timeline
-from data_pipeline.files.cxrtrek_json import add_released_fields, write_studies
+from cxrtrek_jax.cli import main
+from data_pipeline.construct.construct_run import shard_paths
+from data_pipeline.files.cxrtrek_json import read_studies
 from data_pipeline.files.validation import validate_file
 from data_pipeline.phantom import KINDS, PLAIN_TRUTH_FILENAME, PhantomConfig, write_plain_source
 
@@ -50,13 +48,11 @@ def built(tmp_path_factory):
     truth = {row["study_id"]: row for row in map(json.loads, (root / PLAIN_TRUTH_FILENAME).read_text().splitlines())}
     for row in map(json.loads, studies_path.read_text().splitlines()):
         truth[row["study_id"]]["report"] = row["report"]
-    source = PlainSource(studies_path, root)
-    studies = {}
-    for timeline in study_timeline(source):
-        study = assemble_study(stage_input_for(timeline, read_report)).study
-        studies[study.study_id] = add_released_fields(study, root)
-    out = root / "constructed.json"
-    write_studies(out, studies.values(), form="released")
+    out_dir = root / "constructed"
+    assert main(["data", "construct", "--source", "plain", "--input", str(studies_path), "--image-root", str(root),
+                 "--out", str(out_dir), "--no-progress"]) == 0
+    (out,) = shard_paths(out_dir)
+    studies = {study.study_id: study for study in read_studies(out)}
     return truth, studies, out, root
 
 
