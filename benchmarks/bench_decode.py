@@ -56,7 +56,7 @@ from flax import nnx
 from transformers import LlavaForConditionalGeneration
 
 from benchmarks import common
-from cxrtrek_jax.hf import llava as hf_llava
+from cxrtrek_jax.hf import conversion as hf_conversion
 from cxrtrek_jax.decoding import GREEDY, ChainStudy, DecodeSpec, StepwiseDecoder, Turn, fixed_plan, run_chain
 from cxrtrek_jax.decoding.chain import ChatTokens, stack_images
 from cxrtrek_jax.model import CXRTrekNet, get_config, override
@@ -145,8 +145,9 @@ class World:
         self.graphdef, self.params = nnx.split(self.model)
         self.export_dir = tempfile.mkdtemp(prefix="bench_decode_")
         tok = self.tokenizer
-        hf_llava.save_hf_checkpoint(nnx.state(self.model, nnx.Param), self.config, self.export_dir,
-                                    bos_token_id=tok.bos_id, eos_token_id=tok.end_of_turn_id, pad_token_id=tok.pad_id)
+        hf_conversion.save_hf_checkpoint(nnx.state(self.model, nnx.Param), self.config, self.export_dir,
+                                         bos_token_id=tok.bos_id, eos_token_id=tok.end_of_turn_id,
+                                         pad_token_id=tok.pad_id)
         self.torch_model = LlavaForConditionalGeneration.from_pretrained(self.export_dir).eval()
         self.suppress = [tok.image_id, tok.bos_id, tok.pad_id, *range(tok.vocab_size, self.config.vocab_size)]
 

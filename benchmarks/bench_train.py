@@ -8,7 +8,7 @@ no padding), fp32, AdamW with global-norm clipping and weight decay on matrices.
 the project's jitted train step (`cxrtrek_jax.train.step`, donated state, one device); the
 PyTorch side is what a PyTorch user writes: forward, masked token cross-entropy, backward,
 `clip_grad_norm_`, `AdamW(foreach=True)`. The weights are the JAX initial parameters exported
-with `cxrtrek_jax.hf.llava` and loaded by `from_pretrained` from a temporary directory, and the
+with `cxrtrek_jax.hf.conversion` and loaded by `from_pretrained` from a temporary directory, and the
 first-step losses of both sides are printed as the parity check.
 
 Each side (the JAX step, every XLA-option variant, torch eager, torch.compile) runs in a spawned
@@ -438,9 +438,9 @@ def parse_variant(text: str) -> tuple[str, tuple[tuple[str, str], ...]]:
 
 
 def _save_torch_checkpoint(params, model_config, directory: str) -> None:
-    from cxrtrek_jax.hf import llava as hf_llava
+    from cxrtrek_jax.hf import conversion as hf_conversion
 
-    hf_llava.save_hf_checkpoint(params, model_config, directory)
+    hf_conversion.save_hf_checkpoint(params, model_config, directory)
 
 
 def _start_side(kind: str, bench: TrainBenchConfig, options: tuple[tuple[str, str], ...] = (),

@@ -77,10 +77,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     from flax import nnx
 
-    from cxrtrek_jax.decoding.model_loading import load_decoding_model
+    from cxrtrek_jax.decoding.model_loading import load_checkpoint_model
     from cxrtrek_jax.model import CXRTrekNet
 
-    loaded = load_decoding_model(args.checkpoint)
+    loaded = load_checkpoint_model(args.checkpoint)
     images, views, splits = _first_images(Path(args.data), loaded.config.vision.image_size, args.max_studies)
     trained = _encode(nnx.merge(loaded.graphdef, loaded.state), images)
     fresh = _encode(CXRTrekNet(loaded.config, rngs=nnx.Rngs(0)), images)

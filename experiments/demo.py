@@ -121,21 +121,22 @@ def _pytorch_check(export_dir: Path, ckpt: Path, data_json: Path, count: int, ne
 
     import torch
     from PIL import Image
-    from transformers import AutoProcessor, LlavaForConditionalGeneration
+    from transformers import AutoProcessor
 
     from cxrtrek_jax.decoding import ChainStudy, DecodeSpec, StepwiseDecoder, fixed_plan, run_chain, study_turns
-    from cxrtrek_jax.decoding.model_loading import load_decoding_model
+    from cxrtrek_jax.decoding.model_loading import load_checkpoint_model
+    from cxrtrek_jax.hf import load_torch_model
     from cxrtrek_jax.evaluation.runs.model_eval import EvalData, iter_eval_studies
     from data_pipeline.text.sequences import system_prompt_of
     from data_pipeline.text.tokenizer import load_tokenizer
 
-    loaded = load_decoding_model(ckpt)
-    tokenizer = load_tokenizer(loaded.tokenizer_path)
+    loaded = load_checkpoint_model(ckpt)
+    tokenizer = load_tokenizer(loaded.tokenizer_dir)
     cfg = loaded.config
     decoder = StepwiseDecoder(loaded.graphdef, cfg, DecodeSpec.for_model(
         cfg, tokenizer, cache_length=cfg.text.max_positions, max_answer_tokens=new_tokens))
     processor = AutoProcessor.from_pretrained(str(export_dir))
-    hf_model = LlavaForConditionalGeneration.from_pretrained(str(export_dir)).eval()
+    hf_model = load_torch_model(export_dir)  # the class of its family: LLaVA or Gemma 3
     rows = []
     for study, images in iter_eval_studies(EvalData(data_json, split="test", max_studies=count),
                                            cfg.vision.image_size):

@@ -7,7 +7,7 @@ import torch
 from flax import nnx
 from transformers import LlavaForConditionalGeneration
 
-from cxrtrek_jax.hf import llava as hf_llava
+from cxrtrek_jax.hf import conversion as hf_conversion
 from cxrtrek_jax.decoding import (
     ChainStudy,
     DecodeSpec,
@@ -93,8 +93,8 @@ def test_results_are_prediction_records(world):
 
 def test_jax_chain_matches_exported_pytorch_llava(world, tmp_path):
     tokenizer, config, model = world["tokenizer"], world["config"], world["model"]
-    hf_llava.save_hf_checkpoint(nnx.state(model, nnx.Param), config, str(tmp_path), bos_token_id=tokenizer.bos_id,
-                                eos_token_id=tokenizer.end_of_turn_id, pad_token_id=tokenizer.pad_id)
+    hf_conversion.save_hf_checkpoint(nnx.state(model, nnx.Param), config, str(tmp_path), bos_token_id=tokenizer.bos_id,
+                                     eos_token_id=tokenizer.end_of_turn_id, pad_token_id=tokenizer.pad_id)
     torch_model = LlavaForConditionalGeneration.from_pretrained(str(tmp_path)).eval()
     studies = []
     for study in world["studies"]:  # the first image only, introduced in front of the first question

@@ -14,8 +14,10 @@ import torch
 from flax import nnx
 from transformers import Gemma3Config, Gemma3ForConditionalGeneration, Gemma3TextConfig, SiglipVisionConfig
 
-from cxrtrek_jax.hf import gemma3 as hf_gemma3
-from cxrtrek_jax.hf import llava as hf_llava
+from cxrtrek_jax.hf import conversion as hf_conversion
+from cxrtrek_jax.hf import errors as hf_errors
+from cxrtrek_jax.hf import gemma3_family
+from cxrtrek_jax.hf.tensor_specs import CONDITIONAL_GENERATION_LAYOUT
 from cxrtrek_jax.model import CXRTrekNet, LoraConfig, get_config
 
 IMAGE_SIZE, PATCH, TOKENS_PER_IMAGE = 32, 4, 16  # an 8x8 patch grid pooled 2x2 to 4x4 tokens
@@ -52,8 +54,8 @@ def tiny_gemma3(seed=0, **kwargs):
 @pytest.fixture(scope="module")
 def pair():
     hf_model = tiny_gemma3()
-    cfg = hf_gemma3.from_hf_config(hf_model.config, max_images=2)
-    state = hf_llava.from_hf_tensors({k: v.numpy() for k, v in hf_model.state_dict().items()}, cfg)
+    cfg = gemma3_family.from_hf_config(hf_model.config, max_images=2)
+    state = hf_conversion.from_hf_tensors({k: v.numpy() for k, v in hf_model.state_dict().items()}, cfg)
     model = nnx.eval_shape(lambda: CXRTrekNet(cfg, rngs=nnx.Rngs(0)))
     nnx.update(model, state)
     return hf_model, cfg, model
@@ -137,9 +139,9 @@ def test_lora_and_jit_work_on_the_gemma3_family(pair):
 
 def test_tensor_round_trip_is_exact(pair):
     hf_model, cfg, model = pair
-    tensors = hf_llava.to_hf_tensors(nnx.state(model, nnx.Param), cfg)
+    tensors = hf_conversion.to_hf_tensors(nnx.state(model, nnx.Param), cfg)
     state = {k: v.numpy() for k, v in hf_model.state_dict().items()}
-    canonical = {hf_llava._canonical_name(k): v for k, v in state.items() if k != "lm_head.weight"}
+    canonical = {CONDITIONAL_GENERATION_LAYOUT.canonical_name(k): v for k, v in state.items() if k != "lm_head.weight"}
     assert tensors.keys() == canonical.keys()
     for name, value in tensors.items():
         np.testing.assert_array_equal(value, canonical[name], err_msg=name)
@@ -152,8 +154,8 @@ def test_tensor_round_trip_is_exact(pair):
 ])
 def test_unsupported_configs_are_refused_by_name(field, value, match):
     config = tiny_gemma3_config(**{field: value})
-    with pytest.raises(hf_llava.HFConfigError, match=match):
-        hf_gemma3.from_hf_config(config)
+    with pytest.raises(hf_errors.HFConfigError, match=match):
+        gemma3_family.from_hf_config(config)
 
 
 def test_gemma_fields_on_a_llama_decoder_are_refused():
@@ -168,15 +170,16 @@ def test_medgemma_preset_has_the_shapes_of_transformers_gemma3():
     """`medgemma-4b` exported as a Gemma3Config builds (on the meta device) a PyTorch model whose every
     tensor our mapping names with the same shape; ~4.3 B parameters like MedGemma 4B."""
     cfg = get_config("medgemma-4b")
-    hf_config = hf_gemma3.to_hf_config(cfg, boi_token_id=255_999, eoi_token_id=256_000)
+    hf_config = gemma3_family.to_hf_config(cfg, boi_token_id=255_999, eoi_token_id=256_000)
     text = hf_config.text_config
     assert text.layer_types.count("full_attention") == 5 and text.layer_types[5] == "full_attention"
-    assert dataclasses.replace(hf_gemma3.from_hf_config(hf_config, max_images=4, dtype="bfloat16"), remat=True) == cfg
+    back = gemma3_family.from_hf_config(hf_config, max_images=4, dtype="bfloat16")
+    assert dataclasses.replace(back, remat=True) == cfg
     with torch.device("meta"):
         model = Gemma3ForConditionalGeneration(hf_config)
-    theirs = {hf_llava._canonical_name(k): tuple(v.shape) for k, v in model.state_dict().items()
+    theirs = {CONDITIONAL_GENERATION_LAYOUT.canonical_name(k): tuple(v.shape) for k, v in model.state_dict().items()
               if k != "lm_head.weight"}
-    ours = {spec.hf_name: spec.hf_shape for spec in hf_llava.hf_tensor_specs(cfg)}
+    ours = {spec.hf_name: spec.hf_shape for spec in hf_conversion.hf_tensor_specs(cfg)}
     assert ours == theirs
     abstract = nnx.eval_shape(lambda: CXRTrekNet(cfg, rngs=nnx.Rngs(0)))
     count = sum(x.size for x in jax.tree.leaves(nnx.state(abstract, nnx.Param)))
@@ -214,8 +217,8 @@ def test_lora_merged_export_and_peft_adapter_match_pytorch(pair, tmp_path):
     tokens, images = _inputs(np.random.default_rng(6))
     ours = np.asarray(model(jnp.asarray(tokens), jnp.asarray(images[None]))[0])
     merge_lora(model)
-    hf_gemma3.save_hf_checkpoint(nnx.state(model, nnx.Param), dataclasses.replace(lora_cfg, lora=None), str(tmp_path),
-                                 boi_token_id=BOI, eoi_token_id=EOI)
+    hf_conversion.save_hf_checkpoint(nnx.state(model, nnx.Param), dataclasses.replace(lora_cfg, lora=None),
+                                     str(tmp_path), boi_token_id=BOI, eoi_token_id=EOI)
     merged = Gemma3ForConditionalGeneration.from_pretrained(str(tmp_path), attn_implementation="eager").eval()
     # x @ (W + s A B) against x @ W + s (x @ A) @ B: the same function, rounded in another order.
     np.testing.assert_allclose(ours, _torch_logits(merged, tokens, images), atol=5e-5, rtol=0)

@@ -17,11 +17,12 @@ from transformers import AutoProcessor, AutoTokenizer, LlavaForConditionalGenera
 
 from cxrtrek_jax.train import checkpointing
 from cxrtrek_jax.hf import exporter as hf_export
+from cxrtrek_jax.hf import llava_family
 from cxrtrek_jax.train import optimizer as opt
 from cxrtrek_jax.train import sharding as sh
 from cxrtrek_jax.train import step as ts
 from cxrtrek_jax.cli import main
-from cxrtrek_jax.decoding.model_loading import load_decoding_model, split_for_decoding
+from cxrtrek_jax.decoding.model_loading import load_checkpoint_model, split_for_decoding
 from cxrtrek_jax.model import CXRTrekNet, LoraConfig, get_config, override, to_dict
 from data_pipeline.text.chat_template import render
 from data_pipeline.files.cxrtrek_json import read_studies
@@ -164,7 +165,7 @@ def _jax_greedy(model, prompt, images, cfg, *, suppress, stop, steps):
 
 def test_transformers_answers_with_the_same_tokens(trained, exported):
     ckpt, root, studies, tokenizer, _ = trained
-    loaded = load_decoding_model(ckpt)
+    loaded = load_checkpoint_model(ckpt)
     model = nnx.merge(loaded.graphdef, loaded.state)
     cfg = loaded.config
     study = studies[0]
@@ -265,7 +266,7 @@ def test_image_processor_reproduces_our_preprocessing(tmp_path, pixel_mean, pixe
     from transformers.models.janus.image_processing_pil_janus import JanusImageProcessorPil
 
     vision = dataclasses.replace(get_config("tiny").vision, pixel_mean=pixel_mean, pixel_std=pixel_std)
-    processor = JanusImageProcessorPil(**hf_export.image_processor_options(vision))
+    processor = JanusImageProcessorPil(**llava_family.image_processor_options(vision))
     rng = np.random.default_rng(0)
     size = vision.image_size
     for h, w in [(size, size), (100, 300), (301, 97), (64, 48), (33, 31), (512, 512)]:
@@ -291,7 +292,7 @@ def test_image_processor_reproduces_our_preprocessing(tmp_path, pixel_mean, pixe
 def lora_checkpoint(trained, tmp_path_factory):
     """A LoRA checkpoint (random non-zero adapters on the tiny model) sharing the trained tokenizer."""
     ckpt, _, _, tokenizer, _ = trained
-    base_cfg = load_decoding_model(ckpt).config
+    base_cfg = load_checkpoint_model(ckpt).config
     cfg = dataclasses.replace(base_cfg, lora=LoraConfig(targets=r"text\.layers\.\d+\.(attn\.[qo]_proj|mlp\.down_proj)"
                                                         r"|projector\.linear_1", rank=4, alpha=8.0))
     abstract = nnx.to_pure_dict(nnx.state(nnx.eval_shape(lambda: CXRTrekNet(cfg, rngs=nnx.Rngs(0))), nnx.Param))

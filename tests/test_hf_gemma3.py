@@ -14,7 +14,7 @@ from transformers import AutoProcessor, AutoTokenizer, Gemma3ForConditionalGener
 
 from cxrtrek_jax.cli import main
 from cxrtrek_jax.decoding import ChainStudy, DecodeSpec, StepwiseDecoder, Turn, fixed_plan, run_chain, study_turns
-from cxrtrek_jax.decoding.model_loading import load_decoding_model
+from cxrtrek_jax.decoding.model_loading import load_checkpoint_model
 from cxrtrek_jax.model import CXRTrekNet
 from cxrtrek_jax.train import checkpointing
 from cxrtrek_jax.train import optimizer as opt
@@ -80,7 +80,7 @@ def test_import_train_chain_export_and_pytorch_answers_equal(world, tmp_path, ca
     fmt = tokenizer.format
     assert (fmt.end_of_turn, fmt.assistant_prefix) == ("<end_of_turn>", "<start_of_turn>model\n")
     assert (fmt.image_open, fmt.image_close) == ("\n\n<start_of_image>", "<end_of_image>\n\n")
-    cfg = load_decoding_model(imported).config
+    cfg = load_checkpoint_model(imported).config
     assert cfg.text.family == "gemma3" and cfg.tokens_per_image == 16
 
     # A few training steps from the imported weights.
@@ -118,7 +118,7 @@ def test_import_train_chain_export_and_pytorch_answers_equal(world, tmp_path, ca
                                    tokenizer_path="tokenizer")
 
     # The staged chain on the trained weights: the first image introduced with the first question.
-    loaded = load_decoding_model(trained)
+    loaded = load_checkpoint_model(trained)
     spec = DecodeSpec.for_model(cfg, tokenizer, cache_length=512, max_answer_tokens=BUDGET, max_turns=8)
     decoder = StepwiseDecoder(loaded.graphdef, cfg, spec)
     chain_studies = []

@@ -17,7 +17,7 @@ from cxrtrek_jax.train import checkpointing
 from cxrtrek_jax.hf import importer as hf_import
 from cxrtrek_jax.train import sharding as sh
 from cxrtrek_jax.cli import main
-from cxrtrek_jax.decoding.model_loading import load_decoding_model
+from cxrtrek_jax.decoding.model_loading import load_checkpoint_model
 from data_pipeline.text.chat_template import CHAT_FORMAT_FILE, ChatFormat
 from data_pipeline.text.tokenizer import load_tokenizer, train_tokenizer
 
@@ -84,10 +84,10 @@ def _state_dict(model):
 
 def test_decoding_loads_the_import_and_matches_pytorch(hf_dir, imported):
     _, hf_model, tokenizer = hf_dir
-    loaded = load_decoding_model(imported)
+    loaded = load_checkpoint_model(imported)
     assert loaded.config.max_images == 2 and loaded.config.image_token_id == tokenizer.image_id
-    assert loaded.tokenizer_path == imported / "tokenizer"
-    assert load_tokenizer(loaded.tokenizer_path).format == CHATML
+    assert loaded.tokenizer_dir == imported / "tokenizer"
+    assert load_tokenizer(loaded.tokenizer_dir).format == CHATML
     model = nnx.merge(loaded.graphdef, loaded.state)
     rng = np.random.default_rng(0)
     tokens = rng.integers(0, tokenizer.image_id, (1, 30)).astype(np.int32)
@@ -143,7 +143,7 @@ def test_sharded_export_writes_an_index_and_reloads(hf_dir, imported, tmp_path):
         assert torch.equal(original[name], tensor), name
     # A sharded directory imports too.
     assert main(["import-hf", str(out), "--out", str(tmp_path / "from_shards")]) == 0
-    assert load_decoding_model(tmp_path / "from_shards").config.text == load_decoding_model(imported).config.text
+    assert load_checkpoint_model(tmp_path / "from_shards").config.text == load_checkpoint_model(imported).config.text
 
 
 # ---------------------------------------------------------------------------

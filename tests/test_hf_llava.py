@@ -12,7 +12,9 @@ import torch
 from flax import nnx
 from transformers import LlamaConfig, LlavaConfig, LlavaForConditionalGeneration, SiglipVisionConfig
 
-from cxrtrek_jax.hf import llava as hf_llava
+from cxrtrek_jax.hf import conversion as hf_conversion
+from cxrtrek_jax.hf import errors as hf_errors
+from cxrtrek_jax.hf import llava_family, safetensors_dir
 from cxrtrek_jax.model import CXRTrekNet, get_config, override
 
 IMAGE_SIZE, PATCH = 32, 8
@@ -78,12 +80,13 @@ def jax_forward(model, tokens, images, image_mask, segment_ids):
 
 
 def jax_model_from_hf(hf_model, *, max_images=2):
-    cfg = hf_llava.from_hf_config(hf_model.config, max_images=max_images)
+    cfg = llava_family.from_hf_config(hf_model.config, max_images=max_images)
     tensors = {name: t.detach().numpy() for name, t in hf_model.state_dict().items()}
     if cfg.text.tie_embeddings:
         del tensors["lm_head.weight"]  # state_dict lists the tied table twice
     model = nnx.eval_shape(lambda: CXRTrekNet(cfg, rngs=nnx.Rngs(0)))
-    nnx.update(model, hf_llava.from_hf_tensors(tensors, cfg, vision_head=hf_model.config.vision_config.vision_use_head))
+    vision_head = hf_model.config.vision_config.vision_use_head
+    nnx.update(model, hf_conversion.from_hf_tensors(tensors, cfg, vision_head=vision_head))
     return model
 
 
@@ -106,7 +109,7 @@ def test_import_parity_gqa_untied_two_and_one_images():
 def test_import_parity_from_save_pretrained_directory_tied(tmp_path):
     hf_model = hf_llava_model(heads=4, kv_heads=1, head_dim=14, tied=True, seed=1)
     hf_model.save_pretrained(str(tmp_path))
-    cfg, state = hf_llava.load_hf_checkpoint(str(tmp_path), max_images=2)
+    cfg, state = hf_conversion.load_hf_checkpoint(str(tmp_path), max_images=2)
     assert cfg.text.tie_embeddings and cfg.vision.feature_final_norm
     model = nnx.eval_shape(lambda: CXRTrekNet(cfg, rngs=nnx.Rngs(0)))
     nnx.update(model, state)
@@ -141,7 +144,7 @@ def exported(tmp_path_factory):
     cfg = export_config(tied=True)
     model = CXRTrekNet(cfg, rngs=nnx.Rngs(3))
     directory = str(tmp_path_factory.mktemp("export"))
-    files = hf_llava.save_hf_checkpoint(model, cfg, directory, eos_token_id=None, bos_token_id=None)
+    files = hf_conversion.save_hf_checkpoint(model, cfg, directory, eos_token_id=None, bos_token_id=None)
     hf_model, info = LlavaForConditionalGeneration.from_pretrained(directory, output_loading_info=True)
     return model, hf_model.eval(), info, files
 
@@ -189,12 +192,12 @@ def test_export_greedy_generation_matches(exported):
 def test_export_import_round_trip_untied_sharded_bf16(tmp_path):
     cfg = export_config(tied=False)
     model = CXRTrekNet(cfg, rngs=nnx.Rngs(5))
-    files = hf_llava.save_hf_checkpoint(model, cfg, str(tmp_path), dtype="bfloat16", max_shard_bytes=60_000)
-    assert hf_llava.SAFETENSORS_INDEX_FILE in files and len(files) > 3
+    files = hf_conversion.save_hf_checkpoint(model, cfg, str(tmp_path), dtype="bfloat16", max_shard_bytes=60_000)
+    assert safetensors_dir.SAFETENSORS_INDEX_FILE in files and len(files) > 3
     hf_model, info = LlavaForConditionalGeneration.from_pretrained(str(tmp_path), output_loading_info=True)
     assert not any(info.values()), info
     inputs = batch_inputs((2, 1))
-    new_cfg, state = hf_llava.load_hf_checkpoint(str(tmp_path), max_images=2)
+    new_cfg, state = hf_conversion.load_hf_checkpoint(str(tmp_path), max_images=2)
     reloaded = nnx.eval_shape(lambda: CXRTrekNet(new_cfg, rngs=nnx.Rngs(0)))
     nnx.update(reloaded, state)
     ours = jax_forward(reloaded, inputs["tokens"], inputs["images"], inputs["image_mask"], inputs["segment_ids"])
@@ -209,20 +212,20 @@ def test_export_import_round_trip_untied_sharded_bf16(tmp_path):
 def test_config_round_trip_through_hf():
     cfg = override(get_config("tiny"), {"text.tie_embeddings": True, "vision.feature_layer": -2,
                                         "vision.feature_final_norm": False, "projector.use_bias": False})
-    hf = hf_llava.to_hf_config(cfg)
+    hf = llava_family.to_hf_config(cfg)
     assert hf.vision_config.vision_use_head is False
     assert hf.vision_feature_select_strategy == "full"
-    back = hf_llava.from_hf_config(hf, max_images=cfg.max_images)
+    back = llava_family.from_hf_config(hf, max_images=cfg.max_images)
     assert back == cfg
-    assert hf_llava.from_hf_config(json.loads(hf.to_json_string()), max_images=cfg.max_images) == cfg
+    assert llava_family.from_hf_config(json.loads(hf.to_json_string()), max_images=cfg.max_images) == cfg
 
 
 def test_preset_7b_maps_to_hf_config():
     cfg = get_config("cxrtreknet-7b")
-    hf = hf_llava.to_hf_config(cfg)
+    hf = llava_family.to_hf_config(cfg)
     assert hf.image_seq_length == 729
     assert hf.text_config.num_key_value_heads == 8
-    assert hf_llava.from_hf_config(hf, max_images=4, dtype="bfloat16") == dataclasses.replace(cfg, remat=False)
+    assert llava_family.from_hf_config(hf, max_images=4, dtype="bfloat16") == dataclasses.replace(cfg, remat=False)
 
 
 @pytest.mark.parametrize("field, value, message", [
@@ -235,21 +238,21 @@ def test_preset_7b_maps_to_hf_config():
     ("text_config.hidden_act", "gelu", "text_config.hidden_act"),
 ])
 def test_from_hf_config_refuses_unrepresentable(field, value, message):
-    hf = json.loads(hf_llava.to_hf_config(get_config("tiny")).to_json_string())
+    hf = json.loads(llava_family.to_hf_config(get_config("tiny")).to_json_string())
     node = hf
     *parents, leaf = field.split(".")
     for key in parents:
         node = node[key]
     node[leaf] = value
-    with pytest.raises(hf_llava.HFConfigError, match=message):
-        hf_llava.from_hf_config(hf)
+    with pytest.raises(hf_errors.HFConfigError, match=message):
+        llava_family.from_hf_config(hf)
 
 
 def test_from_hf_config_refuses_clip_tower():
-    hf = json.loads(hf_llava.to_hf_config(get_config("tiny")).to_json_string())
+    hf = json.loads(llava_family.to_hf_config(get_config("tiny")).to_json_string())
     hf["vision_config"] = {"model_type": "clip_vision_model"}
-    with pytest.raises(hf_llava.HFConfigError, match="vision_config.model_type"):
-        hf_llava.from_hf_config(hf)
+    with pytest.raises(hf_errors.HFConfigError, match="vision_config.model_type"):
+        llava_family.from_hf_config(hf)
 
 
 # ---------------------------------------------------------------------------
@@ -260,14 +263,14 @@ def test_from_hf_config_refuses_clip_tower():
 def tiny_tensors():
     cfg = get_config("tiny")
     model = CXRTrekNet(cfg, rngs=nnx.Rngs(1))
-    return cfg, model, hf_llava.to_hf_tensors(model, cfg)
+    return cfg, model, hf_conversion.to_hf_tensors(model, cfg)
 
 
 def test_tensor_round_trip_is_exact(tiny_tensors):
     cfg, model, tensors = tiny_tensors
     assert tensors["vision_tower.embeddings.patch_embedding.weight"].shape == (32, 3, 8, 8)
     assert tensors["language_model.model.layers.0.self_attn.k_proj.weight"].shape == (2 * 16, 64)
-    state = hf_llava.from_hf_tensors(tensors, cfg)
+    state = hf_conversion.from_hf_tensors(tensors, cfg)
     ours = nnx.to_pure_dict(nnx.state(model, nnx.Param))
     jax.tree.map(np.testing.assert_array_equal, nnx.to_pure_dict(state), ours)
 
@@ -279,8 +282,8 @@ def test_from_hf_tensors_lists_every_problem(tiny_tensors):
     broken["language_model.model.layers.9.mlp.up_proj.weight"] = np.zeros((128, 64), np.float32)
     broken["multi_modal_projector.linear_1.weight"] = np.zeros((64, 31), np.float32)
     broken["vision_tower.post_layernorm.bias"] = np.zeros((32,), np.int32)
-    with pytest.raises(hf_llava.HFCheckpointError) as err:
-        hf_llava.from_hf_tensors(broken, cfg)
+    with pytest.raises(hf_errors.HFCheckpointError) as err:
+        hf_conversion.from_hf_tensors(broken, cfg)
     message = str(err.value)
     assert "missing: ['language_model.model.norm.weight']" in message
     assert "unexpected: ['language_model.model.layers.9.mlp.up_proj.weight']" in message
@@ -295,7 +298,7 @@ def test_from_hf_tensors_accepts_in_memory_names_and_bf16(tiny_tensors):
         name = name.replace("language_model.model.", "model.language_model.").replace("language_model.lm_head", "lm_head")
         name = name.replace("vision_tower.", "model.vision_tower.vision_model.", 1) if name.startswith("vision") else name
         renamed[name] = value.astype(jnp.bfloat16)
-    state = hf_llava.from_hf_tensors(renamed, cfg)
+    state = hf_conversion.from_hf_tensors(renamed, cfg)
     leaves = jax.tree.leaves(nnx.to_pure_dict(state))
     assert all(leaf.dtype == jnp.float32 for leaf in leaves)
 
@@ -304,43 +307,43 @@ def test_tied_checkpoint_without_lm_head_and_untied_with(tiny_tensors):
     cfg, _, tensors = tiny_tensors
     tied_cfg = override(cfg, {"text.tie_embeddings": True})
     without_head = {k: v for k, v in tensors.items() if "lm_head" not in k}
-    hf_llava.from_hf_tensors(without_head, tied_cfg)
-    with pytest.raises(hf_llava.HFCheckpointError, match="unexpected: \\['language_model.lm_head.weight'\\]"):
-        hf_llava.from_hf_tensors(tensors, tied_cfg)  # a head different from the embedding table
-    with pytest.raises(hf_llava.HFCheckpointError, match="missing: \\['language_model.lm_head.weight'\\]"):
-        hf_llava.from_hf_tensors(without_head, cfg)
+    hf_conversion.from_hf_tensors(without_head, tied_cfg)
+    with pytest.raises(hf_errors.HFCheckpointError, match="unexpected: \\['language_model.lm_head.weight'\\]"):
+        hf_conversion.from_hf_tensors(tensors, tied_cfg)  # a head different from the embedding table
+    with pytest.raises(hf_errors.HFCheckpointError, match="missing: \\['language_model.lm_head.weight'\\]"):
+        hf_conversion.from_hf_tensors(without_head, cfg)
 
 
 def test_export_refuses_unmerged_lora():
     cfg = override(get_config("tiny"), {"lora": {"rank": 2}})
     model = CXRTrekNet(cfg, rngs=nnx.Rngs(0))
-    with pytest.raises(hf_llava.HFCheckpointError, match="merge_lora"):
-        hf_llava.to_hf_tensors(model, cfg)
+    with pytest.raises(hf_errors.HFCheckpointError, match="merge_lora"):
+        hf_conversion.to_hf_tensors(model, cfg)
 
 
 def test_sharded_files_round_trip(tmp_path, tiny_tensors):
     _, _, tensors = tiny_tensors
-    files = hf_llava.write_safetensors_dir(tensors, str(tmp_path), max_shard_bytes=100_000)
-    assert files[-1] == hf_llava.SAFETENSORS_INDEX_FILE and len(files) > 2
-    index = json.loads((tmp_path / hf_llava.SAFETENSORS_INDEX_FILE).read_text())
+    files = safetensors_dir.write_safetensors_dir(tensors, str(tmp_path), max_shard_bytes=100_000)
+    assert files[-1] == safetensors_dir.SAFETENSORS_INDEX_FILE and len(files) > 2
+    index = json.loads((tmp_path / safetensors_dir.SAFETENSORS_INDEX_FILE).read_text())
     assert set(index["weight_map"]) == set(tensors)
-    loaded = hf_llava.read_safetensors_dir(str(tmp_path))
+    loaded = safetensors_dir.read_safetensors_dir(str(tmp_path))
     assert set(loaded) == set(tensors)
     for name, value in tensors.items():
         np.testing.assert_array_equal(loaded[name], value)
     os.remove(tmp_path / files[0])
-    with pytest.raises(hf_llava.HFCheckpointError, match=f"names shard {files[0]}, which does not exist"):
-        hf_llava.read_safetensors_dir(str(tmp_path))
+    with pytest.raises(hf_errors.HFCheckpointError, match=f"names shard {files[0]}, which does not exist"):
+        safetensors_dir.read_safetensors_dir(str(tmp_path))
 
 
 def test_pickle_checkpoint_is_refused(tmp_path):
     (tmp_path / "pytorch_model.bin").write_bytes(b"not unpickled")
-    with pytest.raises(hf_llava.HFCheckpointError, match="Convert them to safetensors"):
-        hf_llava.read_safetensors_dir(str(tmp_path))
-    with pytest.raises(hf_llava.HFCheckpointError, match="Convert them to safetensors"):
-        hf_llava.read_safetensors_dir(str(tmp_path / "pytorch_model.bin"))
+    with pytest.raises(hf_errors.HFCheckpointError, match="Convert them to safetensors"):
+        safetensors_dir.read_safetensors_dir(str(tmp_path))
+    with pytest.raises(hf_errors.HFCheckpointError, match="Convert them to safetensors"):
+        safetensors_dir.read_safetensors_dir(str(tmp_path / "pytorch_model.bin"))
 
 
 def test_empty_directory_is_refused(tmp_path):
-    with pytest.raises(hf_llava.HFCheckpointError, match="neither model.safetensors"):
-        hf_llava.read_safetensors_dir(str(tmp_path))
+    with pytest.raises(hf_errors.HFCheckpointError, match="neither model.safetensors"):
+        safetensors_dir.read_safetensors_dir(str(tmp_path))

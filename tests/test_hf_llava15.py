@@ -13,7 +13,7 @@ from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, 
 from transformers import AutoTokenizer, LlavaForConditionalGeneration
 
 from cxrtrek_jax.cli import main
-from cxrtrek_jax.decoding.model_loading import load_decoding_model
+from cxrtrek_jax.decoding.model_loading import load_checkpoint_model
 from cxrtrek_jax.hf import importer as hf_import
 from data_pipeline.text.chat_template import ChatFormat
 from data_pipeline.text.tokenizer import load_tokenizer
@@ -133,7 +133,7 @@ def test_export_gives_identical_tensors_logits_and_conversations(vicuna_dir, imp
         before = hf_model(input_ids=torch.tensor(ids[None]).long(), pixel_values=pixels).logits.numpy()
         after = again(input_ids=torch.tensor(ids[None]).long(), pixel_values=pixels).logits.numpy()
     np.testing.assert_array_equal(before, after)
-    loaded = load_decoding_model(imported)
+    loaded = load_checkpoint_model(imported)
     model = nnx.merge(loaded.graphdef, loaded.state)
     images = np.zeros((1, 2, IMAGE_SIZE, IMAGE_SIZE), np.float32)
     images[0, 0] = image

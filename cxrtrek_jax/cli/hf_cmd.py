@@ -1,4 +1,5 @@
-"""`cxrtrek import-hf` and `cxrtrek export-hf`: Hugging Face LLaVA directories in and out."""
+"""`cxrtrek import-hf` and `cxrtrek export-hf`: Hugging Face directories in and out, of either family
+(LLaVA: `LlavaForConditionalGeneration`; Gemma 3 / MedGemma: `Gemma3ForConditionalGeneration`)."""
 
 from __future__ import annotations
 
@@ -28,10 +29,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _register_import(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "import-hf",
-        help="import a local Hugging Face LLaVA directory as a checkpoint",
+        help="import a local Hugging Face LLaVA or Gemma 3 / MedGemma directory as a checkpoint",
         description=(
-            "Read a local Hugging Face LLaVA directory (config.json, model.safetensors or sharded "
-            "safetensors with an index, tokenizer files) into a params-only checkpoint that training "
+            "Read a local Hugging Face directory of a LLaVA (LlavaForConditionalGeneration: SigLIP + "
+            "Llama) or Gemma 3 / MedGemma (Gemma3ForConditionalGeneration) model, chosen by its "
+            "config.json model_type ('llava' or 'gemma3'), with config.json, model.safetensors or sharded "
+            "safetensors with an index, and tokenizer files, into a params-only checkpoint that training "
             "and decoding load, with the tokenizer copied into CKPT_DIR/tokenizer. Pickle checkpoints "
             "(.bin) are refused. The chat format comes from cxrtrek_chat_format.json when present, "
             "else from the tokenizer's own chat_template (rendered on probe messages), else from its "
@@ -53,10 +56,12 @@ def _register_import(subparsers: argparse._SubParsersAction) -> None:
 def _register_export(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "export-hf",
-        help="export a checkpoint as a Hugging Face LLaVA directory",
+        help="export a checkpoint as a Hugging Face LLaVA or Gemma 3 / MedGemma directory",
         description=(
-            "Write a checkpoint as a directory that LlavaForConditionalGeneration, AutoProcessor and "
-            "AutoTokenizer load offline: config.json, generation_config.json, safetensors (sharded with "
+            "Write a checkpoint as a directory that transformers loads offline: a LLaVA model "
+            "(text.family llama) as LlavaForConditionalGeneration, a Gemma 3 / MedGemma model (text.family "
+            "gemma3) as Gemma3ForConditionalGeneration, with AutoProcessor and AutoTokenizer: "
+            "config.json, generation_config.json, safetensors (sharded with "
             "an index above --max-shard-size), tokenizer files with the chat template, and a processor "
             "whose image preprocessing reproduces ours."
         ),
@@ -79,8 +84,8 @@ def _register_export(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _import(args: argparse.Namespace) -> int:
+    from cxrtrek_jax.hf import errors as hf_errors
     from cxrtrek_jax.hf import importer as hf_import
-    from cxrtrek_jax.hf import llava as hf_llava
 
     if args.max_images < 1:
         raise CLIError(f"--max-images must be >= 1, got {args.max_images}")
@@ -88,7 +93,7 @@ def _import(args: argparse.Namespace) -> int:
     try:
         result = hf_import.import_hf_checkpoint(args.hf_dir, args.out, max_images=args.max_images,
                                                 dtype=args.dtype, chat_format=overrides)
-    except (hf_import.HFImportError, hf_llava.HFConfigError, hf_llava.HFCheckpointError) as err:
+    except (hf_import.HFImportError, hf_errors.HFConfigError, hf_errors.HFCheckpointError) as err:
         raise CLIError(str(err)) from None
     cfg = result.config
     print(f"imported {args.hf_dir}: vision {cfg.vision.depth} layers x {cfg.vision.width}, text "
@@ -99,17 +104,17 @@ def _import(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
+    from cxrtrek_jax.decoding.model_loading import CheckpointConfigError, CheckpointMismatchError
+    from cxrtrek_jax.hf import errors as hf_errors
     from cxrtrek_jax.hf import exporter as hf_export
-    from cxrtrek_jax.hf import llava as hf_llava
-    from cxrtrek_jax.decoding.model_loading import CheckpointMismatchError
 
     try:
         result = hf_export.export_checkpoint(
             args.ckpt_dir, args.out, lora=args.lora, dtype=args.dtype,
             max_shard_bytes=hf_export.parse_size(args.max_shard_size), step=args.step,
             tokenizer_dir=args.tokenizer)
-    except (hf_export.ExportError, hf_llava.HFConfigError, hf_llava.HFCheckpointError,
-            CheckpointMismatchError, FileNotFoundError) as err:
+    except (hf_errors.ExportError, hf_errors.HFConfigError, hf_errors.HFCheckpointError,
+            CheckpointConfigError, CheckpointMismatchError, FileNotFoundError) as err:
         raise CLIError(str(err)) from None
     print(f"exported {args.ckpt_dir} to {result.directory}: {', '.join(result.files)}")
     if result.lora_modules:

@@ -78,12 +78,12 @@ def _check_args(args: argparse.Namespace) -> None:
 
 
 def _load_model(args: argparse.Namespace):
-    from cxrtrek_jax.decoding.model_loading import CheckpointMismatchError, load_decoding_model
+    from cxrtrek_jax.decoding.model_loading import CheckpointMismatchError, load_checkpoint_model
 
     if not Path(args.checkpoint).is_dir():
         raise CLIError(f"checkpoint directory {args.checkpoint} does not exist")
     try:
-        return load_decoding_model(args.checkpoint, args.step)
+        return load_checkpoint_model(args.checkpoint, args.step)
     except CheckpointMismatchError as err:
         raise CLIError(str(err)) from None
     except (FileNotFoundError, ValueError, KeyError) as err:
@@ -93,7 +93,7 @@ def _load_model(args: argparse.Namespace):
 def _load_tokenizer(args: argparse.Namespace, loaded):
     from data_pipeline.text.tokenizer import load_tokenizer
 
-    path = args.tokenizer or loaded.tokenizer_path
+    path = args.tokenizer or loaded.tokenizer_dir
     if path is None:
         raise CLIError(f"checkpoint {args.checkpoint} names no tokenizer; pass --tokenizer DIR")
     try:

@@ -1,13 +1,15 @@
-"""A model for decoding from a checkpoint: config from its metadata, parameters checked against it.
+"""The model of a checkpoint, the one loader for decoding, evaluation and export: config from its
+metadata, parameters checked against it, the tokenizer directory it names.
 
-    loaded = load_decoding_model(ckpt_dir)
+    loaded = load_checkpoint_model(ckpt_dir)
     decoder = StepwiseDecoder(loaded.graphdef, loaded.config, spec)
-    run_chain(decoder, loaded.state, tokenizer, ...)
+    run_chain(decoder, loaded.state, load_tokenizer(loaded.tokenizer_dir), ...)
+    model = loaded.model()           # a CXRTrekNet holding the parameters (export, merge_lora)
 
-The checkpoint's metadata must hold the model config (`model_config`, as
-written by `cxrtrek_jax.train.checkpointing`); every stored parameter must have the
-path and shape the config implies, or `CheckpointMismatchError` lists each
-missing, unexpected and misshapen parameter.
+The checkpoint's metadata must hold a usable model config (`model_config`, as
+written by `cxrtrek_jax.train.checkpointing`), or `CheckpointConfigError` says so;
+every stored parameter must have the path and shape the config implies, or
+`CheckpointMismatchError` lists each missing, unexpected and misshapen parameter.
 """
 
 from __future__ import annotations
@@ -24,8 +26,12 @@ from flax import nnx
 from cxrtrek_jax.train import checkpointing
 from cxrtrek_jax.model import CXRTrekNet, ModelConfig, from_dict
 
-__all__ = ["CheckpointMismatchError", "DecodingModel", "load_decoding_model", "split_for_decoding",
-           "tokenizer_dir_of"]
+__all__ = ["CheckpointConfigError", "CheckpointMismatchError", "CheckpointModel", "load_checkpoint_model",
+           "split_for_decoding", "tokenizer_dir_of"]
+
+
+class CheckpointConfigError(ValueError):
+    """A checkpoint whose metadata holds no usable model config."""
 
 
 class CheckpointMismatchError(ValueError):
@@ -33,15 +39,19 @@ class CheckpointMismatchError(ValueError):
 
 
 @dataclasses.dataclass(frozen=True)
-class DecodingModel:
-    """config; graphdef + state (`nnx.split` of the whole model); the checkpoint's
-    metadata; the tokenizer directory it names (`tokenizer_dir_of`; None when it names none)."""
+class CheckpointModel:
+    """config; graphdef + state (`nnx.split` of the whole model, LoRA adapters included); the
+    checkpoint's metadata; the tokenizer directory it names (`tokenizer_dir_of`; None when it names none)."""
 
     config: ModelConfig
     graphdef: nnx.GraphDef
     state: nnx.State
     metadata: Mapping[str, Any]
-    tokenizer_path: Path | None
+    tokenizer_dir: Path | None
+
+    def model(self) -> CXRTrekNet:
+        """A new CXRTrekNet holding the parameters (`nnx.merge`; changing it leaves `state` as it is)."""
+        return nnx.merge(self.graphdef, self.state, copy=True)
 
 
 def _flat_shapes(tree: Mapping, prefix: tuple = ()) -> dict[str, tuple[int, ...]]:
@@ -89,17 +99,19 @@ def tokenizer_dir_of(metadata: Mapping[str, Any], ckpt_dir: str | os.PathLike) -
     return path if path.is_absolute() else Path(ckpt_dir) / path
 
 
-def load_decoding_model(ckpt_dir: str | os.PathLike, step: int | None = None) -> DecodingModel:
+def load_checkpoint_model(ckpt_dir: str | os.PathLike, step: int | None = None) -> CheckpointModel:
     """The model of checkpoint `step` (default: the newest) on the first local device.
 
-    Raises FileNotFoundError for a missing checkpoint, ValueError for metadata
-    without a usable model config, CheckpointMismatchError for parameters
-    that do not fit it.
+    Raises FileNotFoundError for a missing checkpoint, CheckpointConfigError for metadata
+    without a usable model config, CheckpointMismatchError for parameters that do not fit it.
     """
     metadata = checkpointing.read_metadata(ckpt_dir, step)
     if "model_config" not in metadata:
-        raise ValueError(f"checkpoint {ckpt_dir}: its metadata holds no model_config")
-    config = from_dict(metadata["model_config"])
+        raise CheckpointConfigError(f"checkpoint {ckpt_dir}: its metadata holds no model_config")
+    try:
+        config = from_dict(metadata["model_config"])
+    except (TypeError, ValueError) as err:
+        raise CheckpointConfigError(f"checkpoint {ckpt_dir}: unusable model_config in its metadata: {err}") from err
     params = checkpointing.load_params(ckpt_dir, step)
     graphdef, state = split_for_decoding(config, params, where=f"checkpoint {ckpt_dir}")
-    return DecodingModel(config, graphdef, state, metadata, tokenizer_dir_of(metadata, ckpt_dir))
+    return CheckpointModel(config, graphdef, state, metadata, tokenizer_dir_of(metadata, ckpt_dir))

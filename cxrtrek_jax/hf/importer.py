@@ -1,8 +1,10 @@
-"""`cxrtrek import-hf`: a local Hugging Face LLaVA directory as a project checkpoint.
+"""`cxrtrek import-hf`: a local Hugging Face directory of a family in the table (`families`: LLaVA,
+Gemma 3 / MedGemma) as a project checkpoint.
 
 Reads config.json, model.safetensors (or shards with
 model.safetensors.index.json) and the tokenizer files of `hf_dir`, checks
-every tensor against the config (`hf_llava`: one error naming each missing,
+every tensor against the config (`conversion.load_hf_checkpoint`, with the family
+config.json's `model_type` names: one error naming each missing,
 unexpected or misshapen tensor; pickle checkpoints such as
 pytorch_model.bin are refused, never unpickled) and writes
 
@@ -23,10 +25,12 @@ special tokens (bos/eos/pad; pad falls back to unk), its image token
 (`image_token` of the tokenizer or processor_config.json, else an added
 "<image>" token) and a known end-of-turn family among its added tokens
 (`KNOWN_TURN_FORMATS`: ChatML, Llama 3, Gemma, ours), which also fixes the
-role prefixes; any field given in `overrides` (the command-line flags)
-wins. A tokenizer without an image or end-of-turn token, with neither
-given, is refused with a message naming the flag to pass. The end-of-turn
-token may be the end-of-sequence token (llava-1.5 closes answers with "</s>").
+role prefixes; the text the model family's processor writes around each image
+(`HFFamily.chat_image_wrapping`: Gemma 3's start/end-of-image tokens) in either
+case; any field given in `overrides` (the command-line flags) wins. A
+tokenizer without an image or end-of-turn token, with neither given, is refused
+with a message naming the flag to pass. The end-of-turn token may be the
+end-of-sequence token (llava-1.5 closes answers with "</s>").
 """
 
 from __future__ import annotations
@@ -38,7 +42,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from cxrtrek_jax.hf import llava as hf_llava
+from cxrtrek_jax.hf import conversion, families
+from cxrtrek_jax.hf.errors import HFConfigError
 
 __all__ = [
     "KNOWN_TURN_FORMATS",
@@ -145,18 +150,17 @@ def _image_token(hf_dir: Path, hf_tokenizer, added: set[str]) -> str | None:
 
 
 def _image_wrapping(hf_dir: Path, hf_tokenizer, added: set[str]) -> dict[str, str]:
-    """Gemma 3's processor writes each image as "\n\n<start_of_image>" + N image tokens +
-    "<end_of_image>\n\n" (`Gemma3Processor.full_image_sequence`); other models add nothing."""
+    """image_open / image_close of the text the family of config.json's `model_type` writes around each
+    image's tokens (`HFFamily.chat_image_wrapping`; Gemma 3: "\n\n<start_of_image>" + N image tokens +
+    "<end_of_image>\n\n"); nothing for a family that writes none or a directory no family reads."""
     model_config = _model_config_json(hf_dir)
-    if model_config.get("model_type") != "gemma3":
+    family = families.find_family(model_config.get("model_type"))
+    if family is None or family.chat_image_wrapping is None:
         return {}
-    boi, eoi = (hf_tokenizer.convert_ids_to_tokens(model_config.get(key, default))
-                for key, default in (("boi_token_index", 255_999), ("eoi_token_index", 256_000)))
-    if boi not in added or eoi not in added:
-        raise HFImportError(f"{hf_dir}: the tokenizer lacks Gemma 3's start/end-of-image tokens "
-                            f"(ids {model_config.get('boi_token_index')}, {model_config.get('eoi_token_index')} "
-                            f"are {boi!r}, {eoi!r})")
-    return {"image_open": f"\n\n{boi}", "image_close": f"{eoi}\n\n"}
+    try:
+        return family.chat_image_wrapping(model_config, hf_tokenizer, added)
+    except HFConfigError as err:
+        raise HFImportError(f"{hf_dir}: {err}") from None
 
 
 def _load_hf_tokenizer(hf_dir: Path):
@@ -317,11 +321,11 @@ def _derive_chat_format(hf_dir, overrides) -> tuple[Any, str]:
         "pad": _token_text(hf_tokenizer.pad_token) or _token_text(hf_tokenizer.unk_token),
         "image": _image_token(hf_dir, hf_tokenizer, added),
     }
+    wrapping = _image_wrapping(hf_dir, hf_tokenizer, added)
     template_problem = None
     if all(fields[name] or given.get(name) for name in ("bos", "eos", "pad", "image")):
         try:
             fmt = template_format(hf_tokenizer, {**fields, **given})
-            wrapping = _image_wrapping(hf_dir, hf_tokenizer, added)
             return dataclasses.replace(fmt, **{**wrapping, **given}), "the tokenizer's chat_template"
         except TemplateFormatError as err:
             template_problem = str(err)
@@ -334,7 +338,7 @@ def _derive_chat_format(hf_dir, overrides) -> tuple[Any, str]:
     fields.update(family.prefixes() if family else dict.fromkeys(("system_prefix", "user_prefix",
                                                                  "assistant_prefix")))
     fields.update(dict.fromkeys(("system_end", "user_end")))
-    fields.update(_image_wrapping(hf_dir, hf_tokenizer, added))
+    fields.update(wrapping)
     fields.update(given)
     missing = [name for name, value in fields.items() if value is None and name not in ("system_end", "user_end")]
     if missing:
@@ -374,7 +378,8 @@ def _tokenizer(hf_dir: Path, fmt, config):
 def import_hf_checkpoint(hf_dir: str | os.PathLike, out_dir: str | os.PathLike, *, max_images: int = 4,
                          dtype: str = "float32", chat_format: Mapping[str, str | None] | None = None,
                          ) -> ImportResult:
-    """Import the LLaVA checkpoint of `hf_dir` into the new checkpoint directory `out_dir`.
+    """Import the Hugging Face checkpoint of `hf_dir` (any family in the table) into the new
+    checkpoint directory `out_dir`.
 
     max_images / dtype: the model config fields HF configs do not carry.
     chat_format: ChatFormat fields overriding the derived ones. Everything
@@ -391,7 +396,7 @@ def import_hf_checkpoint(hf_dir: str | os.PathLike, out_dir: str | os.PathLike, 
         raise HFImportError(f"Hugging Face directory {hf_dir} does not exist")
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
         raise HFImportError(f"output directory {out_dir} exists and is not empty; choose a new directory")
-    config, state = hf_llava.load_hf_checkpoint(str(hf_dir), max_images=max_images, dtype=dtype)
+    config, state = conversion.load_hf_checkpoint(str(hf_dir), max_images=max_images, dtype=dtype)
     fmt, source = _derive_chat_format(hf_dir, chat_format)
     tokenizer = _tokenizer(hf_dir, fmt, config)
 

@@ -188,14 +188,14 @@ def decode_predictions(
     import jax
 
     from cxrtrek_jax.decoding import DecodeSpec, StepwiseDecoder, run_chain
-    from cxrtrek_jax.decoding.model_loading import load_decoding_model
+    from cxrtrek_jax.decoding.model_loading import load_checkpoint_model
     from data_pipeline.text.tokenizer import load_tokenizer
 
     unknown = [c for c in contexts if c not in CONTEXT_MODES]
     if unknown or not contexts:
         raise ValueError(f"context modes must be among {CONTEXT_MODES}, got {list(contexts)}")
-    loaded = load_decoding_model(ckpt_dir)
-    tokenizer_path = tokenizer_dir or loaded.tokenizer_path
+    loaded = load_checkpoint_model(ckpt_dir)
+    tokenizer_path = tokenizer_dir or loaded.tokenizer_dir
     if tokenizer_path is None:
         raise FileNotFoundError(f"checkpoint {ckpt_dir} names no tokenizer; give tokenizer_dir")
     tokenizer = load_tokenizer(tokenizer_path)
