@@ -1,0 +1,11 @@
+"""Evaluation layer 3, runs: decode a checkpoint over a data set, then score it beside the baseline.
+
+Modules: `model_eval` (`EvalData`, decoding in the context modes) and `evaluate`
+(`evaluate_checkpoint`, the one decode -> score -> baseline -> write function).
+"""
+
+from cxrtrek_jax.evaluation.runs.evaluate import EvaluationResult, evaluate_checkpoint, evaluation_inputs, is_current
+from cxrtrek_jax.evaluation.runs.model_eval import EvalData, decode_predictions
+
+__all__ = ["EvaluationResult", "evaluate_checkpoint", "evaluation_inputs", "is_current", "EvalData",
+           "decode_predictions"]
