@@ -7,8 +7,8 @@ PYTEST_WORKERS ?= 2
 DEMO_DIR ?= demo_out
 
 .DEFAULT_GOAL := help
-.PHONY: help install browser-deps test test-slow demo clean
-.PHONY: bench-train bench-input bench-memory bench-decode bench-gpu tpu-compile-check
+.PHONY: help install browser-deps test test-slow demo construct-demo clean
+.PHONY: bench-train bench-input bench-memory bench-decode bench-construct bench-gpu tpu-compile-check
 
 help:  ## list targets with one line each
 	@grep -hE '^[a-zA-Z0-9_.%-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 24
@@ -39,6 +39,9 @@ test-slow: $(STAMP)  ## run only the slow tests (multi-process, hard-kill resume
 demo: $(STAMP)  ## the main job end to end on a generated phantom CXRTrek set
 	$(PY) -m experiments.demo --out $(DEMO_DIR)
 
+construct-demo: $(STAMP)  ## CXRTrek QA built from generated free-text reports, checked against their truth, trained
+	$(PY) -m experiments.construct_demo --out construct_demo_out
+
 # --- benchmarks (BENCHMARKS.md records their latest figures) -----------------------------------
 TPU_VENV := .venv-tpu
 TPU_STAMP := $(TPU_VENV)/.installed
@@ -59,6 +62,9 @@ bench-memory: $(STAMP)  ## params + optimizer bytes per device on 1/2/4/8 device
 bench-decode: $(STAMP)  ## staged decoding on one CPU core: explicit-state chain vs re-prefill vs HF generate
 	XLA_FLAGS="--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1" OMP_NUM_THREADS=1 \
 	  taskset -c 0 $(PY) -m benchmarks.bench_decode --out $(BENCH_OUT)/decode.json
+
+bench-construct: $(STAMP)  ## data construct reports/s and build-tfds images/s with 1 and 2 processes; MIMIC-CXR projection
+	$(PY) -m benchmarks.bench_construct --out $(BENCH_OUT)/construct.json
 
 bench-gpu: $(STAMP)  ## bench-train/-input/-memory on one CUDA GPU (needs a jax[cuda] install; not run yet)
 	JAX_PLATFORMS=cuda XLA_PYTHON_CLIENT_PREALLOCATE=false $(PY) -m benchmarks.bench_train --device gpu --out $(BENCH_OUT)/train_gpu.json
@@ -109,4 +115,4 @@ ablations-report: $(STAMP)  ## runs/ablations.md + .png: per-stage metrics of ev
 	$(PY) -m experiments.ablations report
 
 clean:  ## remove build and demo outputs (keeps .venv)
-	rm -rf build dist *.egg-info $(DEMO_DIR) .pytest_cache
+	rm -rf build dist *.egg-info $(DEMO_DIR) construct_demo_out .pytest_cache

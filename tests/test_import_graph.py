@@ -64,6 +64,7 @@ PHANTOM = "data_pipeline.phantom"
 PHANTOM_USERS = (
     "cxrtrek_jax.cli.data_phantom",  # `cxrtrek data phantom`
     "cxrtrek_jax.train.run",  # the trainer's phantom data preparation (data.kind=phantom)
+    "experiments.construct_demo",  # the phantom exported as a hospital would, for `data construct`
 )
 
 

@@ -9,6 +9,7 @@ against the three reports' facts, the rule text kept where it fails; `polish_fla
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 from data_pipeline.construct.box_annotations import PixelBox, read_box_annotations
 from data_pipeline.construct.llm_polish import Rewriter, hf_rewriter, polish_study
@@ -29,6 +30,11 @@ class BuiltStudy:
     skipped: tuple[str, ...] = ()
     error: str = ""
     origin: str = ""
+
+
+# A study's report is read as its own, as the prior of its next study and as the next study of its
+# prior; the timeline yields a patient's studies one after another, so a few recent reports suffice.
+_read_report_cached = functools.lru_cache(maxsize=16)(read_report)
 
 
 class StudyBuilder:
@@ -60,7 +66,7 @@ class StudyBuilder:
 
     def __call__(self, timeline: TimelineStudy) -> BuiltStudy:
         origin = timeline.study.origin or f"{timeline.study.patient_id}/{timeline.study.study_id}"
-        data = stage_input_for(timeline, read_report, self._pixel_boxes(), self.image_root, self.seed)
+        data = stage_input_for(timeline, _read_report_cached, self._pixel_boxes(), self.image_root, self.seed)
         try:
             built = assemble_study(data)
         except ConstructError as e:
