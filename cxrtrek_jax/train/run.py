@@ -10,9 +10,9 @@
 
    In a multi-process job, steps 1-2 (and the workdir's config and tokenizer copy) are done by
    process 0 alone; the others wait at a barrier (`sync_global_devices`) and then check that
-   what process 0 made is there and complete (its `.complete` markers match), raising an error
-   naming what is missing otherwise. Those directories must be on a file system all processes
-   share.
+   what process 0 made is there and complete (its `.complete` stamps match:
+   `cxrtrek_jax.output_stamps`), raising an error naming what is missing otherwise. Those
+   directories must be on a file system all processes share.
 3. model config: the preset with the tokenizer's vocabulary size and image token id;
 4. with `alignment` set, an image-dense first phase in `<workdir>/alignment` (the QA pairs of
    stages 1-2, see `cxrtrek_jax.train.config.AlignmentConfig`), whose last parameters start the main
@@ -40,6 +40,7 @@ from collections.abc import Mapping
 import jax
 import numpy as np
 
+from cxrtrek_jax import output_stamps
 from cxrtrek_jax.train import checkpointing as ckpt_lib
 from cxrtrek_jax.train import sharding as sharding_lib
 from cxrtrek_jax.train import loop as train_loop
@@ -87,8 +88,8 @@ def _check_marker(marker: pathlib.Path, expected: Mapping, what: str) -> None:
             f"process {jax.process_index()}: {what} is not complete ({marker} is missing) after "
             "process 0 prepared it; see process 0's error, and check that this directory is on a "
             "file system every process shares")
-    found = json.loads(marker.read_text())
-    if found != expected:
+    if not output_stamps.is_current(marker, expected):
+        found = output_stamps.read_stamp(marker)
         raise ValueError(f"process {jax.process_index()}: {what} was made for {found}, this process "
                          f"expects {expected} ({marker}); do all processes run the same config?")
 
@@ -112,7 +113,7 @@ def _phantom(cfg: ExperimentConfig) -> pathlib.Path:
     root = pathlib.Path(d.path)
     recipe = _phantom_recipe(cfg)
     marker = root / _COMPLETE
-    if marker.exists() and json.loads(marker.read_text()) == recipe:
+    if output_stamps.is_current(marker, recipe):
         return root / "cxrtrek.json"
     if root.exists() and any(root.iterdir()):
         if not marker.exists():
@@ -124,7 +125,7 @@ def _phantom(cfg: ExperimentConfig) -> pathlib.Path:
                                  PhantomConfig(size=d.phantom_size, turns_per_study=d.phantom_turns),
                                  split=splits)
     log.info("generated %d phantom studies in %s (%.1fs)", d.phantom_studies, root, time.time() - t0)
-    marker.write_text(json.dumps(recipe))
+    output_stamps.write_stamp(marker, recipe)
     return path
 
 
@@ -145,12 +146,12 @@ def _build_tfds(json_file: pathlib.Path, image_root: pathlib.Path, tfds_dir: pat
 
     marker = tfds_dir / _COMPLETE
     stamp = _tfds_stamp(json_file)
-    if marker.exists() and json.loads(marker.read_text()) == stamp:
+    if output_stamps.is_current(marker, stamp):
         return
     summary = build_dataset(BuildOptions(json_files=(str(json_file),)), image_root, tfds_dir,
                             overwrite=True)
     log.info("built TFDS data set in %s: %s", tfds_dir, dict(summary.examples))
-    marker.write_text(json.dumps(stamp))
+    output_stamps.write_stamp(marker, stamp)
 
 
 def prepare_data(cfg: ExperimentConfig) -> DataPaths:

@@ -31,6 +31,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from cxrtrek_jax import output_stamps
 from cxrtrek_jax.contexts import CONTEXT_MODES
 from cxrtrek_jax.evaluation.runs.model_eval import (
     DecodeCoverage,
@@ -72,15 +73,14 @@ def evaluation_inputs(checkpoint: str | Path, data: EvalData, settings: Mapping[
 
 def _inputs(source: Mapping[str, Any], data: EvalData, settings: Mapping[str, Any]) -> dict[str, Any]:
     """`evaluation_inputs` from the already computed checkpoint + data identity `source`."""
-    return json.loads(json.dumps({**source, "max_studies": data.max_studies, "settings": dict(settings)},
-                                 default=str))
+    return output_stamps.normalised({**source, "max_studies": data.max_studies, "settings": dict(settings)})
 
 
 def is_current(out_dir: str | Path, inputs: Mapping[str, Any]) -> bool:
-    """Whether `out_dir` holds a finished evaluation made from exactly `inputs`."""
-    path = Path(out_dir) / INPUTS_FILE
-    return (path.is_file() and (Path(out_dir) / "metrics.json").is_file()
-            and json.loads(path.read_text()) == json.loads(json.dumps(dict(inputs), default=str)))
+    """Whether `out_dir` holds a finished evaluation (metrics.json) made from exactly `inputs`
+    (its INPUTS_FILE stamp, `cxrtrek_jax.output_stamps`)."""
+    out = Path(out_dir)
+    return output_stamps.is_current(out / INPUTS_FILE, inputs, requires=(out / "metrics.json",))
 
 
 def _read_back(out: Path) -> EvaluationResult:
@@ -193,5 +193,5 @@ def evaluate_checkpoint(
         written.append(path)
     ids.update(identity or {})
     written.extend(write_metrics(out, metrics, ids).values())
-    (out / INPUTS_FILE).write_text(json.dumps(inputs, indent=2) + "\n")
+    output_stamps.write_stamp(out / INPUTS_FILE, inputs)
     return EvaluationResult(out, metrics, ids, tuple(written))
