@@ -2,8 +2,12 @@
 
     python -m experiments.demo --out demo_out [--preset tiny] [--experiment grounded] [--seed N] [--steps N]
 
-Steps (each reruns only when what it is made from changed: the phantom recipe, the experiment
-config, the checkpoint; an interrupted training resumes):
+It trains the registry's `demo` experiment (`cxrtrek_jax.train.registry.demo`: the `grounded`
+recipe at the demo's scale, `DemoSettings`, which the flags below set); `cxrtrek train
+--experiment demo --preset tiny --set data.path=OUT/phantom --workdir OUT/run` trains the same
+model. Steps (each reruns only when what it is made from changed: the phantom recipe, the
+experiment config, the checkpoint, as `cxrtrek_jax.output_stamps` records; an interrupted
+training resumes):
 1. phantom studies (train/validation/test) and their validation report;
 2. TFDS build + a byte-level BPE tokenizer + training (`cxrtrek train`'s trainer; resumes) of the
    `grounded` recipe on the `tiny` model: an alignment phase of one row per study (its stage-1/2
@@ -22,6 +26,7 @@ config, the checkpoint; an interrupted training resumes):
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import shutil
@@ -31,6 +36,8 @@ from pathlib import Path
 
 from cxrtrek_jax.contexts import CONTEXT_MODES
 from cxrtrek_jax.evaluation.scores.answer_baselines import BASELINE_NAME
+from cxrtrek_jax.output_stamps import is_current, write_stamp
+from cxrtrek_jax.train.registry import DemoSettings
 
 __all__ = ["main", "LEARNING_CHECKS", "learning_checks"]
 
@@ -47,11 +54,146 @@ CHECK_CONTEXT = "own"
 # a model that reads its radiographs loses accuracy there.
 EVAL_CONTEXTS = CONTEXT_MODES  # own, teacher, none and swapped
 # What a demo step's output was made from (run/STAMP_FILE, hf_export.STAMP_FILE beside the
-# export): a step reruns only when it changed.
+# export; `cxrtrek_jax.output_stamps`): a step reruns only when it changed.
 STAMP_FILE = "demo_inputs.json"
 # |val_image_gain| below this (nats per unit of loss weight: per answer token, per answer, or per
 # sqrt-weighted token, as `loss_weighting` says) reads as "the images are ignored".
 IGNORES_IMAGES_BELOW = 0.01
+
+
+@dataclasses.dataclass(frozen=True)
+class DemoOutputs:
+    """Where the demo writes, under `root` (`--out`)."""
+
+    root: Path
+
+    @property
+    def phantom(self) -> Path:
+        return self.root / "phantom"
+
+    @property
+    def run(self) -> Path:
+        return self.root / "run"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.run / "checkpoints"
+
+    @property
+    def evaluation(self) -> Path:
+        return self.root / "eval"
+
+    @property
+    def export(self) -> Path:
+        return self.root / "hf_export"
+
+    @property
+    def pytorch_check(self) -> Path:
+        return self.root / "pytorch_check.json"
+
+    @property
+    def learning_check(self) -> Path:
+        return self.root / "learning_check.json"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The demo's steps in order (module docstring); 1 when the data or the PyTorch check fails."""
+    args = _parser().parse_args(argv)
+    _init_runtime()
+    outputs = DemoOutputs(Path(args.out).resolve())
+    outputs.root.mkdir(parents=True, exist_ok=True)
+    cfg = _experiment(args, outputs.root)
+    began_all = time.time()
+
+    t = _step(f"1. phantom CXRTrek set: {args.studies} studies -> {outputs.phantom}")
+    data = _phantom(cfg)
+    data_json = Path(data.json_files[0])
+    if not _validate(data_json):
+        print(f"error: {data_json} has validation errors (above); stopping", file=sys.stderr)
+        return 1
+    _done(t, f"TFDS data set in {data.tfds_dir}")
+
+    phases = (f"{cfg.alignment.num_steps} alignment steps, then " if cfg.alignment is not None else "")
+    t = _step(f"2. train CXRTrekNet-{args.preset} ({args.experiment}: {phases}{args.steps} chain steps) "
+              f"-> {outputs.run}")
+    _done(t, _train(cfg, outputs.run))
+
+    t = _step(f"3. evaluate {args.eval_studies} held-out studies in {'/'.join(EVAL_CONTEXTS)} contexts "
+              f"-> {outputs.evaluation}")
+    result = _evaluate(outputs.checkpoints, data_json, outputs.evaluation, args.eval_studies)
+    _done(t, "metrics.md, stages.png, report.html" + (" (already evaluated from this checkpoint and data)"
+                                                      if result.reused else ""))
+
+    t = _step(f"4. export to Hugging Face LLaVA -> {outputs.export}, and check PyTorch reproduces the JAX answers")
+    what = _export(outputs.checkpoints, outputs.export)
+    rows = _checked_pytorch_answers(outputs, data_json, args.check_studies)
+    _done(t, f"{what}; {sum(r['identical'] for r in rows)}/{len(rows)} answers token-identical")
+
+    _summary(cfg, result.metrics, outputs, data, began_all)
+    return 0 if all(r["identical"] for r in rows) else 1
+
+
+def _parser() -> argparse.ArgumentParser:
+    default = DemoSettings()
+    parser = argparse.ArgumentParser(prog="python -m experiments.demo", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", default="demo_out")
+    parser.add_argument("--preset", default=os.environ.get("PRESET", "tiny"))
+    parser.add_argument("--experiment", default=default.recipe,
+                        help="the named experiment (recipe) to train at the demo's scale")
+    parser.add_argument("--seed", type=int, default=default.seed,
+                        help="training seed: initialisation, data order and augmentation (the phantom set, "
+                             "and so the held-out studies, stay the same)")
+    parser.add_argument("--studies", type=int, default=default.studies, help="phantom studies (80/10/10 split)")
+    parser.add_argument("--steps", type=int, default=default.steps, help="training steps of the staged chains")
+    parser.add_argument("--batch-size", type=int, default=default.batch_size)
+    parser.add_argument("--turns", type=int_tuple, default=default.turns, help="min,max QA turns per phantom study")
+    parser.add_argument("--buckets", type=int_tuple, default=default.length_buckets,
+                        help="padded sequence lengths in tokens")
+    parser.add_argument("--learning-rate", type=float, default=default.learning_rate,
+                        help="the chains' peak learning rate (the experiment's per-tower rates stay)")
+    parser.add_argument("--alignment-steps", type=int, default=default.alignment_steps,
+                        help="steps of the experiment's alignment phase before the chains (default: the "
+                             "experiment's own)")
+    parser.add_argument("--eval-studies", type=int, default=80, help="test studies evaluated")
+    parser.add_argument("--check-studies", type=int, default=3,
+                        help="test studies whose first answer PyTorch must reproduce")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="experiment config override on top of the demo's (e.g. mesh.tensor=2)")
+    return parser
+
+
+def int_tuple(text: str) -> tuple[int, ...]:
+    """'512,768,1024' -> (512, 768, 1024) (argparse reports a ValueError as an invalid value)."""
+    return tuple(int(part) for part in text.split(","))
+
+
+def _init_runtime() -> None:
+    """absl flags parsed (Grain's workers read them) and warnings-only logging."""
+    from absl import flags
+
+    if not flags.FLAGS.is_parsed():
+        flags.FLAGS(sys.argv[:1])
+    import logging
+
+    logging.basicConfig(level=logging.WARNING)
+
+
+def _experiment(args: argparse.Namespace, out: Path):
+    """The registry's `demo` experiment at the flags' settings, its phantom set in out/phantom,
+    with the `--set` overrides on top."""
+    from cxrtrek_jax.cli.train_cmd import parse_overrides
+    from cxrtrek_jax.train.registry import demo
+
+    settings = DemoSettings(
+        recipe=args.experiment, data_path=str(out / "phantom"), studies=args.studies, turns=args.turns,
+        length_buckets=args.buckets, batch_size=args.batch_size, learning_rate=args.learning_rate,
+        steps=args.steps, seed=args.seed, alignment_steps=args.alignment_steps)
+    try:
+        cfg = demo(args.preset, settings)
+    except ValueError as err:
+        raise SystemExit(f"error: {err}") from None
+    return cfg.override(parse_overrides(args.set))
 
 
 def _step(title: str) -> float:
@@ -63,56 +205,93 @@ def _done(began: float, what: str) -> None:
     print(f"    {what} ({time.time() - began:.0f} s)", flush=True)
 
 
-# The model room the demo's chains need: their longest bucket in positions, and four image slots
-# (current frontal and lateral, prior frontal and lateral). A preset with less is widened to it.
-DEMO_IMAGE_SLOTS = 4
+def _phantom(cfg):
+    """The phantom set of `cfg` and its TFDS build (`DataPaths`), made unless already there."""
+    from cxrtrek_jax.train.run import prepare_data
+
+    return prepare_data(cfg)
 
 
-def _model_room(cfg, buckets: str) -> dict:
-    """Overrides widening `cfg.model` to the demo's longest bucket and DEMO_IMAGE_SLOTS images."""
-    longest = max(int(b) for b in buckets.split(","))
-    room = {}
-    if cfg.model.text.max_positions < longest:
-        room["model.text.max_positions"] = longest
-    if cfg.model.max_images < DEMO_IMAGE_SLOTS:
-        room["model.max_images"] = DEMO_IMAGE_SLOTS
-    return room
+def _validate(data_json: Path) -> bool:
+    """Print the validation report of the phantom JSON; False when it has errors."""
+    from cxrtrek_jax.cli.data_validate import format_report
+    from data_pipeline.files.validation import validate_file
+
+    report = validate_file(data_json, image_root=data_json.parent)
+    print(format_report(report, str(data_json), images_checked=True))
+    return not report.errors
 
 
-def _experiment(args: argparse.Namespace, out: Path):
-    from experiments import get_experiment
+def _train(cfg, run: Path) -> str:
+    """Train `cfg` into `run`, from scratch when `run` was made from another experiment config,
+    resumed when interrupted, skipped when already finished with the same config. Returns the
+    final step and what happened."""
+    from cxrtrek_jax.train.run import train_experiment
 
-    overrides = {
-        "data.path": str(out / "phantom"),
-        "data.phantom_studies": args.studies,
-        "data.phantom_size": 256,
-        "data.phantom_turns": args.turns,
-        "data.pipeline.length_buckets": args.buckets,
-        "data.pipeline.global_batch_size": args.batch_size,
-        "tokenizer.vocab_size": 1024,
-        "optim.learning_rate": args.learning_rate,
-        "optim.warmup_steps": max(args.steps // 10, 1),
-        "optim.total_steps": args.steps + 1,
-        "train.num_steps": args.steps,
-        "train.seed": args.seed,
-        "data.pipeline.seed": args.seed,
-        "train.log_every": 5,
-        # 10 batches: the image-reliance line from 2 batches (~6 studies of one-pair rows) swung
-        # between 0.008 and 0.066 nats for the same recipe (experiments/RESULTS.md).
-        "train.eval_batches": 10,
-        "checkpoint.save_every": max(args.steps // 2, 1),
-    }
-    from cxrtrek_jax.cli.train_cmd import parse_overrides
+    stamp, inputs = run / STAMP_FILE, {"experiment": cfg.to_dict()}
+    if run.exists() and not is_current(stamp, inputs):
+        print(f"    {run} was trained from another config: training afresh", flush=True)
+        shutil.rmtree(run)
+    finished = _newest_step(run / "checkpoints")
+    if finished is not None and finished >= cfg.train.num_steps:
+        return f"step {finished} (already trained with this config)"
+    run.mkdir(parents=True, exist_ok=True)
+    write_stamp(stamp, inputs)
+    result = train_experiment(cfg, run)
+    loss = result.last_metrics.get("loss", float("nan"))
+    return f"step {result.final_step} ({result.stop_reason}, loss {loss:.3f})"
 
-    cfg = get_experiment(args.experiment, args.preset)
-    if args.alignment_steps is not None:
-        if cfg.alignment is None:
-            raise SystemExit(f"error: --alignment-steps {args.alignment_steps}: experiment {args.experiment!r} has "
-                             "no alignment phase (the `aligned` and `grounded` experiments do)")
-        overrides["alignment.num_steps"] = args.alignment_steps
-    overrides.update(_model_room(cfg, args.buckets))
-    overrides.update(parse_overrides(args.set))
-    return cfg.override(overrides)
+
+def _newest_step(checkpoints: Path) -> int | None:
+    """The newest step saved in `checkpoints` (None when there is none)."""
+    from cxrtrek_jax.train import CheckpointConfig, Checkpointer
+
+    if not checkpoints.is_dir():
+        return None
+    checkpointer = Checkpointer(CheckpointConfig(directory=str(checkpoints)))
+    steps = checkpointer.steps()
+    checkpointer.close()
+    return max(steps) if steps else None
+
+
+def _evaluate(ckpt: Path, data_json: Path, evaluation: Path, studies: int):
+    """The held-out evaluation (reused when current) and its case report."""
+    from cxrtrek_jax.case_report import write_evaluation_report
+    from cxrtrek_jax.evaluation import EvalData, ScoringConfig, evaluate_checkpoint
+
+    data = EvalData(data_json, split="test", max_studies=studies)
+    result = evaluate_checkpoint(
+        ckpt, data, evaluation, contexts=EVAL_CONTEXTS, max_new_tokens=64,
+        baseline=EvalData(data_json, split="train"),
+        scoring=ScoringConfig(bootstrap_resamples=200, meteor=False), reuse_current=True)
+    if not result.reused or not (evaluation / "report.html").exists():
+        write_evaluation_report(evaluation, data, max_studies=8)
+    return result
+
+
+def _export(ckpt: Path, export: Path) -> str:
+    """Export the newest checkpoint to `export` unless it already holds that checkpoint's export."""
+    from cxrtrek_jax.evaluation.runs.model_eval import checkpoint_identity
+    from cxrtrek_jax.hf import export_checkpoint
+
+    stamp, inputs = export.with_name(f"{export.name}.{STAMP_FILE}"), checkpoint_identity(ckpt)
+    if is_current(stamp, inputs, requires=(export / "config.json",)):
+        return "already exported from this checkpoint"
+    if export.exists():
+        shutil.rmtree(export)
+    result = export_checkpoint(ckpt, export)
+    write_stamp(stamp, inputs)
+    return f"{len(result.files)} files"
+
+
+def _checked_pytorch_answers(outputs: DemoOutputs, data_json: Path, count: int) -> list[dict]:
+    """`_pytorch_check` of `count` test studies, written to pytorch_check.json and printed."""
+    rows = _pytorch_check(outputs.export, outputs.checkpoints, data_json, count=count, new_tokens=16)
+    outputs.pytorch_check.write_text(json.dumps(rows, indent=2))
+    for row in rows:
+        print(f"    {row['study_id']}: {'identical' if row['identical'] else 'DIFFERENT'}  "
+              f"JAX: {row['jax']!r}  PyTorch: {row['pytorch']!r}")
+    return rows
 
 
 def _pytorch_check(export_dir: Path, ckpt: Path, data_json: Path, count: int, new_tokens: int) -> list[dict]:
@@ -162,182 +341,45 @@ def _pytorch_check(export_dir: Path, ckpt: Path, data_json: Path, count: int, ne
     return rows
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m experiments.demo", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", default="demo_out")
-    parser.add_argument("--preset", default=os.environ.get("PRESET", "tiny"))
-    parser.add_argument("--experiment", default="grounded", help="the named experiment (recipe) to train")
-    parser.add_argument("--seed", type=int, default=0,
-                        help="training seed: initialisation, data order and augmentation (the phantom set, "
-                             "and so the held-out studies, stay the same)")
-    parser.add_argument("--studies", type=int, default=3000, help="phantom studies (80/10/10 split)")
-    parser.add_argument("--steps", type=int, default=300, help="training steps of the staged chains")
-    parser.add_argument("--batch-size", type=int, default=4)
-    parser.add_argument("--turns", default="10,12", help="min,max QA turns per phantom study")
-    parser.add_argument("--buckets", default="512,768,1024", help="padded sequence lengths in tokens")
-    parser.add_argument("--learning-rate", type=float, default=1e-3,
-                        help="the chains' peak learning rate (the experiment's per-tower rates stay)")
-    parser.add_argument("--alignment-steps", type=int, default=None,
-                        help="steps of the experiment's alignment phase before the chains (default: the "
-                             "experiment's own; see experiments/RESULTS.md)")
-    parser.add_argument("--eval-studies", type=int, default=80, help="test studies evaluated")
-    parser.add_argument("--check-studies", type=int, default=3,
-                        help="test studies whose first answer PyTorch must reproduce")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="experiment config override on top of the demo's (e.g. mesh.tensor=2)")
-    return parser
-
-
-def _stamp_matches(path: Path, inputs: dict) -> bool:
-    """Whether the stamp file `path` records exactly `inputs` (JSON-normalised)."""
-    return path.is_file() and json.loads(path.read_text()) == json.loads(json.dumps(inputs, default=str))
-
-
-def _write_stamp(path: Path, inputs: dict) -> None:
-    path.write_text(json.dumps(inputs, indent=2, default=str) + "\n")
-
-
-def _validate(data_json: Path) -> bool:
-    """Print the validation report of the phantom JSON; False when it has errors."""
-    from cxrtrek_jax.cli.data_validate import format_report
-    from data_pipeline.files.validation import validate_file
-
-    report = validate_file(data_json, image_root=data_json.parent)
-    print(format_report(report, str(data_json), images_checked=True))
-    return not report.errors
-
-
-def _train(cfg, run: Path):
-    """Train `cfg` into `run`, from scratch when `run` was made from another experiment config,
-    resumed when interrupted, skipped when already finished with the same config. Returns
-    (final step, what happened)."""
-    from cxrtrek_jax.train import CheckpointConfig, Checkpointer
-    from cxrtrek_jax.train.run import train_experiment
-
-    stamp, inputs = run / STAMP_FILE, {"experiment": cfg.to_dict()}
-    if run.exists() and not _stamp_matches(stamp, inputs):
-        print(f"    {run} was trained from another config: training afresh", flush=True)
-        shutil.rmtree(run)
-    checkpoints = run / "checkpoints"
-    if checkpoints.is_dir():
-        checkpointer = Checkpointer(CheckpointConfig(directory=str(checkpoints)))
-        finished = checkpointer.steps()
-        checkpointer.close()
-        if finished and max(finished) >= cfg.train.num_steps:
-            return max(finished), "already trained with this config"
-    run.mkdir(parents=True, exist_ok=True)
-    _write_stamp(stamp, inputs)
-    result = train_experiment(cfg, run)
-    loss = result.last_metrics.get("loss", float("nan"))
-    return result.final_step, f"{result.stop_reason}, loss {loss:.3f}"
-
-
-def _export(ckpt: Path, export: Path) -> str:
-    """Export the newest checkpoint to `export` unless it already holds that checkpoint's export."""
-    from cxrtrek_jax.evaluation.runs.model_eval import checkpoint_identity
-    from cxrtrek_jax.hf import export_checkpoint
-
-    stamp, inputs = export.with_name(f"{export.name}.{STAMP_FILE}"), checkpoint_identity(ckpt)
-    if _stamp_matches(stamp, inputs):
-        return "already exported from this checkpoint"
-    if export.exists():
-        shutil.rmtree(export)
-    result = export_checkpoint(ckpt, export)
-    _write_stamp(stamp, inputs)
-    return f"{len(result.files)} files"
-
-
-def _evaluate(ckpt: Path, data_json: Path, evaluation: Path, studies: int):
-    """The held-out evaluation (reused when current) and its case report."""
-    from cxrtrek_jax.case_report import write_evaluation_report
-    from cxrtrek_jax.evaluation import EvalData, ScoringConfig, evaluate_checkpoint
-
-    data = EvalData(data_json, split="test", max_studies=studies)
-    result = evaluate_checkpoint(
-        ckpt, data, evaluation, contexts=EVAL_CONTEXTS, max_new_tokens=64,
-        baseline=EvalData(data_json, split="train"),
-        scoring=ScoringConfig(bootstrap_resamples=200, meteor=False), reuse_current=True)
-    if not result.reused or not (evaluation / "report.html").exists():
-        write_evaluation_report(evaluation, data, max_studies=8)
-    return result
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    from absl import flags
-
-    if not flags.FLAGS.is_parsed():
-        flags.FLAGS(sys.argv[:1])
-    import logging
-
-    logging.basicConfig(level=logging.WARNING)
-    out = Path(args.out).resolve()
-    out.mkdir(parents=True, exist_ok=True)
-    cfg = _experiment(args, out)
-    began_all = time.time()
-
-    from cxrtrek_jax.train.run import prepare_data
-
-    t = _step(f"1. phantom CXRTrek set: {args.studies} studies -> {out / 'phantom'}")
-    data = prepare_data(cfg)
-    data_json = Path(data.json_files[0])
-    if not _validate(data_json):
-        print(f"error: {data_json} has validation errors (above); stopping", file=sys.stderr)
-        return 1
-    _done(t, f"TFDS data set in {data.tfds_dir}")
-
-    run = out / "run"
-    ckpt = run / "checkpoints"
-    phases = (f"{cfg.alignment.num_steps} alignment steps, then " if cfg.alignment is not None else "")
-    t = _step(f"2. train CXRTrekNet-{args.preset} ({cfg.name}: {phases}{args.steps} chain steps) -> {run}")
-    step, what = _train(cfg, run)
-    _done(t, f"step {step} ({what})")
-
-    evaluation = out / "eval"
-    t = _step(f"3. evaluate {args.eval_studies} held-out studies in {'/'.join(EVAL_CONTEXTS)} contexts -> {evaluation}")
-    result = _evaluate(ckpt, data_json, evaluation, args.eval_studies)
-    _done(t, "metrics.md, stages.png, report.html" + (" (already evaluated from this checkpoint and data)"
-                                                      if result.reused else ""))
-
-    export = out / "hf_export"
-    t = _step(f"4. export to Hugging Face LLaVA -> {export}, and check PyTorch reproduces the JAX answers")
-    what = _export(ckpt, export)
-    rows = _pytorch_check(export, ckpt, data_json, count=args.check_studies, new_tokens=16)
-    (out / "pytorch_check.json").write_text(json.dumps(rows, indent=2))
-    for row in rows:
-        print(f"    {row['study_id']}: {'identical' if row['identical'] else 'DIFFERENT'}  "
-              f"JAX: {row['jax']!r}  PyTorch: {row['pytorch']!r}")
-    _done(t, f"{what}; {sum(r['identical'] for r in rows)}/{len(rows)} answers token-identical")
-
-    metrics = result.metrics
+def _summary(cfg, metrics: dict, outputs: DemoOutputs, data, began_all: float) -> None:
+    """Step 5: the learning checks (written to learning_check.json), the summary tables, the
+    image reliance, where everything is, and how many checks were met."""
     checks = learning_checks(metrics)
-    (out / "learning_check.json").write_text(json.dumps(checks, indent=2))
+    outputs.learning_check.write_text(json.dumps(checks, indent=2))
     print(f"\n=== summary ({metrics['counts']['studies']} held-out phantom studies; baseline = majority answer "
           "of the training split, constant normal report at stage 8; tables in eval/metrics.md)")
     print(_overall_table(metrics))
     print("\n  learning checks: the trained model against the blind baseline on the same turns "
           "(swapped: the model with another study's images)")
     print(_checks_table(checks))
-    gain = _last_image_gain(run / "metrics.jsonl")
+    gain = _last_image_gain(outputs.run / "metrics.jsonl")
     if gain is not None:
-        reading = ("about 0: the model ignores its images" if abs(gain) < IGNORES_IMAGES_BELOW
-                   else "the model reads its images")
-        unit = {"answer": "answer", "sqrt": "answer token, weighted 1/sqrt(answer length)"}.get(
-            cfg.data.pipeline.sequence.loss_weighting, "answer token")
-        print(f"\n  image reliance (last validation): loss with the images swapped between studies minus loss with "
-              f"their own images = {gain:+.4f} nats per {unit} ({reading})")
-    for name, path in [("phantom data", data_json), ("TFDS data set", data.tfds_dir), ("run (config, metrics, "
-                       "checkpoints, tensorboard)", run), ("evaluation", evaluation / "metrics.md"),
-                       ("case report", evaluation / "report.html"), ("Hugging Face export", export),
-                       ("PyTorch check", out / "pytorch_check.json"),
-                       ("learning checks", out / "learning_check.json")]:
+        print(_image_reliance_line(gain, cfg.data.pipeline.sequence.loss_weighting))
+    for name, path in _where_everything_is(outputs, data):
         print(f"  {name:48s} {path}")
     print(f"total {time.time() - began_all:.0f} s")
     met = sum(c["met"] for c in checks)
     print(f"learning checks met: {met} of {len(checks)}" + ("" if met == len(checks) else
           " (see the table above; the README discusses the ones this CPU-scale run does not meet)"))
-    return 0 if all(r["identical"] for r in rows) else 1
+
+
+def _image_reliance_line(gain: float, loss_weighting: str) -> str:
+    """The summary's line on the last validation's `val_image_gain`, in the loss's unit."""
+    reading = ("about 0: the model ignores its images" if abs(gain) < IGNORES_IMAGES_BELOW
+               else "the model reads its images")
+    unit = {"answer": "answer", "sqrt": "answer token, weighted 1/sqrt(answer length)"}.get(
+        loss_weighting, "answer token")
+    return (f"\n  image reliance (last validation): loss with the images swapped between studies minus loss with "
+            f"their own images = {gain:+.4f} nats per {unit} ({reading})")
+
+
+def _where_everything_is(outputs: DemoOutputs, data) -> list[tuple[str, Path | str]]:
+    """(what, where) of every output, for the summary."""
+    return [("phantom data", Path(data.json_files[0])), ("TFDS data set", data.tfds_dir),
+            ("run (config, metrics, checkpoints, tensorboard)", outputs.run),
+            ("evaluation", outputs.evaluation / "metrics.md"), ("case report", outputs.evaluation / "report.html"),
+            ("Hugging Face export", outputs.export), ("PyTorch check", outputs.pytorch_check),
+            ("learning checks", outputs.learning_check)]
 
 
 def _last_image_gain(metrics_jsonl: Path) -> float | None:

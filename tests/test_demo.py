@@ -64,7 +64,8 @@ def test_the_default_demo_trains_the_grounded_recipe_with_room_for_its_chains(tm
     from experiments import demo
 
     cfg = demo._experiment(demo._parser().parse_args(["--out", str(tmp_path)]), tmp_path)
-    assert cfg.name == "grounded" and cfg.alignment.context == "on" and cfg.alignment.num_steps > 0
+    assert cfg.name == "demo" and "the grounded experiment" in cfg.description
+    assert cfg.alignment.context == "on" and cfg.alignment.num_steps > 0
     # tiny holds 512 positions and 2 images; the demo's chains need 1,024 and up to 4 (priors).
     assert (cfg.model.text.max_positions, cfg.model.max_images) == (1024, 4)
     assert cfg.optim.vision.learning_rate < cfg.optim.learning_rate
@@ -80,6 +81,31 @@ def test_the_default_demo_trains_the_grounded_recipe_with_room_for_its_chains(tm
     with pytest.raises(SystemExit, match="'baseline' has no alignment phase"):
         demo._experiment(demo._parser().parse_args(["--out", str(tmp_path), "--experiment", "baseline",
                                                     "--alignment-steps", "7"]), tmp_path)
+
+
+def test_the_demo_trains_the_registrys_demo_experiment_as_cxrtrek_train_does(tmp_path, capsys):
+    """`make demo` and `cxrtrek train --experiment demo` (given the demo's data path) resolve the
+    same config, so they train the same model; the demo's flags at their defaults are the
+    registry's settings."""
+    from cxrtrek_jax.cli import main as cxrtrek
+    from cxrtrek_jax.train.registry import get_experiment
+    from experiments import demo
+
+    used = demo._experiment(demo._parser().parse_args(["--out", str(tmp_path)]), tmp_path).to_dict()
+    assert used == get_experiment("demo", "tiny").override({"data.path": str(tmp_path / "phantom")}).to_dict()
+    assert cxrtrek(["train", "--experiment", "demo", "--preset", "tiny", "--print-config",
+                    "--set", f"data.path={tmp_path / 'phantom'}"]) == 0
+    assert json.loads(capsys.readouterr().out) == json.loads(json.dumps(used))
+    # The flags move the settings they name (and what follows from them), on top of the registry's.
+    argv = ["--out", str(tmp_path), "--steps", "40", "--buckets", "256,512", "--turns", "4,6",
+            "--set", "train.log_every=1"]
+    flagged = demo._experiment(demo._parser().parse_args(argv), tmp_path)
+    assert (flagged.train.num_steps, flagged.optim.warmup_steps, flagged.optim.total_steps,
+            flagged.checkpoint.save_every, flagged.train.log_every) == (40, 4, 41, 20, 1)
+    assert (flagged.data.pipeline.length_buckets, flagged.data.phantom_turns) == ((256, 512), (4, 6))
+    assert (flagged.model.text.max_positions, flagged.model.max_images) == (512, 4)  # tiny's own 512
+    with pytest.raises(SystemExit, match="recipe must be one of .*got 'demo'"):
+        demo._experiment(demo._parser().parse_args(["--out", str(tmp_path), "--experiment", "demo"]), tmp_path)
 
 
 @pytest.mark.slow  # four tiny demo runs, ~3-5 min on the 2-core CPU

@@ -172,3 +172,56 @@ def test_the_image_label_loss_is_the_alignment_phases_and_labels_only_its_traini
         TrainConfig(image_label_weight=float("nan"))
     with pytest.raises(ValueError, match=r"data\.pipeline\.image_labels = True: the run sets it"):
         cfg.override({"data.pipeline.image_labels": "true"})
+
+
+def _leaves(tree: dict, prefix: str = "") -> dict:
+    """{dotted key: leaf value} of a config dict."""
+    out = {}
+    for name, value in tree.items():
+        out.update(_leaves(value, f"{prefix}{name}.") if isinstance(value, dict) else {prefix + name: value})
+    return out
+
+
+def test_the_demo_experiment_is_grounded_at_the_demos_scale_differing_in_exactly_these_fields():
+    from cxrtrek_jax.train.registry import get_experiment
+
+    # What `make demo` sets on top of `grounded` (on tiny), written out: its phantom set (3,000
+    # studies of 10-12 turns in demo_out/phantom), a 1,024-token BPE, 300 chain steps of batch 4
+    # (warmup a tenth, a checkpoint every 150 steps, a log line every 5, 10 validation batches),
+    # and tiny widened to 1,024 positions and 4 image slots.
+    expected = {
+        "name": "demo",
+        "data.path": "demo_out/phantom",
+        "data.phantom_studies": 3000,
+        "data.phantom_turns": [10, 12],
+        "data.pipeline.global_batch_size": 4,
+        "tokenizer.vocab_size": 1024,
+        "optim.warmup_steps": 30,
+        "optim.total_steps": 301,
+        "train.log_every": 5,
+        "train.eval_batches": 10,
+        "checkpoint.save_every": 150,
+        "model.text.max_positions": 1024,
+        "model.max_images": 4,
+    }
+    grounded = _leaves(json.loads(get_experiment("grounded", "tiny").to_json()))
+    demo = _leaves(json.loads(get_experiment("demo", "tiny").to_json()))
+    assert set(demo) == set(grounded)
+    differing = {key: demo[key] for key in demo if demo[key] != grounded[key] and key != "description"}
+    assert differing == expected
+    assert "grounded" in demo["description"] and demo["description"] != grounded["description"]
+    # The settings the demo sets to what `grounded` already has stay as they are.
+    assert (demo["train.num_steps"], demo["optim.learning_rate"], demo["data.pipeline.length_buckets"],
+            demo["train.seed"], demo["data.phantom_size"]) == (300, 1e-3, [512, 768, 1024], 0, 256)
+
+
+def test_the_demo_settings_refuse_what_the_recipe_cannot_do():
+    from cxrtrek_jax.train.registry import ABLATIONS, DemoSettings, demo, experiment_names
+
+    with pytest.raises(ValueError, match=r"alignment_steps 7: experiment 'baseline' has no alignment phase"):
+        demo("tiny", DemoSettings(recipe="baseline", alignment_steps=7))
+    with pytest.raises(ValueError, match=r"recipe must be one of baseline, .*got 'demo'"):
+        demo("tiny", DemoSettings(recipe="demo"))
+    assert demo("tiny", DemoSettings(recipe="aligned", alignment_steps=7)).alignment.num_steps == 7
+    # The demo is an experiment, not one of the study's ablations.
+    assert "demo" in experiment_names() and "demo" not in ABLATIONS and len(ABLATIONS) == 10

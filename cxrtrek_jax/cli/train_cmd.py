@@ -1,6 +1,7 @@
 """`cxrtrek train --experiment NAME [--preset P] [--set key=value ...] [--workdir DIR]`.
 
-Experiments are the named, typed configs of `experiments/` (`--list` shows them);
+Experiments are the named, typed configs of the registry (`cxrtrek_jax.train.registry`:
+the ablations and `demo`, what `make demo` trains; `--list` shows them);
 `--set` overrides any field by dotted key (`--set optim.learning_rate=3e-4
 --set data.kind=json --set data.path=/data/cxrtrek.json --set data.image_root=/data/images`).
 The fully resolved config is printed (`--print-config` stops there) and written to

@@ -3,7 +3,8 @@
     from cxrtrek_jax.train import get_experiment, experiment_names
     cfg = get_experiment("no_context", preset="tiny")
 
-The ablations of the CXRTrek study (what the Makefile's `ablation-NAME` targets run):
+A preset is any of `cxrtrek_jax.model.config.preset_names()`: tiny, compact, small, cxrtreknet-7b,
+medgemma-4b. The ablations of the CXRTrek study (what the Makefile's `ablation-NAME` targets run):
 
 | name            | what changes                                                          |
 |-----------------|-----------------------------------------------------------------------|
@@ -17,6 +18,11 @@ The ablations of the CXRTrek study (what the Makefile's `ablation-NAME` targets 
 | frozen_vision   | vision tower frozen at its random initialisation                      |
 | no_prior        | prior-study images (and the turns needing them) removed               |
 | report_only     | stage 8 alone: the classic report-generation setting                  |
+
+and `demo`, what `make demo` trains (`experiments/demo.py`): `grounded` at the demo's scale
+(`DemoSettings`: its phantom set, steps, batch and buckets). `cxrtrek train --experiment demo
+--preset tiny --set data.path=OUT/phantom --workdir OUT/run` trains the same model (the same
+config) as `make demo` with `--out OUT`, OUT an absolute path (the demo resolves its own).
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ from cxrtrek_jax.model.config import LoraConfig
 from cxrtrek_jax.train.config import ExperimentConfig, alignment_for, base_config
 from cxrtrek_jax.train.optimizer import TowerSchedule
 
-__all__ = ["EXPERIMENTS", "experiment_names", "get_experiment", "ABLATIONS"]
+__all__ = ["EXPERIMENTS", "experiment_names", "get_experiment", "ABLATIONS", "DemoSettings", "demo"]
 
 
 def _named(cfg: ExperimentConfig, name: str, description: str, **changes) -> ExperimentConfig:
@@ -47,19 +53,19 @@ def aligned(preset: str) -> ExperimentConfig:
     )
 
 
-# The from-scratch recipe that reads its radiographs (experiments/RESULTS.md, "2026-12-06"), measured
-# on `tiny` with 3,000 phantom studies: the view and cardiomegaly are read from the image by step
-# 1,000-1,500 of the alignment phase, pleural effusion by ~2,000 with the image-label loss, and the
-# demo's view and stage-2 checks are met with the images and lost with another study's.
+# The from-scratch recipe that reads its radiographs, measured on `tiny` with 3,000 phantom studies:
+# the view and cardiomegaly are read from the image by step 1,000-1,500 of the alignment phase,
+# pleural effusion by ~2,000 with the image-label loss, so 2,500 steps leave a margin; the demo's
+# view and stage-2 checks are met with the images and lost with another study's.
 GROUNDED_ALIGNMENT_STEPS = 2500
 GROUNDED_DECISIVE_STAGES = (2,)
 GROUNDED_IMAGE_TOWER_RATE = 1e-5
 # Each known stage-2 finding label of a row weighs as much as 4 answer tokens (about 37 per row):
-# with it the alignment phase also reads pleural effusion (RESULTS.md, "2026-12-06").
+# with it the alignment phase also reads pleural effusion, which it did not read without.
 GROUNDED_IMAGE_LABEL_WEIGHT = 4.0
 # The chains weigh an answer of n tokens sqrt(n) and cut stage 2's closed answers as the alignment
 # phase does: per token, the long answers' updates moved stage 2 by +-0.04 from seed to seed; per
-# answer, the reports shrank (RESULTS.md, "2026-12-06, later").
+# answer, the reports shrank.
 GROUNDED_CHAIN_LOSS_WEIGHTING = "sqrt"
 
 
@@ -154,7 +160,89 @@ def report_only(preset: str) -> ExperimentConfig:
     return _named(cfg, "report_only", "stage 8 (report generation) alone")
 
 
-EXPERIMENTS: dict[str, Callable[[str], ExperimentConfig]] = {
+# The image slots the demo's chains need: current frontal and lateral, prior frontal and lateral.
+DEMO_IMAGE_SLOTS = 4
+
+
+@dataclasses.dataclass(frozen=True)
+class DemoSettings:
+    """What `make demo` sets on top of its recipe (`experiments/demo.py`'s flags choose them).
+
+    recipe: the registry experiment trained (`grounded`; not `demo`).
+    data_path: the phantom set's directory (the demo passes OUT/phantom).
+    studies: phantom studies (split 80/10/10); turns: (min, max) QA turns per phantom study.
+    length_buckets: padded sequence lengths in tokens; the model is widened to the longest
+      (never narrowed) and to DEMO_IMAGE_SLOTS images.
+    batch_size: the chains' global batch, in rows.
+    learning_rate: the chains' peak rate (the recipe's per-tower rates stay); warmup is a tenth of
+      `steps` (at least 1), the schedule `steps` + 1 long, a checkpoint every `steps` / 2.
+    steps: chain training steps (after the recipe's alignment phase, if any).
+    seed: initialisation, data order and augmentation (never the phantom set).
+    alignment_steps: the alignment phase's steps; None = the recipe's own.
+    """
+
+    recipe: str = "grounded"
+    data_path: str = "demo_out/phantom"
+    studies: int = 3000
+    turns: tuple[int, int] = (10, 12)
+    length_buckets: tuple[int, ...] = (512, 768, 1024)
+    batch_size: int = 4
+    learning_rate: float = 1e-3
+    steps: int = 300
+    seed: int = 0
+    alignment_steps: int | None = None
+
+    def __post_init__(self) -> None:
+        if not self.length_buckets:
+            raise ValueError("DemoSettings.length_buckets: needs at least one length (the longest sizes the model)")
+
+    def overrides(self, recipe: ExperimentConfig) -> dict[str, object]:
+        """The dotted-key overrides that put `recipe` (on its preset) at these settings."""
+        out: dict[str, object] = {
+            "data.path": self.data_path,
+            "data.phantom_studies": self.studies,
+            "data.phantom_size": 256,
+            "data.phantom_turns": self.turns,
+            "data.pipeline.length_buckets": self.length_buckets,
+            "data.pipeline.global_batch_size": self.batch_size,
+            "tokenizer.vocab_size": 1024,
+            "optim.learning_rate": self.learning_rate,
+            "optim.warmup_steps": max(self.steps // 10, 1),
+            "optim.total_steps": self.steps + 1,
+            "train.num_steps": self.steps,
+            "train.seed": self.seed,
+            "data.pipeline.seed": self.seed,
+            "train.log_every": 5,
+            # 10 batches: the image-reliance line from 2 batches (~6 studies of one-pair rows)
+            # swung between 0.008 and 0.066 nats for the same recipe.
+            "train.eval_batches": 10,
+            "checkpoint.save_every": max(self.steps // 2, 1),
+        }
+        if self.alignment_steps is not None:
+            if recipe.alignment is None:
+                raise ValueError(f"alignment_steps {self.alignment_steps}: experiment {self.recipe!r} has no "
+                                 "alignment phase (the `aligned` and `grounded` experiments do)")
+            out["alignment.num_steps"] = self.alignment_steps
+        if recipe.model.text.max_positions < max(self.length_buckets):
+            out["model.text.max_positions"] = max(self.length_buckets)
+        if recipe.model.max_images < DEMO_IMAGE_SLOTS:
+            out["model.max_images"] = DEMO_IMAGE_SLOTS
+        return out
+
+
+def demo(preset: str, settings: DemoSettings = DemoSettings()) -> ExperimentConfig:
+    """What `make demo` trains: `settings.recipe` (`grounded`) on model preset `preset` at the
+    demo's scale (`DemoSettings`). ValueError for an unknown recipe or alignment steps without an
+    alignment phase."""
+    if settings.recipe not in _ABLATION_EXPERIMENTS:
+        raise ValueError(f"the demo's recipe must be one of {', '.join(ABLATIONS)}, got {settings.recipe!r}")
+    recipe = _ABLATION_EXPERIMENTS[settings.recipe](preset)
+    return _named(recipe.override(settings.overrides(recipe)), "demo",
+                  f"`make demo`: the {settings.recipe} experiment on {settings.studies} phantom studies, "
+                  f"{settings.steps} chain steps of batch {settings.batch_size} (experiments/demo.py)")
+
+
+_ABLATION_EXPERIMENTS: dict[str, Callable[[str], ExperimentConfig]] = {
     "baseline": baseline,
     "aligned": aligned,
     "grounded": grounded,
@@ -166,7 +254,8 @@ EXPERIMENTS: dict[str, Callable[[str], ExperimentConfig]] = {
     "no_prior": no_prior,
     "report_only": report_only,
 }
-ABLATIONS = tuple(EXPERIMENTS)
+ABLATIONS = tuple(_ABLATION_EXPERIMENTS)
+EXPERIMENTS: dict[str, Callable[[str], ExperimentConfig]] = {**_ABLATION_EXPERIMENTS, "demo": demo}
 
 
 def experiment_names() -> tuple[str, ...]:
@@ -174,7 +263,8 @@ def experiment_names() -> tuple[str, ...]:
 
 
 def get_experiment(name: str, preset: str = "small") -> ExperimentConfig:
-    """The named experiment on model preset `preset` ("tiny", "small", "cxrtreknet-7b")."""
+    """The named experiment on model preset `preset` (tiny, compact, small, cxrtreknet-7b,
+    medgemma-4b: `cxrtrek_jax.model.config.preset_names()`)."""
     if name not in EXPERIMENTS:
         raise ValueError(f"unknown experiment {name!r}; known: {', '.join(EXPERIMENTS)}")
     return EXPERIMENTS[name](preset)
