@@ -360,7 +360,7 @@ def _summary(cfg, metrics: dict, outputs: DemoOutputs, data, began_all: float) -
     print(f"total {time.time() - began_all:.0f} s")
     met = sum(c["met"] for c in checks)
     print(f"learning checks met: {met} of {len(checks)}" + ("" if met == len(checks) else
-          " (see the table above; the README discusses the ones this CPU-scale run does not meet)"))
+          " (see the table above; experiments/RESULTS.md has the checks over three seeds)"))
 
 
 def _image_reliance_line(gain: float, loss_weighting: str) -> str:
