@@ -30,6 +30,7 @@ __all__ = [
     "TfdsStudySource",
     "open_study_source",
     "json_study_record",
+    "tfds_splits",
 ]
 
 SOURCE_KINDS = ("tfds", "json")
@@ -118,11 +119,7 @@ class TfdsStudySource:
 
     def _open(self) -> Any:
         if self._source is None:
-            from data_pipeline.files.tfds_builder import CXRTrekBuilder
-
-            builder = CXRTrekBuilder(data_dir=self.data_dir)
-            if not os.path.exists(os.path.join(builder.data_dir, "dataset_info.json")):
-                raise FileNotFoundError(f"{self.data_dir}: no built cxrtrek data set (expected {builder.data_dir})")
+            builder = _built_tfds(self.data_dir)
             splits = sorted(builder.info.splits.keys())
             if self.split not in splits:
                 raise ValueError(f"{builder.data_dir}: no split {self.split!r}; the data set has {splits}")
@@ -143,6 +140,22 @@ class TfdsStudySource:
 
     def __repr__(self) -> str:
         return f"TfdsStudySource({self.data_dir!r}, split={self.split!r}, {self._length} studies)"
+
+
+def _built_tfds(data_dir: str | os.PathLike) -> Any:
+    """The `CXRTrekBuilder` of the data set built under `data_dir`; FileNotFoundError when none is."""
+    from data_pipeline.files.tfds_builder import CXRTrekBuilder
+
+    builder = CXRTrekBuilder(data_dir=os.fspath(data_dir))
+    if not os.path.exists(os.path.join(builder.data_dir, "dataset_info.json")):
+        raise FileNotFoundError(f"{os.fspath(data_dir)}: no built cxrtrek data set (expected {builder.data_dir})")
+    return builder
+
+
+def tfds_splits(data_dir: str | os.PathLike) -> tuple[str, ...]:
+    """The splits the TFDS data set under `data_dir` holds (an empty split is not written);
+    FileNotFoundError when no data set is built there."""
+    return tuple(sorted(_built_tfds(data_dir).info.splits.keys()))
 
 
 def open_study_source(

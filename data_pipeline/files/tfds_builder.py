@@ -5,9 +5,10 @@ given to TFDS as the manual dir. Output: `train`/`validation`/`test` splits
 readable with ``tfds.data_source("cxrtrek", data_dir=...)`` (or
 ``builder.as_data_source()``), one example per study.
 
-Splits: a study's `split` field (in `cxrtrek_data` or at the element's top
-level: train / validation (val, valid) / test) when present; otherwise a hash
-of (split seed, `pat_id`), so every study of a patient lands in the same split.
+Splits: the one split rule (`data_pipeline.files.split_rule`): a study's `split`
+field (in `cxrtrek_data` or at the element's top level: train / validation (val,
+valid) / test) when present; otherwise a hash of (split seed, `pat_id`), so every
+study of a patient lands in the same split.
 
 Per example (`FEATURES`): the ids, the relative image paths, the images as
 encoded bytes (PNG/JPEG files kept byte for byte; DICOM decoded by
@@ -29,7 +30,6 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import hashlib
 import json
 import os
 import re
@@ -45,7 +45,8 @@ from data_pipeline.files.cxrtrek_json import find_cxrtrek_data, iter_elements, p
 from data_pipeline.files.image_paths import IMAGE_LISTS, ImagePathError, choose_image_list, resolve_image_path
 from data_pipeline.files.images import ImageLoadError, encode_png16, is_dicom, load_image_bytes
 from data_pipeline.schema.records import Message, QAItem, Study, freeze, study_key, thaw
-from data_pipeline.schema.splits import SPLIT_ALIASES, SPLIT_NAMES, TEST, TRAIN, VALIDATION, canonical_split, split_field
+from data_pipeline.schema.splits import SPLIT_NAMES
+from data_pipeline.files.split_rule import SplitConfig, SplitRuleError, assign_split, patient_split
 from data_pipeline.files.validation import Problem, StudyValidator
 
 __all__ = [
@@ -75,50 +76,12 @@ _TURN_INT_FIELDS = ("stage", "image_input_count")
 # ----------------------------------------------------------------------------- splits
 
 
-@dataclasses.dataclass(frozen=True)
-class SplitConfig:
-    """Patient-level hashed split: fractions of patients in validation and test."""
-
-    val_fraction: float = 0.05
-    test_fraction: float = 0.05
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        for name in ("val_fraction", "test_fraction"):
-            value = getattr(self, name)
-            if not 0.0 <= value < 1.0:
-                raise ValueError(f"{name} must be in [0, 1), got {value}")
-        if self.val_fraction + self.test_fraction >= 1.0:
-            raise ValueError(
-                f"val_fraction + test_fraction must be < 1 (train must keep patients), "
-                f"got {self.val_fraction} + {self.test_fraction}"
-            )
-
-
-def patient_split(pat_id: str, config: SplitConfig) -> str:
-    """The split of a patient: sha256(seed, pat_id) -> u in [0, 1); test when
-    u < test_fraction, validation when u < test + val fraction, else train."""
-    digest = hashlib.sha256(f"{config.seed}\x00{pat_id}".encode()).digest()
-    u = int.from_bytes(digest[:8], "big") / 2.0**64
-    if u < config.test_fraction:
-        return TEST
-    if u < config.test_fraction + config.val_fraction:
-        return VALIDATION
-    return TRAIN
-
-
 def _split_of(study: Study, prefix: str, config: SplitConfig) -> tuple[str | None, tuple[str, str] | None]:
-    """(split, None) or (None, (field, reason))."""
-    found = split_field(study)
-    if found is not None:
-        (where, value), name = found, canonical_split(found[1])
-        if name is None:
-            field = prefix + "split" if where == "cxrtrek_data" else "split"
-            return None, (field, f"unknown split {value!r}; expected one of {', '.join(SPLIT_ALIASES)}")
-        return name, None
-    if not study.pat_id:
-        return None, (prefix + "pat_id", "empty; the patient-level split needs it (or give a 'split' field)")
-    return patient_split(study.pat_id, config), None
+    """(split, None) or (None, (field, reason)): the one split rule (`split_rule.assign_split`)."""
+    try:
+        return assign_split(study, config), None
+    except SplitRuleError as err:
+        return None, (prefix + err.field if err.in_cxrtrek_data else err.field, err.reason)
 
 
 # ----------------------------------------------------------------------------- options and summary
