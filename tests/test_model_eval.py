@@ -117,7 +117,7 @@ def test_bad_arguments_are_clear_errors(world, capsys):
     assert "--checkpoint needs --data" in capsys.readouterr().err
     assert main(["eval", "--checkpoint", world["ckpt"], "--data", str(world["data"]), "--split", "nope",
                  "--out", out, *FAST]) == 2
-    assert "no study in split 'nope'" in capsys.readouterr().err
+    assert "--split nope: unknown split 'nope'" in capsys.readouterr().err
     assert main(["eval", "--checkpoint", str(world["root"] / "missing"), "--data", str(world["data"]),
                  "--out", out, *FAST]) == 2
     assert "no such directory" in capsys.readouterr().err

@@ -3,8 +3,11 @@
 Selection, in the order of the predictions file (or of `study_ids` when given):
   - `study_ids`: exactly these studies; an id without any prediction is an error;
   - otherwise the first `max_studies` studies of the predictions (all when None).
-Only the records of the selected studies are kept in memory; the data file is
-streamed and only the selected studies are kept.
+Only the records of the selected studies are kept in memory; the data is
+streamed and only the selected studies are kept. The data is either `Study`s
+(their images then resolved under an image root by the report) or the
+`StudyRecord`s of an opened data set (`data_pipeline.files.datasets`: a JSON
+file or a TFDS dir), which carry each study's images; a case keeps its record.
 
 Context: a predictions file may hold several context modes ("own", "teacher",
 "none"; see `cxrtrek_jax.evaluation.scores.predictions`). The report shows one: the
@@ -32,6 +35,7 @@ from cxrtrek_jax.case_report.errors import CaseReportError
 from cxrtrek_jax.case_report.report_turns import ReportTurn, report_turn
 from cxrtrek_jax.contexts import CONTEXT_MODES
 from cxrtrek_jax.evaluation.scores.predictions import PredictionRecord
+from data_pipeline.files.sources import StudyRecord
 from data_pipeline.schema.records import Study
 
 __all__ = ["StudyCase", "CaseSelection", "choose_context", "select_cases"]
@@ -47,12 +51,15 @@ class StudyCase:
         (only with `allow_missing`).
     turns: the turns of the shown context, ordered by turn_index.
     other_contexts: the other context modes the predictions hold for this study.
+    record: the study with its images (local paths or stored bytes) when the data came
+        as `StudyRecord`s; None when it came as `Study`s (or lacks the study).
     """
 
     study_id: str
     study: Study | None
     turns: tuple[ReportTurn, ...]
     other_contexts: tuple[str, ...]
+    record: StudyRecord | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -124,16 +131,18 @@ def _read_predictions(
     return kept, list(all_ids), contexts
 
 
-def _read_studies(studies: Iterable[Study], keep: set[str]) -> tuple[dict[str, Study], set[str]]:
-    """(the studies whose id is in `keep`, every study id of the data)."""
-    found: dict[str, Study] = {}
+def _read_studies(studies: Iterable[Study | StudyRecord], keep: set[str]
+                  ) -> tuple[dict[str, Study | StudyRecord], set[str]]:
+    """(the studies (or records) whose id is in `keep`, every study id of the data)."""
+    found: dict[str, Study | StudyRecord] = {}
     all_ids: set[str] = set()
-    for study in studies:
-        if study.key in all_ids:
-            raise CaseReportError(f"data: study {study.key!r} appears more than once")
-        all_ids.add(study.key)
-        if study.key in keep:
-            found[study.key] = study
+    for item in studies:
+        key = item.study.key if isinstance(item, StudyRecord) else item.key
+        if key in all_ids:
+            raise CaseReportError(f"data: study {key!r} appears more than once")
+        all_ids.add(key)
+        if key in keep:
+            found[key] = item
     return found, all_ids
 
 
@@ -153,7 +162,7 @@ def _check_against_data(record: PredictionRecord, study: Study) -> None:
 
 def select_cases(
     predictions: Iterable[PredictionRecord],
-    studies: Iterable[Study],
+    studies: Iterable[Study | StudyRecord],
     *,
     context: str | None = None,
     study_ids: Sequence[str] | None = None,
@@ -191,12 +200,14 @@ def select_cases(
                 f"(it has: {', '.join(others)}); not shown"
             )
             continue
-        study = found.get(sid)
+        item = found.get(sid)
+        record = item if isinstance(item, StudyRecord) else None
+        study = item.study if record is not None else item
         if study is not None:
-            for record in records.values():
-                _check_against_data(record, study)
+            for prediction in records.values():
+                _check_against_data(prediction, study)
         turns = tuple(report_turn(records[t]) for t in sorted(records))
-        cases.append(StudyCase(sid, study, turns, others))
+        cases.append(StudyCase(sid, study, turns, others, record))
     if not cases:
         raise CaseReportError("no study to show: " + "; ".join(warnings))
     available = tuple(m for m in CONTEXT_MODES if m in contexts)

@@ -34,6 +34,7 @@ __all__ = [
     "downscale",
     "png_data_uri",
     "load_page_image",
+    "page_image",
     "overlay_svg",
 ]
 
@@ -103,7 +104,11 @@ def png_data_uri(image: np.ndarray) -> str:
 
 def load_page_image(path: str | os.PathLike, max_side: int = 512) -> PageImage:
     """Loads and shrinks one radiograph for the page; ImageLoadError naming the file."""
-    image = load_image(path)
+    return page_image(load_image(path), max_side)
+
+
+def page_image(image: np.ndarray, max_side: int = 512) -> PageImage:
+    """A decoded radiograph (float [H, W] in [0, 1], air dark) shrunk for the page."""
     small = downscale(image, max_side)
     return PageImage(
         data_uri=png_data_uri(small),

@@ -2,7 +2,10 @@
 
 Images: each study's `images` are resolved under `image_root` with
 `data_pipeline.files.image_paths.resolve_image_path` and loaded with
-`data_pipeline.files.images.load_image`. The leading `current_image_count(study)`
+`data_pipeline.files.images.load_image`; or, when the studies come as the
+`StudyRecord`s of an opened data set (`data_pipeline.files.datasets`, a JSON file
+or a TFDS dir), loaded from the record (`StudyRecord.load_image`), with no image
+root. The leading `current_image_count(study)`
 images are the current study's views, the rest the prior (or later) study's.
 Detection boxes (model and reference, every detection turn of the shown
 context) are drawn on the first image, the current study's first view: the
@@ -22,13 +25,14 @@ from pathlib import Path
 
 from cxrtrek_jax.case_report.cases import StudyCase, select_cases
 from cxrtrek_jax.case_report.errors import CaseReportError
-from cxrtrek_jax.case_report.image_overlay import OverlayBox, load_page_image
+from cxrtrek_jax.case_report.image_overlay import OverlayBox, load_page_image, page_image
 from cxrtrek_jax.case_report.render import ImagePanel, render_case_report
 from cxrtrek_jax.case_report.report_turns import ReportTurn
 from cxrtrek_jax.evaluation.scores.predictions import PredictionRecord
 from data_pipeline.files.atomic_write import write_text_atomically
 from data_pipeline.files.image_paths import ImagePathError, resolve_image_path
 from data_pipeline.files.images import ImageLoadError
+from data_pipeline.files.sources import StudyRecord
 from data_pipeline.schema.records import Study
 from data_pipeline.text.sequences import current_image_count
 
@@ -76,20 +80,24 @@ def _captions(study: Study) -> list[str]:
 def study_image_panels(
     study: Study,
     turns: Sequence[ReportTurn],
-    image_root: str | os.PathLike,
+    image_root: str | os.PathLike | None,
     *,
     max_image_side: int = DEFAULT_MAX_IMAGE_SIDE,
     allow_missing: bool = False,
+    record: StudyRecord | None = None,
 ) -> tuple[tuple[ImagePanel, ...], tuple[str, ...]]:
-    """(the study's image panels, warnings); boxes go on the first panel."""
+    """(the study's image panels, warnings); boxes go on the first panel. The images are
+    `record`'s when given (the study with its images), else the study's paths under `image_root`."""
     boxes = detection_overlay_boxes(turns)
     panels: list[ImagePanel] = []
     warnings: list[str] = []
     for index, (path, caption) in enumerate(zip(study.images, _captions(study))):
         panel_boxes = boxes if index == 0 else ()
         try:
-            local = resolve_image_path(path, image_root)
-            image = load_page_image(local, max_image_side)
+            if record is not None:
+                image = page_image(record.load_image(index), max_image_side)
+            else:
+                image = load_page_image(resolve_image_path(path, image_root), max_image_side)
         except (ImagePathError, ImageLoadError) as err:
             message = f"study {study.key!r} image {index} ({path}): {err}"
             if not allow_missing:
@@ -104,15 +112,18 @@ def study_image_panels(
 
 
 def _panels_of(
-    cases: Sequence[StudyCase], image_root: str | os.PathLike, max_image_side: int, allow_missing: bool
+    cases: Sequence[StudyCase], image_root: str | os.PathLike | None, max_image_side: int, allow_missing: bool
 ) -> tuple[dict[str, tuple[ImagePanel, ...]], list[str]]:
     panels: dict[str, tuple[ImagePanel, ...]] = {}
     warnings: list[str] = []
     for case in cases:
         if case.study is None:
             continue
+        if case.record is None and image_root is None:
+            raise CaseReportError(f"study {case.study_id!r} came without its images and no image root was given")
         panels[case.study_id], study_warnings = study_image_panels(
-            case.study, case.turns, image_root, max_image_side=max_image_side, allow_missing=allow_missing
+            case.study, case.turns, image_root, max_image_side=max_image_side, allow_missing=allow_missing,
+            record=case.record,
         )
         warnings.extend(study_warnings)
     return panels, warnings
@@ -120,8 +131,8 @@ def _panels_of(
 
 def write_case_report(
     predictions: Iterable[PredictionRecord],
-    studies: Iterable[Study],
-    image_root: str | os.PathLike,
+    studies: Iterable[Study | StudyRecord],
+    image_root: str | os.PathLike | None,
     out_path: str | os.PathLike,
     *,
     context: str | None = None,
@@ -136,7 +147,8 @@ def write_case_report(
     predictions / studies: iterables, each consumed once (streamed; only the
         selected studies are kept). Selection, context choice and checks:
         `cxrtrek_jax.case_report.cases`.
-    image_root: the folder the studies' image paths are relative to.
+    image_root: the folder the studies' image paths are relative to; None when the
+        studies come as `StudyRecord`s (an opened data set's), which carry their images.
     allow_missing: predicted studies absent from the data and images that
         cannot be loaded become warnings listed on the page instead of errors.
     max_image_side: longer side of the page images, in pixels.
@@ -166,18 +178,14 @@ def write_case_report(
 
 
 def write_evaluation_report(eval_dir: str | os.PathLike, data, *, max_studies: int,
-                            name: str = "report.html") -> Path | None:
+                            name: str = "report.html") -> Path:
     """`eval_dir`/report.html over the first `max_studies` studies of an evaluation directory
-    written by `evaluation.evaluate_checkpoint` from `data` (an `evaluation.EvalData`); None for
-    a TFDS data set, whose images live inside the data set (`cxrtrek report --data JSON`)."""
+    written by `evaluation.evaluate_checkpoint` from `data` (an `evaluation.EvalData`, a JSON file
+    or a TFDS dir: the studies and images of its split, `EvalData.records`)."""
     from cxrtrek_jax.evaluation.runs.evaluate import PREDICTIONS_FILE
     from cxrtrek_jax.evaluation.scores.predictions import read_predictions
-    from data_pipeline.files.cxrtrek_json import iter_studies
 
-    if data.kind != "json":
-        return None
     eval_dir = Path(eval_dir)
-    result = write_case_report(read_predictions(eval_dir / PREDICTIONS_FILE), iter_studies(data.path),
-                               str(data.image_root), eval_dir / name, max_studies=max_studies,
-                               allow_missing=False)
+    result = write_case_report(read_predictions(eval_dir / PREDICTIONS_FILE), data.records(), None,
+                               eval_dir / name, max_studies=max_studies, allow_missing=False)
     return result.path

@@ -4,7 +4,8 @@
 Builds the `cxrtrek` TFDS data set (array_record files, train/validation/test
 splits) from CXRTrek JSON files and the image root; read it back with
 ``tfds.data_source("cxrtrek", data_dir=DATA_DIR)``. Splits come from a study's
-`split` field when present, else from a hash of `pat_id` (patient-level). An
+`split` field when present, else from a hash of `pat_id` (patient-level): the one
+rule `eval`, `infer` and `report` apply to a JSON file with the same flags. An
 invalid sample stops the build unless --skip-invalid, which drops it and
 lists it in the printed summary and in build_summary.json.
 """
@@ -16,6 +17,7 @@ import json
 import os
 
 from cxrtrek_jax.cli import CLIError
+from cxrtrek_jax.cli.data_args import add_split_rule_arguments, split_rule_from
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -28,26 +30,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--image-root", required=True, metavar="DIR", help="folder the relative image paths live under")
     parser.add_argument("--out", required=True, metavar="DATA_DIR", help="TFDS data dir to write into")
     parser.add_argument("--skip-invalid", action="store_true", help="drop invalid samples (listed in the summary)")
-    parser.add_argument("--val-fraction", type=float, default=0.05, metavar="F", help="fraction of patients in validation")
-    parser.add_argument("--test-fraction", type=float, default=0.05, metavar="F", help="fraction of patients in test")
-    parser.add_argument("--split-seed", type=int, default=0, metavar="S", help="seed of the patient hash split")
+    add_split_rule_arguments(parser)
     parser.add_argument("--overwrite", action="store_true", help="replace an existing build of the same version")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from data_pipeline.files.cxrtrek_json import CXRTrekFormatError
-    from data_pipeline.files.tfds_builder import BuildOptions, InvalidSampleError, SplitConfig, build_dataset
+    from data_pipeline.files.split_rule import SplitConfig
+    from data_pipeline.files.tfds_builder import BuildOptions, InvalidSampleError, build_dataset
 
     for path in args.json:
         if not os.path.isfile(path):
             raise CLIError(f"--json {path}: no such file")
     if not os.path.isdir(args.image_root):
         raise CLIError(f"--image-root {args.image_root}: no such directory")
-    try:
-        split = SplitConfig(val_fraction=args.val_fraction, test_fraction=args.test_fraction, seed=args.split_seed)
-    except ValueError as e:
-        raise CLIError(str(e)) from e
+    split = split_rule_from(args) or SplitConfig()
     options = BuildOptions(json_files=tuple(args.json), split=split, skip_invalid=args.skip_invalid)
     try:
         summary = build_dataset(options, args.image_root, args.out, overwrite=args.overwrite)

@@ -8,7 +8,11 @@ each context mode (`own`: its own answers are the context, `teacher`: the
 reference answers, `none`: each question alone), streamed into
 DIR/predictions.jsonl, which is then scored exactly as --predictions would
 score it (re-scoring that file gives identical numbers), and a case report
-DIR/report.html is written. Both write into DIR:
+DIR/report.html is written (whatever the form of --data). The data arguments
+(--data, --image-root, --split, --val-fraction, --test-fraction, --split-seed)
+are those of `infer` and `report` (`cxrtrek_jax.cli.data_args`): a study's
+'split' field, else the patient hash split `data build-tfds` uses, so a JSON
+file and the TFDS dir built from it give the same studies. Both write into DIR:
 - metrics.json: identity (the predictions file's SHA-256, anything given
   with --identity, package versions), settings, metrics per context mode,
   stage, task type and qtype with study-bootstrap intervals, the context
@@ -32,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from cxrtrek_jax.cli import CLIError
+from cxrtrek_jax.cli.data_args import add_data_arguments, open_data, split_from, split_rule_from
 from data_pipeline.schema.splits import TEST, TRAIN
 
 REPORT_STUDIES = 8  # studies shown in the case report written by a --checkpoint run
@@ -47,10 +52,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--predictions", metavar="JSONL", help="predictions file to score")
     source.add_argument("--checkpoint", metavar="CKPT", help="checkpoint dir to decode and score")
-    parser.add_argument("--data", metavar="PATH", help="with --checkpoint: CXRTrek JSON file or TFDS data dir")
-    parser.add_argument("--split", default=TEST, help="data split (JSON: each study's 'split' field; "
-                        "'all' = every study of a JSON file); default test")
-    parser.add_argument("--image-root", metavar="DIR", help="root of the JSON's image paths (default: its folder)")
+    add_data_arguments(parser, split_default=TEST, data_help="with --checkpoint")
     parser.add_argument("--context", default="all",
                         help="context mode(s) to run, comma-separated from own, teacher, none, swapped "
                              "(swapped: own with another study's images); all = own,teacher,none (default)")
@@ -132,14 +134,14 @@ def _evaluate_checkpoint(args: argparse.Namespace, scoring, extra_identity: dict
     if args.baseline_predictions:
         raise CLIError("--baseline-predictions goes with --predictions (--checkpoint fits its own baseline)")
     contexts = _contexts(args.context)
-    try:
-        data = EvalData(args.data, split=None if args.split == "all" else args.split,
-                        image_root=args.image_root, max_studies=args.max_studies)
-        baseline = None
-        if args.baseline_split != "none":
-            baseline = EvalData(args.data, split=args.baseline_split, image_root=args.image_root)
-    except (FileNotFoundError, ValueError) as err:
-        raise CLIError(str(err)) from None
+    dataset = open_data(args)
+    data = EvalData(dataset, split=split_from(args), max_studies=args.max_studies)
+    baseline = None
+    if args.baseline_split != "none":
+        try:
+            baseline = EvalData(dataset, split=args.baseline_split)
+        except ValueError as err:
+            raise CLIError(f"--baseline-split {args.baseline_split}: {err}") from None
     bar = tqdm(unit="study", desc="decoding", disable=args.no_progress)
 
     def on_study(context: str, study_id: str) -> None:
@@ -159,7 +161,7 @@ def _evaluate_checkpoint(args: argparse.Namespace, scoring, extra_identity: dict
         raise CLIError(message) from None
     finally:
         bar.close()
-    return result.metrics, [*result.written, *([report] if report else [])]
+    return result.metrics, [*result.written, report]
 
 
 def _score_file(args: argparse.Namespace, scoring, extra_identity: dict) -> tuple[dict, list[Path]]:
@@ -170,8 +172,9 @@ def _score_file(args: argparse.Namespace, scoring, extra_identity: dict) -> tupl
     from cxrtrek_jax.evaluation.scores.predictions import read_predictions
     from cxrtrek_jax.evaluation.scores.scoring import score_predictions
 
-    if args.data is not None:
-        raise CLIError("--data goes with --checkpoint (to re-score, --predictions alone)")
+    if args.data is not None or args.image_root is not None or split_rule_from(args) is not None:
+        raise CLIError("--data, --image-root and the split flags go with --checkpoint "
+                       "(to re-score, --predictions alone)")
     path = Path(args.predictions)
     if not path.is_file():
         raise CLIError(f"--predictions {path}: no such file")

@@ -2,6 +2,11 @@
 
     cxrtrek infer --checkpoint CKPT --image a.dcm [--prior b.png]      # the default 8-stage question script
     cxrtrek infer --checkpoint CKPT --data test.json --context teacher --out predictions.jsonl
+    cxrtrek infer --checkpoint CKPT --data TFDS_DIR --split test --out predictions.jsonl
+
+--data takes the data arguments every command shares (`cxrtrek_jax.cli.data_args`: a CXRTrek JSON
+file or a TFDS data dir, --image-root, --split (default all) and the split-rule flags), so
+`infer --split test` decodes the studies `eval --split test` does.
 
 Each output line is a predictions record (`cxrtrek_jax.evaluation.scores.predictions`),
 so `cxrtrek eval --predictions` scores it; the reference is "" when unknown.
@@ -16,7 +21,9 @@ import time
 from pathlib import Path
 
 from cxrtrek_jax.cli import CLIError
+from cxrtrek_jax.cli.data_args import add_data_arguments, open_data, split_from, split_rule_from
 from cxrtrek_jax.contexts import CHAIN_CONTEXTS
+from data_pipeline.files.datasets import EVERY_SPLIT
 
 # `cxrtrek_jax.decoding.ORDERS`, spelled out here so that registering the command imports no JAX.
 _ORDERS = ("given", "canonical")
@@ -36,12 +43,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="tokenizer directory (default: the one named in the checkpoint's metadata)")
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--image", nargs="+", metavar="FILE", help="current-study image(s): PNG, JPEG or DICOM")
-    source.add_argument("--data", metavar="CXRTREK_JSON", help="a CXRTrek JSON file of studies")
+    add_data_arguments(parser, split_default=EVERY_SPLIT, data_help="studies to decode", data_container=source)
     parser.add_argument("--prior", nargs="+", default=[], metavar="FILE", help="prior-study image(s) (with --image)")
     parser.add_argument("--later", nargs="+", default=[], metavar="FILE",
                         help="later (follow-up) study image(s) for stage 6 (with --image)")
-    parser.add_argument("--image-root", default=None,
-                        help="root of the image paths in --data (default: the JSON file's folder)")
     parser.add_argument("--context", choices=CHAIN_CONTEXTS, default="own",
                         help="what earlier turns hold: the model's answers (own), the references (teacher) "
                              "or nothing (none); default own")
@@ -64,8 +69,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _check_args(args: argparse.Namespace) -> None:
     if args.image is None and (args.prior or args.later):
         raise CLIError("--prior and --later go with --image (studies in --data list their own images)")
-    if args.image is not None and args.image_root is not None:
-        raise CLIError("--image-root goes with --data")
+    if args.image is not None and (args.image_root is not None or split_rule_from(args) is not None
+                                   or args.split != EVERY_SPLIT):
+        raise CLIError("--image-root, --split and the split flags go with --data")
     if args.image is not None and args.context == "teacher":
         raise CLIError("--context teacher needs reference answers: use --data with studies that have them")
     for name in ("max_new_tokens", "batch_size"):
@@ -123,41 +129,46 @@ def _load_images(paths, image_size: int):
 
 
 def _data_studies(args: argparse.Namespace, image_size: int):
+    """The studies of --data's --split (at most --max-studies) as chains: each study's own
+    questions, or the default script for a study without any."""
+    from cxrtrek_jax.evaluation.runs.model_eval import record_images
+    from data_pipeline.files.images import ImageLoadError
+
+    dataset, split = open_data(args), split_from(args)
+    out = []
+    try:
+        for record in dataset.records(split):
+            if args.max_studies is not None and len(out) >= args.max_studies:
+                break
+            if not record.study.images:
+                raise CLIError(f"study {record.study.key!r} has no images")
+            try:
+                images = record_images(record, image_size)
+            except ImageLoadError as err:
+                raise CLIError(f"unreadable image: {err}") from None
+            out.append(_chain_study(args, record.study, images))
+    except ValueError as err:  # CXRTrekFormatError, ImagePathError, a study the split rule cannot place
+        raise CLIError(str(err)) from None
+    if not out:
+        raise CLIError(f"{args.data} holds no studies" + ("" if split is None else f" in split {split!r}"))
+    return out
+
+
+def _chain_study(args: argparse.Namespace, study, images):
+    """A ChainStudy of `study` with its loaded `images`: its own questions in --order, or the
+    default script when it has none (not with --context teacher: no references)."""
     from cxrtrek_jax.decoding import ChainStudy, default_script, fixed_plan, study_turns
-    from data_pipeline.files.cxrtrek_json import CXRTrekFormatError, read_studies
-    from data_pipeline.files.image_paths import ImagePathError, resolve_image_path
     from data_pipeline.text.sequences import current_image_count, system_prompt_of
 
-    if not Path(args.data).is_file():
-        raise CLIError(f"data file {args.data} does not exist")
-    try:
-        studies = read_studies(args.data)
-    except CXRTrekFormatError as err:
-        raise CLIError(str(err)) from None
-    if not studies:
-        raise CLIError(f"{args.data} holds no studies")
-    studies = studies[: args.max_studies]
-    root = args.image_root or str(Path(args.data).parent)
-    out = []
-    for study in studies:
-        try:
-            paths = [resolve_image_path(p, root, require_exists=True) for p in study.images]
-        except ImagePathError as err:
-            raise CLIError(f"study {study.key!r}: {err}") from None
-        if not paths:
-            raise CLIError(f"study {study.key!r} has no images")
-        if study.items:
-            turns = study_turns(study, args.order)
-            plan = functools.partial(fixed_plan, turns)
-        elif args.context == "teacher":
-            raise CLIError(f"study {study.key!r} has no questions, so no reference answers for "
-                           "--context teacher")
-        else:
-            current = current_image_count(study)
-            plan = functools.partial(default_script, current_images=current, prior_images=len(paths) - current)
-        out.append(ChainStudy(study_id=study.key, images=_load_images(paths, image_size),
-                              system_prompt=system_prompt_of(study), plan=plan))
-    return out
+    if study.items:
+        plan = functools.partial(fixed_plan, study_turns(study, args.order))
+    elif args.context == "teacher":
+        raise CLIError(f"study {study.key!r} has no questions, so no reference answers for "
+                       "--context teacher")
+    else:
+        current = current_image_count(study)
+        plan = functools.partial(default_script, current_images=current, prior_images=len(images) - current)
+    return ChainStudy(study_id=study.key, images=images, system_prompt=system_prompt_of(study), plan=plan)
 
 
 def _print_trace(results) -> None:

@@ -1,4 +1,9 @@
-"""`cxrtrek report`: the self-contained HTML case report of a predictions file."""
+"""`cxrtrek report`: the self-contained HTML case report of a predictions file.
+
+The studies and their images come from --data, a CXRTrek JSON file or a TFDS data dir, opened with
+the data arguments every command shares (`cxrtrek_jax.cli.data_args`); --split (default all)
+restricts them to one split by the one split rule.
+"""
 
 from __future__ import annotations
 
@@ -7,8 +12,9 @@ import sys
 from pathlib import Path
 
 from cxrtrek_jax.cli import CLIError
+from cxrtrek_jax.cli.data_args import add_data_arguments, open_data, split_from
 from cxrtrek_jax.contexts import CONTEXT_MODES
-
+from data_pipeline.files.datasets import EVERY_SPLIT
 
 
 def _positive_int(text: str) -> int:
@@ -33,10 +39,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         ),
     )
     parser.add_argument("--predictions", required=True, help="predictions JSONL file (one record per turn)")
-    parser.add_argument("--data", required=True, metavar="CXRTREK_JSON", help="CXRTrek JSON file of the studies")
-    parser.add_argument(
-        "--image-root", help="folder the studies' image paths are relative to (default: the --data file's folder)"
-    )
+    add_data_arguments(parser, split_default=EVERY_SPLIT, data_help="the predicted studies", required=True)
     parser.add_argument("--out", required=True, help="output HTML file")
     parser.add_argument(
         "--study", nargs="+", action="extend", metavar="ID", help="only these studies, in this order"
@@ -56,21 +59,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from cxrtrek_jax.case_report import CaseReportError, write_case_report
-    from cxrtrek_jax.evaluation.scores.predictions import PredictionFormatError, read_predictions
-    from data_pipeline.files.cxrtrek_json import CXRTrekFormatError, iter_studies
+    from cxrtrek_jax.case_report import write_case_report
+    from cxrtrek_jax.evaluation.scores.predictions import read_predictions
 
-    for flag, path in (("--predictions", args.predictions), ("--data", args.data)):
-        if not Path(path).is_file():
-            raise CLIError(f"{flag} {path}: no such file")
-    image_root = args.image_root if args.image_root is not None else str(Path(args.data).parent)
-    if not Path(image_root).is_dir():
-        raise CLIError(f"--image-root {image_root}: no such folder")
+    if not Path(args.predictions).is_file():
+        raise CLIError(f"--predictions {args.predictions}: no such file")
+    dataset, split = open_data(args), split_from(args)
     try:
         result = write_case_report(
             read_predictions(args.predictions),
-            iter_studies(args.data),
-            image_root,
+            dataset.records(split),
+            None,
             args.out,
             context=args.context,
             study_ids=args.study,
@@ -79,7 +78,7 @@ def _report(args: argparse.Namespace) -> int:
             max_image_side=args.max_image_side,
             title=args.title,
         )
-    except (CaseReportError, PredictionFormatError, CXRTrekFormatError, OSError) as err:
+    except (ValueError, OSError) as err:  # CaseReportError, PredictionFormatError, CXRTrekFormatError, ...
         raise CLIError(str(err)) from None
     for warning in result.warnings:
         print(f"cxrtrek report: warning: {warning}", file=sys.stderr)

@@ -6,7 +6,8 @@ study, see `with_foreign_images`) the studies are read batch by batch (a JSON fi
 or one split of a TFDS data dir built by `cxrtrek data build-tfds`), their
 images decoded once per batch, and their conversations run with the explicit
 chain state (`cxrtrek_jax.decoding.run_chain`). Memory is bounded by one batch
-of studies; the records go straight to a predictions file.
+of studies; the records go straight to a predictions file. Splits follow the one split rule
+(`EvalData`), whatever the form of the data.
 
 `checkpoint_identity(...)` hashes what identifies an evaluation (checkpoint
 parameters' metadata, data file, config) for `metrics.json`.
@@ -26,31 +27,58 @@ import numpy as np
 
 from cxrtrek_jax.contexts import CONTEXT_MODES, SWAPPED
 from cxrtrek_jax.evaluation.scores.predictions import PredictionRecord, prediction_from_turn
-from data_pipeline.schema.splits import TEST, study_split
+from data_pipeline.files.datasets import Dataset, open_dataset, parse_split
+from data_pipeline.files.split_rule import SplitConfig
+from data_pipeline.schema.splits import TEST
 
-__all__ = ["EvalData", "iter_eval_studies", "iter_split_studies", "with_foreign_images", "decode_predictions",
-           "checkpoint_identity"]
+__all__ = ["EvalData", "iter_eval_studies", "iter_split_studies", "record_images", "with_foreign_images",
+           "decode_predictions", "checkpoint_identity"]
 
 
 class EvalData:
-    """The studies to evaluate and how to read their images.
+    """The studies of one split of a data set, for evaluation, and how to read their images.
 
-    path: a CXRTrek JSON file (images under `image_root`, default its folder;
-      with `split`, only studies whose `split` field says so) or a TFDS data dir.
+    data: a CXRTrek JSON file (images under `image_root`, default its folder) or a TFDS data dir
+      built by `cxrtrek data build-tfds`, opened with `data_pipeline.files.datasets.open_dataset`;
+      or an already opened `Dataset` (then without image_root / split_rule).
+    split: the split to evaluate (`SPLIT_NAMES`; aliases and "all" as `parse_split` reads them;
+      None = every study), placed by the one split rule (`data_pipeline.files.split_rule`: a
+      study's `split` field, else the patient hash of `split_rule`), so a JSON file and the TFDS
+      set built from it with the same rule give the same studies.
+    max_studies: at most this many studies (the first ones in data order).
     """
 
-    def __init__(self, path: str | os.PathLike, *, split: str | None = TEST,
-                 image_root: str | os.PathLike | None = None, max_studies: int | None = None):
-        self.path = Path(path)
-        if not self.path.exists():
-            raise FileNotFoundError(f"evaluation data {self.path}: no such file or directory")
-        self.kind = "tfds" if self.path.is_dir() else "json"
-        self.split = split
-        self.image_root = Path(image_root) if image_root else (self.path.parent if self.kind == "json" else None)
+    def __init__(self, data: str | os.PathLike | Dataset, *, split: str | None = TEST,
+                 image_root: str | os.PathLike | None = None, max_studies: int | None = None,
+                 split_rule: SplitConfig | None = None):
+        if isinstance(data, Dataset):
+            if image_root is not None or split_rule is not None:
+                raise ValueError("EvalData of an opened Dataset takes its image root and split rule from it")
+            self.dataset = data
+        else:
+            self.dataset = open_dataset(data, image_root=image_root, split_rule=split_rule)
+        self.split = parse_split(split)
         self.max_studies = max_studies
 
+    @property
+    def path(self) -> Path:
+        return Path(self.dataset.path)
+
+    @property
+    def kind(self) -> str:
+        """The data's form, `Dataset.form`: "json" or "tfds"."""
+        return self.dataset.form
+
+    @property
+    def image_root(self) -> Path | None:
+        return None if self.dataset.image_root is None else Path(self.dataset.image_root)
+
+    def records(self) -> Iterator[Any]:
+        """The `StudyRecord`s of the split in data order (all of them; images not decoded)."""
+        return self.dataset.records(self.split)
+
     def identity(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"data": str(self.path), "data_split": self.split}
+        out: dict[str, Any] = {**self.dataset.identity(), "data_split": self.split}
         if self.kind == "json":
             from cxrtrek_jax.evaluation.scores.outputs import file_sha256
 
@@ -58,64 +86,39 @@ class EvalData:
         return out
 
 
-def _study_records(data: EvalData) -> Iterator[tuple[Any, Any]]:
-    """(Study, StudyRecord) of the data's split in data order (all of them; images not read).
-
-    A JSON study without a `split` field is an error naming it when a split is asked for
-    (nothing is silently dropped or silently included)."""
-    if data.kind == "tfds":
-        from data_pipeline.files.sources import TfdsStudySource
-
-        source = TfdsStudySource(data.path, data.split or TEST)
-        for i in range(len(source)):
-            record = source[i]
-            yield record.study, record
-        return
-    from data_pipeline.files.cxrtrek_json import iter_studies
-    from data_pipeline.files.sources import json_study_record
-
-    for index, study in enumerate(iter_studies(data.path)):
-        if data.split is not None:
-            split = study_split(study)
-            if split is None:
-                raise ValueError(f"{data.path}: study {study.key!r} (sample {index}) has no "
-                                 f"'split' field; pass split=None to evaluate every study")
-            if split != data.split:
-                continue
-        record = json_study_record(study, data.image_root, data.path, index)
-        yield record.study, record
+def _split_records(data: EvalData) -> Iterator[Any]:
+    """The `StudyRecord`s of the data's split in data order, at most `max_studies`.
+    Raises ValueError when the split holds no study."""
+    count = 0
+    for record in data.records():
+        if data.max_studies is not None and count >= data.max_studies:
+            return
+        count += 1
+        yield record
+    if count == 0:
+        raise ValueError(f"{data.path}: no study in split {data.split!r}")
 
 
 def iter_split_studies(data: EvalData) -> Iterator[Any]:
     """The Study records of the data's split (at most `max_studies`), without reading images.
     Raises ValueError when the split holds no study."""
-    count = 0
-    for study, _ in _study_records(data):
-        if data.max_studies is not None and count >= data.max_studies:
-            return
-        count += 1
-        yield study
-    if count == 0:
-        raise ValueError(f"{data.path}: no study in split {data.split!r}")
+    return (record.study for record in _split_records(data))
+
+
+def record_images(record: Any, image_size: int) -> np.ndarray:
+    """The images of a `StudyRecord` at the model's size: float32[K, S, S] (aspect kept, padded
+    black, as `decoding.load_study_images`); ImageLoadError names a bad image."""
+    from data_pipeline.files.images import resize_with_pad
+
+    images = [resize_with_pad(record.load_image(k), image_size) for k in range(record.study.num_images)]
+    return np.stack(images) if images else np.zeros((0, image_size, image_size), np.float32)
 
 
 def iter_eval_studies(data: EvalData, image_size: int) -> Iterator[tuple[Any, np.ndarray]]:
     """(Study, float32[K, S, S] images at the model's size) in data order, at most `max_studies`.
-
-    A JSON study without a `split` field is an error naming it when a split is asked for
-    (nothing is silently dropped or silently included), and so is a split with no study."""
-    from data_pipeline.files.images import resize_with_pad
-
-    count = 0
-    for study, record in _study_records(data):
-        if data.max_studies is not None and count >= data.max_studies:
-            return
-        images = [resize_with_pad(record.load_image(k), image_size) for k in range(study.num_images)]
-        stacked = np.stack(images) if images else np.zeros((0, image_size, image_size), np.float32)
-        count += 1
-        yield study, stacked
-    if count == 0:
-        raise ValueError(f"{data.path}: no study in split {data.split!r}")
+    Raises ValueError when the split holds no study."""
+    for record in _split_records(data):
+        yield record.study, record_images(record, image_size)
 
 
 def with_foreign_images(studies: Iterator[tuple[Any, np.ndarray]]) -> Iterator[tuple[Any, np.ndarray]]:

@@ -1,7 +1,11 @@
 """Blind answer baselines: what a model that never looks at the images would score.
 
 `MajorityAnswerBaseline.fit(train_studies)` learns, from the references of a
-training split alone, the answer most often right for each question group:
+training split alone, the answer most often right for each question group. The
+evaluation fits it on `EvalData(data, split=...).records()`: the same data
+arguments as the model's evaluation and the one split rule
+(`data_pipeline.files.split_rule`), so a JSON file and the TFDS dir built from it
+give the baseline the same training studies:
 
 * yes/no questions without listed options: "Yes." or "No.", whichever the
   references of the group say more often;
