@@ -39,7 +39,7 @@ from typing import Any
 from cxrtrek_jax.cli import CLIError
 from cxrtrek_jax.cli.train_cmd import parse_overrides
 from data_pipeline.text.sequences import filter_turns
-from data_pipeline.schema.splits import study_split
+from data_pipeline.files.split_rule import assign_split
 from data_pipeline.schema.stages import STAGE_NUMBERS as STAGES
 
 __all__ = [
@@ -117,8 +117,7 @@ def _filtered_eval_file(cfg, json_file: Path, out: Path) -> dict[str, Any]:
 
     def kept() -> Iterable:
         for study in iter_studies(json_file):
-            split = study_split(study)
-            if split is not None and split != cfg.eval.split:
+            if assign_split(study, cfg.data.split_rule) != cfg.eval.split:  # the rule the TFDS build used
                 continue
             if cfg.eval.max_studies is not None and stats["studies_kept"] >= cfg.eval.max_studies:
                 return
@@ -145,7 +144,7 @@ def _eval_data(cfg, data, eval_dir: Path):
     d, seq = cfg.data, cfg.data.pipeline.sequence
     if seq.stages is None and not seq.no_prior:
         return EvalData(_source(cfg, data), split=cfg.eval.split, image_root=data.image_root,
-                        max_studies=cfg.eval.max_studies), {"turns": "all"}
+                        max_studies=cfg.eval.max_studies, split_rule=_split_rule(cfg)), {"turns": "all"}
     if d.kind == "tfds":
         raise CLIError("data.kind=tfds: evaluating only the turns of data.pipeline.sequence.stages / without "
                        "prior images needs the CXRTrek JSON source (data.kind=json) to write the filtered "
@@ -157,7 +156,13 @@ def _eval_data(cfg, data, eval_dir: Path):
     if stats["studies_without_turns"]:
         print(f"note: {len(stats['studies_without_turns'])} {cfg.eval.split} studies have no turn after the "
               "filter and are not evaluated (listed in finished.json)")
-    return EvalData(studies_file, split=cfg.eval.split, image_root=data.image_root), description
+    return EvalData(studies_file, split=cfg.eval.split, image_root=data.image_root,
+                    split_rule=cfg.data.split_rule), description
+
+
+def _split_rule(cfg):
+    """The split rule of the run's JSON source (None for a TFDS one: fixed when it was built)."""
+    return None if cfg.data.kind == "tfds" else cfg.data.split_rule
 
 
 def _source(cfg, data) -> str:
@@ -178,7 +183,8 @@ def _evaluate(cfg, data, run_dir: Path, *, bootstrap_resamples: int, meteor: boo
         shutil.rmtree(eval_dir)
     eval_dir.mkdir(parents=True)
     eval_data, turn_filter = _eval_data(cfg, data, eval_dir)
-    baseline = EvalData(_source(cfg, data), split=cfg.data.train_split, image_root=data.image_root)
+    baseline = EvalData(_source(cfg, data), split=cfg.data.train_split, image_root=data.image_root,
+                        split_rule=_split_rule(cfg))
     bar = tqdm(unit="study", desc=f"evaluating {cfg.name}", disable=not progress)
     try:
         result = evaluate_checkpoint(

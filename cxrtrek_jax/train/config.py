@@ -23,6 +23,7 @@ from cxrtrek_jax.model.config import ModelConfig, get_config
 from cxrtrek_jax.train.optimizer import OptimConfig
 from cxrtrek_jax.train.sharding import MeshConfig
 from data_pipeline.batches.grain_pipeline import PipelineConfig
+from data_pipeline.files.split_rule import SplitConfig
 from data_pipeline.text.sequences import CLOSED_ANSWERS, LOSS_WEIGHTINGS, SequenceConfig
 from data_pipeline.schema.splits import TEST, TRAIN, VALIDATION
 
@@ -48,11 +49,15 @@ class DataConfig:
     """Where the studies come from, and the data side's own input-pipeline config.
 
     kind: "phantom" (generate a phantom set into `path` unless it is there),
-      "json" (a CXRTrek JSON file at `path`, images under `image_root`, split
-      by each study's `split` field) or "tfds" (a TFDS data dir built by
-      `cxrtrek data build-tfds`).
+      "json" (a CXRTrek JSON file at `path`, with or without `split` fields, images
+      under `image_root`) or "tfds" (a TFDS data dir built by `cxrtrek data build-tfds`).
     path: the phantom output dir, the JSON file or the TFDS data dir.
     image_root: root of relative image paths (json; defaults to the JSON's dir).
+    split_rule: the patient-hash split (`data_pipeline.files.split_rule.SplitConfig`:
+      val_fraction, test_fraction, seed) of the studies without a `split` field, used when
+      a JSON or phantom source is built into TFDS; the one rule `cxrtrek eval/infer/report`
+      apply to the same JSON with --val-fraction/--test-fraction/--split-seed. A TFDS
+      data dir's splits were fixed when it was built: leave it at its default there.
     *_split: the splits a run trains on, validates on and evaluates on.
     phantom_*: the generated set: studies, seed, image side in px, split fractions and
       (min, max) QA turns per study (fewer turns = shorter sequences).
@@ -71,6 +76,7 @@ class DataConfig:
     kind: str = "phantom"
     path: str = "runs/phantom"
     image_root: str | None = None
+    split_rule: SplitConfig = SplitConfig()
     train_split: str = TRAIN
     validation_split: str = VALIDATION
     test_split: str = TEST
@@ -88,6 +94,10 @@ class DataConfig:
             raise ValueError(f"data.kind must be one of {DATA_KINDS}, got {self.kind!r}")
         if not self.path:
             raise ValueError("data.path must name the phantom dir, the JSON file or the TFDS data dir")
+        if self.kind == "tfds" and self.split_rule != SplitConfig():
+            raise ValueError(f"data.split_rule = {self.split_rule}: a TFDS data dir's splits were fixed when it "
+                             "was built (`cxrtrek data build-tfds --val-fraction/--test-fraction/--split-seed`); "
+                             "data.split_rule goes with data.kind json or phantom")
         p = self.pipeline
         for name, value, unset in (("source", p.source, ""), ("source_kind", p.source_kind, "tfds"),
                                    ("split", p.split, TRAIN), ("image_root", p.image_root, None),

@@ -3,8 +3,9 @@
 `train_experiment(cfg, workdir)` is what `cxrtrek train --experiment NAME` calls:
 
 1. data: a phantom set is generated into `data.path` (once; reused when complete) and every
-   JSON source is built into a TFDS array_record data set (validated, patient-level splits), so
-   training always reads through the Grain pipeline over `tfds.data_source`;
+   JSON source is built into a TFDS array_record data set (validated; splits by the one rule of
+   `data_pipeline.files.split_rule` with `data.split_rule`, as `cxrtrek eval/infer/report` read
+   the same JSON), so training always reads through the Grain pipeline over `tfds.data_source`;
 2. tokenizer: the one given (`tokenizer.path`), or a byte-level BPE trained on the training
    split (saved beside the data, reused by later runs with the same vocabulary size);
 
@@ -49,6 +50,8 @@ from cxrtrek_jax.model.config import ModelConfig, override
 from data_pipeline.files.atomic_write import replace_directory_atomically, write_text_atomically
 from data_pipeline.batches.augment import AugmentConfig
 from data_pipeline.batches.grain_pipeline import PipelineConfig, build_eval_iterator, build_train_iterator
+from data_pipeline.files.datasets import Dataset, open_dataset
+from data_pipeline.files.split_rule import SplitConfig
 from data_pipeline.text.tokenizer import CXRTrekTokenizer, load_tokenizer
 from cxrtrek_jax.train.config import ExperimentConfig
 
@@ -136,22 +139,42 @@ def _phantom_recipe(cfg: ExperimentConfig) -> dict:
             "splits": d.phantom_splits, "turns": list(d.phantom_turns)}
 
 
-def _tfds_stamp(json_file: pathlib.Path) -> dict:
-    """What a TFDS build's `.complete` marker records: the JSON it was built from."""
-    return {"json": str(json_file.resolve()), "mtime": json_file.stat().st_mtime}
+def _tfds_stamp(json_file: pathlib.Path, split_rule: SplitConfig) -> dict:
+    """What a TFDS build's `.complete` marker records: the JSON it was built from and the split
+    rule of its studies without a `split` field."""
+    return {"json": str(json_file.resolve()), "mtime": json_file.stat().st_mtime,
+            "split_rule": dataclasses.asdict(split_rule)}
 
 
-def _build_tfds(json_file: pathlib.Path, image_root: pathlib.Path, tfds_dir: pathlib.Path) -> None:
+def _build_tfds(json_file: pathlib.Path, image_root: pathlib.Path, tfds_dir: pathlib.Path,
+                split_rule: SplitConfig) -> None:
     from data_pipeline.files.tfds_builder import BuildOptions, build_dataset
 
     marker = tfds_dir / _COMPLETE
-    stamp = _tfds_stamp(json_file)
+    stamp = _tfds_stamp(json_file, split_rule)
     if output_stamps.is_current(marker, stamp):
         return
-    summary = build_dataset(BuildOptions(json_files=(str(json_file),)), image_root, tfds_dir,
+    summary = build_dataset(BuildOptions(json_files=(str(json_file),), split=split_rule), image_root, tfds_dir,
                             overwrite=True)
     log.info("built TFDS data set in %s: %s", tfds_dir, dict(summary.examples))
     output_stamps.write_stamp(marker, stamp)
+
+
+def _open_data(cfg: ExperimentConfig) -> Dataset:
+    """data.path (with data.image_root and data.split_rule) opened as `cxrtrek eval/infer/report`
+    open --data (`open_dataset`), and checked to be of the form data.kind ("json"/"tfds") says."""
+    d = cfg.data
+    try:
+        dataset = open_dataset(d.path, image_root=d.image_root,
+                               split_rule=d.split_rule if d.kind == "json" else None)
+    except FileNotFoundError as err:
+        raise FileNotFoundError(f"data.path / data.image_root: {err}") from None
+    except ValueError as err:
+        raise ValueError(f"data.kind={d.kind}: {err}") from None
+    if dataset.form != d.kind:
+        raise ValueError(f"data.path {d.path} is a {'TFDS data dir' if dataset.form == 'tfds' else 'JSON file'}, "
+                         f"not what data.kind={d.kind} reads; set data.kind={dataset.form}")
+    return dataset
 
 
 def prepare_data(cfg: ExperimentConfig) -> DataPaths:
@@ -159,27 +182,25 @@ def prepare_data(cfg: ExperimentConfig) -> DataPaths:
     process 0 alone, the other processes wait for it and check its markers)."""
     d = cfg.data
     if d.kind == "tfds":
-        return DataPaths(tfds_dir=d.path, image_root=d.image_root)
+        return DataPaths(tfds_dir=_open_data(cfg).path)
     if d.kind == "phantom":
         root = pathlib.Path(d.path)
         json_file, image_root, tfds_dir = root / "cxrtrek.json", root, root / "tfds"
     else:
-        json_file = pathlib.Path(d.path)
-        if not json_file.is_file():
-            raise FileNotFoundError(f"data.path {json_file}: no such CXRTrek JSON file")
-        image_root = pathlib.Path(d.image_root) if d.image_root else json_file.parent
+        dataset = _open_data(cfg)
+        json_file, image_root = pathlib.Path(dataset.path), pathlib.Path(dataset.image_root)
         tfds_dir = pathlib.Path("runs") / "tfds_cache" / json_file.stem
 
     def make() -> None:
         if d.kind == "phantom":
             _phantom(cfg)
-        _build_tfds(json_file, image_root, tfds_dir)
+        _build_tfds(json_file, image_root, tfds_dir, d.split_rule)
 
     _on_process_0_then_barrier("cxrtrek_prepare_data", make)
     if jax.process_index() != 0:
         if d.kind == "phantom":
             _check_marker(pathlib.Path(d.path) / _COMPLETE, _phantom_recipe(cfg), f"the phantom set {d.path}")
-        _check_marker(tfds_dir / _COMPLETE, _tfds_stamp(json_file), f"the TFDS build {tfds_dir}")
+        _check_marker(tfds_dir / _COMPLETE, _tfds_stamp(json_file, d.split_rule), f"the TFDS build {tfds_dir}")
     return DataPaths(tfds_dir=str(tfds_dir), json_files=(str(json_file),), image_root=str(image_root))
 
 
