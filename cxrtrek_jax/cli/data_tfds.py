@@ -1,5 +1,5 @@
 """`cxrtrek data build-tfds --json FILE... --image-root DIR --out DATA_DIR [--skip-invalid]
-[--val-fraction F --test-fraction F --split-seed S] [--overwrite]`.
+[--val-fraction F --test-fraction F --split-seed S] [--overwrite] [--processes N]`.
 
 Builds the `cxrtrek` TFDS data set (array_record files, train/validation/test
 splits) from CXRTrek JSON files and the image root; read it back with
@@ -32,6 +32,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--skip-invalid", action="store_true", help="drop invalid samples (listed in the summary)")
     add_split_rule_arguments(parser)
     parser.add_argument("--overwrite", action="store_true", help="replace an existing build of the same version")
+    parser.add_argument("--processes", type=int, default=1, metavar="N",
+                        help="read and decode the images in N worker processes (default 1; same output)")
     parser.set_defaults(func=run)
 
 
@@ -46,7 +48,10 @@ def run(args: argparse.Namespace) -> int:
     if not os.path.isdir(args.image_root):
         raise CLIError(f"--image-root {args.image_root}: no such directory")
     split = split_rule_from(args) or SplitConfig()
-    options = BuildOptions(json_files=tuple(args.json), split=split, skip_invalid=args.skip_invalid)
+    if args.processes < 1:
+        raise CLIError(f"--processes must be at least 1, got {args.processes}")
+    options = BuildOptions(json_files=tuple(args.json), split=split, skip_invalid=args.skip_invalid,
+                           processes=args.processes)
     try:
         summary = build_dataset(options, args.image_root, args.out, overwrite=args.overwrite)
     except (InvalidSampleError, CXRTrekFormatError, FileExistsError) as e:

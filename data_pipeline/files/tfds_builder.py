@@ -20,8 +20,10 @@ rest (extras, chat messages, absolute image paths) as one JSON string, so
 
 Every sample goes through `data_pipeline.files.validation.StudyValidator` (with the
 image root, so missing images are caught) before anything is written, and
-every image is decoded once while writing. An invalid sample stops the build
-(`InvalidSampleError`) unless `skip_invalid` is set; then it is dropped and
+every image is decoded once while writing. Reading and decoding the images is the build's
+cost: `BuildOptions.processes` > 1 prepares the examples in that many worker processes
+(spawned, ordered: the files written are the same as with one process). An invalid sample
+stops the build (`InvalidSampleError`) unless `skip_invalid` is set; then it is dropped and
 listed with its problems in the `BuildSummary` (also written as
 `build_summary.json` in the dataset directory).
 """
@@ -30,11 +32,13 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import functools
 import json
+import multiprocessing
 import os
 import re
 import shutil
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import numpy as np
@@ -95,10 +99,13 @@ class BuildOptions:
     json_files: tuple[str, ...]
     split: SplitConfig = SplitConfig()
     skip_invalid: bool = False
+    processes: int = 1
 
     def __post_init__(self) -> None:
         if not self.json_files:
             raise ValueError("BuildOptions needs at least one JSON file")
+        if isinstance(self.processes, bool) or not isinstance(self.processes, int) or self.processes < 1:
+            raise ValueError(f"BuildOptions.processes must be a positive integer, got {self.processes!r}")
         object.__setattr__(self, "json_files", tuple(os.fspath(p) for p in self.json_files))
 
 
@@ -287,6 +294,64 @@ def decode_example(example: Mapping[str, Any]) -> tuple[Study, tuple[np.ndarray,
     return example_to_study(example), example_images(example)
 
 
+# ----------------------------------------------------------------------------- example preparation
+
+
+@dataclasses.dataclass(frozen=True)
+class _ExampleTask:
+    """One planned sample to turn into an example (picklable: it crosses to worker processes)."""
+
+    json_file: str
+    file_index: int
+    index: int
+    element: Any
+    image_root: str
+
+
+@dataclasses.dataclass(frozen=True)
+class _ExampleOutcome:
+    """An example (`key`, `example`, which image list it used) or the problems that reject it."""
+
+    json_file: str
+    index: int
+    study_key: str
+    key: str = ""
+    example: dict[str, Any] | None = None
+    image_list: str = ""
+    problems: tuple[Problem, ...] = ()
+
+
+def _prepare_example(task: _ExampleTask) -> _ExampleOutcome:
+    """Parse one planned sample, resolve its image list and read + decode every image."""
+    study = parse_study(task.element, index=task.index, path=task.json_file)
+    prefix, _ = find_cxrtrek_data(task.element)
+    rejected = functools.partial(_ExampleOutcome, task.json_file, task.index, study.key)
+    try:
+        paths, which = choose_image_list(study.images, study.abs_images, task.image_root)
+    except ImagePathError as e:
+        return rejected(problems=(Problem(task.index, study.key, "image", str(e)),))
+    study = study.replace(images=paths)
+    encoded, problems = [], []
+    for k, path in enumerate(study.images):
+        try:
+            encoded.append(encode_stored_image(resolve_image_path(path, task.image_root)))
+        except (ImageLoadError, ImagePathError) as e:
+            problems.append(Problem(task.index, study.key, f"{prefix}image[{k}]", str(e)))
+    if problems:
+        return rejected(problems=tuple(problems))
+    return rejected(key=f"{task.file_index}:{task.index}", example=study_to_example(study, encoded), image_list=which)
+
+
+def _map_in_order(function: Callable[[Any], Any], items: Iterable[Any], processes: int) -> Iterator[Any]:
+    """`map(function, items)`, in `processes` spawned worker processes when more than one (results
+    in input order, a bounded number of items in flight)."""
+    if processes == 1:
+        yield from map(function, items)
+        return
+    with multiprocessing.get_context("spawn").Pool(processes) as pool:
+        yield from pool.imap(function, items, chunksize=4)
+
+
 # ----------------------------------------------------------------------------- builder
 
 
@@ -380,30 +445,19 @@ class CXRTrekBuilder(tfds.core.GeneratorBasedBuilder):
         return {split: counts.get(split, 0) for split in SPLIT_NAMES}
 
     def _generate_examples(self, split: str, image_root: str, planned: int) -> Iterator[tuple[str, dict]]:
-        for file_index, json_file in enumerate(self._options.json_files):
-            for index, element in enumerate(iter_elements(json_file)):
-                if self._assignment.get((file_index, index)) != split:
-                    continue
-                study = parse_study(element, index=index, path=json_file)
-                prefix, _ = find_cxrtrek_data(element)
-                try:
-                    paths, which = choose_image_list(study.images, study.abs_images, image_root)
-                except ImagePathError as e:
-                    self._reject(json_file, index, study.key, [Problem(index, study.key, "image", str(e))])
-                    continue
-                study = study.replace(images=paths)
-                encoded, problems = [], []
-                for k, path in enumerate(study.images):
-                    try:
-                        encoded.append(encode_stored_image(resolve_image_path(path, image_root)))
-                    except (ImageLoadError, ImagePathError) as e:
-                        problems.append(Problem(index, study.key, f"{prefix}image[{k}]", str(e)))
-                if problems:
-                    self._reject(json_file, index, study.key, problems)
-                    continue
-                self._written[split] += 1
-                self._image_lists[which] += 1
-                yield f"{file_index}:{index}", study_to_example(study, encoded)
+        tasks = (
+            _ExampleTask(json_file, file_index, index, element, image_root)
+            for file_index, json_file in enumerate(self._options.json_files)
+            for index, element in enumerate(iter_elements(json_file))
+            if self._assignment.get((file_index, index)) == split
+        )
+        for outcome in _map_in_order(_prepare_example, tasks, self._options.processes):
+            if outcome.problems:
+                self._reject(outcome.json_file, outcome.index, outcome.study_key, list(outcome.problems))
+                continue
+            self._written[split] += 1
+            self._image_lists[outcome.image_list] += 1
+            yield outcome.key, outcome.example
         if self._written[split] == 0:
             raise InvalidSampleError(
                 f"split {split!r}: all {planned} planned example(s) were dropped for unreadable images"
