@@ -400,6 +400,122 @@ def _microbatches(batch: Mapping[str, jax.Array], count: int, mesh: Mesh) -> dic
     return out
 
 
+@dataclasses.dataclass(frozen=True)
+class _TrainableLeaves:
+    """Which parameter leaves the step trains: `flags[i]` for leaf i (in `jax.tree.leaves` order)
+    of the parameter tree `treedef`. Gradients are taken for the trainable leaves only."""
+
+    treedef: Any
+    flags: tuple[bool, ...]
+
+    @classmethod
+    def of(cls, abstract_params: Any, trainable: Any | None) -> _TrainableLeaves:
+        """All leaves of `abstract_params`, or those True in the bool pytree `trainable`."""
+        treedef = jax.tree.structure(abstract_params)
+        flags = ([True] * treedef.num_leaves if trainable is None
+                 else [bool(t) for t in jax.tree.leaves(trainable)])
+        if len(flags) != treedef.num_leaves:
+            raise ValueError(f"trainable mask has {len(flags)} leaves for {treedef.num_leaves} parameters")
+        return cls(treedef, tuple(flags))
+
+    def split(self, params: Any) -> tuple[list, list]:
+        """(trainable leaves, frozen leaves) of `params`, each in leaf order."""
+        leaves = jax.tree.leaves(params)
+        return ([x for x, f in zip(leaves, self.flags) if f],
+                [x for x, f in zip(leaves, self.flags) if not f])
+
+    def combine(self, train_leaves: list, frozen_leaves: list) -> Any:
+        """The parameter tree from its trainable and frozen leaves (inverse of `split`)."""
+        it_train, it_frozen = iter(train_leaves), iter(frozen_leaves)
+        return self.treedef.unflatten([next(it_train) if flag else next(it_frozen) for flag in self.flags])
+
+
+_GradsAndSums = Callable[[Any, Mapping[str, jax.Array], jax.Array, jax.Array], tuple[list, dict]]
+
+
+def _grads_and_sums_fn(split: SplitModel, leaves: _TrainableLeaves, head_chunk: int,
+                       image_label_weight: float) -> _GradsAndSums:
+    """`(params, batch, denominator, rng_key) -> (grads, sums)` of one (micro-)batch: the gradient
+    (list over the trainable leaves) of the objective / denominator, where the objective is the
+    summed token loss plus `image_label_weight` x the summed image-label loss when that is > 0;
+    sums: `_forward_sums` of the batch."""
+    graphdef, rest = split.graphdef, _rest_placeholder(split.rest)
+    with_labels = image_label_weight > 0.0
+
+    def grads_and_sums(params, batch, denominator, rng_key):
+        train_leaves, frozen_leaves = leaves.split(params)
+
+        def objective(train_leaves):
+            params = leaves.combine(train_leaves, frozen_leaves)
+            sums = _forward_sums(graphdef, params, rest, batch, rng_key, head_chunk, with_labels)
+            objective = sums["loss_sum"]
+            if with_labels:
+                objective = objective + image_label_weight * sums["image_label_loss_sum"]
+            return objective / denominator, sums
+
+        (_, sums), train_grads = jax.value_and_grad(objective, has_aux=True)(train_leaves)
+        return train_grads, sums
+
+    return grads_and_sums
+
+
+def _accumulate_fn(grads_and_sums: _GradsAndSums, accum: int, mesh: Mesh, seed: int
+                   ) -> Callable[[TrainState, Mapping[str, jax.Array], jax.Array], tuple[list, dict]]:
+    """`(state, batch, denominator) -> (grads, sums)` of a global batch: `grads_and_sums` of the
+    whole batch (accum == 1), else added over `accum` micro-batches (`_microbatches`) in a scan.
+    The RNG key is fold_in(key(seed), step), further folded with the micro-batch index."""
+
+    def accumulate(state: TrainState, batch, denominator):
+        step_key = jax.random.fold_in(jax.random.key(seed), state.step)
+        if accum == 1:
+            return grads_and_sums(state.params, batch, denominator, step_key)
+        micro = _microbatches(batch, accum, mesh)
+
+        def body(carry, xs):
+            index, one_micro = xs
+            key = jax.random.fold_in(step_key, index)
+            grads, sums = grads_and_sums(state.params, one_micro, denominator, key)
+            return jax.tree.map(jnp.add, carry, (grads, sums)), None
+
+        first = jax.tree.map(lambda x: x[0], micro)
+        shapes = jax.eval_shape(grads_and_sums, state.params, first, denominator, step_key)
+        zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+        (grads, sums), _ = jax.lax.scan(body, zeros, (jnp.arange(accum), micro))
+        return grads, sums
+
+    return accumulate
+
+
+def _guarded_update(tx: optax.GradientTransformation, leaves: _TrainableLeaves, state: TrainState,
+                    train_grads: list, sums: Mapping[str, jax.Array], denominator: jax.Array,
+                    with_labels: bool) -> tuple[TrainState, dict[str, jax.Array]]:
+    """(the state after one optimizer update, or `state` unchanged when the loss, the gradient
+    norm or (with labels) the image-label loss is not finite; {loss, grad_norm, finite}). Frozen
+    leaves get zero gradients; grad_norm is the L2 norm over the trainable leaves."""
+    frozen_zeros = [jnp.zeros_like(x) for x in leaves.split(state.params)[1]]
+    grads = leaves.combine(train_grads, frozen_zeros)
+    grad_norm = optax.tree.norm(train_grads)
+    loss = sums["loss_sum"] / denominator
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    new_state = TrainState(
+        step=state.step + 1,
+        params=optax.apply_updates(state.params, updates),
+        opt_state=opt_state,
+    )
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    if with_labels:
+        finite &= jnp.isfinite(sums["image_label_loss_sum"])
+    new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state, state)
+    return new_state, {"loss": loss, "grad_norm": grad_norm, "finite": finite}
+
+
+def _require_labelled(batch: Mapping[str, Any], image_label_weight: float) -> None:
+    """ValueError unless `batch` carries `IMAGE_LABEL_FIELDS` (needed when the weight is > 0)."""
+    if image_label_weight > 0.0 and not all(f in batch for f in IMAGE_LABEL_FIELDS):
+        raise ValueError(f"image_label_weight {image_label_weight} needs batches with "
+                         f"{IMAGE_LABEL_FIELDS} (PipelineConfig.image_labels)")
+
+
 def make_train_step(
     split: SplitModel,
     tx: optax.GradientTransformation,
@@ -429,94 +545,22 @@ def make_train_step(
     """
     if not image_label_weight >= 0.0:
         raise ValueError(f"image_label_weight must be >= 0, got {image_label_weight}")
-    with_labels = image_label_weight > 0.0
     mesh = shardings.step.mesh
     schedule = optimizer_lib.learning_rate_schedule(config)
-    accum = config.grad_accum_steps
-    graphdef = split.graphdef
-    rest = _rest_placeholder(split.rest)
-    leaves_def = jax.tree.structure(split.abstract_params)
-    train_flags = (
-        [True] * leaves_def.num_leaves
-        if trainable is None
-        else [bool(t) for t in jax.tree.leaves(trainable)]
-    )
-    if len(train_flags) != leaves_def.num_leaves:
-        raise ValueError(
-            f"trainable mask has {len(train_flags)} leaves for {leaves_def.num_leaves} parameters"
-        )
-
-    def combine(train_leaves, frozen_leaves):
-        it_train, it_frozen = iter(train_leaves), iter(frozen_leaves)
-        return leaves_def.unflatten(
-            [next(it_train) if flag else next(it_frozen) for flag in train_flags]
-        )
-
-    def grads_and_sums(params, batch, denominator, rng_key):
-        leaves = jax.tree.leaves(params)
-        train_leaves = [x for x, f in zip(leaves, train_flags) if f]
-        frozen_leaves = [x for x, f in zip(leaves, train_flags) if not f]
-
-        def objective(train_leaves):
-            params = combine(train_leaves, frozen_leaves)
-            sums = _forward_sums(graphdef, params, rest, batch, rng_key, head_chunk, with_labels)
-            objective = sums["loss_sum"]
-            if with_labels:
-                objective = objective + image_label_weight * sums["image_label_loss_sum"]
-            return objective / denominator, sums
-
-        (_, sums), train_grads = jax.value_and_grad(objective, has_aux=True)(train_leaves)
-        return train_grads, sums
-
-    def accumulate(state: TrainState, batch, denominator):
-        step_key = jax.random.fold_in(jax.random.key(seed), state.step)
-        if accum == 1:
-            return grads_and_sums(state.params, batch, denominator, step_key)
-        micro = _microbatches(batch, accum, mesh)
-
-        def body(carry, xs):
-            index, one_micro = xs
-            key = jax.random.fold_in(step_key, index)
-            grads, sums = grads_and_sums(state.params, one_micro, denominator, key)
-            return jax.tree.map(jnp.add, carry, (grads, sums)), None
-
-        first = jax.tree.map(lambda x: x[0], micro)
-        shapes = jax.eval_shape(grads_and_sums, state.params, first, denominator, step_key)
-        zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
-        (grads, sums), _ = jax.lax.scan(body, zeros, (jnp.arange(accum), micro))
-        return grads, sums
+    leaves = _TrainableLeaves.of(split.abstract_params, trainable)
+    accumulate = _accumulate_fn(_grads_and_sums_fn(split, leaves, head_chunk, image_label_weight),
+                                config.grad_accum_steps, mesh, seed)
 
     def step_fn(state: TrainState, batch: dict[str, jax.Array]):
-        if with_labels and not all(f in batch for f in IMAGE_LABEL_FIELDS):
-            raise ValueError(f"image_label_weight {image_label_weight} needs batches with "
-                             f"{IMAGE_LABEL_FIELDS} (PipelineConfig.image_labels)")
+        _require_labelled(batch, image_label_weight)
         denominator = jnp.maximum(jnp.sum(batch["loss_mask"].astype(jnp.float32)), 1.0)
         with axis_rules(rules, mesh):
             train_grads, sums = accumulate(state, batch, denominator)
-        frozen_zeros = [
-            jnp.zeros_like(x) for x, f in zip(jax.tree.leaves(state.params), train_flags) if not f
-        ]
-        grads = combine(train_grads, frozen_zeros)
-        grad_norm = optax.tree.norm(train_grads)
-        loss = sums["loss_sum"] / denominator
-        updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        new_state = TrainState(
-            step=state.step + 1,
-            params=optax.apply_updates(state.params, updates),
-            opt_state=opt_state,
-        )
-        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-        if with_labels:
-            finite &= jnp.isfinite(sums["image_label_loss_sum"])
-        new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state, state)
-        metrics = dict(
-            sums,
-            loss=loss,
-            accuracy=sums["correct"] / denominator,
-            grad_norm=grad_norm,
-            learning_rate=schedule(state.step),
-            finite=finite,
-        )
+        new_state, update = _guarded_update(tx, leaves, state, train_grads, sums, denominator,
+                                            image_label_weight > 0.0)
+        metrics = dict(sums, loss=update["loss"], accuracy=sums["correct"] / denominator,
+                       grad_norm=update["grad_norm"], learning_rate=schedule(state.step),
+                       finite=update["finite"])
         return new_state, metrics
 
     return jax.jit(
