@@ -26,9 +26,9 @@ from pathlib import Path
 from typing import Any
 
 from data_pipeline.construct.study_assembly import ConstructError
+from data_pipeline.construct.study_builder import StudyBuilder, StudyCounts
 from data_pipeline.files.atomic_write import write_text_atomically
-from data_pipeline.files.cxrtrek_json import add_released_fields, write_studies
-from data_pipeline.schema.records import Study
+from data_pipeline.files.cxrtrek_json import write_element_texts
 
 __all__ = ["SHARD_PATTERN", "SUMMARY_FILE", "ConstructConfig", "ConstructSummary", "construct", "shard_paths"]
 
@@ -90,15 +90,15 @@ class ConstructSummary:
     def reports_per_second(self) -> float:
         return self.studies / self.seconds if self.seconds > 0 else 0.0
 
-    def add(self, study: Study, left_out: Iterable[str] = ()) -> None:
+    def add(self, counts: StudyCounts, left_out: Iterable[str] = ()) -> None:
         """Count one written study and the lines its stages gave for what they left out."""
         self.studies += 1
         self.items_left_out.update(line.split(" (", 1)[0] for line in left_out)
-        self.qa_per_stage.update(str(item.stage) for item in study.items)
-        self.qa_per_qtype.update(item.qtype for item in study.items)
-        self.findings_present.update(_present_targets(study))
-        self.with_prior += bool(study.ref_study_id)
-        self.with_next += bool(study.pos_study_id)
+        self.qa_per_stage.update(str(stage) for stage in counts.stages)
+        self.qa_per_qtype.update(counts.qtypes)
+        self.findings_present.update(counts.present)
+        self.with_prior += counts.has_prior
+        self.with_next += counts.has_next
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -140,39 +140,28 @@ class ConstructSummary:
         return "\n".join(lines)
 
 
-def _present_targets(study: Study) -> set[str]:
-    """The findings a study's stage-2 yes/no items answer present, by their `target`."""
-    found = set()
-    for item in study.items:
-        target = str(item.extras.get("target", ""))
-        if item.stage == 2 and target.endswith("]") and "_[" in target and item.answer.lstrip().startswith(
-                ("Yes", "B. Yes", "A. Yes")):
-            found.add(target.split("_[", 1)[1][:-1])
-    return found
-
-
 def shard_paths(out_dir: str | os.PathLike) -> list[Path]:
     """The JSON shards a construction wrote into `out_dir`, in order."""
     return sorted(Path(out_dir).glob(SHARD_PATTERN.replace("{:05d}", "[0-9]" * 5)))
 
 
 class _ShardWriter:
-    """Writes studies `shard_size` at a time as released-format JSON files under `out_dir`."""
+    """Writes element texts `shard_size` at a time as JSON list files under `out_dir`."""
 
-    def __init__(self, out_dir: Path, shard_size: int, image_root: str):
-        self.out_dir, self.shard_size, self.image_root = out_dir, shard_size, image_root
-        self.pending: list[Study] = []
+    def __init__(self, out_dir: Path, shard_size: int):
+        self.out_dir, self.shard_size = out_dir, shard_size
+        self.pending: list[str] = []
         self.written: list[str] = []
 
-    def add(self, study: Study) -> None:
-        self.pending.append(add_released_fields(study, self.image_root))
+    def add(self, text: str) -> None:
+        self.pending.append(text)
         if len(self.pending) == self.shard_size:
             self.flush()
 
     def flush(self) -> None:
         if self.pending:
             path = self.out_dir / SHARD_PATTERN.format(len(self.written))
-            write_studies(path, self.pending, form="released")
+            write_element_texts(path, self.pending)
             self.written.append(path.name)
             self.pending = []
 
@@ -203,7 +192,6 @@ def construct(config: ConstructConfig, *, progress: bool = False) -> ConstructSu
     already holds shards (FileExistsError): a construction never mixes with an older one.
     """
     from data_pipeline.construct.source_readers import open_source
-    from data_pipeline.construct.study_builder import StudyBuilder
     from data_pipeline.construct.timeline import study_timeline
 
     out_dir = Path(config.out_dir)
@@ -214,16 +202,16 @@ def construct(config: ConstructConfig, *, progress: bool = False) -> ConstructSu
     image_root = str(config.inputs.get("image_root") or config.inputs.get("root") or "")
     out_dir.mkdir(parents=True, exist_ok=True)
     summary, began = ConstructSummary(), time.perf_counter()
-    writer = _ShardWriter(out_dir, config.shard_size, image_root)
+    writer = _ShardWriter(out_dir, config.shard_size)
     builder = StudyBuilder(image_root, config.boxes, config.seed, config.llm)
     for built in _map_in_order(builder, _progress(study_timeline(source), progress), config.processes):
-        if built.study is None:
+        if built.counts is None:
             if not config.skip_invalid:
                 raise ConstructError(f"{built.origin}: {built.error} (use --skip-invalid to drop such studies)")
             summary.skipped.append({"origin": built.origin, "field": "report", "reason": built.error})
             continue
-        summary.add(built.study, built.skipped)
-        writer.add(built.study)
+        summary.add(built.counts, built.skipped)
+        writer.add(built.text)
     writer.flush()
     summary.skipped[:0] = [{"origin": r.origin, "field": r.field, "reason": r.reason} for r in source.skipped]
     summary.shards, summary.seconds = writer.written, time.perf_counter() - began

@@ -16,17 +16,42 @@ from data_pipeline.construct.llm_polish import Rewriter, hf_rewriter, polish_stu
 from data_pipeline.construct.report_reader import read_report
 from data_pipeline.construct.source_study import TimelineStudy
 from data_pipeline.construct.study_assembly import ConstructError, assemble_study, stage_input_for
+from data_pipeline.files.cxrtrek_json import add_released_fields, element_text
 from data_pipeline.schema.records import Study
 
-__all__ = ["BuiltStudy", "StudyBuilder"]
+__all__ = ["BuiltStudy", "StudyBuilder", "StudyCounts"]
+
+
+@dataclasses.dataclass(frozen=True)
+class StudyCounts:
+    """What the construction summary counts of one study: its items' stages and qtypes, the findings
+    its stage-2 yes/no items answer present (by `target`), and whether it has a prior / next study."""
+
+    stages: tuple[int, ...]
+    qtypes: tuple[str, ...]
+    present: frozenset[str]
+    has_prior: bool
+    has_next: bool
+
+    @classmethod
+    def of(cls, study: Study) -> StudyCounts:
+        present = set()
+        for item in study.items:
+            target = str(item.extras.get("target", ""))
+            if item.stage == 2 and item.qtype == "yes_no" and "_[" in target and item.answer.startswith("Yes"):
+                present.add(target.split("_[", 1)[1].rstrip("]"))
+        return cls(tuple(i.stage for i in study.items), tuple(i.qtype for i in study.items), frozenset(present),
+                   bool(study.ref_study_id), bool(study.pos_study_id))
 
 
 @dataclasses.dataclass(frozen=True)
 class BuiltStudy:
-    """The study made from one timeline entry (None when none could be made), what its stages left
-    out (one line each) and, for a study that could not be made, why."""
+    """One timeline entry's study as the JSON text of its released-format element (`text`, "" when
+    none could be made, then `error` says why), its counts, and what its stages left out (one line
+    each). The text is made where the study is (a worker process): only a string travels back."""
 
-    study: Study | None
+    text: str = ""
+    counts: StudyCounts | None = None
     skipped: tuple[str, ...] = ()
     error: str = ""
     origin: str = ""
@@ -70,6 +95,7 @@ class StudyBuilder:
         try:
             built = assemble_study(data)
         except ConstructError as e:
-            return BuiltStudy(None, error=str(e), origin=origin)
+            return BuiltStudy(error=str(e), origin=origin)
         facts = [f for f in (data.facts, data.prior_facts, data.next_facts) if f is not None]
-        return BuiltStudy(self._polished(built.study, facts), built.skipped, origin=origin)
+        study = add_released_fields(self._polished(built.study, facts), self.image_root)
+        return BuiltStudy(element_text(study, "released"), StudyCounts.of(study), built.skipped, origin=origin)

@@ -55,6 +55,8 @@ __all__ = [
     "read_studies",
     "study_to_element",
     "write_studies",
+    "element_text",
+    "write_element_texts",
     "derive_messages",
     "derive_abs_images",
     "add_released_fields",
@@ -488,6 +490,25 @@ def study_to_element(study: Study, form: ElementForm = "auto") -> dict[str, Any]
     return out
 
 
+def element_text(study: Study, form: ElementForm = "auto", indent: int | None = None) -> str:
+    """One study as the JSON text of its list element (`write_element_texts` lays these out)."""
+    text = json.dumps(study_to_element(study, form), indent=indent)
+    return text if indent is None else text.replace("\n", "\n" + " " * indent)
+
+
+def write_element_texts(path: str | os.PathLike, texts: Iterable[str], *, indent: int | None = None) -> int:
+    """Writes element texts (`element_text`, same `indent`) as one JSON list (streamed,
+    atomically); returns the count."""
+    count = 0
+    with open_atomically(path, "w", encoding="utf-8") as f:
+        f.write("[")
+        for text in texts:
+            f.write(("," if count else "") + "\n" + ("" if indent is None else " " * indent) + text)
+            count += 1
+        f.write("\n]\n")
+    return count
+
+
 def write_studies(
     path: str | os.PathLike,
     studies: Iterable[Study],
@@ -500,19 +521,7 @@ def write_studies(
     indent: None puts each study on one line; an int pretty-prints (the
     released file uses 4).
     """
-    count = 0
-    with open_atomically(path, "w", encoding="utf-8") as f:
-        f.write("[")
-        for study in studies:
-            text = json.dumps(study_to_element(study, form), indent=indent)
-            if indent is not None:
-                text = text.replace("\n", "\n" + " " * indent)
-                f.write(("," if count else "") + "\n" + " " * indent + text)
-            else:
-                f.write(("," if count else "") + "\n" + text)
-            count += 1
-        f.write("\n]\n")
-    return count
+    return write_element_texts(path, (element_text(study, form, indent) for study in studies), indent=indent)
 
 
 # ----------------------------------------------------------------------------- deriving the released fields
