@@ -26,8 +26,8 @@ _SUBPACKAGES = ("model", "train", "hf", "decoding", "evaluation", "case_report",
 # name -> the subpackage whose face exports it.
 _FACE = {
     **dict.fromkeys(("CXRTrekNet", "ModelConfig", "LoraConfig", "get_config", "preset_names"), "model"),
-    **dict.fromkeys(("ExperimentConfig", "base_config", "train_experiment", "run_training", "make_train_step",
-                     "OptimConfig", "MeshConfig", "CheckpointConfig"), "train"),
+    **dict.fromkeys(("ExperimentConfig", "base_config", "train_experiment", "run_training", "TrainSpec",
+                     "TrainHooks", "make_train_step", "OptimConfig", "MeshConfig", "CheckpointConfig"), "train"),
     **dict.fromkeys(("import_hf_checkpoint", "export_checkpoint"), "hf"),
     **dict.fromkeys(("DecodeSpec", "StepwiseDecoder", "ChainStudy", "run_chain"), "decoding"),
     **dict.fromkeys(("EvalData", "evaluate_checkpoint", "score_predictions", "ScoringConfig"), "evaluation"),

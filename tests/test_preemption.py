@@ -103,10 +103,11 @@ def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tmp_p
     logged = []
     with pytest.raises(preemption.NonFiniteError, match="non-finite values at step 4: loss=nan"):
         train_loop.run_training(
-            config, optim=opt.OptimConfig(warmup_steps=1, total_steps=20),
-            mesh_config=sh.MeshConfig(data=2, fsdp=1, tensor=1), checkpoint=checkpoint,
+            train_loop.TrainSpec(config, optim=opt.OptimConfig(warmup_steps=1, total_steps=20),
+                                 mesh_config=sh.MeshConfig(data=2, fsdp=1, tensor=1)),
+            checkpoint=checkpoint,
             make_batches=lambda: iter(grain.MapDataset.range(100).map(batch_at)), num_steps=10,
-            on_log=lambda step, summary: logged.append(step),
+            hooks=train_loop.TrainHooks(on_log=lambda step, summary: logged.append(step)),
             init_params_from=str(tmp_path / "imported"), devices=jax.devices()[:2],
         )
     assert logged == [1, 2, 3]

@@ -23,7 +23,7 @@ from cxrtrek_jax.train import checkpointing as ckpt_lib
 from cxrtrek_jax.train import optimizer as optimizer_lib
 from cxrtrek_jax.train import preemption as preemption_lib
 from cxrtrek_jax.train import sharding as sharding_lib
-from cxrtrek_jax.train.loop import default_compute_dtype, run_training
+from cxrtrek_jax.train.loop import TrainHooks, TrainSpec, default_compute_dtype, run_training
 
 __all__ = ["main"]
 
@@ -105,9 +105,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         result = run_training(
-            model_config, optim=optim, mesh_config=_mesh_config(args.mesh),
+            TrainSpec(model_config, optim=optim, mesh_config=_mesh_config(args.mesh), seed=args.seed),
             checkpoint=checkpoint, make_batches=make_batches, num_steps=args.steps,
-            seed=args.seed, on_log=on_log, init_params_from=args.init_params_from,
+            init_params_from=args.init_params_from, hooks=TrainHooks(on_log=on_log),
         )
     except preemption_lib.NonFiniteError as err:
         print(f"error: {err}", file=sys.stderr)

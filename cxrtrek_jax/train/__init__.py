@@ -8,7 +8,8 @@ Modules: `config` (`ExperimentConfig`, the one config tree of a run), `registry`
 experiments: small diffs over `base_config`, the CXRTrek ablations), `step` (the train/eval
 step functions and `TrainState`), `optimizer` (per-tower AdamW schedules), `sharding` (mesh and
 logical-axis rules), `checkpointing` (Orbax, exact resume), `preemption` (SIGTERM, non-finite
-stops), `image_reliance` (the validation's swapped-image probe), `loop` (`run_training`) and
+stops), `process_gather` (small values from every process), `image_reliance` (the validation's
+swapped-image probe), `loop` (`run_training` of a `TrainSpec`) and
 `run` (`train_experiment`: one experiment end to end).
 """
 
@@ -23,7 +24,7 @@ from cxrtrek_jax.train.config import (
     alignment_for,
     base_config,
 )
-from cxrtrek_jax.train.loop import TrainResult, default_compute_dtype, run_training
+from cxrtrek_jax.train.loop import TrainHooks, TrainResult, TrainSpec, default_compute_dtype, run_training
 from cxrtrek_jax.train.optimizer import OptimConfig, TowerSchedule, make_optimizer
 from cxrtrek_jax.train.preemption import NonFiniteError, PreemptionWatcher
 from cxrtrek_jax.train.registry import ABLATIONS, EXPERIMENTS, experiment_names, get_experiment
@@ -35,7 +36,7 @@ __all__ = [
     "CheckpointConfig", "Checkpointer", "read_metadata", "save_params_only",
     "AlignmentConfig", "DataConfig", "EvalConfig", "ExperimentConfig", "TokenizerConfig",
     "TrainConfig", "alignment_for", "base_config",
-    "TrainResult", "default_compute_dtype", "run_training",
+    "TrainHooks", "TrainResult", "TrainSpec", "default_compute_dtype", "run_training",
     "OptimConfig", "TowerSchedule", "make_optimizer",
     "NonFiniteError", "PreemptionWatcher",
     "ABLATIONS", "EXPERIMENTS", "experiment_names", "get_experiment",

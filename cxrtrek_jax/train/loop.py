@@ -1,6 +1,7 @@
 """The training loop: mesh, sharded state, resume, steps, checkpoints, pre-emption and NaN stops.
 
-`run_training(...)` is what `cxrtrek train` builds on; it takes a factory for the batch iterator
+`run_training(spec, ...)` is what `cxrtrek train` builds on: it trains a `TrainSpec` (model,
+optimizer, mesh, seed), reports through `TrainHooks`, and takes a factory for the batch iterator
 (a Grain iterator, whose position is checkpointed with the model so a resumed run sees exactly
 the batches an uninterrupted one would). `cxrtrek_jax.testing.synthetic_training` drives it over
 synthetic batches (the sharding, resume and fault-injection tests use it).
@@ -20,6 +21,7 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import jax
+import optax
 from flax import nnx
 
 from cxrtrek_jax.train import checkpointing as ckpt_lib
@@ -28,7 +30,7 @@ from cxrtrek_jax.train import preemption as preemption_lib
 from cxrtrek_jax.train import sharding as sharding_lib
 from cxrtrek_jax.train import step as step_lib
 
-__all__ = ["TrainResult", "run_training", "default_compute_dtype"]
+__all__ = ["TrainSpec", "TrainHooks", "TrainResult", "run_training", "default_compute_dtype"]
 
 log = logging.getLogger(__name__)
 
@@ -84,70 +86,148 @@ def _warn_on_config_change(saved: Mapping[str, Any], current: Mapping[str, Any])
         log.warning("resuming with a model config that differs from the checkpoint's in %s", changed)
 
 
-def run_training(
-    model_config,
-    *,
-    optim: optimizer_lib.OptimConfig,
-    mesh_config: sharding_lib.MeshConfig,
-    checkpoint: ckpt_lib.CheckpointConfig,
-    make_batches: Callable[[], Iterator[Mapping[str, Any]]],
-    num_steps: int,
-    seed: int = 0,
-    log_every: int = 1,
-    on_log: StepCallback | None = None,
-    on_start: Callable[[int], None] | None = None,
-    evaluate: Callable[[Any, int], Mapping[str, float]] | None = None,
-    metadata: Mapping[str, Any] | None = None,
-    init_params_from: str | None = None,
-    preemption: preemption_lib.PreemptionWatcher | None = None,
-    devices: list[jax.Device] | None = None,
-    rules: sharding_lib.LogicalRules = sharding_lib.LOGICAL_AXIS_RULES,
-    image_label_weight: float = 0.0,
-) -> TrainResult:
-    """Train `model_config` (a `cxrtrek_jax.model.ModelConfig`) to `num_steps` optimizer steps,
-    resuming from the newest readable checkpoint in `checkpoint.directory` if there is one.
+@dataclasses.dataclass(frozen=True)
+class TrainSpec:
+    """What a run trains and how each optimizer step computes it (recorded in the checkpoint
+    metadata): `model_config` (a `cxrtrek_jax.model.ModelConfig`), its optimizer `optim`, the
+    device mesh `mesh_config`, `seed` (of fresh parameters and of the model's RNG streams, e.g.
+    LoRA dropout), `image_label_weight` (the auxiliary image-label loss, `step.make_train_step`;
+    > 0 needs batches with image labels) and the logical-axis `rules` of the activations."""
 
-    make_batches: returns a fresh checkpointable iterator of process-local batches (the batch
-      contract of `data_pipeline.batches.grain_pipeline`, numpy, leading dim = global batch / process count).
-    on_log: called as on_log(step, summary) every `log_every` steps and at the last step.
-    on_start: called as on_start(step) once the start is known: the restored checkpoint's step,
-      or 0 for a fresh run (e.g. to drop log records of steps after it, which are redone).
-    evaluate: optional (params, step) -> {"val_loss": ...} run at each save, `step` being the
-      step of the checkpoint saved with it; passed to the checkpoint manager to keep the best steps.
-    metadata: extra JSON-able entries for the checkpoint metadata (e.g. tokenizer_path).
-    init_params_from: a params checkpoint (e.g. from `import-hf`) to start a fresh run from; for a
-      LoRA model it may lack the adapters (a base model's checkpoint), which start fresh.
-    preemption: the watcher to poll; by default one is installed for the duration of the call
-      (SIGTERM -> checkpoint at the current step, return with stop_reason "preempted").
-    image_label_weight: the auxiliary image-label loss's weight (`step.make_train_step`); > 0
-      needs batches with image labels.
-    Raises NonFiniteError (naming the step) when a loss or gradient norm is NaN/Inf.
-    """
-    from cxrtrek_jax.model import CXRTrekNet, to_dict
+    model_config: Any
+    optim: optimizer_lib.OptimConfig
+    mesh_config: sharding_lib.MeshConfig
+    seed: int = 0
+    image_label_weight: float = 0.0
+    rules: sharding_lib.LogicalRules = sharding_lib.LOGICAL_AXIS_RULES
 
-    mesh = sharding_lib.make_mesh(mesh_config, devices)
+
+@dataclasses.dataclass(frozen=True)
+class TrainHooks:
+    """The caller's callbacks. on_log(step, summary): every `log_every` steps and at the last
+    step. on_start(step): once the start is known (the restored checkpoint's step, 0 when fresh;
+    e.g. to drop log records of later steps, which are redone). evaluate(params, step) ->
+    {"val_loss": ...}: at each save, `step` being the checkpoint's; its values are passed to the
+    checkpoint manager (to keep the best steps)."""
+
+    on_log: StepCallback | None = None
+    log_every: int = 1
+    on_start: Callable[[int], None] | None = None
+    evaluate: Callable[[Any, int], Mapping[str, float]] | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class _Setup:
+    """The sharded pieces of a `TrainSpec`: the mesh, the model factory and its split, the
+    abstract `nnx.Param` state, the optimizer, the state's shardings and the jitted step."""
+
+    mesh: jax.sharding.Mesh
+    model_fn: Callable[[nnx.Rngs], nnx.Module]
+    split: step_lib.SplitModel
+    abstract_params_state: nnx.State
+    tx: optax.GradientTransformation
+    shardings: step_lib.TrainState
+    train_step: Callable
+
+
+def _build(spec: TrainSpec, devices: list[jax.Device] | None) -> _Setup:
+    from cxrtrek_jax.model import CXRTrekNet
+
+    mesh = sharding_lib.make_mesh(spec.mesh_config, devices)
 
     def model_fn(rngs: nnx.Rngs):
-        return CXRTrekNet(model_config, rngs=rngs)
+        return CXRTrekNet(spec.model_config, rngs=rngs)
 
     split = step_lib.split_abstract_model(model_fn)
     abstract_params_state = nnx.state(nnx.eval_shape(lambda: model_fn(nnx.Rngs(0))), nnx.Param)
-    trainable = _trainable_mask(model_config, abstract_params_state)
-    tx = optimizer_lib.make_optimizer(optim, trainable)
-    shardings = step_lib.state_shardings(split, tx, mesh, rules)
+    trainable = _trainable_mask(spec.model_config, abstract_params_state)
+    tx = optimizer_lib.make_optimizer(spec.optim, trainable)
+    shardings = step_lib.state_shardings(split, tx, mesh, spec.rules)
     train_step = step_lib.make_train_step(
-        split, tx, optim, shardings, trainable=trainable, seed=seed, rules=rules,
-        image_label_weight=image_label_weight,
+        split, tx, spec.optim, shardings, trainable=trainable, seed=spec.seed, rules=spec.rules,
+        image_label_weight=spec.image_label_weight,
     )
+    return _Setup(mesh, model_fn, split, abstract_params_state, tx, shardings, train_step)
+
+
+def _run_metadata(spec: TrainSpec, split: step_lib.SplitModel, metadata: Mapping[str, Any] | None) -> dict:
+    """The checkpoint metadata: the caller's `metadata` plus the spec and the parameters' logical
+    axis names."""
+    from cxrtrek_jax.model import to_dict
+
     run_metadata = dict(metadata or {})
     run_metadata.update(
-        model_config=to_dict(model_config),
-        optim_config=dataclasses.asdict(optim),
-        mesh_config=dataclasses.asdict(mesh_config),
-        seed=seed,
+        model_config=to_dict(spec.model_config),
+        optim_config=dataclasses.asdict(spec.optim),
+        mesh_config=dataclasses.asdict(spec.mesh_config),
+        seed=spec.seed,
         logical_axis_names=ckpt_lib.flatten_logical_names(split.logical_names),
     )
+    return run_metadata
 
+
+def _initial_params(spec: TrainSpec, setup: _Setup, init_params_from: str | None) -> Any:
+    """Fresh parameters (from `spec.seed`), or those of the params checkpoint `init_params_from`
+    (for a LoRA model its base model's, the adapters starting fresh)."""
+    params_shardings = setup.shardings.params
+    if init_params_from and spec.model_config.lora is not None:
+        return ckpt_lib.load_params_into(
+            init_params_from, step_lib.init_params(setup.model_fn, spec.seed, params_shardings),
+            _lora_mask(setup.abstract_params_state))
+    if init_params_from:
+        return ckpt_lib.load_params(init_params_from, shardings=params_shardings)
+    return step_lib.init_params(setup.model_fn, spec.seed, params_shardings)
+
+
+def _restore_or_init(spec: TrainSpec, setup: _Setup, checkpointer: ckpt_lib.Checkpointer, batches,
+                     run_metadata: Mapping[str, Any], init_params_from: str | None
+                     ) -> tuple[step_lib.TrainState, int | None]:
+    """(the state to train from, the restored checkpoint's step or None): the newest readable
+    checkpoint (restoring `batches`' position too), else a step-0 state."""
+    abstract_opt_state = jax.eval_shape(setup.tx.init, setup.split.abstract_params)
+    restored = checkpointer.restore_latest(
+        abstract_params=ckpt_lib.abstract_arrays(setup.split.abstract_params, setup.shardings.params),
+        abstract_opt_state=ckpt_lib.abstract_arrays(abstract_opt_state, setup.shardings.opt_state),
+        data_iterator=batches,
+    )
+    if restored is None:
+        params = _initial_params(spec, setup, init_params_from)
+        return step_lib.create_train_state(params, setup.tx, setup.shardings), None
+    _warn_on_config_change(restored.metadata.get("model_config", {}), run_metadata["model_config"])
+    step_array = jax.device_put(jax.numpy.int32(restored.step), setup.shardings.step)
+    state = step_lib.TrainState(step=step_array, params=restored.params, opt_state=restored.opt_state)
+    log.info("resumed from step %d in %s", restored.step, checkpointer.directory)
+    return state, restored.step
+
+
+def run_training(
+    spec: TrainSpec,
+    *,
+    checkpoint: ckpt_lib.CheckpointConfig,
+    make_batches: Callable[[], Iterator[Mapping[str, Any]]],
+    num_steps: int,
+    init_params_from: str | None = None,
+    metadata: Mapping[str, Any] | None = None,
+    hooks: TrainHooks = TrainHooks(),
+    preemption: preemption_lib.PreemptionWatcher | None = None,
+    devices: list[jax.Device] | None = None,
+) -> TrainResult:
+    """Train `spec` to `num_steps` optimizer steps, resuming from the newest readable checkpoint
+    in `checkpoint.directory` if there is one.
+
+    make_batches: returns a fresh checkpointable iterator of process-local batches (the batch
+      contract of `data_pipeline.batches.grain_pipeline`, numpy, leading dim = global batch / process count).
+    init_params_from: a params checkpoint (e.g. from `import-hf`) to start a fresh run from; for a
+      LoRA model it may lack the adapters (a base model's checkpoint), which start fresh.
+    metadata: extra JSON-able entries for the checkpoint metadata (e.g. tokenizer_path).
+    hooks: the logging, start and evaluation callbacks (`TrainHooks`).
+    preemption: the watcher to poll; by default one is installed for the duration of the call
+      (SIGTERM -> checkpoint at the current step, return with stop_reason "preempted").
+    devices: the mesh's devices (default: all).
+    Raises NonFiniteError (naming the step) when a loss or gradient norm is NaN/Inf.
+    """
+    setup = _build(spec, devices)
+    run_metadata = _run_metadata(spec, setup.split, metadata)
     batches = make_batches()
     _require_checkpointable(batches)
     owned_watcher = preemption is None
@@ -156,58 +236,34 @@ def run_training(
         watcher.install()
     checkpointer = ckpt_lib.Checkpointer(checkpoint)
     try:
-        abstract_opt_state = jax.eval_shape(tx.init, split.abstract_params)
-        restored = checkpointer.restore_latest(
-            abstract_params=ckpt_lib.abstract_arrays(split.abstract_params, shardings.params),
-            abstract_opt_state=ckpt_lib.abstract_arrays(abstract_opt_state, shardings.opt_state),
-            data_iterator=batches,
-        )
-        if restored is not None:
-            _warn_on_config_change(restored.metadata.get("model_config", {}), run_metadata["model_config"])
-            step_array = jax.device_put(jax.numpy.int32(restored.step), shardings.step)
-            state = step_lib.TrainState(step=step_array, params=restored.params, opt_state=restored.opt_state)
-            log.info("resumed from step %d in %s", restored.step, checkpointer.directory)
-        else:
-            if init_params_from and model_config.lora is not None:
-                params = ckpt_lib.load_params_into(
-                    init_params_from, step_lib.init_params(model_fn, seed, shardings.params),
-                    _lora_mask(abstract_params_state))
-            elif init_params_from:
-                params = ckpt_lib.load_params(init_params_from, shardings=shardings.params)
-            else:
-                params = step_lib.init_params(model_fn, seed, shardings.params)
-            state = step_lib.create_train_state(params, tx, shardings)
-        if on_start is not None:
-            on_start(0 if restored is None else restored.step)
-        return _loop(
-            state, train_step, batches, mesh, checkpointer,
-            start=0 if restored is None else restored.step,
-            num_steps=num_steps, save_every=checkpoint.save_every, log_every=log_every,
-            on_log=on_log, evaluate=evaluate, metadata=run_metadata,
-            preemption=watcher,
-            resumed_from=None if restored is None else restored.step,
-        )
+        state, resumed_from = _restore_or_init(spec, setup, checkpointer, batches, run_metadata,
+                                               init_params_from)
+        if hooks.on_start is not None:
+            hooks.on_start(0 if resumed_from is None else resumed_from)
+        return _loop(state, setup, batches, checkpointer, resumed_from=resumed_from,
+                     num_steps=num_steps, save_every=checkpoint.save_every, hooks=hooks,
+                     metadata=run_metadata, preemption=watcher)
     finally:
         checkpointer.close()
         if owned_watcher:
             watcher.uninstall()
 
 
-def _loop(state, train_step, batches, mesh, checkpointer, *, start, num_steps, save_every,
-          log_every, on_log, evaluate, metadata, preemption, resumed_from) -> TrainResult:
+def _loop(state, setup: _Setup, batches, checkpointer, *, resumed_from: int | None, num_steps: int,
+          save_every: int, hooks: TrainHooks, metadata, preemption) -> TrainResult:
     def save(step: int, state) -> None:
-        metrics = dict(evaluate(state.params, step)) if evaluate else None
+        metrics = dict(hooks.evaluate(state.params, step)) if hooks.evaluate else None
         checkpointer.save(step, params=state.params, opt_state=state.opt_state,
                           metadata=metadata, data_iterator=batches, metrics=metrics)
 
     def finish(step: int, metrics) -> dict[str, float]:
         preemption_lib.check_finite(step, metrics)
         summary = step_lib.summarize_metrics(metrics)
-        if on_log and (step % log_every == 0 or step == num_steps):
-            on_log(step, summary)
+        if hooks.on_log and (step % hooks.log_every == 0 or step == num_steps):
+            hooks.on_log(step, summary)
         return summary
 
-    step, pending, summary = start, None, {}
+    step, pending, summary = 0 if resumed_from is None else resumed_from, None, {}
     while step < num_steps:
         if preemption.should_stop(step):
             if pending is not None:
@@ -223,7 +279,7 @@ def _loop(state, train_step, batches, mesh, checkpointer, *, start, num_steps, s
             save(step, state)
             return TrainResult(step, "data_exhausted", resumed_from, summary)
         step_lib.check_batch(local_batch)
-        state, metrics = train_step(state, sharding_lib.put_batch(local_batch, mesh))
+        state, metrics = setup.train_step(state, sharding_lib.put_batch(local_batch, setup.mesh))
         step += 1
         if pending is not None:
             summary = finish(*pending)

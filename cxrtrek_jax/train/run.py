@@ -511,24 +511,19 @@ def _train_phase(cfg: ExperimentConfig, workdir: pathlib.Path, init_from: str | 
                            devices=devices)
     try:
         return train_loop.run_training(
-            model,
-            optim=resolved.optim,
-            mesh_config=resolved.mesh,
+            train_loop.TrainSpec(model, optim=resolved.optim, mesh_config=resolved.mesh,
+                                 seed=cfg.train.seed, image_label_weight=cfg.train.image_label_weight),
             checkpoint=resolved.checkpoint,
             make_batches=make_batches,
             num_steps=cfg.train.num_steps,
-            seed=cfg.train.seed,
-            log_every=cfg.train.log_every,
-            on_log=on_log,
-            on_start=on_start,
-            evaluate=evaluate,
+            init_params_from=init_from,
             # tokenizer_path: relative to the checkpoint dir, so a moved run dir stays whole.
             metadata={"experiment": resolved.to_dict(), "tfds_dir": data.tfds_dir,
                       "tokenizer_path": os.path.relpath(workdir / "tokenizer",
                                                         resolved.checkpoint.directory)},
-            init_params_from=init_from,
+            hooks=train_loop.TrainHooks(on_log=on_log, log_every=cfg.train.log_every,
+                                        on_start=on_start, evaluate=evaluate),
             devices=devices,
-            image_label_weight=cfg.train.image_label_weight,
         )
     finally:
         metrics_log.close()
