@@ -4,8 +4,10 @@ Modules: `cxrtrek_json` (the released JSON format: read, write), `validation` (e
 file, by sample and field), `images` (DICOM/PNG/JPEG loading, resizing), `image_paths` (released
 paths -> a local image root), `sources` (random-access study sources over JSON or TFDS),
 `split_rule` (the one rule placing a study in train / validation / test), `datasets` (one way to
-open a data set, JSON or TFDS, and read its splits by that rule) and `tfds_builder` (the
-array_record TFDS build; imports tensorflow_datasets, so not re-exported here).
+open a data set, JSON or TFDS, and read its splits by that rule), `atomic_write` (the one
+write-then-rename of every file or directory a reader may meet half-written; also used by
+`cxrtrek_jax`) and `tfds_builder` (the array_record TFDS build; imports tensorflow_datasets, so
+not re-exported here).
 """
 
 from data_pipeline.files.cxrtrek_json import CXRTrekFormatError, iter_studies, read_studies, write_studies
