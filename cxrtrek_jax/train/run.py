@@ -356,7 +356,7 @@ def _validation(cfg: ExperimentConfig, model: ModelConfig, data: DataPaths,
                 log_: MetricsLog, *, devices: list[jax.Device] | None = None):
     """(params, step) -> {"val_loss", "val_accuracy", "val_image_gain", per stage}: the loss over up to
     `eval_batches` validation batches (in order, no augmentation), and how much worse it gets
-    with the images swapped between studies (`evaluation.image_reliance`), as a `run_training`
+    with the images swapped between studies (`train.image_reliance`), as a `run_training`
     evaluate callback (it runs at every checkpoint save; `step`, the step of the checkpoint
     saved with it, labels the log record)."""
     from cxrtrek_jax.train import step as step_lib
