@@ -18,10 +18,9 @@ from __future__ import annotations
 import collections
 import dataclasses
 import json
-import multiprocessing
 import os
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +28,7 @@ from data_pipeline.construct.study_assembly import ConstructError
 from data_pipeline.construct.study_builder import StudyBuilder, StudyCounts
 from data_pipeline.files.atomic_write import write_text_atomically
 from data_pipeline.files.cxrtrek_json import write_element_texts
+from data_pipeline.files.ordered_map import ordered_map
 
 __all__ = ["SHARD_PATTERN", "SUMMARY_FILE", "ConstructConfig", "ConstructSummary", "construct", "shard_paths"]
 
@@ -166,15 +166,6 @@ class _ShardWriter:
             self.pending = []
 
 
-def _map_in_order(function: Callable[[Any], Any], items: Iterable[Any], processes: int) -> Iterator[Any]:
-    """`map(function, items)`, in `processes` spawned workers when more than one (input order kept)."""
-    if processes == 1:
-        yield from map(function, items)
-        return
-    with multiprocessing.get_context("spawn").Pool(processes) as pool:
-        yield from pool.imap(function, items, chunksize=16)
-
-
 def _progress(items: Iterable[Any], enabled: bool) -> Iterable[Any]:
     if not enabled:
         return items
@@ -204,7 +195,7 @@ def construct(config: ConstructConfig, *, progress: bool = False) -> ConstructSu
     summary, began = ConstructSummary(), time.perf_counter()
     writer = _ShardWriter(out_dir, config.shard_size)
     builder = StudyBuilder(image_root, config.boxes, config.seed, config.llm)
-    for built in _map_in_order(builder, _progress(study_timeline(source), progress), config.processes):
+    for built in ordered_map(builder, _progress(study_timeline(source), progress), config.processes, chunksize=16):
         if built.counts is None:
             if not config.skip_invalid:
                 raise ConstructError(f"{built.origin}: {built.error} (use --skip-invalid to drop such studies)")

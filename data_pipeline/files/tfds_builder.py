@@ -34,11 +34,10 @@ import collections
 import dataclasses
 import functools
 import json
-import multiprocessing
 import os
 import re
 import shutil
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import numpy as np
@@ -51,6 +50,7 @@ from data_pipeline.files.images import ImageLoadError, encode_png16, is_dicom, l
 from data_pipeline.schema.records import Message, QAItem, Study, freeze, study_key, thaw
 from data_pipeline.schema.splits import SPLIT_NAMES
 from data_pipeline.files.split_rule import SplitConfig, SplitRuleError, assign_split, patient_split
+from data_pipeline.files.ordered_map import ordered_map
 from data_pipeline.files.validation import Problem, StudyValidator
 
 __all__ = [
@@ -342,16 +342,6 @@ def _prepare_example(task: _ExampleTask) -> _ExampleOutcome:
     return rejected(key=f"{task.file_index}:{task.index}", example=study_to_example(study, encoded), image_list=which)
 
 
-def _map_in_order(function: Callable[[Any], Any], items: Iterable[Any], processes: int) -> Iterator[Any]:
-    """`map(function, items)`, in `processes` spawned worker processes when more than one (results
-    in input order, a bounded number of items in flight)."""
-    if processes == 1:
-        yield from map(function, items)
-        return
-    with multiprocessing.get_context("spawn").Pool(processes) as pool:
-        yield from pool.imap(function, items, chunksize=4)
-
-
 # ----------------------------------------------------------------------------- builder
 
 
@@ -451,7 +441,7 @@ class CXRTrekBuilder(tfds.core.GeneratorBasedBuilder):
             for index, element in enumerate(iter_elements(json_file))
             if self._assignment.get((file_index, index)) == split
         )
-        for outcome in _map_in_order(_prepare_example, tasks, self._options.processes):
+        for outcome in ordered_map(_prepare_example, tasks, self._options.processes):
             if outcome.problems:
                 self._reject(outcome.json_file, outcome.index, outcome.study_key, list(outcome.problems))
                 continue
