@@ -2,17 +2,19 @@
 
     cxrtrek data construct --source mimic-cxr --root MIMIC_DIR --out cxrtrek_mimic/
 
-The flow, one module per step (each imports only the contracts before it):
+The flow (`construct_run.construct`, one `study_builder.StudyBuilder` call per study):
 
-1. `source_study`  the contract of the source side: `SourceStudy` / `SourceImage` (one study as
-                   a source gives it), `TimelineStudy` (with its prior and next study), `SourceError`.
-2. source readers  one module per source layout (MIMIC-CXR, CheXpert Plus, Open-i, plain JSONL),
-                   each yielding `SourceStudy` records; `timeline` groups them by patient and date.
-3. `report_facts`  the contract of the report side: `ReportFacts` (sections, sentences, finding
-                   mentions with presence/absence/uncertainty, location, severity, change,
-                   relations, recommendations, technique), read from a report's free text.
-4. stage generators  `ReportFacts` of a study, its prior and its next -> `QAItem`s of the eight
-                   stages, each with its provenance; assembled into a released-format `Study`.
+1. `source_study`    the source side's contract: `SourceStudy` / `SourceImage`, `TimelineStudy`,
+                     `SourceError`.
+2. source readers    `mimic_cxr_source`, `chexpert_plus_source`, `openi_source`, `plain_source`
+                     (an index of studies, reports read one at a time; table `source_readers`);
+                     `timeline` links each study to its patient's prior and next study.
+3. `report_facts`    the report side's contract; `report_reader.read_report` fills it (sections,
+                     sentences, findings with presence/absence/uncertainty, location, severity,
+                     change, relations, recommendations, technique; rules in `report_rules/`).
+4. stage generators  `stage1_quality_view` .. `stage8_report`: the facts of a study, its prior and
+                     its next -> `QAItem`s with provenance; `study_assembly` makes the released-format
+                     `Study`; `box_annotations` reads `--boxes`; `llm_polish` is the optional rewrite.
 
 Imports only the schema, reports and files layers (never the phantom, never the model).
 """
