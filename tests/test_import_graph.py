@@ -179,12 +179,17 @@ def find_cycle(edges: Iterable[tuple[str, str]]) -> list[str] | None:
 
 def cycle_message(imports: Iterable[Import]) -> str | None:
     """A message naming a subpackage cycle and, per edge, one import that makes it; None when acyclic."""
-    edges = subpackage_edges(imports)
+    return _cycle_report("subpackages", subpackage_edges(imports), lambda a, b, i: f"{a} -> {b}: {i}")
+
+
+def _cycle_report(nodes: str, edges: dict[tuple[str, str], Import], step) -> str | None:
+    """"import cycle between `nodes` a -> b -> a:" and one line per edge (`step(a, b, import)`);
+    None when `edges` has no cycle."""
     cycle = find_cycle(edges)
     if cycle is None:
         return None
-    steps = [f"  {a} -> {b}: {edges[(a, b)]}" for a, b in zip(cycle, cycle[1:])]
-    return "import cycle between subpackages " + " -> ".join(cycle) + ":\n" + "\n".join(steps)
+    steps = [f"  {step(a, b, edges[(a, b)])}" for a, b in zip(cycle, cycle[1:])]
+    return f"import cycle between {nodes} " + " -> ".join(cycle) + ":\n" + "\n".join(steps)
 
 
 def module_edges(imports: Iterable[Import]) -> dict[tuple[str, str], Import]:
@@ -203,12 +208,7 @@ def module_edges(imports: Iterable[Import]) -> dict[tuple[str, str], Import]:
 
 def module_cycle_message(imports: Iterable[Import]) -> str | None:
     """A message naming a cycle between modules and, per edge, the import that makes it; None when acyclic."""
-    edges = module_edges(imports)
-    cycle = find_cycle(edges)
-    if cycle is None:
-        return None
-    steps = [f"  {edges[(a, b)]}" for a, b in zip(cycle, cycle[1:])]
-    return "import cycle between modules " + " -> ".join(cycle) + ":\n" + "\n".join(steps)
+    return _cycle_report("modules", module_edges(imports), lambda a, b, i: str(i))
 
 
 def layer_of(name: str, package: str) -> int | None:

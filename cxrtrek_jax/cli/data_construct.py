@@ -21,9 +21,8 @@ import argparse
 
 from cxrtrek_jax.cli import CLIError
 
-# CLI flag -> the reader input it fills (the reader table says which a source needs).
-_INPUT_FLAGS = {"root": "root", "reports_root": "reports_root", "csv": "csv", "reports": "reports",
-                "input": "input", "image_root": "image_root"}
+# The reader inputs, named as their flags are (the reader table says which a source needs).
+_INPUTS = ("root", "reports_root", "csv", "reports", "input", "image_root")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -63,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
     from data_pipeline.construct.source_study import SourceError
     from data_pipeline.construct.study_assembly import ConstructError
 
-    inputs = {name: getattr(args, flag) for flag, name in _INPUT_FLAGS.items() if getattr(args, flag) is not None}
+    inputs = {name: getattr(args, name) for name in _INPUTS if getattr(args, name) is not None}
     try:
         config = ConstructConfig(source=args.source, inputs=inputs, out_dir=args.out, boxes=args.boxes,
                                  processes=args.processes, shard_size=args.shard_size,
