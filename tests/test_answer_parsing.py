@@ -146,3 +146,53 @@ def test_judge_closed_answer(prediction, reference, question, qtype, correct):
     judged = judge_closed_answer(prediction, reference, question, qtype)
     assert judged.correct is correct
     assert judged.reference == parse_closed_answer(reference, question, qtype)
+
+
+# An image introduction after the options (the phantom's "{question} Current X-ray: {images} ." layout,
+# and the authors' introductions) is not part of the last option.
+TRAILING_IMAGE_QUESTIONS = [
+    ("Which view is this? Options: A. PA B. AP Current X-ray: <image> .", ["PA", "AP"]),
+    ("Which projection was used? A. PA B. AP The previous study is shown here: <image> .", ["PA", "AP"]),
+    ("How has the effusion changed? A. resolved B. stable C. worsened Later X-ray: <image> <image> .",
+     ["resolved", "stable", "worsened"]),
+    ("Where is the opacity? A. RLL B. LLL Here is the current X-ray image: <image> .", ["RLL", "LLL"]),
+    ("Where is it? Options: A. Right lower lobe B. Left upper lobe Reference X-ray: <image> .",
+     ["Right lower lobe", "Left upper lobe"]),
+    ("Is it AP? Mark the most appropriate response: A. No. or B. Yes. Current X-ray: <image> . The reference "
+     "X-ray image of the patient is shown below: <image> .", ["No.", "Yes."]),
+    ("Is it AP? A. No. or B. Yes. <image>", ["No.", "Yes."]),
+]
+
+
+@pytest.mark.parametrize("question, texts", TRAILING_IMAGE_QUESTIONS)
+def test_the_last_option_ends_before_an_image_introduction(question, texts):
+    assert [o.text for o in parse_options(question)] == texts
+
+
+def test_a_right_free_text_answer_to_a_question_with_a_trailing_image_is_scored_right():
+    question = "Which view is this? Options: A. PA B. AP Current X-ray: <image> ."
+    assert judge_closed_answer("AP", "B. AP", question, SINGLE).correct is True
+    assert judge_closed_answer("AP", "A. PA", question, SINGLE).correct is False
+    assert parse_closed_answer("AP", question, SINGLE).method == "text"
+
+
+def test_parsed_options_are_the_phantoms_own_option_lists():
+    """The phantom keeps each choice question's lettered options (`option_list`): the parser must find
+    exactly those in the question text, whatever introduction the phantom put around them."""
+    from data_pipeline.phantom import PhantomConfig, generate_study
+
+    config = PhantomConfig(size=64, turns_per_study=(20, 26), prob_prior=0.8, prob_later=0.5)
+    checked = trailing = 0
+    for index in range(120):
+        study, _ = generate_study(7, index, config)
+        for item in study.items:
+            listed = item.extras.get("option_list")
+            if not listed:
+                continue
+            expected = [entry.split(". ", 1)[1] for entry in listed]
+            # A sentence's closing period may stay on the last option ("... D. x. Answer with ..."):
+            # scoring compares words, so it is not part of the comparison.
+            assert [o.text.rstrip(".") for o in parse_options(item.question)] == expected, item.question
+            checked += 1
+            trailing += item.question.rstrip().endswith("<image> .")
+    assert checked > 200 and trailing > 5  # the layout of the issue is among them

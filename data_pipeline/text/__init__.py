@@ -1,8 +1,8 @@
 """Layer 4, text: studies -> token ids, loss masks and labels.
 
 Modules: `tokenizer` (byte-level BPE, Hugging Face format), `chat_template` (the one CXRTrek chat
-format), `sequences` (one study -> a training sequence), `decisive_answers` (closed answers cut to
-their deciding part) and `image_labels` (a study's finding labels from its own stage-2 answers).
+format), `sequences` (one study -> a training sequence), `choice_options` (the options a closed
+question lists), `decisive_answers` (closed answers cut to their deciding part) and `image_labels` (a study's finding labels from its own stage-2 answers).
 """
 
 from data_pipeline.text.chat_template import ChatFormat

@@ -1,17 +1,9 @@
 """Parsing closed-ended answers (yes/no, single- and multi-choice) to comparable values.
 
-CXRTrek lists the options inside the question text, in a few styles:
-
-    "... Select the correct answer from choices below: A. Posterio-anterior. or B. Antero-posterior. ..."
-    "... Mark the most appropriate response: [ A. No. or B. Yes. ]. ..."
-    "... Identify the correct choice: [ 1. Pulmonary parenchyma; 2. Left pleural space. or 3. Mediastinal space. ]."
-    "... Identify the correct choice: [ No. or Yes. ]."              (unlabelled, bracketed)
-    "Which view is this?\\nA) PA\\nB) AP\\nC) Lateral"                  (one per line)
-
-and answers name an option by its key ("B", "B.", "(B)", "2."), by its text
+A question lists its options inside its text (`data_pipeline.text.choice_options` reads them, in
+the layouts CXRTrek files use), and answers name an option by its key ("B", "B.", "(B)", "2."), by its text
 ("Antero-posterior."), by a paraphrase of its text, or, for yes/no
-questions, by a leading yes/no word ("Yes. There is ..."). `parse_options`
-recovers the options; `parse_closed_answer` maps an answer to a canonical
+questions, by a leading yes/no word ("Yes. There is ..."). `parse_closed_answer` maps an answer to a canonical
 value: a frozenset of option indices ("opt:0", "opt:1", ...) when the
 question lists options, else {"yes"} / {"no"}, else the option key the
 answer starts with ("key:B"). None means the answer could not be parsed.
@@ -23,6 +15,7 @@ import dataclasses
 import re
 
 from data_pipeline.schema.stages import QType
+from data_pipeline.text.choice_options import OPTION_KEY, OPTION_MARKER, ChoiceOption, parse_options
 
 __all__ = [
     "ChoiceOption",
@@ -41,27 +34,12 @@ __all__ = [
 FUZZY_MIN_F1 = 0.5
 FUZZY_MIN_MARGIN = 0.1
 
-_KEY = r"[A-Z]|[1-9][0-9]?"
-# An option marker: "A." "A)" "(A)" "2." not glued to a preceding word or dot.
-_MARKER = re.compile(rf"(?<![\w.(])(?:\(({_KEY})\)|({_KEY})[.)])(?=\s|$)")
-_LAST_OPTION_END = re.compile(r"\]|\n|'(?=\s|$)|(?<=[.?!])\s+(?=[A-Z])")
-_BRACKETED = re.compile(r"\[\s*([^\[\]]+?)\s*\]")
-_UNLABELLED_SPLIT = re.compile(r"\s+or\s+|\s*;\s*")
-_TRAILING_SEPARATOR = re.compile(r"(?:\s*(?:[;,]|\bor\b|\band\b))+\s*$")
 _WORD = re.compile(r"[a-z0-9]+")
 _ANSWER_PREFIX = re.compile(
     r"^\s*(?:(?:the\s+)?(?:correct\s+)?(?:answer|option|choice)(?:\s+is)?\s*[:\-]?\s*)", re.IGNORECASE
 )
 _YES = frozenset({"yes"})
 _NO = frozenset({"no"})
-
-
-@dataclasses.dataclass(frozen=True)
-class ChoiceOption:
-    """One listed option: its key ("A", "2"; None when unlabelled) and its text."""
-
-    key: str | None
-    text: str
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,70 +65,6 @@ def _tokens(text: str) -> tuple[str, ...]:
     return tuple(_WORD.findall(text.lower()))
 
 
-def _clean_option_text(text: str) -> str:
-    return _TRAILING_SEPARATOR.sub("", text.strip()).strip()
-
-
-def _marker_runs(question: str) -> list[list[re.Match]]:
-    """Runs of markers whose keys count up from A (or 1), each after the previous."""
-    markers = list(_MARKER.finditer(question))
-    runs = []
-    for i, first in enumerate(markers):
-        key = first.group(1) or first.group(2)
-        if key not in ("A", "1"):
-            continue
-        run = [first]
-        expected = _next_key(key)
-        for later in markers[i + 1 :]:
-            if (later.group(1) or later.group(2)) == expected:
-                run.append(later)
-                expected = _next_key(expected)
-        if len(run) >= 2:
-            runs.append(run)
-    return runs
-
-
-def _next_key(key: str) -> str:
-    return str(int(key) + 1) if key.isdigit() else chr(ord(key) + 1)
-
-
-def _labelled_options(question: str) -> tuple[ChoiceOption, ...]:
-    runs = _marker_runs(question)
-    if not runs:
-        return ()
-    # The longest run wins; among equals, the last one (options close the question).
-    run = max(reversed(runs), key=len)
-    options = []
-    for marker, following in zip(run, run[1:] + [None]):
-        key = marker.group(1) or marker.group(2)
-        if following is not None:
-            text = question[marker.end() : following.start()]
-        else:
-            rest = question[marker.end() :].lstrip()
-            end = _LAST_OPTION_END.search(rest)
-            text = rest[: end.start()] if end else rest
-        options.append(ChoiceOption(key, _clean_option_text(text)))
-    return tuple(options)
-
-
-def _unlabelled_options(question: str) -> tuple[ChoiceOption, ...]:
-    for match in reversed(list(_BRACKETED.finditer(question))):
-        parts = [_clean_option_text(p) for p in _UNLABELLED_SPLIT.split(match.group(1))]
-        parts = [p for p in parts if p]
-        if len(parts) >= 2:
-            return tuple(ChoiceOption(None, p) for p in parts)
-    return ()
-
-
-def parse_options(question: str) -> tuple[ChoiceOption, ...]:
-    """The options listed in a question, in order; () when none are found.
-
-    Labelled options (A./B./... or 1./2./..., also "A)" and "(A)") are
-    preferred; otherwise the last bracketed list "[ x or y ]" is used.
-    """
-    return _labelled_options(question) or _unlabelled_options(question)
-
-
 def parse_yes_no(answer: str) -> bool | None:
     """True/False for an answer starting with yes/no ("Yes. There is ..."), else None."""
     words = _tokens(answer)
@@ -170,7 +84,7 @@ def _strip_answer_prefix(answer: str) -> str:
 def _leading_key(answer: str, options: tuple[ChoiceOption, ...]) -> int | None:
     """Index of the option named by a key at the start of the answer."""
     keys = {o.key: i for i, o in enumerate(options) if o.key is not None}
-    match = re.match(rf"\(?({_KEY})\)?(?=$|[.):,;\s])", answer)
+    match = re.match(rf"\(?({OPTION_KEY})\)?(?=$|[.):,;\s])", answer)
     if not match or match.group(1) not in keys:
         return None
     index = keys[match.group(1)]
@@ -188,14 +102,14 @@ def _key_list(answer: str, options: tuple[ChoiceOption, ...]) -> frozenset[int] 
     if not keys:
         return None
     bare = re.fullmatch(
-        rf"\s*\(?({_KEY})\)?(?:\s*(?:,|;|/|&|\band\b|\s)\s*\(?(?:{_KEY})\)?)*\s*\.?\s*", answer
+        rf"\s*\(?({OPTION_KEY})\)?(?:\s*(?:,|;|/|&|\band\b|\s)\s*\(?(?:{OPTION_KEY})\)?)*\s*\.?\s*", answer
     )
     if bare:
-        named = re.findall(rf"({_KEY})", answer)
+        named = re.findall(rf"({OPTION_KEY})", answer)
     else:
         if _leading_key(answer, options) is None:
             return None
-        named = [m.group(1) or m.group(2) for m in _MARKER.finditer(answer)]
+        named = [m.group(1) or m.group(2) for m in OPTION_MARKER.finditer(answer)]
     if not named or any(k not in keys for k in named):
         return None
     return frozenset(keys[k] for k in named)
