@@ -176,11 +176,13 @@ class AlignmentConfig:
     num_steps: optimiser steps of this phase; global_batch_size: its rows per step;
     length_buckets: its padded row lengths (a single QA pair with its images is short);
     context: "off" (one row per pair) or "on" (one row per study); see above;
-    closed_answers: "full" or "decisive" (yes/no and single-choice answers cut to "Yes." / "No." /
+    closed_answers: "full", "decisive" (yes/no and single-choice answers cut to "Yes." / "No." /
         "<letter>.", `data_pipeline.text.decisive_answers`, so that the token the images decide carries
-        a third to a half of each answer's loss, not about an eighth); the main phase cuts
+        a third to a half of each answer's loss, not about an eighth) or "decisive_if_carried" (cut only
+        where the study's stage-3 turns carry what the cut removes); the main phase cuts
         its own per `data.pipeline.sequence.closed_answers`;
-    decisive_stages: with closed_answers "decisive", cut only these stages' answers (None = all);
+    decisive_stages: with closed_answers "decisive" or "decisive_if_carried", cut only these stages'
+        answers (None = all);
     loss_weighting: the phase's `SequenceConfig.loss_weighting` ("token", "answer" or "sqrt"), whatever the
         main phase's (`data.pipeline.sequence.loss_weighting`) is;
     image_label_weight: the phase's auxiliary image-label loss (`TrainConfig.image_label_weight`;
@@ -217,9 +219,10 @@ class AlignmentConfig:
         if self.loss_weighting not in LOSS_WEIGHTINGS:
             raise ValueError(f"alignment.loss_weighting must be one of {LOSS_WEIGHTINGS}, got "
                              f"{self.loss_weighting!r}")
-        if self.decisive_stages is not None and (self.closed_answers != "decisive" or not self.decisive_stages):
+        if self.decisive_stages is not None and (self.closed_answers == "full" or not self.decisive_stages):
             raise ValueError(f"alignment.decisive_stages {self.decisive_stages!r} needs closed_answers 'decisive' "
-                             f"and at least one stage (got closed_answers {self.closed_answers!r})")
+                             f"(or 'decisive_if_carried') and at least one stage (got closed_answers "
+                             f"{self.closed_answers!r})")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -16,6 +16,10 @@ policy that loses the report stage is seen before any step is spent:
 trained: turns that carry loss in some sequence; windowed: of those, turns trained in a window
 that does not hold the whole earlier chain; dropped: turns trained nowhere (too long even alone,
 more images than the model has, `no_prior`), never the turns the `stages` filter excludes.
+With `closed_answers` "decisive" or "decisive_if_carried" a last line (`format_cut`) says what
+the closed-answer cut did to those studies:
+
+      closed-answer cut (stage 2): 1,139 answers cut, 133 kept whole (detail not carried by stage 3)
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from data_pipeline.text.sequences import SequenceStats, build_sequences
 from data_pipeline.files.sources import open_study_source
 from data_pipeline.text.tokenizer import CXRTrekTokenizer
 
-__all__ = ["ChainCoverage", "chain_coverage", "format_coverage"]
+__all__ = ["ChainCoverage", "chain_coverage", "format_coverage", "format_cut"]
 
 
 class ChainCoverage:
@@ -70,4 +74,18 @@ def format_coverage(coverage: ChainCoverage) -> str:
                    "no_prior": stats.turns_dropped_no_prior}
         listed = ", ".join(f"{n} {why}" for why, n in reasons.items() if n)
         lines.append(f"  WARNING: {dropped} turn(s) are trained nowhere ({listed})")
+    if c.sequence.closed_answers != "full":
+        lines.append("  " + format_cut(stats, c.sequence.closed_answers, c.sequence.decisive_stages))
     return "\n".join(lines)
+
+
+def format_cut(stats: SequenceStats, closed_answers: str, stages: tuple[int, ...] | None) -> str:
+    """One line: the closed answers of `stages` (None = all) the cut shortened and, with
+    "decisive_if_carried", those kept whole; with "decisive", how many of the cut ones lost a
+    detail that stage 3 does not carry (`data_pipeline.text.decisive_answers`)."""
+    where = "every stage" if stages is None else f"stage {','.join(map(str, stages))}"
+    line = f"closed-answer cut ({where}): {stats.answers_cut:,} answers cut"
+    if closed_answers == "decisive_if_carried":
+        return line + f", {stats.answers_kept_whole:,} kept whole (detail not carried by stage 3)"
+    return line + (f", {stats.answers_cut_uncarried:,} of them losing a detail stage 3 does not carry "
+                   "(closed_answers=decisive_if_carried keeps those whole)")

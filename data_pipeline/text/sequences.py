@@ -37,8 +37,8 @@ Answer flips (`SequenceConfig.answer_flips`, training only: `build_sequences` wi
 each bare "Yes." / "No." answer is replaced by the other with that probability and carries no
 loss, so the turns after it learn from a context whose earlier answers may be wrong, as when a
 model decodes a chain with its own answers (exposure bias; docs/notes/2026-12-grounding.md has what it did).
-Only bare answers flip (with `closed_answers` "decisive"): a flipped "Yes. The heart is enlarged."
-would contradict itself and mark the flip.
+Only bare answers flip (with `closed_answers` "decisive" or "decisive_if_carried"): a flipped
+"Yes. The heart is enlarged." would contradict itself and mark the flip.
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 
 from data_pipeline.files.cxrtrek_json import DEFAULT_SYSTEM_PROMPT, derive_messages
-from data_pipeline.text.decisive_answers import with_decisive_answers
+from data_pipeline.text.decisive_answers import CutCounts, decisive_cut
 from data_pipeline.schema.records import IMAGE_PLACEHOLDER, Message, QAItem, Study
 from data_pipeline.schema.stages import NUM_STAGES, Stage
 from data_pipeline.text.tokenizer import CXRTrekTokenizer
@@ -83,7 +83,7 @@ LONG_CHAINS = ("window", "truncate")
 # How the loss is spread over answer tokens (`SequenceConfig.loss_weighting`).
 LOSS_WEIGHTINGS = ("token", "answer", "sqrt")
 # What a closed answer trains on (`SequenceConfig.closed_answers`).
-CLOSED_ANSWERS = ("full", "decisive")
+CLOSED_ANSWERS = ("full", "decisive", "decisive_if_carried")
 # How a study's turns are grouped into training sequences (`SequenceConfig.context`); not the
 # decoding context modes (own / teacher / none) of `cxrtrek_jax.contexts`.
 TRAINING_CONTEXTS = ("on", "off", "shuffled")
@@ -128,11 +128,13 @@ class SequenceConfig:
         tokens weighs sqrt(n) in all, 1/sqrt(n) per token, so a 60-token report outweighs a
         one-word view answer about 5.5 to 1 instead of 30 to 1; the train step's figures are
         then means over these weights).
-    closed_answers: "full" (the answers as given) or "decisive" (yes/no and single-choice
+    closed_answers: "full" (the answers as given), "decisive" (yes/no and single-choice
         answers cut to "Yes." / "No." / "<letter>.", `decisive_answers`: the token the images
-        decide is then a third to a half of the answer's loss instead of about an eighth).
-    decisive_stages: with closed_answers "decisive", cut only the answers of these stages
-        (None = every stage).
+        decide is then a third to a half of the answer's loss instead of about an eighth) or
+        "decisive_if_carried" (cut only where the study's stage-3 turns carry the words the cut
+        removes, else kept whole: `decisive_answers`' conditional cut).
+    decisive_stages: with closed_answers "decisive" or "decisive_if_carried", cut only the
+        answers of these stages (None = every stage).
     answer_flips: probability in [0, 1) that a bare "Yes." / "No." answer of a yes/no turn is
         flipped to the other and trained without loss (module docstring); applied only when
         `build_sequences` is given an rng (training), so evaluation sees the data as it is.
@@ -160,9 +162,9 @@ class SequenceConfig:
         if self.closed_answers not in CLOSED_ANSWERS:
             raise ValueError(f"closed_answers must be one of {CLOSED_ANSWERS}, got {self.closed_answers!r}")
         if self.decisive_stages is not None:
-            if self.closed_answers != "decisive":
-                raise ValueError(f"decisive_stages {self.decisive_stages!r} needs closed_answers 'decisive', got "
-                                 f"{self.closed_answers!r}")
+            if self.closed_answers == "full":
+                raise ValueError(f"decisive_stages {self.decisive_stages!r} needs closed_answers 'decisive' or "
+                                 f"'decisive_if_carried', got {self.closed_answers!r}")
             object.__setattr__(self, "decisive_stages", _stage_set(self.decisive_stages, "decisive_stages"))
         if self.loss_weighting not in LOSS_WEIGHTINGS:
             raise ValueError(f"loss_weighting must be one of {LOSS_WEIGHTINGS}, got {self.loss_weighting!r}")
@@ -225,6 +227,8 @@ class SequenceStats:
     `stages` filter. turns_flipped: kept turns whose answer was flipped
     (`SequenceConfig.answer_flips`): in their sequence as context, without loss (counted
     in turns_kept and stage_trained, which count the turns each study offers for training).
+    answers_cut / answers_kept_whole / answers_cut_uncarried: the closed-answer cut's
+    `CutCounts` (`SequenceConfig.closed_answers`), over all the study's turns of `decisive_stages`.
     """
 
     studies: int = 0
@@ -239,6 +243,9 @@ class SequenceStats:
     unfittable: int = 0
     turns_windowed: int = 0
     turns_flipped: int = 0
+    answers_cut: int = 0
+    answers_kept_whole: int = 0
+    answers_cut_uncarried: int = 0
     stage_trained: tuple[int, ...] = (0,) * (NUM_STAGES + 1)
     stage_windowed: tuple[int, ...] = (0,) * (NUM_STAGES + 1)
     stage_dropped: tuple[int, ...] = (0,) * (NUM_STAGES + 1)
@@ -594,8 +601,10 @@ def build_sequences(
     """
     config.check_complete()
     _check_image_counts(study)
-    if config.closed_answers == "decisive":
-        study = with_decisive_answers(study, config.decisive_stages)
+    cut = CutCounts()
+    if config.closed_answers != "full":
+        study, cut = decisive_cut(study, config.decisive_stages,
+                                  only_if_carried=config.closed_answers == "decisive_if_carried")
     turns, counts = _select_turns(study, config)
     flipped: frozenset[int] = frozenset()
     if rng is not None and config.answer_flips > 0.0:
@@ -635,6 +644,9 @@ def build_sequences(
         unfittable=unfittable,
         turns_windowed=len(windowed_turns),
         turns_flipped=len(flipped & trained),
+        answers_cut=cut.cut,
+        answers_kept_whole=cut.kept_whole,
+        answers_cut_uncarried=cut.cut_uncarried,
         stage_trained=tuple(stage_trained),
         stage_windowed=tuple(stage_windowed),
         stage_dropped=tuple(stage_dropped),
