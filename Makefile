@@ -83,7 +83,7 @@ tpu-compile-check: $(TPU_STAMP)  ## compile the 7B train/decode steps for TPU to
 # --- ablations (experiments/RESULTS.md) ---------------------------------------------------------
 # Phantom data (runs/phantom, generated once) at CPU scale by default; point the same targets at a
 # real set and a pod: make ablations DATA=cxrtrek.json IMAGE_ROOT=images PRESET=cxrtreknet-7b MESH=1,-1,8
-ABLATIONS := baseline aligned grounded no_context shuffled_stages own_vs_teacher lora_r8 frozen_vision no_prior report_only
+ABLATIONS := baseline aligned grounded no_context shuffled_stages own_vs_teacher lora_r8 frozen_vision no_prior report_only text_only
 PRESET ?= small
 DATA ?=
 IMAGE_ROOT ?=

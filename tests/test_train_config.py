@@ -224,4 +224,4 @@ def test_the_demo_settings_refuse_what_the_recipe_cannot_do():
         demo("tiny", DemoSettings(recipe="demo"))
     assert demo("tiny", DemoSettings(recipe="aligned", alignment_steps=7)).alignment.num_steps == 7
     # The demo is an experiment, not one of the study's ablations.
-    assert "demo" in experiment_names() and "demo" not in ABLATIONS and len(ABLATIONS) == 10
+    assert "demo" in experiment_names() and "demo" not in ABLATIONS and len(ABLATIONS) == 11

@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import functools
+import sys
 import time
 from pathlib import Path
 
@@ -199,6 +201,13 @@ def _infer(args: argparse.Namespace) -> int:
     config = loaded.config
     image_size = config.vision.image_size
     studies = _image_studies(args, image_size) if args.image is not None else _data_studies(args, image_size)
+    if loaded.blank_images is not None:  # a text-only model: fed the constant images it trained on
+        from data_pipeline.batches.grain_pipeline import blank_images
+
+        print(f"images blanked: the checkpoint was trained with every image blanked to {loaded.blank_images} "
+              "(data.pipeline.blank_images, a text-only model); its images here are blanked too", file=sys.stderr)
+        studies = [dataclasses.replace(s, images=blank_images(len(s.images), image_size, loaded.blank_images))
+                   for s in studies]
     try:
         sampling = SamplingConfig(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
         spec = DecodeSpec.for_model(config, tokenizer, cache_length=args.cache_length or config.text.max_positions,

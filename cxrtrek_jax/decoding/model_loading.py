@@ -9,7 +9,10 @@ metadata, parameters checked against it, the tokenizer directory it names.
 The checkpoint's metadata must hold a usable model config (`model_config`, as
 written by `cxrtrek_jax.train.checkpointing`), or `CheckpointConfigError` says so;
 every stored parameter must have the path and shape the config implies, or
-`CheckpointMismatchError` lists each missing, unexpected and misshapen parameter.
+`CheckpointMismatchError` lists each missing, unexpected and misshapen parameter. A checkpoint
+trained with its images blanked (the text-only experiment, `data.pipeline.blank_images` of the
+experiment in its metadata) says so in `CheckpointModel.blank_images`: its evaluation feeds the
+same constant images (`blank_images_of`).
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from cxrtrek_jax.train import checkpointing
 from cxrtrek_jax.model import CXRTrekNet, ModelConfig, from_dict
 
 __all__ = ["CheckpointConfigError", "CheckpointMismatchError", "CheckpointModel", "load_checkpoint_model",
-           "split_for_decoding", "tokenizer_dir_of"]
+           "split_for_decoding", "tokenizer_dir_of", "blank_images_of"]
 
 
 class CheckpointConfigError(ValueError):
@@ -41,13 +44,16 @@ class CheckpointMismatchError(ValueError):
 @dataclasses.dataclass(frozen=True)
 class CheckpointModel:
     """config; graphdef + state (`nnx.split` of the whole model, LoRA adapters included); the
-    checkpoint's metadata; the tokenizer directory it names (`tokenizer_dir_of`; None when it names none)."""
+    checkpoint's metadata; the tokenizer directory it names (`tokenizer_dir_of`; None when it names none);
+    the constant pixel value its training blanked every image to (`blank_images_of`; None = it
+    trained on the images), which decoding must feed it too."""
 
     config: ModelConfig
     graphdef: nnx.GraphDef
     state: nnx.State
     metadata: Mapping[str, Any]
     tokenizer_dir: Path | None
+    blank_images: float | None = None
 
     def model(self) -> CXRTrekNet:
         """A new CXRTrekNet holding the parameters (`nnx.merge`; changing it leaves `state` as it is)."""
@@ -88,6 +94,20 @@ def split_for_decoding(config: ModelConfig, params: Mapping, *, where: str = "pa
     return nnx.split(nnx.merge(graphdef, param_state, rest))
 
 
+def blank_images_of(metadata: Mapping[str, Any], where: str) -> float | None:
+    """`data.pipeline.blank_images` of the experiment a checkpoint's metadata records (written by
+    the trainer under "experiment"): the constant pixel value in [0, 1] that replaced every image
+    in training (the text-only experiment), or None: trained on the images, or no experiment
+    recorded (an imported or params-only checkpoint). ValueError naming `where` for a value that
+    is not a pixel value."""
+    from data_pipeline.batches.grain_pipeline import check_blank_value
+
+    experiment = metadata.get("experiment") or {}
+    value = ((experiment.get("data") or {}).get("pipeline") or {}).get("blank_images")
+    check_blank_value(value, f"{where}: metadata experiment data.pipeline.blank_images")
+    return None if value is None else float(value)
+
+
 def tokenizer_dir_of(metadata: Mapping[str, Any], ckpt_dir: str | os.PathLike) -> Path | None:
     """The tokenizer directory a checkpoint's metadata names under "tokenizer_path" (written by
     the trainer, `save_params_only` and import-hf); a relative name is relative to the checkpoint
@@ -114,4 +134,5 @@ def load_checkpoint_model(ckpt_dir: str | os.PathLike, step: int | None = None) 
         raise CheckpointConfigError(f"checkpoint {ckpt_dir}: unusable model_config in its metadata: {err}") from err
     params = checkpointing.load_params(ckpt_dir, step)
     graphdef, state = split_for_decoding(config, params, where=f"checkpoint {ckpt_dir}")
-    return CheckpointModel(config, graphdef, state, metadata, tokenizer_dir_of(metadata, ckpt_dir))
+    return CheckpointModel(config, graphdef, state, metadata, tokenizer_dir_of(metadata, ckpt_dir),
+                           blank_images_of(metadata, f"checkpoint {ckpt_dir}"))

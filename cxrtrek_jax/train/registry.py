@@ -18,6 +18,8 @@ medgemma-4b. The ablations of the CXRTrek study (what the Makefile's `ablation-N
 | frozen_vision   | vision tower frozen at its random initialisation                      |
 | no_prior        | prior-study images (and the turns needing them) removed               |
 | report_only     | stage 8 alone: the classic report-generation setting                  |
+| text_only       | `grounded` with every image blanked (constant pixels) in training and |
+|                 | evaluation: what the images buy, measured against a model             |
 
 and `demo`, what `make demo` trains (`experiments/demo.py`): `grounded` at the demo's scale
 (`DemoSettings`: its phantom set, steps, batch and buckets). `cxrtrek train --experiment demo
@@ -160,6 +162,19 @@ def report_only(preset: str) -> ExperimentConfig:
     return _named(cfg, "report_only", "stage 8 (report generation) alone")
 
 
+def text_only(preset: str) -> ExperimentConfig:
+    """`grounded` with every image blanked (`PipelineConfig.blank_images`) to the vision tower's
+    `pixel_mean`, the pixel value its normalisation maps to 0: the same rows, image slots and
+    tokens, trained (alignment phase included) and evaluated (`evaluate_checkpoint` reads the
+    setting from the checkpoint) without a single informative pixel. Its scores against
+    `grounded`'s are what the images buy, measured against a model rather than a lookup table."""
+    recipe = grounded(preset)
+    blank = recipe.model.vision.pixel_mean
+    return _named(recipe.override({"data.pipeline.blank_images": blank}), "text_only",
+                  f"the grounded recipe with every image blanked to the constant {blank} (the vision "
+                  "normalisation's zero) in training and evaluation: a text-only model")
+
+
 # The image slots the demo's chains need: current frontal and lateral, prior frontal and lateral.
 DEMO_IMAGE_SLOTS = 4
 
@@ -168,7 +183,8 @@ DEMO_IMAGE_SLOTS = 4
 class DemoSettings:
     """What `make demo` sets on top of its recipe (`experiments/demo.py`'s flags choose them).
 
-    recipe: the registry experiment trained (`grounded`; not `demo`).
+    recipe: the registry experiment trained (`grounded`; `text_only` = the same with every image
+      blanked, `--experiment text_only`; not `demo`).
     data_path: the phantom set's directory (the demo passes OUT/phantom).
     studies: phantom studies (split 80/10/10); turns: (min, max) QA turns per phantom study.
     length_buckets: padded sequence lengths in tokens; the model is widened to the longest
@@ -253,6 +269,7 @@ _ABLATION_EXPERIMENTS: dict[str, Callable[[str], ExperimentConfig]] = {
     "frozen_vision": frozen_vision,
     "no_prior": no_prior,
     "report_only": report_only,
+    "text_only": text_only,
 }
 ABLATIONS = tuple(_ABLATION_EXPERIMENTS)
 EXPERIMENTS: dict[str, Callable[[str], ExperimentConfig]] = {**_ABLATION_EXPERIMENTS, "demo": demo}

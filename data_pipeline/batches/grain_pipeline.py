@@ -36,6 +36,8 @@ With `image_labels` (no packing) two more fields, `IMAGE_LABEL_FIELDS`:
 `image_labels`, `image_label_mask` float32[B, K], the finding labels of the row
 study's current image (`data_pipeline.text.image_labels`; mask 0 where unknown, on
 padding rows, and on rows whose first image slot is not the current image).
+With `blank_images` = v every filled image slot holds the constant v (`blank_images`, the
+text-only experiment): the same slots, `image_mask` and tokens as without, only the pixels gone.
 Running counts (studies, turns dropped by truncation, padding, ...) are
 `iterator.stats`, saved and restored with the iterator state.
 """
@@ -85,6 +87,8 @@ __all__ = [
     "build_train_dataset",
     "build_train_iterator",
     "ensure_absl_flags_parsed",
+    "blank_images",
+    "check_blank_value",
 ]
 
 BATCH_FIELDS = (
@@ -130,6 +134,12 @@ class PipelineConfig:
     augment: training augmentation strengths (`AugmentConfig.none()` = off).
     image_labels: add each row's current-image finding labels (`IMAGE_LABEL_FIELDS`, for an
         auxiliary image-label loss); needs packing off (a packed row holds several studies).
+    blank_images: None = the images as decoded; a value v in [0, 1] (model-input pixel units,
+        0 = black) = every image of every study replaced by the constant v before batching, in
+        training and in evaluation alike (`blank_images`): a text-only model. The images keep
+        their slots, so the token layout, `image_mask` and the text (crop-shifted boxes
+        included) are those of the unblanked pipeline; only the pixels differ. The text-only
+        experiment uses the vision tower's `pixel_mean` (0.5), which normalises to 0.
     """
 
     source: str = ""
@@ -148,9 +158,11 @@ class PipelineConfig:
     augment: AugmentConfig = AugmentConfig()
     sequence: SequenceConfig = SequenceConfig()
     image_labels: bool = False
+    blank_images: float | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "source", str(self.source))
+        check_blank_value(self.blank_images, "PipelineConfig.blank_images")
         if self.image_root is not None:
             object.__setattr__(self, "image_root", str(self.image_root))
         if self.source_kind not in SOURCE_KINDS:
@@ -222,6 +234,25 @@ class PipelineConfig:
         return int(np.random.SeedSequence([self.seed, 1]).generate_state(1)[0])
 
 
+# ----------------------------------------------------------------------------- blank images
+
+
+def check_blank_value(value: float | None, where: str) -> None:
+    """ValueError naming `where` unless `value` is None or a pixel value in [0, 1]."""
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+        raise ValueError(f"{where} must be None (images as decoded) or a pixel value in [0, 1] "
+                         f"(0 = black), got {value!r}")
+
+
+def blank_images(count: int, image_size: int, value: float) -> np.ndarray:
+    """float32[count, S, S] (S = image_size): `count` model-input images with every pixel `value`,
+    what a `blank_images` pipeline and the evaluation of its checkpoints feed the image slots."""
+    check_blank_value(value, "blank image value")
+    return np.full((count, image_size, image_size), value, np.float32)
+
+
 # ----------------------------------------------------------------------------- per-study preparation
 
 
@@ -251,7 +282,10 @@ class PrepareStudy:
     text follow it), then one intensity change per image, drawn in image
     order. Without: the images as they are. Then every used image is resized
     with padding to `image_size`. With an rng, the sequences flip answers as
-    `sequence_config.answer_flips` says (drawn after the augmentation's draws).
+    `sequence_config.answer_flips` says (drawn after the augmentation's draws). With
+    `blank_value` (`PipelineConfig.blank_images`) every used image is that constant instead, and is
+    not decoded (only the current image is, when a crop window must be snapped to its size): the
+    random draws, the crop and so the sequences are those of the unblanked preparation.
     """
 
     def __init__(
@@ -261,12 +295,15 @@ class PrepareStudy:
         image_size: int,
         augment: AugmentConfig | None = None,
         image_labels: bool = False,
+        blank_value: float | None = None,
     ):
+        check_blank_value(blank_value, "PrepareStudy blank_value")
         self.tokenizer = tokenizer
         self.sequence_config = sequence_config
         self.image_size = image_size
         self.augment = None if augment is None or augment.is_identity else augment
         self.image_labels = image_labels
+        self.blank_value = blank_value
 
     def __call__(self, record: StudyRecord, rng: np.random.Generator | None = None) -> PreparedStudy:
         study = record.study
@@ -282,10 +319,13 @@ class PrepareStudy:
                 study = crop_study_boxes(study, window)
         sequences, stats = build_sequences(study, self.tokenizer, self.sequence_config, rng)
         used = sorted({k for seq in sequences for k in seq.image_indices})
-        images = {}
-        for k in used:
-            image = crop_image(loaded[k] if k in loaded else record.load_image(k), window)
-            images[k] = self._to_model_input(image, changes[k])
+        if self.blank_value is not None:
+            images = dict(zip(used, blank_images(len(used), self.image_size, self.blank_value)))
+        else:
+            images = {}
+            for k in used:
+                image = crop_image(loaded[k] if k in loaded else record.load_image(k), window)
+                images[k] = self._to_model_input(image, changes[k])
         labels = study_image_labels(study) if self.image_labels else None
         return PreparedStudy(study.key, tuple(sequences), images, stats, labels)
 
@@ -582,7 +622,8 @@ def _build(
         raise ValueError(f"{cfg.source}: the {cfg.source_kind} source holds no studies")
     ds = grain.MapDataset.source(source)
     augment = cfg.augment if train and not cfg.augment.is_identity else None
-    prepare = PrepareStudy(tokenizer, cfg.sequence_config(), cfg.image_size, augment, cfg.image_labels)
+    prepare = PrepareStudy(tokenizer, cfg.sequence_config(), cfg.image_size, augment, cfg.image_labels,
+                           cfg.blank_images)
     if train:
         ds = ds.shuffle(seed=cfg.seed)
     if augment is not None or (train and cfg.sequence.answer_flips > 0.0):

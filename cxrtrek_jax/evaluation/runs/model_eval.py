@@ -5,7 +5,9 @@
 study, see `with_foreign_images`) the studies are read batch by batch (a JSON file,
 or one split of a TFDS data dir built by `cxrtrek data build-tfds`), their
 images decoded once per batch, and their conversations run with the explicit
-chain state (`cxrtrek_jax.decoding.run_chain`). Memory is bounded by one batch
+chain state (`cxrtrek_jax.decoding.run_chain`); a checkpoint trained with its images blanked (the
+text-only experiment, `CheckpointModel.blank_images`) is fed the same constant images, and the
+console says so. Memory is bounded by one batch
 of studies; the records go straight to a predictions file. Splits follow the one split rule
 (`EvalData`), whatever the form of the data.
 
@@ -114,11 +116,19 @@ def record_images(record: Any, image_size: int) -> np.ndarray:
     return np.stack(images) if images else np.zeros((0, image_size, image_size), np.float32)
 
 
-def iter_eval_studies(data: EvalData, image_size: int) -> Iterator[tuple[Any, np.ndarray]]:
+def iter_eval_studies(data: EvalData, image_size: int,
+                      blank: float | None = None) -> Iterator[tuple[Any, np.ndarray]]:
     """(Study, float32[K, S, S] images at the model's size) in data order, at most `max_studies`.
-    Raises ValueError when the split holds no study."""
+    blank: None = the study's images; a pixel value = K constant images of that value instead
+    (`data_pipeline.batches.grain_pipeline.blank_images`, as the text-only experiment trains on;
+    the files are not read). Raises ValueError when the split holds no study."""
+    from data_pipeline.batches.grain_pipeline import blank_images
+
     for record in _split_records(data):
-        yield record.study, record_images(record, image_size)
+        if blank is None:
+            yield record.study, record_images(record, image_size)
+        else:
+            yield record.study, blank_images(record.study.num_images, image_size, blank)
 
 
 def with_foreign_images(studies: Iterator[tuple[Any, np.ndarray]]) -> Iterator[tuple[Any, np.ndarray]]:
@@ -206,8 +216,12 @@ def decode_predictions(
     spec = DecodeSpec.for_model(config, tokenizer, cache_length=cache_length or config.text.max_positions,
                                 max_answer_tokens=max_new_tokens)
     decoder = StepwiseDecoder(loaded.graphdef, config, spec)
+    if loaded.blank_images is not None:
+        print(f"images blanked: checkpoint {ckpt_dir} was trained with every image blanked to the constant "
+              f"{loaded.blank_images} (data.pipeline.blank_images, a text-only model); it is evaluated so, "
+              "in every context", flush=True)
     for context in contexts:
-        studies = iter_eval_studies(data, config.vision.image_size)
+        studies = iter_eval_studies(data, config.vision.image_size, loaded.blank_images)
         if context == SWAPPED:
             studies = with_foreign_images(studies)
         for batch in _batches(studies, batch_size):
@@ -262,12 +276,16 @@ class DecodeCoverage:
 
 
 def checkpoint_identity(ckpt_dir: str | os.PathLike) -> dict[str, Any]:
-    """The checkpoint dir, its newest step, and a SHA-256 of its metadata (model config included)."""
+    """The checkpoint dir, its newest step, and a SHA-256 of its metadata (model config included);
+    with "blank_images" when the checkpoint was trained with its images blanked (`blank_images_of`)."""
+    from cxrtrek_jax.decoding.model_loading import blank_images_of
     from cxrtrek_jax.train.checkpointing import read_metadata
 
     metadata = read_metadata(ckpt_dir)
     blob = json.dumps(metadata, sort_keys=True, default=str).encode()
-    return {"checkpoint": str(Path(ckpt_dir).resolve()), "checkpoint_step": metadata.get("step"),
-            "checkpoint_metadata_sha256": hashlib.sha256(blob).hexdigest(),
-            "model_config_sha256": hashlib.sha256(
-                json.dumps(metadata.get("model_config"), sort_keys=True).encode()).hexdigest()}
+    identity = {"checkpoint": str(Path(ckpt_dir).resolve()), "checkpoint_step": metadata.get("step"),
+                "checkpoint_metadata_sha256": hashlib.sha256(blob).hexdigest(),
+                "model_config_sha256": hashlib.sha256(
+                    json.dumps(metadata.get("model_config"), sort_keys=True).encode()).hexdigest()}
+    blank = blank_images_of(metadata, f"checkpoint {ckpt_dir}")
+    return identity if blank is None else {**identity, "blank_images": blank}
