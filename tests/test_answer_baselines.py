@@ -36,10 +36,14 @@ def _view_studies(n_pa: int, n_ap: int) -> list[Study]:
 
 
 def test_yes_no_majority_per_question_with_backoff():
-    baseline = MajorityAnswerBaseline.fit(_view_studies(n_pa=7, n_ap=3), min_count=5)
-    assert baseline.studies_seen == 10 and baseline.turns_seen == 20 and baseline.turns_unusable == 0
-    # The exact question was seen 10 times: its own majority (yes) wins over the group's (no, 13 of 20).
+    baseline = MajorityAnswerBaseline.fit(_view_studies(n_pa=63, n_ap=27), min_count=5, prior_strength=50)
+    assert baseline.studies_seen == 90 and baseline.turns_seen == 180 and baseline.turns_unusable == 0
+    # The exact question was seen 90 times: its own majority (yes, 63) outweighs 50 pseudo-turns at the
+    # group's rates (yes 63 of 180): (63 + 17.5) / 140 = 0.575 yes against (27 + 32.5) / 140 = 0.425 no.
     assert baseline.answer(1, "View_Information", "yes_no", PA_QUESTION) == "Yes."
+    # Seen 10 times (7 yes), it does not: (7 + 17.5) / 60 yes against (3 + 32.5) / 60 no.
+    few = MajorityAnswerBaseline.fit(_view_studies(n_pa=7, n_ap=3), min_count=5, prior_strength=50)
+    assert few.answer(1, "View_Information", "yes_no", PA_QUESTION) == "No."
     # The image introduction is not part of the question's identity ...
     assert baseline.answer(1, "View_Information", "yes_no", PA_QUESTION.replace("<image>", "<image> <image>")) == "Yes."
     # ... but other words are: an unseen wording backs off to the (stage, task, qtype) majority.
@@ -113,7 +117,7 @@ def test_bounded_counting_keeps_the_frequent_answers():
 
 
 def test_baseline_records_answer_each_turn_once_without_context():
-    baseline = MajorityAnswerBaseline.fit(_view_studies(n_pa=7, n_ap=3))
+    baseline = MajorityAnswerBaseline.fit(_view_studies(n_pa=63, n_ap=27))
     model = [PredictionRecord("t0", turn, 1, "View_Information", "yes_no", PA_QUESTION, "No.", "No.", context,
                               scores={"correct": True}, num_generated_tokens=2, latency_s=0.1, stop_reason="eos")
              for context in ("own", "teacher", "none") for turn in (0, 1)]
@@ -121,3 +125,64 @@ def test_baseline_records_answer_each_turn_once_without_context():
     assert [(r.study_id, r.turn_index, r.context) for r in records] == [("t0", 0, "none"), ("t0", 1, "none")]
     assert all(r.prediction == "Yes." and r.reference == "No." and r.scores == {} and r.latency_s is None
                for r in records)
+
+
+def _choice_turn(index: int, wording: int, ap_right: bool) -> Study:
+    options = ("A. PA B. AP", "A. AP B. PA")[index % 2]
+    letter = "A" if options.startswith("A. AP") == ap_right else "B"
+    question = f"View question wording {wording}? {options}"
+    return _study(index, (1, "View_Information", "single-choice", question, f"{letter}. {'AP' if ap_right else 'PA'}"))
+
+
+def test_a_few_sightings_of_a_wording_do_not_pull_the_baseline_below_a_constant_answer():
+    """Twelve wordings of one single-choice view question, each seen six times, AP right in 58 % of the
+    turns whatever the wording (the wording says nothing). Per wording, chance makes PA the majority
+    of some wordings (2 or 1 AP of 6); a baseline following them scores below "AP" every time on new
+    turns. Held out: the same wordings, AP right in 7 of 12 turns each."""
+    ap_per_wording = [4, 2, 5, 3, 4, 2, 4, 5, 3, 4, 2, 4]  # 42 of 72 = 58 % AP; wordings 1, 5, 10 favour PA
+    train = [_choice_turn(w * 6 + k, w, k < ap) for w, ap in enumerate(ap_per_wording) for k in range(6)]
+    baseline = MajorityAnswerBaseline.fit(train, min_count=5)
+    single = parse_qtype("single-choice")
+    right = constant_right = total = 0
+    for w in range(len(ap_per_wording)):
+        for k in range(12):
+            turn = _choice_turn(k, w, ap_right=k < 7).items[0]
+            reply = baseline.answer(1, "View_Information", "single-choice", turn.question)
+            truth = parse_closed_answer(turn.answer, turn.question, single).value
+            right += parse_closed_answer(reply, turn.question, single).value == truth
+            constant_right += parse_closed_answer("AP", turn.question, single).value == truth
+            total += 1
+    assert constant_right / total == pytest.approx(7 / 12)
+    assert right >= constant_right  # here: equal, it answers "AP" throughout
+
+
+def test_on_its_training_turns_the_baseline_is_never_below_the_best_constant_of_a_group():
+    """Phantom training studies: for every (stage, task type, qtype) group of closed questions, the
+    baseline's accuracy on those very turns is at least that of the best single answer value (a
+    yes/no word, or one option text given wherever offered), computed here by brute force."""
+    from collections import defaultdict
+
+    from data_pipeline.phantom import PhantomConfig, generate_study
+    from data_pipeline.text.choice_options import parse_options
+
+    config = PhantomConfig(size=64, turns_per_study=(20, 26), prob_prior=0.6, prob_later=0.3)
+    studies = [generate_study(11, i, config)[0] for i in range(150)]
+    baseline = MajorityAnswerBaseline.fit(studies)
+    groups: dict[tuple, list] = defaultdict(list)
+    for study in studies:
+        for item in study.items:
+            kind = parse_qtype(item.qtype)
+            if kind.is_closed and kind.kind != "multi-choice":
+                groups[(item.stage, item.task_type, item.qtype)].append((item, kind))
+    checked = 0
+    for key, turns in groups.items():
+        truths = [parse_closed_answer(item.answer, item.question, kind).value for item, kind in turns]
+        replies = [baseline.answer(item.stage, item.task_type, item.qtype, item.question) for item, _ in turns]
+        ours = sum(parse_closed_answer(r, item.question, kind).value == t
+                   for r, (item, kind), t in zip(replies, turns, truths))
+        constants = {"Yes.", "No."} | {o.text for item, _ in turns for o in parse_options(item.question)}
+        best = max(sum(parse_closed_answer(c, item.question, kind).value == t
+                       for (item, kind), t in zip(turns, truths)) for c in constants)
+        assert ours >= best, (key, ours, best, len(turns))
+        checked += 1
+    assert checked >= 10
