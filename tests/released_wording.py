@@ -211,7 +211,8 @@ _LOCATION_QUESTIONS = (
 def _location_turn(after: QAItem, finding: dict, rng: np.random.Generator) -> QAItem:
     """A stage-3 captioning turn asking where a present lung finding is."""
     kind, side = finding["kind"], finding.get("side", "")
-    where = {"pleural_effusion": "both costophrenic angles" if side == "bilateral" else f"the {side} costophrenic angle",
+    effusion_where = "both costophrenic angles" if side == "bilateral" else f"the {side} costophrenic angle"
+    where = {"pleural_effusion": effusion_where,
              "pneumothorax": f"the {side} lung apex"}.get(kind, f"the {side} {finding.get('zone', '')} lung zone")
     name = _NAMES[kind][0]
     return QAItem(3, "Attributes_Description", "captioning", after.image_input_count,

@@ -271,6 +271,21 @@ def _print_coverage(pcfg: PipelineConfig, tokenizer: CXRTrekTokenizer, max_studi
         print(format_coverage(chain_coverage(pcfg, tokenizer, max_studies)), flush=True)
 
 
+def _print_image_labels(pcfg: PipelineConfig, max_studies: int) -> None:
+    """Print (process 0), when the run trains the image-label loss, how many of the first
+    `max_studies` training studies (0 = all) carry finding labels, and a warning when few do
+    (`data_pipeline.text.image_labels.format_image_label_counts`)."""
+    from data_pipeline.files.sources import open_study_source
+    from data_pipeline.text.image_labels import format_image_label_counts, image_label_counts
+
+    if not pcfg.image_labels or jax.process_index() != 0:
+        return
+    source = open_study_source(pcfg.source_kind, pcfg.source, image_root=pcfg.image_root, split=pcfg.split)
+    count = len(source) if max_studies <= 0 else min(max_studies, len(source))
+    what = f"training studies (split {pcfg.split!r}{'' if count == len(source) else f', the first {count:,}'})"
+    print(format_image_label_counts(image_label_counts(source[i].study for i in range(count)), what), flush=True)
+
+
 class MetricsLog:
     """JSONL + TensorBoard + a tqdm progress bar; only process 0 writes.
 
@@ -476,6 +491,7 @@ def _train_phase(cfg: ExperimentConfig, workdir: pathlib.Path, init_from: str | 
     _on_process_0_then_barrier("cxrtrek_workdir", write_workdir)
     train_pcfg = pipeline_config(resolved, model, data, cfg.data.train_split, training=True)
     _print_coverage(train_pcfg, tokenizer, cfg.data.coverage_studies)
+    _print_image_labels(train_pcfg, cfg.data.coverage_studies)
     iterators: list = []
 
     def make_batches():

@@ -198,6 +198,7 @@ class Mention:
     sentence: int
     status: str  # "positive" | "negative" | "uncertain"
     laterality: str | None  # "left" | "right" | "bilateral" | None
+    normal: bool = False  # a `normal` phrase ("heart size is normal"): negative by itself, no cue needed
 
 
 @dataclasses.dataclass(frozen=True)
@@ -374,7 +375,8 @@ class ReportLabeller:
                     else "positive"
                 )
             text = " ".join(tokens[span.start : span.end])
-            mentions.append(Mention(observation, text, index, status, self._laterality(tokens, span)))
+            mentions.append(Mention(observation, text, index, status, self._laterality(tokens, span),
+                                    normal=span.kind.startswith("normal:")))
         return mentions
 
     def label(self, report: str) -> ReportLabels:
