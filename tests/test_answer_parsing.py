@@ -196,3 +196,32 @@ def test_parsed_options_are_the_phantoms_own_option_lists():
             checked += 1
             trailing += item.question.rstrip().endswith("<image> .")
     assert checked > 200 and trailing > 5  # the layout of the issue is among them
+
+
+# Verbatim from the CXRTrek public sample (guanjinquan/CXRTrekReasoner, dataset/train_swift_demo.json):
+# options without brackets or letters after a colon, and a quoted question closed by "'," before the
+# wrapper's instruction.
+SAMPLE_FORMS = [
+    ("Can you confirm the presence of retrocardiac opacity in the X-ray? The correct option is: Yes. or No. "
+     "Respond to question with the answer only, no explanation.", ["Yes.", "No."]),
+    ("Provide the answer to 'Is tubes detectable in the X-ray? The correct option is: Yes. or No.' only, do not "
+     "elaborate.", ["Yes.", "No."]),
+    ("Reply to 'Can you detect a support devices in the X-ray? Applicable choices include: Yes. or No.' with just "
+     "the answer, nothing else.", ["Yes.", "No."]),
+    ("Respond to this question: 'Is mass visible in this X-ray? Which of the following statements is accurate? "
+     "A. No. or B. Yes.', write only the answer.", ["No.", "Yes."]),
+    ("What is the positional information of clips? Only one answer is valid: A. Left iliac fossa. or B. Right "
+     "axilla.', write only the answer.", ["Left iliac fossa.", "Right axilla."]),
+]
+
+
+@pytest.mark.parametrize("question, texts", SAMPLE_FORMS)
+def test_released_forms_without_brackets_and_with_a_closing_quote(question, texts):
+    assert [o.text for o in parse_options(question)] == texts
+
+
+def test_a_yes_no_question_with_a_colon_lists_no_options():
+    for question in ("Choose between yes or no: Is cardiomegaly evident in the the heart?",
+                     "Pick yes or no: Given the indication: 48 years Female, Central line placement. Can you "
+                     "confirm if surgical clips is located in right axilla?"):
+        assert parse_options(question) == ()

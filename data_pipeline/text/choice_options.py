@@ -4,11 +4,12 @@
     "... Mark the most appropriate response: [ A. No. or B. Yes. ]. ..."
     "... Identify the correct choice: [ 1. Pulmonary parenchyma; 2. Left pleural space. or 3. Mediastinal space. ]."
     "... Identify the correct choice: [ No. or Yes. ]."              (unlabelled, bracketed)
+    "... Mark the most appropriate response: Yes. or No."            (unlabelled)
     "Which view is this?\\nA) PA\\nB) AP\\nC) Lateral"                  (one per line)
     "Which view is this? Options: A. PA B. AP Current X-ray: <image> ."  (an image introduction after)
 
 Labelled options (A./B./... or 1./2./..., also "A)" and "(A)") are preferred; otherwise the last
-bracketed list "[ x or y ]". The last labelled option ends at a closing bracket, a line break, a closing
+bracketed list "[ x or y ]", else the last unbracketed one after a colon ("...: Yes. or No."). The last labelled option ends at a closing bracket, a line break, a closing
 quote, a sentence end followed by a capital, or an image placeholder, whichever comes first; before a
 placeholder, the image's introduction ("Current X-ray:", "The previous study is shown here:") is not part
 of the option: it starts at the first capitalised word of `INTRODUCTION_HEADS` from which only words run
@@ -32,8 +33,11 @@ OPTION_MARKER = re.compile(rf"(?<![\w.(])(?:\(({OPTION_KEY})\)|({OPTION_KEY})[.)
 # layouts ("Current X-ray: <image> .", "The reference X-ray image of the patient is shown below: <image> .").
 INTRODUCTION_HEADS = ("Current", "Reference", "Prior", "Previous", "Later", "Follow-up", "Here", "This", "The",
                       "These", "Image", "Images")
-_LAST_OPTION_END = re.compile(r"\]|\n|'(?=\s|$)|(?<=[.?!])\s+(?=[A-Z])")
+_LAST_OPTION_END = re.compile(r"\]|\n|'(?=[\s,.;:]|$)|(?<=[.?!])\s+(?=[A-Z])")
 _INTRODUCTION = re.compile(rf"\s+(?:{'|'.join(INTRODUCTION_HEADS)})\b[^.?!:<\n]*:\s*$")
+# "...: Yes. or No." / "...: A x.; B y. or C z." without brackets: sentence-like parts, each ending in
+# a period, joined by "or" or ";", right after a colon.
+_UNBRACKETED = re.compile(r":\s*((?:[^:?.;\[\]']{1,60}?\.\s*(?:;|\bor\b)\s*)+[^:?.;\[\]']{1,60}?\.)(?=\s|'|$)")
 _BRACKETED = re.compile(r"\[\s*([^\[\]]+?)\s*\]")
 _UNLABELLED_SPLIT = re.compile(r"\s+or\s+|\s*;\s*")
 _TRAILING_SEPARATOR = re.compile(r"(?:\s*(?:[;,]|\bor\b|\band\b))+\s*$")
@@ -107,7 +111,7 @@ def _labelled_options(question: str) -> tuple[ChoiceOption, ...]:
 
 
 def _unlabelled_options(question: str) -> tuple[ChoiceOption, ...]:
-    for match in reversed(list(_BRACKETED.finditer(question))):
+    for match in [*reversed(list(_BRACKETED.finditer(question))), *reversed(list(_UNBRACKETED.finditer(question)))]:
         parts = [_clean_option_text(p) for p in _UNLABELLED_SPLIT.split(match.group(1))]
         parts = [p for p in parts if p]
         if len(parts) >= 2:
