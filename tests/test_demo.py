@@ -23,27 +23,73 @@ def _metrics(own: dict, baseline: dict) -> dict:
     return {"contexts": {"own": own, "teacher": _section(1.0, 1.0, 1.0)}, "baselines": {"majority": baseline}}
 
 
+def _scored(own_right: int, swapped_right: int, studies: int = 40) -> list:
+    """Prediction records of every check's group: `studies` studies with one view, one stage-2 yes/no
+    and one report turn each; the first `own_right` / `swapped_right` studies are right (the report:
+    its one reference label predicted) in the own / swapped context."""
+    from cxrtrek_jax.evaluation.scores.predictions import PredictionRecord
+
+    records = []
+    for context, right in (("own", own_right), ("swapped", swapped_right)):
+        for s in range(studies):
+            ok = s < right
+            for turn, (stage, task, qtype) in enumerate([(1, "View_Information", "yes_no"),
+                                                         (2, "Findings_Identification", "yes_no")]):
+                records.append(PredictionRecord(f"s{s}", turn, stage, task, qtype, "q?", "Yes.", "x", context,
+                                                scores={"correct": ok}))
+            records.append(PredictionRecord(f"s{s}", 2, 8, "Report_Generation", "captioning", "r?", "r", "p", context,
+                                            scores={"ce_reference_positive": ["Edema"],
+                                                    "ce_predicted_positive": ["Edema"] if ok else ["Cardiomegaly"]}))
+    return records
+
+
 def test_checks_compare_own_context_with_the_baseline_and_need_the_margin():
     baseline = _section(0.65, 0.55, 0.30)
-    rows = learning_checks(_metrics(_section(0.85, 0.70, 0.31), baseline))
+    reads = _scored(own_right=34, swapped_right=16)
+    rows = learning_checks(_metrics(_section(0.85, 0.70, 0.31), baseline), reads)
     assert [r["check"] for r in rows] == [c[0] for c in LEARNING_CHECKS]
-    assert [r["met"] for r in rows] == [True, True, True]
+    assert [r["met"] for r in rows] == [True, True, True] and all(r["verdict"] == "met" for r in rows)
     assert rows[0]["model"] == 0.85 and rows[0]["baseline"] == 0.65 and rows[0]["items"] == 10
+    assert rows[0]["own_minus_swapped"] == pytest.approx(18 / 40) and rows[0]["own_minus_swapped_ci"][0] > 0
     # Just below the 15-point margin, or merely equal at stage 8, is not learning.
-    rows = learning_checks(_metrics(_section(0.79, 0.69, 0.30), baseline))
+    rows = learning_checks(_metrics(_section(0.79, 0.69, 0.30), baseline), reads)
     assert [r["met"] for r in rows] == [False, False, False]
+    assert all(r["verdict"] == "NOT MET: below the baseline's margin" for r in rows)
     # The teacher context's perfect scores do not count.
     assert all(r["context"] == "own" for r in rows)
+
+
+def test_a_margin_kept_with_another_studys_images_is_not_reading():
+    """Over the baseline by the margin, but as good (or better) with swapped images, or better by
+    less than resampling noise: not met, whatever the margin."""
+    baseline = _section(0.65, 0.55, 0.30)
+    for own_right, swapped_right in ((30, 30), (28, 31), (30, 28)):
+        rows = learning_checks(_metrics(_section(0.85, 0.70, 0.31), baseline), _scored(own_right, swapped_right))
+        assert [r["met"] for r in rows] == [False, False, False], (own_right, swapped_right)
+        assert all(r["beats_baseline"] and not r["reads_images"] for r in rows)
+        assert all(r["verdict"].endswith("no better with its own images than with another study's") for r in rows)
 
 
 def test_a_missing_group_fails_its_check():
     baseline = _section(0.65, 0.55, 0.30)
     own = _section(0.90, 0.90, 0.90)
     del own["by_stage"]["8"]
-    rows = learning_checks(_metrics(own, baseline))
+    rows = learning_checks(_metrics(own, baseline), _scored(34, 16))
     assert [r["met"] for r in rows] == [True, True, False] and rows[2]["model"] is None
-    rows = learning_checks(_metrics(_section(None, 0.9, 0.9), baseline))
+    rows = learning_checks(_metrics(_section(None, 0.9, 0.9), baseline), _scored(34, 16))
     assert rows[0]["met"] is False
+    # Not evaluated with swapped images: nothing shows the images were read.
+    rows = learning_checks(_metrics(_section(0.9, 0.9, 0.9), baseline),
+                           [r for r in _scored(34, 16) if r.context == "own"])
+    assert all(r["verdict"] == "NOT MET: not evaluated with swapped images" for r in rows)
+
+
+def test_the_image_reliance_line_reads_a_negative_or_small_gain_as_not_reading():
+    from experiments.demo import IGNORES_IMAGES_BELOW, _image_reliance_line
+
+    assert "does not read its images" in _image_reliance_line(-0.05, "token")
+    assert "not shown to read them" in _image_reliance_line(IGNORES_IMAGES_BELOW / 2, "sqrt")
+    assert "the model reads its images" in _image_reliance_line(0.098, "sqrt")
 
 
 def test_last_image_gain_reads_the_newest_validation_record(tmp_path):
