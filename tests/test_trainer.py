@@ -92,6 +92,17 @@ def test_run_writes_resolved_config_metrics_and_checkpoints(trained):
         assert key in record
     assert record["tokens_per_s"] > 0
     assert sorted(p.name for p in (run / "checkpoints").iterdir() if p.name.isdigit()) == ["12", "24"]
+    # the training data's question script, named (relative to them) by the checkpoints' metadata
+    from cxrtrek_jax.train.checkpointing import read_metadata
+    from data_pipeline.files.sources import TfdsStudySource
+    from data_pipeline.text.question_wording import read_question_script
+
+    named = read_metadata(run / "checkpoints")["question_script_path"]
+    assert (run / "checkpoints" / named).resolve() == (run / "question_script.json").resolve()
+    script = read_question_script(run / "question_script.json")
+    assert script.source.data == cfg.data.path and script.source.split == cfg.data.train_split
+    assert script.source.studies == len(TfdsStudySource(tmp / "phantom" / "tfds", cfg.data.train_split))
+    assert script.turns[0].introduces == "current" and script.turns[-1].stage == 8
     # the phantom set and its TFDS build are reused, not regenerated
     assert (tmp / "phantom" / ".complete").exists() and (tmp / "phantom" / "tfds" / ".complete").exists()
 

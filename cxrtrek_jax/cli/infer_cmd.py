@@ -1,12 +1,18 @@
 """`cxrtrek infer`: staged reasoning on new radiographs or CXRTrek studies, printed and written as JSONL.
 
-    cxrtrek infer --checkpoint CKPT --image a.dcm [--prior b.png]      # the default 8-stage question script
+    cxrtrek infer --checkpoint CKPT --image a.dcm [--prior b.png]      # the questions of the training data
     cxrtrek infer --checkpoint CKPT --data test.json --context teacher --out predictions.jsonl
     cxrtrek infer --checkpoint CKPT --data TFDS_DIR --split test --out predictions.jsonl
 
 --data takes the data arguments every command shares (`cxrtrek_jax.cli.data_args`: a CXRTrek JSON
 file or a TFDS data dir, --image-root, --split (default all) and the split-rule flags), so
 `infer --split test` decodes the studies `eval --split test` does.
+
+Questions for images that come without (--image, or --data studies without questions): the
+checkpoint's training data's question script when its run kept one (`RUN/question_script.json`,
+named in the checkpoint's metadata: `cxrtrek_jax.decoding.data_script`), else the built-in
+phantom-wording script (`cxrtrek_jax.decoding.question_script`); a line says which, and which
+turns were skipped for want of a prior or later image.
 
 Each output line is a predictions record (`cxrtrek_jax.evaluation.scores.predictions`),
 so `cxrtrek eval --predictions` scores it; the reference is "" when unknown.
@@ -15,6 +21,7 @@ so `cxrtrek eval --predictions` scores it; the reference is "" when unknown.
 from __future__ import annotations
 
 import argparse
+import collections
 import contextlib
 import dataclasses
 import functools
@@ -35,9 +42,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "infer", help="run the staged reasoning chain on radiographs or CXRTrek studies",
         description=("Decode a staged conversation per study with the KV cache carried from stage to stage. "
-                     "With --image, the default 8-stage question script is asked (later questions follow "
-                     "the model's answers); with --data, each study's own questions (studies without "
-                     "questions get the script). Prints the reasoning trace and optionally writes one JSON "
+                     "With --image, the questions of the checkpoint's training data are asked (its "
+                     "question_script.json; a checkpoint without one gets the built-in 8-stage script, whose "
+                     "later questions follow the model's answers); with --data, each study's own questions "
+                     "(studies without questions get the script). "
+                     "Prints the reasoning trace and optionally writes one JSON "
                      "line per turn."))
     parser.add_argument("--checkpoint", required=True, help="checkpoint directory (Orbax, with metadata)")
     parser.add_argument("--step", type=int, default=None, help="checkpoint step (default: the newest)")
@@ -110,14 +119,57 @@ def _load_tokenizer(args: argparse.Namespace, loaded):
         raise CLIError(f"cannot load the tokenizer: {err}") from None
 
 
-def _image_studies(args: argparse.Namespace, image_size: int):
-    from cxrtrek_jax.decoding import ChainStudy, default_script
+def _question_script(args: argparse.Namespace, loaded):
+    """(the training data's question script the checkpoint keeps, None when it keeps none; the
+    line saying which questions infer asks)."""
+    from cxrtrek_jax.decoding.model_loading import question_script_of
+    from data_pipeline.text.question_wording import read_question_script
+
+    path = question_script_of(loaded.metadata, args.checkpoint)
+    if path is None:
+        return None, ("questions: the built-in phantom-wording script (this checkpoint keeps no question "
+                      "script: trained before this version or imported from Hugging Face)")
+    try:
+        script = read_question_script(path)
+    except FileNotFoundError:
+        raise CLIError(f"checkpoint {args.checkpoint} names the question script {path} (metadata "
+                       "question_script_path), which is missing: copy the run directory whole") from None
+    except ValueError as err:  # QuestionScriptError: names the file and the field
+        raise CLIError(str(err)) from None
+    return script, (f"questions: the training data's wording ({Path(path).resolve()}, from "
+                    f"{script.source.studies:,} studies of {script.source.data})")
+
+
+def _script_plan(script, current: int, prior: int, later: int):
+    """(a plan factory asking `script`'s questions, the built-in script's when None, of a study with
+    these image counts; what it skips for want of a prior or later image, one line a group)."""
+    from cxrtrek_jax.decoding import default_script, fixed_plan
+    from cxrtrek_jax.decoding.data_script import script_turns
+    from data_pipeline.schema.stages import Stage
+    from data_pipeline.text.question_wording import GROUP_STAGES
+
+    counts = dict(current_images=current, prior_images=prior, later_images=later)
+    missing = {group: stage for group, stage in GROUP_STAGES.items() if not counts[f"{group}_images"]}
+    if script is None:
+        return (functools.partial(default_script, **counts),
+                [f"no {group} image: stage {stage} ({Stage(stage).title})" for group, stage in missing.items()])
+    turns, skipped = script_turns(script, **counts)
+    lines = [f"no {group} image: " + ", ".join(f"stage {t.stage} {t.task_type}" for t in skipped if t.stage == stage)
+             for group, stage in missing.items() if any(t.stage == stage for t in skipped)]
+    return functools.partial(fixed_plan, turns), lines
+
+
+def _image_studies(args: argparse.Namespace, image_size: int, script, line: str):
+    from cxrtrek_jax.decoding import ChainStudy
     from data_pipeline.files.cxrtrek_json import DEFAULT_SYSTEM_PROMPT
 
     images = _load_images([*args.image, *args.prior, *args.later], image_size)
-    counts = dict(current_images=len(args.image), prior_images=len(args.prior), later_images=len(args.later))
+    plan, skipped = _script_plan(script, len(args.image), len(args.prior), len(args.later))
+    print(line)
+    for what in skipped:
+        print(f"skipped, {what}")
     return [ChainStudy(study_id=Path(args.image[0]).stem, images=images, system_prompt=DEFAULT_SYSTEM_PROMPT,
-                       plan=functools.partial(default_script, **counts))]
+                       plan=plan)]
 
 
 def _load_images(paths, image_size: int):
@@ -130,14 +182,15 @@ def _load_images(paths, image_size: int):
         raise CLIError(f"unreadable image: {err}") from None
 
 
-def _data_studies(args: argparse.Namespace, image_size: int):
+def _data_studies(args: argparse.Namespace, image_size: int, script, line: str):
     """The studies of --data's --split (at most --max-studies) as chains: each study's own
-    questions, or the default script for a study without any."""
+    questions, or `script`'s (`_script_plan`) for a study without any (then `line` is printed,
+    and what was skipped, with its number of studies)."""
     from cxrtrek_jax.evaluation.runs.model_eval import record_images
     from data_pipeline.files.images import ImageLoadError
 
     dataset, split = open_data(args), split_from(args)
-    out = []
+    out, scripted = [], []
     try:
         for record in dataset.records(split):
             if args.max_studies is not None and len(out) >= args.max_studies:
@@ -148,18 +201,23 @@ def _data_studies(args: argparse.Namespace, image_size: int):
                 images = record_images(record, image_size)
             except ImageLoadError as err:
                 raise CLIError(f"unreadable image: {err}") from None
-            out.append(_chain_study(args, record.study, images))
+            out.append(_chain_study(args, record.study, images, script, scripted))
     except ValueError as err:  # CXRTrekFormatError, ImagePathError, a study the split rule cannot place
         raise CLIError(str(err)) from None
     if not out:
         raise CLIError(f"{args.data} holds no studies" + ("" if split is None else f" in split {split!r}"))
+    if scripted:
+        print(f"{line}; for the {len(scripted)} studies without questions")
+        for what, studies in collections.Counter(what for skipped in scripted for what in skipped).items():
+            print(f"skipped in {studies} of them, {what}")
     return out
 
 
-def _chain_study(args: argparse.Namespace, study, images):
-    """A ChainStudy of `study` with its loaded `images`: its own questions in --order, or the
-    default script when it has none (not with --context teacher: no references)."""
-    from cxrtrek_jax.decoding import ChainStudy, default_script, fixed_plan, study_turns
+def _chain_study(args: argparse.Namespace, study, images, script, scripted: list):
+    """A ChainStudy of `study` with its loaded `images`: its own questions in --order, or
+    `script`'s when it has none (not with --context teacher: no references; what that skipped is
+    appended to `scripted`)."""
+    from cxrtrek_jax.decoding import ChainStudy, fixed_plan, study_turns
     from data_pipeline.text.sequences import current_image_count, system_prompt_of
 
     if study.items:
@@ -169,7 +227,8 @@ def _chain_study(args: argparse.Namespace, study, images):
                        "--context teacher")
     else:
         current = current_image_count(study)
-        plan = functools.partial(default_script, current_images=current, prior_images=len(images) - current)
+        plan, skipped = _script_plan(script, current, len(images) - current, 0)
+        scripted.append(skipped)
     return ChainStudy(study_id=study.key, images=images, system_prompt=system_prompt_of(study), plan=plan)
 
 
@@ -200,7 +259,9 @@ def _infer(args: argparse.Namespace) -> int:
     tokenizer = _load_tokenizer(args, loaded)
     config = loaded.config
     image_size = config.vision.image_size
-    studies = _image_studies(args, image_size) if args.image is not None else _data_studies(args, image_size)
+    script, line = _question_script(args, loaded)
+    studies = (_image_studies(args, image_size, script, line) if args.image is not None
+               else _data_studies(args, image_size, script, line))
     if loaded.blank_images is not None:  # a text-only model: fed the constant images it trained on
         from data_pipeline.batches.grain_pipeline import blank_images
 

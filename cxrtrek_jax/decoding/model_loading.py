@@ -1,5 +1,5 @@
 """The model of a checkpoint, the one loader for decoding, evaluation and export: config from its
-metadata, parameters checked against it, the tokenizer directory it names.
+metadata, parameters checked against it, the tokenizer directory and the question script it names.
 
     loaded = load_checkpoint_model(ckpt_dir)
     decoder = StepwiseDecoder(loaded.graphdef, loaded.config, spec)
@@ -30,7 +30,7 @@ from cxrtrek_jax.train import checkpointing
 from cxrtrek_jax.model import CXRTrekNet, ModelConfig, from_dict
 
 __all__ = ["CheckpointConfigError", "CheckpointMismatchError", "CheckpointModel", "load_checkpoint_model",
-           "split_for_decoding", "tokenizer_dir_of", "blank_images_of"]
+           "split_for_decoding", "tokenizer_dir_of", "question_script_of", "blank_images_of"]
 
 
 class CheckpointConfigError(ValueError):
@@ -113,6 +113,18 @@ def tokenizer_dir_of(metadata: Mapping[str, Any], ckpt_dir: str | os.PathLike) -
     the trainer, `save_params_only` and import-hf); a relative name is relative to the checkpoint
     directory. None when the metadata names none."""
     named = metadata.get("tokenizer_path")
+    if not named:
+        return None
+    path = Path(named)
+    return path if path.is_absolute() else Path(ckpt_dir) / path
+
+
+def question_script_of(metadata: Mapping[str, Any], ckpt_dir: str | os.PathLike) -> Path | None:
+    """The training data's question script (`data_pipeline.text.question_wording`) a checkpoint's
+    metadata names under "question_script_path" (written by the trainer), relative to the
+    checkpoint directory like the tokenizer's; None when it names none (a checkpoint trained
+    before runs kept one, or imported from Hugging Face)."""
+    named = metadata.get("question_script_path")
     if not named:
         return None
     path = Path(named)

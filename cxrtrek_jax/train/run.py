@@ -23,7 +23,11 @@
    tokens/s, step time), TensorBoard event files and a JSONL metrics log (overall and per stage).
 
 Workdir layout: `config.json` (the fully resolved experiment), `checkpoints/`, `metrics.jsonl`,
-`tensorboard/`, `tokenizer/` (a copy, so the checkpoint dir is self-contained for infer/export).
+`tensorboard/`, `tokenizer/` (a copy, so the checkpoint dir is self-contained for infer/export),
+`question_script.json` (the training data's wording, counted over its first
+`QUESTION_SCRIPT_STUDIES` training studies: `data_pipeline.text.question_wording`; `cxrtrek infer`
+asks new images in it). The checkpoints' metadata names the tokenizer and the question script
+relative to the checkpoint directory.
 """
 
 from __future__ import annotations
@@ -52,15 +56,20 @@ from data_pipeline.batches.augment import AugmentConfig
 from data_pipeline.batches.grain_pipeline import PipelineConfig, build_eval_iterator, build_train_iterator
 from data_pipeline.files.datasets import Dataset, open_dataset
 from data_pipeline.files.split_rule import SplitConfig
+from data_pipeline.text.question_wording import QUESTION_SCRIPT_FILE
 from data_pipeline.text.tokenizer import CXRTrekTokenizer, load_tokenizer
 from cxrtrek_jax.train.config import ExperimentConfig
 
 __all__ = ["DataPaths", "prepare_data", "prepare_tokenizer", "resolve_model_config",
-           "pipeline_config", "alignment_phase", "train_experiment"]
+           "pipeline_config", "alignment_phase", "train_experiment", "QUESTION_SCRIPT_STUDIES",
+           "write_run_question_script"]
 
 log = logging.getLogger(__name__)
 
 _COMPLETE = ".complete"
+# The question script of a run is counted over the first this many studies of its training split
+# (enough for the most frequent wordings; a bound on the read, not a sample of it).
+QUESTION_SCRIPT_STUDIES = 5000
 
 
 def _barrier(name: str) -> None:
@@ -233,6 +242,24 @@ def prepare_tokenizer(cfg: ExperimentConfig, data: DataPaths) -> tuple[CXRTrekTo
             "trained it; see process 0's error, and check that the data dir is on a file system "
             "every process shares")
     return load_tokenizer(directory), str(directory)
+
+
+def write_run_question_script(cfg: ExperimentConfig, data: DataPaths, path: pathlib.Path) -> None:
+    """Write the training data's question script to `path` unless it is there (counted over the
+    first `QUESTION_SCRIPT_STUDIES` studies of the training split), and print what it holds."""
+    from data_pipeline.files.sources import TfdsStudySource
+    from data_pipeline.text.question_wording import count_question_script, write_question_script
+
+    if path.exists():
+        return
+    source = TfdsStudySource(data.tfds_dir, cfg.data.train_split)
+    studies = (source[i].study for i in range(min(len(source), QUESTION_SCRIPT_STUDIES)))
+    script = count_question_script(studies, data=cfg.data.path, split=cfg.data.train_split)
+    write_question_script(path, script)
+    print(f"question script: {len(script.turns)} questions in the wording of {script.source.studies:,} "
+          f"{cfg.data.train_split} studies of {cfg.data.path} -> {path}", flush=True)
+    for what in script.left_out:
+        print(f"question script: left out {what}", flush=True)
 
 
 def resolve_model_config(model: ModelConfig, tokenizer: CXRTrekTokenizer) -> ModelConfig:
@@ -487,6 +514,7 @@ def _train_phase(cfg: ExperimentConfig, workdir: pathlib.Path, init_from: str | 
         local_tok = workdir / "tokenizer"
         if not local_tok.exists():
             replace_directory_atomically(local_tok, lambda tmp: shutil.copytree(tokenizer_dir, tmp))
+        write_run_question_script(cfg, data, workdir / QUESTION_SCRIPT_FILE)
 
     _on_process_0_then_barrier("cxrtrek_workdir", write_workdir)
     train_pcfg = pipeline_config(resolved, model, data, cfg.data.train_split, training=True)
@@ -536,7 +564,9 @@ def _train_phase(cfg: ExperimentConfig, workdir: pathlib.Path, init_from: str | 
             # tokenizer_path: relative to the checkpoint dir, so a moved run dir stays whole.
             metadata={"experiment": resolved.to_dict(), "tfds_dir": data.tfds_dir,
                       "tokenizer_path": os.path.relpath(workdir / "tokenizer",
-                                                        resolved.checkpoint.directory)},
+                                                        resolved.checkpoint.directory),
+                      "question_script_path": os.path.relpath(workdir / QUESTION_SCRIPT_FILE,
+                                                              resolved.checkpoint.directory)},
             hooks=train_loop.TrainHooks(on_log=on_log, log_every=cfg.train.log_every,
                                         on_start=on_start, evaluate=evaluate),
             devices=devices,
