@@ -7,7 +7,7 @@ PYTEST_WORKERS ?= 2
 DEMO_DIR ?= demo_out
 
 .DEFAULT_GOAL := help
-.PHONY: help install browser-deps test test-slow demo construct-demo clean
+.PHONY: help install browser-deps test test-slow demo recipe-choice construct-demo clean
 .PHONY: bench-train bench-input bench-memory bench-decode bench-construct bench-gpu tpu-compile-check
 
 help:  ## list targets with one line each
@@ -38,6 +38,9 @@ test-slow: $(STAMP)  ## run only the slow tests (multi-process, hard-kill resume
 
 demo: $(STAMP)  ## the main job end to end on a generated phantom CXRTrek set
 	$(PY) -m experiments.demo --out $(DEMO_DIR)
+
+recipe-choice: $(STAMP)  ## the demo's chain-phase recipe chosen on the validation split (after make demo)
+	$(PY) -m experiments.recipe_choice --demo-out $(DEMO_DIR) --out runs/recipe_choice
 
 construct-demo: $(STAMP)  ## CXRTrek QA built from generated free-text reports, checked against their truth, trained
 	$(PY) -m experiments.construct_demo --out construct_demo_out
