@@ -82,7 +82,9 @@ EXPECTED_TURNS = (
 def test_the_script_holds_each_task_types_most_frequent_wording_in_the_datas_order():
     studies = _released_style_studies()
     script = count_question_script(iter(studies), data="released.json", split="train")
-    assert script.source == ScriptSource(data="released.json", split="train", studies=4, turns=18)
+    # Five stage-2 yes/no turns, none in the built-in script's words.
+    assert script.source == ScriptSource(data="released.json", split="train", studies=4, turns=18,
+                                         presence_turns=5, builtin_presence_turns=0)
     assert script.turns == EXPECTED_TURNS
     assert script.left_out == ()
 
@@ -118,7 +120,7 @@ def test_a_written_script_reads_back_the_same(tmp_path):
     write_question_script(path, _script())
     assert read_question_script(path) == _script()
     assert json.loads(path.read_text())["source"] == {"data": "released.json", "split": "train", "studies": 4,
-                                                      "turns": 18}
+                                                      "turns": 18, "presence_turns": 0, "builtin_presence_turns": 0}
 
 
 def _set(raw, field, value):
@@ -209,3 +211,45 @@ def test_a_script_without_introductions_shows_the_images_where_training_puts_the
     assert skipped == ()
     with pytest.raises(ValueError, match="at least one current image"):
         script_turns(plain, current_images=0)
+
+
+def test_data_asking_in_the_built_in_words_is_told_apart_from_other_wording(tmp_path):
+    """The phantom asks its stage-2 findings in `PRESENCE_QUESTIONS`' words (an image introduction on
+    a few of them aside); the released-style studies above and the released-wording fixture do not."""
+    from types import SimpleNamespace
+
+    from cxrtrek_jax.cli.infer_cmd import _question_script
+    from data_pipeline.phantom import PhantomConfig, generate_study
+    from released_wording import released_wording_studies
+
+    phantom = [generate_study(3, i, PhantomConfig(size=64, turns_per_study=(10, 12)))[0] for i in range(40)]
+    source = count_question_script(phantom, data="phantom.json", split="train").source
+    assert source.presence_turns > 100 and source.builtin_presence_turns >= 0.9 * source.presence_turns
+    assert source.asks_in_builtin_words
+    for studies in (_released_style_studies(), released_wording_studies(20, 0)):
+        other = count_question_script(studies, data="released.json", split="train").source
+        assert other.presence_turns > 0 and other.builtin_presence_turns == 0 and not other.asks_in_builtin_words
+    # infer: the built-in script (it follows up each answer) for the phantom's checkpoint, the counted one else.
+    for studies, expect_builtin in ((phantom, True), (released_wording_studies(20, 0), False)):
+        write_question_script(tmp_path / "question_script.json",
+                              count_question_script(studies, data="d.json", split="train"))
+        loaded = SimpleNamespace(metadata={"question_script_path": "question_script.json"})
+        script, line = _question_script(SimpleNamespace(checkpoint=str(tmp_path)), loaded)
+        assert (script is None) == expect_builtin
+        assert line.startswith("questions: the built-in script, in the words of this checkpoint's training data"
+                               if expect_builtin else "questions: the training data's wording")
+
+
+def test_a_script_written_before_the_wording_counts_reads_them_as_zero(tmp_path):
+    script = count_question_script(_released_style_studies(), data="d.json", split="train")
+    path = tmp_path / "question_script.json"
+    write_question_script(path, script)
+    raw = json.loads(path.read_text())
+    del raw["source"]["presence_turns"], raw["source"]["builtin_presence_turns"]
+    path.write_text(json.dumps(raw))
+    source = read_question_script(path).source
+    assert (source.presence_turns, source.builtin_presence_turns, source.asks_in_builtin_words) == (0, 0, False)
+    raw["source"]["presence_turns"] = -1
+    path.write_text(json.dumps(raw))
+    with pytest.raises(QuestionScriptError, match=r"source.presence_turns: must be an integer >= 0, got -1"):
+        read_question_script(path)

@@ -10,8 +10,9 @@ file or a TFDS data dir, --image-root, --split (default all) and the split-rule 
 
 Questions for images that come without (--image, or --data studies without questions): the
 checkpoint's training data's question script when its run kept one (`RUN/question_script.json`,
-named in the checkpoint's metadata: `cxrtrek_jax.decoding.data_script`), else the built-in
-phantom-wording script (`cxrtrek_jax.decoding.question_script`); a line says which, and which
+named in the checkpoint's metadata: `cxrtrek_jax.decoding.data_script`), unless that data asks its
+findings in the built-in script's words (the phantom's, `ScriptSource.asks_in_builtin_words`), else
+the built-in phantom-wording script (`cxrtrek_jax.decoding.question_script`); a line says which, and which
 turns were skipped for want of a prior or later image.
 
 Each output line is a predictions record (`cxrtrek_jax.evaluation.scores.predictions`),
@@ -136,8 +137,13 @@ def _question_script(args: argparse.Namespace, loaded):
                        "question_script_path), which is missing: copy the run directory whole") from None
     except ValueError as err:  # QuestionScriptError: names the file and the field
         raise CLIError(str(err)) from None
+    source = script.source
+    if source.asks_in_builtin_words:
+        return None, (f"questions: the built-in script, in the words of this checkpoint's training data "
+                      f"({source.builtin_presence_turns:,} of its {source.presence_turns:,} stage-2 yes/no turns ask "
+                      f"in them: {Path(path).resolve()}); it follows up each answer, which a counted script does not")
     return script, (f"questions: the training data's wording ({Path(path).resolve()}, from "
-                    f"{script.source.studies:,} studies of {script.source.data})")
+                    f"{source.studies:,} studies of {source.data})")
 
 
 def _script_plan(script, current: int, prior: int, later: int):

@@ -28,7 +28,8 @@ chosen, has no wording to ask: it is listed under `left_out`, and the trainer pr
 File format (JSON, `QUESTION_SCRIPT_FORMAT`):
 
     {"format": "cxrtrek-question-script/1",
-     "source": {"data": "data/mimic.json", "split": "train", "studies": 2400, "turns": 61230},
+     "source": {"data": "data/mimic.json", "split": "train", "studies": 2400, "turns": 61230,
+                "presence_turns": 9120, "builtin_presence_turns": 0},
      "turns": [{"stage": 1, "task_type": "View_Information", "qtype": "single-choice", "introduces": "current",
                 "question": "Here is the current X-ray image: {images} . Which projection ...? A. PA B. AP",
                 "asked": 310, "of": 2400},
@@ -38,6 +39,9 @@ File format (JSON, `QUESTION_SCRIPT_FORMAT`):
      "left_out": ["stage 3 Region_Review: its 12 turn(s) all hold images, and none is the introducing turn chosen"]}
 
 `asked` / `of` of an introducing turn: the group's introductions asking it / all of them.
+`presence_turns` / `builtin_presence_turns`: the stage-2 yes/no turns, and those asking in the words of
+`data_pipeline.schema.findings.PRESENCE_QUESTIONS` (the built-in script's and the phantom's); files
+without them read as 0.
 """
 
 from __future__ import annotations
@@ -52,6 +56,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from data_pipeline.files.atomic_write import write_text_atomically
+from data_pipeline.schema.findings import PRESENCE_QUESTIONS
 from data_pipeline.schema.records import IMAGE_PLACEHOLDER, Study
 from data_pipeline.schema.stages import Stage, parse_qtype
 from data_pipeline.text.sequences import current_image_count
@@ -86,6 +91,16 @@ class ScriptSource:
     split: str
     studies: int
     turns: int
+    presence_turns: int = 0
+    builtin_presence_turns: int = 0
+
+    @property
+    def asks_in_builtin_words(self) -> bool:
+        """Whether the data asks its findings in the built-in script's words (`PRESENCE_QUESTIONS`,
+        the phantom's): at least `BUILTIN_WORDING_SHARE` of its stage-2 yes/no turns. The built-in
+        script then speaks the checkpoint's language and, unlike a counted script, follows up each
+        answer (`cxrtrek infer` prefers it)."""
+        return self.presence_turns > 0 and self.builtin_presence_turns >= BUILTIN_WORDING_SHARE * self.presence_turns
 
 
 @dataclasses.dataclass(frozen=True)
@@ -139,6 +154,19 @@ def _group(stage: int, shown: int, current: int, visible: int) -> str | None:
     return None
 
 
+# A data set whose stage-2 yes/no turns ask at least this share in the built-in words is asked by
+# the built-in script (`ScriptSource.asks_in_builtin_words`).
+BUILTIN_WORDING_SHARE = 0.9
+
+
+def _bare_words(question: str) -> str:
+    """A question's lower-cased words without image placeholders and their introductions' punctuation."""
+    return " ".join(re.findall(r"[a-z0-9]+", question.replace(IMAGE_PLACEHOLDER, " ").lower()))
+
+
+_BUILTIN_PRESENCE = frozenset(_bare_words(q) for questions in PRESENCE_QUESTIONS.values() for q in questions)
+
+
 class _Tally:
     """The streaming counts of `count_question_script`."""
 
@@ -148,7 +176,7 @@ class _Tally:
         self.introduced: dict[str, Counter] = defaultdict(Counter)            # group -> (key, slotted, qtype)
         self.met: dict[tuple[int, str], None] = {}                             # keys in the order first met
         self.precedes: Counter = Counter()                                     # (key, key) -> studies
-        self.studies = self.turns = 0
+        self.studies = self.turns = self.presence_turns = self.builtin_presence_turns = 0
 
     def add(self, study: Study) -> None:
         self.studies += 1
@@ -156,6 +184,9 @@ class _Tally:
         seen: list[tuple[int, str]] = []
         for item in study.items:
             self.turns += 1
+            if item.stage == 2 and item.qtype == "yes_no":
+                self.presence_turns += 1
+                self.builtin_presence_turns += _bare_words(item.question) in _BUILTIN_PRESENCE
             key = (int(item.stage), item.task_type)
             self.met.setdefault(key)
             if key not in seen:
@@ -224,7 +255,9 @@ def count_question_script(studies: Iterable[Study], *, data: str, split: str) ->
     if not tally.turns:
         raise ValueError(f"{data} ({split}): {tally.studies} studies and no turns to count a question script from")
     turns, left_out = _script_turns(tally)
-    return QuestionScript(source=ScriptSource(data=data, split=split, studies=tally.studies, turns=tally.turns),
+    return QuestionScript(source=ScriptSource(data=data, split=split, studies=tally.studies, turns=tally.turns,
+                                              presence_turns=tally.presence_turns,
+                                              builtin_presence_turns=tally.builtin_presence_turns),
                           turns=tuple(turns), left_out=tuple(left_out))
 
 
@@ -263,6 +296,11 @@ class _Reader:
     def count(self, value: Any, field: str) -> int:
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise self.fail(field, f"must be an integer >= 1, got {value!r}")
+        return value
+
+    def tally(self, value: Any, field: str) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise self.fail(field, f"must be an integer >= 0, got {value!r}")
         return value
 
     def turn(self, value: Any, field: str) -> ScriptTurn:
@@ -324,7 +362,7 @@ def read_question_script(path: str | os.PathLike) -> QuestionScript:
     raw = check.mapping(raw, "(top level)", ("format", "source", "turns", "left_out"))
     if raw["format"] != QUESTION_SCRIPT_FORMAT:
         raise check.fail("format", f"expected {QUESTION_SCRIPT_FORMAT!r}, got {raw['format']!r}")
-    source = check.mapping(raw["source"], "source", [f.name for f in dataclasses.fields(ScriptSource)])
+    source = check.mapping(raw["source"], "source", ("data", "split", "studies", "turns"))
     if not isinstance(raw["turns"], list) or not raw["turns"]:
         raise check.fail("turns", f"must be a non-empty list, got {raw['turns']!r}")
     turns = tuple(check.turn(value, f"turns[{index}]") for index, value in enumerate(raw["turns"]))
@@ -335,6 +373,9 @@ def read_question_script(path: str | os.PathLike) -> QuestionScript:
         source=ScriptSource(data=check.text(source["data"], "source.data"),
                             split=check.text(source["split"], "source.split"),
                             studies=check.count(source["studies"], "source.studies"),
-                            turns=check.count(source["turns"], "source.turns")),
+                            turns=check.count(source["turns"], "source.turns"),
+                            presence_turns=check.tally(source.get("presence_turns", 0), "source.presence_turns"),
+                            builtin_presence_turns=check.tally(source.get("builtin_presence_turns", 0),
+                                                               "source.builtin_presence_turns")),
         turns=turns,
         left_out=tuple(check.text(item, f"left_out[{index}]") for index, item in enumerate(raw["left_out"])))
