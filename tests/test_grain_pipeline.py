@@ -11,14 +11,7 @@ from PIL import Image
 
 from data_pipeline.files import cxrtrek_json as cj
 from data_pipeline.files import tfds_builder as tb
-from data_pipeline.batches.augment import (
-    AugmentConfig,
-    adjust_intensity,
-    crop_image,
-    sample_crop,
-    sample_intensity,
-    study_box_extent,
-)
+from data_pipeline.batches.augment import AugmentConfig
 from data_pipeline.schema.boxes import parse_boxes
 from data_pipeline.batches.grain_pipeline import (
     BATCH_FIELDS,
@@ -29,7 +22,7 @@ from data_pipeline.batches.grain_pipeline import (
     build_train_iterator,
 )
 from data_pipeline.text.image_labels import IMAGE_LABEL_KINDS, study_image_labels
-from data_pipeline.files.images import ImageLoadError, load_image, resize_with_pad, resize_with_pad_params
+from data_pipeline.files.images import ImageLoadError, load_image, resize_with_pad
 from data_pipeline.batches.packing import choose_bucket
 from data_pipeline.schema.records import QAItem, Study
 from data_pipeline.text.sequences import SequenceConfig, SequenceStats, build_sequences
@@ -426,15 +419,18 @@ def test_answer_flips_reach_training_rows_only(data, tok):
 
 
 def test_augmentation_crops_images_and_moves_boxes_together(data, tok):
-    """Training batches carry cropped, intensity-changed images and the s0 box answer rewritten with them."""
+    """Training batches carry cropped, intensity-changed images, drawn anew each epoch (3 epochs:
+    3 different versions of each study), and the s0 box answer rewritten with them."""
     cfg = _config(data, augment=AugmentConfig(crop_area=(0.5, 0.6), brightness=0.1, contrast=0.2), num_epochs=3)
     plain = {ids[0][0]: b for b, ids in _drain(build_eval_iterator(_config(data, global_batch_size=1), tok))}
     changed_images = changed_answers = 0
+    seen = {study_id: set() for study_id in BY_ID}  # a study's first image in each epoch
     for batch, row_ids in _drain(build_train_iterator(cfg, tok)):
         for r, ids in enumerate(row_ids):
             if not ids:
                 continue
             changed_images += not np.array_equal(batch["images"][r], plain[ids[0]]["images"][0])
+            seen[ids[0]].add(batch["images"][r, 0].tobytes())
             assert 0.0 <= batch["images"][r].min() and batch["images"][r].max() <= 1.0
             if ids[0] == "p0/s0":
                 scored = (batch["stage_ids"][r] == 3) & (batch["loss_mask"][r] > 0)
@@ -442,34 +438,100 @@ def test_augmentation_crops_images_and_moves_boxes_together(data, tok):
                 changed_answers += "(55.0, 60.0)" not in text
                 assert "<|box|>" in text and "left effusion" in text
     assert changed_images > 0 and changed_answers > 0
+    assert all(len(images) == 3 for images in seen.values()), "drawn anew each epoch"
 
 
-def test_prepare_study_crops_image_and_box_with_one_window(data, tok):
-    """PrepareStudy = the documented draws: crop window (widened to the boxes, snapped to image 0),
-    then one intensity change per image; the box answer is the source box mapped into the window."""
-    source = JsonStudySource(data["json"], data["image_root"])
-    config = AugmentConfig(crop_area=(0.3, 0.4), brightness=0.1, contrast=0.2)
-    prepare = PrepareStudy(tok, _config(data).sequence_config(), SIZE, config)
-    study = STUDIES[0]
-    image = load_image(f"{data['image_root']}/{study.images[0]}")
-    (source_box,) = parse_boxes(BOX)
-    for seed in range(5):
-        prepared = prepare(source[0], np.random.default_rng(seed))
-        rng = np.random.default_rng(seed)
-        window = sample_crop(rng, config, study_box_extent(study)).snapped(*image.shape)
-        change = sample_intensity(rng, config)
-        cropped = crop_image(image, window)
-        p = resize_with_pad_params(cropped.shape, SIZE)
-        content = (slice(p.offset_y, p.offset_y + p.content_h), slice(p.offset_x, p.offset_x + p.content_w))
-        expected = adjust_intensity(resize_with_pad(cropped, SIZE), change, content)
-        assert set(prepared.images) == {0}
-        np.testing.assert_array_equal(prepared.images[0], expected)
-        (seq,) = prepared.sequences
-        answer = tok.decode(seq.target_tokens[(seq.stage_ids == 3) & (seq.loss_mask > 0)].tolist())
-        (box,) = parse_boxes(answer)
-        mapped = window.map_box(source_box)
-        assert (box.x1, box.y1, box.x2, box.y2) == pytest.approx((mapped.x1, mapped.y1, mapped.x2, mapped.y2), abs=0.051)
-        assert box.x2 - box.x1 > 0 and box.y2 - box.y1 > 0
+class _ScriptedRng:
+    """Stands in for the np.random.Generator of `PrepareStudy`: `uniform(low, high)` returns
+    low + u * (high - low) for the next scripted u (in [0, 1]); any other draw is an error."""
+
+    def __init__(self, us):
+        self.us = list(us)
+
+    def uniform(self, low, high):
+        return low + self.us.pop(0) * (high - low)
+
+
+class _ArrayRecord:
+    """A `StudyRecord` whose images are arrays already (float [H, W] in [0, 1])."""
+
+    def __init__(self, study, images):
+        self.study, self.images = study, images
+
+    def load_image(self, index):
+        return self.images[index].copy()
+
+
+def _two_view_study(box_answer):
+    """A current view (16 x 16 px) and a prior (15 x 15 px); the box answer is about the current one."""
+    return Study(study_id="h0", pat_id="ph", ref_study_id="h0-prior", images=("ph/h0/a.png", "ph/h0/prior.png"),
+                 items=(_item(1, 1, "<image>\nWhich view is this?", "PA view."),
+                        _item(3, 1, "Where is the effusion?", box_answer, "detection", "Findings_Detection"),
+                        _item(5, 2, "<image>\nCompared with the prior, is it new?", "It is new.")))
+
+
+# Every pixel distinct, so a crop is identified by its values.
+_CURRENT = (np.arange(16 * 16, dtype=np.float32).reshape(16, 16) + 0.5) / 256
+_PRIOR = 0.2 + 0.6 * (np.arange(15 * 15, dtype=np.float32).reshape(15, 15) + 0.5) / 225
+_HAND_CONFIG = AugmentConfig(crop_area=(0.2, 0.3), crop_aspect=(0.5, 4.0), brightness=0.1, contrast=0.2)
+
+
+def _intensity(x, shift, factor):
+    """The documented change, x -> clip((x - mean) * factor + mean + shift, 0, 1), mean over x."""
+    return np.clip((x - x.mean()) * factor + x.mean() + shift, 0.0, 1.0)
+
+
+def _trained_answers(tok, sequence):
+    """{stage: decoded trained answer tokens} of a one-turn-per-stage sequence."""
+    trained = sequence.loss_mask > 0
+    return {int(s): tok.decode(sequence.target_tokens[trained & (sequence.stage_ids == s)].tolist())
+            for s in np.unique(sequence.stage_ids[trained])}
+
+
+def test_prepare_study_crops_both_views_with_one_window_by_hand(data, tok):
+    """A hand-worked study, drawing in the documented order (area, aspect, left, top, then shift and
+    factor per image in image order): area 0.25 and aspect 1 give a half-by-half window at left 0.5,
+    top 0; the box (55, 15)-(95, 35) lies inside it, so the window is not widened. The current view
+    (16 px) keeps rows 0:8, columns 8:16; the prior (15 px) the same fractions rounded outwards,
+    rows 0:8, columns 7:15: both 8 x 8 = the model size, so no resampling. Each gets its own
+    intensity change; the box is mapped to the window's scale, (10, 30)-(90, 70); nothing else changes."""
+    study = _two_view_study("<|ref|> left effusion <|/ref|> <|box|>(55.0, 15.0), (95.0, 35.0)<|/box|>")
+    draws = [0.5, 1 / 3, 1.0, 0.0, 0.75, 0.25, 0.1, 0.9]  # area, aspect, left, top, (shift, factor) x 2
+    rng = _ScriptedRng(draws)
+    prepared = PrepareStudy(tok, _config(data).sequence_config(), SIZE, _HAND_CONFIG)(
+        _ArrayRecord(study, [_CURRENT, _PRIOR]), rng)
+    assert rng.us == []  # exactly the eight documented draws
+    assert sorted(prepared.images) == [0, 1]
+    np.testing.assert_allclose(prepared.images[0], _intensity(_CURRENT[0:8, 8:16], 0.05, 0.9), atol=1e-6)
+    np.testing.assert_allclose(prepared.images[1], _intensity(_PRIOR[0:8, 7:15], -0.08, 1.16), atol=1e-6)
+    # Only the box moved: the same tokens as the study written with the mapped box, unaugmented.
+    moved = _two_view_study("<|ref|> left effusion <|/ref|> <|box|>(10.0, 30.0), (90.0, 70.0)<|/box|>")
+    (seq,) = prepared.sequences
+    (plain,) = PrepareStudy(tok, _config(data).sequence_config(), SIZE)(_ArrayRecord(moved, [_CURRENT, _PRIOR])).sequences
+    for name in ("input_tokens", "target_tokens", "loss_mask", "stage_ids"):
+        np.testing.assert_array_equal(getattr(seq, name), getattr(plain, name), err_msg=name)
+    assert "(10.0, 30.0), (90.0, 70.0)" in _trained_answers(tok, seq)[3]
+
+
+def test_prepare_study_widens_the_window_to_the_box_on_the_current_views_grid(data, tok):
+    """The drawn window (rows 0.5:1, columns 0:0.5) misses the box (55, 15)-(95, 35), so it widens
+    to rows 0.15:1, columns 0:0.95, then snaps outwards to the current view's 16 px grid: rows
+    2:16, columns 0:16, i.e. top 0.125, height 0.875, full width. The box on that window's scale:
+    x as is, y (15 - 12.5) / 0.875 = 2.9 and (35 - 12.5) / 0.875 = 25.7 (one decimal). Both crops
+    (14 x 16 and 14 x 15 px) fit the model size as 7 x 8 content over one padding row at the
+    bottom, which the intensity change (shift > 0) must leave black."""
+    study = _two_view_study("<|ref|> left effusion <|/ref|> <|box|>(55.0, 15.0), (95.0, 35.0)<|/box|>")
+    rng = _ScriptedRng([0.5, 1 / 3, 0.0, 1.0, 0.9, 0.5, 0.6, 0.5])  # shifts 0.08, 0.02; factors 1
+    prepared = PrepareStudy(tok, _config(data).sequence_config(), SIZE, _HAND_CONFIG)(
+        _ArrayRecord(study, [_CURRENT, _PRIOR]), rng)
+    assert rng.us == []
+    (box,) = parse_boxes(_trained_answers(tok, prepared.sequences[0])[3])
+    assert (box.x1, box.y1, box.x2, box.y2) == pytest.approx((55.0, 2.9, 95.0, 25.7), abs=1e-9)
+    for k, source in ((0, _CURRENT[2:16, :]), (1, _PRIOR[1:15, :])):
+        image = prepared.images[k]
+        assert image.shape == (SIZE, SIZE)
+        assert (image[7] == 0).all() and (image[:7] > 0).all(), k  # padding untouched, content shifted up
+        assert image[:7].mean() == pytest.approx(source.mean() + (0.08, 0.02)[k], abs=0.01), k
 
 
 # ----------------------------------------------------------------------------- restore
