@@ -130,11 +130,14 @@ def test_the_alignment_phase_has_its_own_loss_weighting():
     from cxrtrek_jax.train.run import alignment_phase
     from experiments import get_experiment
 
-    shipped = get_experiment("grounded", "tiny")  # the chains sqrt-weighted, the alignment per token
-    assert shipped.data.pipeline.sequence.loss_weighting == "sqrt"
+    shipped = get_experiment("grounded", "tiny")  # chains: full answers per token; alignment: stage 2 cut
+    assert shipped.data.pipeline.sequence.loss_weighting == "token"
     assert (shipped.data.pipeline.sequence.closed_answers, shipped.data.pipeline.sequence.decisive_stages) == (
-        "decisive", (2,))
-    assert alignment_phase(shipped).data.pipeline.sequence.loss_weighting == "token"
+        "full", None)
+    aligned = alignment_phase(shipped).data.pipeline.sequence
+    assert (aligned.loss_weighting, aligned.closed_answers, aligned.decisive_stages) == ("token", "decisive", (2,))
+    cfg = shipped.override({"data.pipeline.sequence.loss_weighting": "sqrt"})
+    assert alignment_phase(cfg).data.pipeline.sequence.loss_weighting == "token"
     # the chains a loss per answer, the alignment phase per token (its default)
     cfg = shipped.override({"data.pipeline.sequence.loss_weighting": "answer"})
     assert cfg.data.pipeline.sequence.loss_weighting == "answer"
