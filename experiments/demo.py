@@ -379,7 +379,7 @@ def _summary(cfg, metrics: dict, outputs: DemoOutputs, data, began_all: float) -
     print(f"total {time.time() - began_all:.0f} s")
     met = sum(c["met"] for c in checks)
     print(f"learning checks met: {met} of {len(checks)}" + ("" if met == len(checks) else
-          " (see the table above; experiments/RESULTS.md has the checks over three seeds)"))
+          " (each verdict says why, above; experiments/RESULTS.md has the runs behind the recipe)"))
     return met == len(checks)
 
 
