@@ -19,6 +19,12 @@ The rule, fixed before the runs:
    text wins (`VARIANTS` is in that order: full answers, then the cut only where stage 3 carries
    what it removes, then the unconditional cut).
 
+The alignment phase's parts are checked the same way, one removed at a time (`ALIGNMENT_VARIANTS`:
+each trains its own alignment phase from scratch, then the chosen chain phase): a part stays unless the
+recipe without it also meets the three checks with a stage-2 accuracy at least the chosen recipe's (then
+the simpler recipe would do as well, and the part is not justified by these data). `--variants` names
+any of both kinds; `choose` applies to the chain-phase ones, `keeps_part` to the alignment ones.
+
 Writes OUT/NAME/ (the run and its validation evaluation) and OUT/recipe_choice.{json,md}: each
 variant's checks, stage-2 and report figures, and the choice with its reason.
 """
@@ -33,7 +39,7 @@ import sys
 import time
 from pathlib import Path
 
-__all__ = ["VARIANTS", "TIE_BAND", "Variant", "choose", "main"]
+__all__ = ["VARIANTS", "ALIGNMENT_VARIANTS", "TIE_BAND", "Variant", "choose", "keeps_part", "main"]
 
 # Stage-2 accuracy (own context, validation) within this of the best counts as a tie: one standard
 # error of an accuracy near 0.75 over the ~280 stage-2 yes/no turns of 80 studies is about 0.026.
@@ -47,6 +53,7 @@ class Variant:
     name: str
     description: str
     overrides: tuple[tuple[str, object], ...]
+    alignment: bool = False  # the overrides change the alignment phase: it is trained afresh
 
 
 _SEQ = "data.pipeline.sequence"
@@ -65,7 +72,14 @@ VARIANTS = (
             ((f"{_SEQ}.loss_weighting", "sqrt"), (f"{_SEQ}.closed_answers", "decisive"),
              (f"{_SEQ}.decisive_stages", (2,)))),
 )
-_BY_NAME = {v.name: v for v in VARIANTS}
+# The alignment phase's parts, each removed from the chosen recipe (chains: a loss per token, full answers).
+ALIGNMENT_VARIANTS = (
+    Variant("no_image_labels", "the chosen recipe without the alignment phase's image-label loss",
+            (("alignment.image_label_weight", 0.0),), alignment=True),
+    Variant("alignment_full_answers", "the chosen recipe with the alignment phase's stage-2 answers in full (no cut)",
+            (("alignment.closed_answers", "full"), ("alignment.decisive_stages", None)), alignment=True),
+)
+_BY_NAME = {v.name: v for v in VARIANTS + ALIGNMENT_VARIANTS}
 
 
 def _config(variant: Variant, demo_out: Path, seed: int):
@@ -84,7 +98,7 @@ def _train(variant: Variant, demo_out: Path, run: Path, seed: int) -> None:
         print(f"    {run} already holds a trained chain phase: kept", flush=True)
         return
     run.mkdir(parents=True, exist_ok=True)
-    if not (run / "alignment").exists():
+    if not variant.alignment and not (run / "alignment").exists():
         shutil.copytree(demo_out / "run" / "alignment", run / "alignment")
     train_experiment(cfg, run)
 
@@ -140,6 +154,17 @@ def choose(rows: list[dict]) -> tuple[str | None, str]:
         "most of the reference text")
 
 
+def keeps_part(removed: dict, chosen: dict) -> tuple[bool, str]:
+    """Whether an alignment part stays, from the row of the recipe without it and the chosen recipe's
+    row (module docstring), and why."""
+    if removed["checks_met"] < len(removed["checks"]):
+        return True, f"without it {removed['checks_met']} of {len(removed['checks'])} checks are met"
+    if removed["stage2_own"] < chosen["stage2_own"]:
+        return True, f"without it stage 2 falls to {removed['stage2_own']:.3f} from {chosen['stage2_own']:.3f}"
+    return False, (f"without it all checks are met and stage 2 is {removed['stage2_own']:.3f} "
+                   f"(with it {chosen['stage2_own']:.3f}): not justified by these data")
+
+
 def _markdown(rows: list[dict], chosen: str | None, reason: str, studies: int) -> str:
     def fmt(v):
         return "-" if v is None else f"{v:.3f}"
@@ -192,7 +217,14 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(_summary(variant, metrics, scored))
         print(f"    stage 2 {rows[-1]['stage2_own']:.3f}, checks met {rows[-1]['checks_met']} of 3 "
               f"({time.time() - began:.0f} s)", flush=True)
-    chosen, reason = choose(rows)
+    chain_rows = [r for r in rows if not _BY_NAME[r["variant"]].alignment]
+    chosen, reason = choose(chain_rows) if chain_rows else (None, "no chain-phase variant run")
+    reference = next((r for r in rows if r["variant"] == "token_full"), None)
+    for row in rows:
+        if _BY_NAME[row["variant"]].alignment and reference is not None:
+            keep, why = keeps_part(row, reference)
+            row["part_kept"], row["part_reason"] = keep, why
+            reason += f"; {row['variant']}: part {'kept' if keep else 'not justified'} ({why})"
     (out / "recipe_choice.json").write_text(json.dumps({"rows": rows, "chosen": chosen, "reason": reason,
                                                         "tie_band": TIE_BAND}, indent=2))
     (out / "recipe_choice.md").write_text(_markdown(rows, chosen, reason, args.eval_studies))

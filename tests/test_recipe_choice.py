@@ -29,3 +29,13 @@ def test_unmet_checks_or_collapsed_text_answers_disqualify():
     chosen, reason = choose(rows)
     assert chosen == "sqrt_full" and reason.startswith("1 of 3 variants qualify")
     assert choose([_row("sqrt_cut", 0.80, met=2)])[0] is None
+
+
+def test_an_alignment_part_stays_unless_the_recipe_without_it_does_as_well():
+    from experiments.recipe_choice import keeps_part
+
+    chosen = _row("token_full", 0.77)
+    assert keeps_part(_row("no_image_labels", 0.80, met=2), chosen)[0] is True
+    assert keeps_part(_row("no_image_labels", 0.74), chosen) == (True, "without it stage 2 falls to 0.740 from 0.770")
+    keep, why = keeps_part(_row("no_image_labels", 0.77), chosen)
+    assert keep is False and why.endswith("not justified by these data")
