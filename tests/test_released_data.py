@@ -223,6 +223,7 @@ def test_released_wording_trains_the_grounded_recipe(tmp_path, capsys):
             "--set", "data.kind=tfds", "--set", f"data.path={tfds}", "--set", "data.length_buckets=512",
             "--set", "data.global_batch_size=4", "--set", "tokenizer.vocab_size=600",
             "--set", "data.pipeline.sequence.closed_answers=decisive_if_carried",
+            "--set", "data.pipeline.sequence.decisive_stages=2",
             "--set", "alignment.closed_answers=decisive_if_carried", "--set", "alignment.num_steps=1",
             "--set", "alignment.global_batch_size=4", "--set", "alignment.length_buckets=512",
             "--set", "train.num_steps=1", "--set", "train.log_every=1", "--set", "train.eval_batches=0",
