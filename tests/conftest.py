@@ -14,11 +14,12 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import pytest  # noqa: E402  (after the environment above, as jax must not be imported before it)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session", autouse=True)
 def jax_compilation_cache(tmp_path_factory):
-    """JAX's persistent compilation cache for one test module, for modules whose commands build the
-    same functions again and again (each CLI call compiles its own): compiled once, loaded after.
-    Only the speed changes; the settings are restored afterwards."""
+    """JAX's persistent compilation cache for the whole session of one test process (each xdist worker
+    has its own directory): the many runs, evaluations and CLI calls that build the same functions
+    compile them once and load them after. Only the speed changes; the settings are restored at the
+    end. (Modules that lean on it most also name it in `pytestmark`.)"""
     import jax
     from jax.experimental.compilation_cache import compilation_cache
 

@@ -15,6 +15,8 @@ from cxrtrek_jax.train.run import train_experiment
 from data_pipeline.files.cxrtrek_json import read_studies
 from experiments import get_experiment
 
+pytestmark = pytest.mark.usefixtures("jax_compilation_cache")  # each evaluation compiles the same decoder
+
 FAST = ["--max-new-tokens", "3", "--no-meteor", "--bootstrap-resamples", "20", "--no-progress"]
 
 

@@ -24,6 +24,8 @@ from data_pipeline.phantom import PhantomConfig, generate_study
 from data_pipeline.text.decisive_answers import CutCounts, decisive_cut
 from released_wording import finding_truth, released_wording_studies, write_released_wording
 
+pytestmark = pytest.mark.usefixtures("jax_compilation_cache")  # each CLI call compiles its own train step and decoder
+
 HINT = " Please output in the format <|box|>(x1, y1), (x2, y2)<|/box|>."
 REPORT_TAIL = (" The cardiomediastinal silhouette is within normal limits for technique. The pulmonary "
                "vasculature is not engorged. No acute osseous abnormality is identified. Degenerative "

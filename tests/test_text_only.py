@@ -27,6 +27,8 @@ from data_pipeline.phantom import PhantomConfig, write_phantom_dataset
 from data_pipeline.text.sequences import SequenceConfig
 from data_pipeline.text.tokenizer import train_tokenizer, training_texts
 
+pytestmark = pytest.mark.usefixtures("jax_compilation_cache")  # the evaluations compile the same decoder
+
 # The SigLIP normalisation (x - 0.5) / 0.5 maps this pixel value to 0 (cxrtrek_jax.model.vision).
 NORMALISATION_ZERO = 0.5
 SIZE = 32  # the tiny preset's image side

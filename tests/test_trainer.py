@@ -11,6 +11,8 @@ from cxrtrek_jax.cli import main
 from cxrtrek_jax.train.run import train_experiment
 from experiments import experiment_names, get_experiment
 
+pytestmark = pytest.mark.usefixtures("jax_compilation_cache")  # the runs compile the same train steps again
+
 STEPS = 24
 ALIGN_STEPS = 4
 
