@@ -29,6 +29,7 @@ SUBPACKAGES = (
     "data_pipeline.files",
     "data_pipeline.phantom",
     "data_pipeline.construct",
+    "data_pipeline.external",
     "data_pipeline.text",
     "data_pipeline.batches",
     "cxrtrek_jax",
@@ -54,7 +55,7 @@ MODULE_CYCLE_EXCEPTIONS: dict[tuple[str, str], str] = {}
 # The layers of a package, in order: a module of a layer imports only modules of its own layer,
 # of the layers before it, and of the package's own face (`__init__`), never a later layer.
 LAYERS: dict[str, tuple[str, ...]] = {
-    "data_pipeline": ("schema", "reports", "files", "phantom", "construct", "text", "batches"),
+    "data_pipeline": ("schema", "reports", "files", "phantom", "construct", "external", "text", "batches"),
     "cxrtrek_jax.evaluation": ("metrics", "scores", "runs"),
 }
 # Library modules allowed to import `experiments` (none).
