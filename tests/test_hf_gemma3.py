@@ -73,9 +73,13 @@ def world(tmp_path_factory):
 
 def test_import_train_chain_export_and_pytorch_answers_equal(world, tmp_path, capsys):
     imported = tmp_path / "imported"
-    assert main(["import-hf", str(world["hf_dir"]), "--out", str(imported), "--max-images", "2"]) == 0
+    # Role prefixes given as flags train a fixed ChatFormat instead of the tokenizer's own template
+    # (tests/test_hf_published.py imports Gemma 3's own template with no flags).
+    flags = ["--end-of-turn-token", "<end_of_turn>", "--system-prefix", GEMMA.system_prefix,
+             "--user-prefix", GEMMA.user_prefix, "--assistant-prefix", GEMMA.assistant_prefix]
+    assert main(["import-hf", str(world["hf_dir"]), "--out", str(imported), "--max-images", "2", *flags]) == 0
     printed = capsys.readouterr().out
-    assert "from special tokens; its chat_template was not used" in printed
+    assert "from special tokens and flags; its chat_template was not used" in printed
     tokenizer = load_tokenizer(imported / "tokenizer")
     fmt = tokenizer.format
     assert (fmt.end_of_turn, fmt.assistant_prefix) == ("<end_of_turn>", "<start_of_turn>model\n")

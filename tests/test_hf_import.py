@@ -87,7 +87,14 @@ def test_decoding_loads_the_import_and_matches_pytorch(hf_dir, imported):
     loaded = load_checkpoint_model(imported)
     assert loaded.config.max_images == 2 and loaded.config.image_token_id == tokenizer.image_id
     assert loaded.tokenizer_dir == imported / "tokenizer"
-    assert load_tokenizer(loaded.tokenizer_dir).format == CHATML
+    # Its tokenizer's own template (ours for CHATML, here a foreign file) renders the conversations,
+    # token for token as the format it was written from.
+    ours = load_tokenizer(loaded.tokenizer_dir)
+    assert ours.template.source == "tokenizer_config.json" and ours.format.end_of_turn == CHATML.end_of_turn
+    chat = [{"role": "system", "content": "Sys"}, {"role": "user", "content": "<image>\nIs there a pleural effusion?"},
+            {"role": "assistant", "content": "No, the costophrenic angles are sharp."}]
+    np.testing.assert_array_equal(ours.encode_chat(chat, tokens_per_image=3).ids,
+                                  tokenizer.encode_chat(chat, tokens_per_image=3).ids)
     model = nnx.merge(loaded.graphdef, loaded.state)
     rng = np.random.default_rng(0)
     tokens = rng.integers(0, tokenizer.image_id, (1, 30)).astype(np.int32)
@@ -128,7 +135,8 @@ def test_round_trip_gives_identical_tensors(hf_dir, imported, tmp_path):
         assert torch.equal(original[name], again[name]), name
     # Our export carries the chat format, so importing it again needs no flags.
     assert main(["import-hf", str(out), "--out", str(tmp_path / "again")]) == 0
-    assert load_tokenizer(tmp_path / "again" / "tokenizer").format == CHATML
+    again = load_tokenizer(tmp_path / "again" / "tokenizer")
+    assert again.template == load_tokenizer(imported / "tokenizer").template
 
 
 def test_sharded_export_writes_an_index_and_reloads(hf_dir, imported, tmp_path):
@@ -214,12 +222,12 @@ def test_the_image_token_comes_from_the_model_config_or_the_flag(hf_dir, tmp_pat
     directory = _with_tokenizer(hf_dir[0], tmp_path, fmt)
     # config.json's image_token_index names "<img>" ...
     assert main(["import-hf", str(directory), "--out", str(tmp_path / "out")]) == 0
-    assert load_tokenizer(tmp_path / "out" / "tokenizer").format == fmt
+    assert load_tokenizer(tmp_path / "out" / "tokenizer").format.image == "<img>"
     # ... without it, a tokenizer with no known image token needs the flag.
     (directory / "config.json").unlink()
     with pytest.raises(hf_import.HFImportError, match="image.*--image-token"):
         hf_import.derive_chat_format(directory)
-    assert hf_import.derive_chat_format(directory, {"image": "<img>"}) == fmt
+    assert hf_import.derive_chat_format(directory, {"image": "<img>"}).image == "<img>"
 
 
 def _drop_chat_template(directory):
@@ -233,8 +241,8 @@ def test_a_tokenizer_without_end_of_turn_needs_the_flags(hf_dir, tmp_path, capsy
     fmt = ChatFormat(bos="<s>", eos="</s>", pad="<pad>", image="<image>", end_of_turn="<|eot|>",
                      system_prefix="<|sys|>", user_prefix="<|usr|>", assistant_prefix="<|bot|>")
     directory = _with_tokenizer(hf_dir[0], tmp_path, fmt)
-    # Its own chat_template tells the format ...
-    assert hf_import.derive_chat_format(directory) == fmt
+    # Its own chat_template is kept, and closes answers with the end-of-turn token ...
+    assert hf_import.derive_chat_format(directory).end_of_turn == "<|eot|>"
     # ... without one, an unknown end-of-turn token needs the flags.
     _drop_chat_template(directory)
     assert main(["import-hf", str(directory), "--out", str(tmp_path / "out")]) == 2

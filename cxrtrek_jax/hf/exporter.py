@@ -205,6 +205,33 @@ def _write_generation_config(directory: Path, tokenizer) -> None:
                      pad_token_id=tokenizer.pad_id).save_pretrained(str(directory))
 
 
+# Files of an imported checkpoint's own processor, kept with its tokenizer at import.
+CHECKPOINT_PROCESSOR_FILES = ("preprocessor_config.json", "processor_config.json")
+
+
+def _keep_checkpoint_processor(out_dir: Path, tokenizer, tokenizer_dir: Path) -> None:
+    """For a checkpoint that renders through its own chat template (imported, `CheckpointTemplate`):
+    the processor files it came with (image processor settings, image-token settings) replace the
+    family's, and its template becomes the processor's and the tokenizer's, so `AutoProcessor` gives
+    the tokens and pixels it was trained on."""
+    template = getattr(tokenizer, "template", None)
+    if template is None:
+        return
+    for name in CHECKPOINT_PROCESSOR_FILES:
+        kept = tokenizer_dir / name
+        if kept.exists():
+            data = json.loads(kept.read_text(encoding="utf-8"))
+            data.pop("chat_template", None)
+            (out_dir / name).write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+    (out_dir / "chat_template.json").unlink(missing_ok=True)
+    (out_dir / "chat_template.jinja").write_text(template.chat_template, encoding="utf-8")
+    config_path = out_dir / "tokenizer_config.json"
+    if config_path.exists():
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+        config["chat_template"] = template.chat_template
+        config_path.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
 # ---------------------------------------------------------------------------
 # The whole export
 # ---------------------------------------------------------------------------
@@ -257,6 +284,7 @@ def export_checkpoint(ckpt_dir: str | os.PathLike, out_dir: str | os.PathLike, *
     write_safetensors_dir(tensors, str(out_dir), max_shard_bytes=max_shard_bytes)
     _write_generation_config(out_dir, tokenizer)
     family.write_processor(out_dir, tokenizer, base_config)
+    _keep_checkpoint_processor(out_dir, tokenizer, Path(tokenizer_dir) if tokenizer_dir else loaded.tokenizer_dir)
     if lora == "adapter":
         write_lora_adapter(out_dir / ADAPTER_DIR, config.lora, adapter_tensors, lora_modules,
                            base_model_path=str(out_dir.resolve()))

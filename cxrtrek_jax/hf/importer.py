@@ -47,6 +47,9 @@ from cxrtrek_jax.hf.errors import HFConfigError
 
 __all__ = [
     "KNOWN_TURN_FORMATS",
+    "TEMPLATE_FILES",
+    "checkpoint_template_source",
+    "import_tokenizer",
     "TOKENIZER_SUBDIR",
     "HFImportError",
     "ImportResult",
@@ -56,6 +59,10 @@ __all__ = [
 
 TOKENIZER_SUBDIR = "tokenizer"
 PROCESSOR_CONFIG_FILE = "processor_config.json"
+PREPROCESSOR_CONFIG_FILE = "preprocessor_config.json"
+# The processor's own files kept with an imported checkpoint that keeps its template (the image
+# processor's settings; the processor's image-token settings), for export.
+PROCESSOR_FILES = (PREPROCESSOR_CONFIG_FILE, PROCESSOR_CONFIG_FILE)
 DEFAULT_IMAGE_TOKEN = "<image>"
 
 
@@ -108,6 +115,7 @@ class ImportResult:
     chat_format: Any
     tokenizer_dir: Path
     chat_format_source: str = ""
+    template: Any = None
 
 
 # ---------------------------------------------------------------------------
@@ -286,6 +294,122 @@ def template_format(hf_tokenizer, base: Mapping[str, str | None]):
     return fmt
 
 
+# ChatFormat fields a flag may set without leaving the checkpoint's own template (the tokens); the
+# role prefixes and turn ends only mean something in a ChatFormat, so giving one replaces the template.
+_TEMPLATE_MODE_FLAGS = ("bos", "eos", "pad", "image", "end_of_turn")
+# Where transformers finds a checkpoint's chat template, in the order it looks (the processor's files
+# first, then the tokenizer's).
+TEMPLATE_FILES = ("chat_template.jinja", "chat_template.json", PROCESSOR_CONFIG_FILE, "tokenizer_config.json")
+GENERATION_CONFIG_FILE = "generation_config.json"
+
+
+def checkpoint_template_source(hf_dir: Path, hf_tokenizer=None) -> tuple[str, str] | None:
+    """(Jinja template, the file it came from) of `hf_dir`, looked up where transformers looks
+    (`TEMPLATE_FILES`); a named-template dict's "default"; None when it has none."""
+    for name in TEMPLATE_FILES:
+        path = hf_dir / name
+        if not path.exists():
+            continue
+        if name.endswith(".jinja"):
+            return path.read_text(encoding="utf-8"), name
+        template = _read_json(path).get("chat_template")
+        if isinstance(template, list):  # [{"name": ..., "template": ...}]
+            template = {t.get("name"): t.get("template") for t in template if isinstance(t, Mapping)}
+        if isinstance(template, Mapping):
+            template = template.get("default")
+        if isinstance(template, str) and template.strip():
+            return template, name
+    return None
+
+
+def _stop_tokens(hf_dir: Path, hf_tokenizer) -> list[str]:
+    """The tokens generation stops at: generation_config.json's eos_token_id (an id or a list), else
+    the tokenizer's eos."""
+    path = hf_dir / GENERATION_CONFIG_FILE
+    ids = _read_json(path).get("eos_token_id") if path.exists() else None
+    ids = [ids] if isinstance(ids, int) else [i for i in (ids or []) if isinstance(i, int)]
+    tokens = [hf_tokenizer.convert_ids_to_tokens(i) for i in ids]
+    eos = _token_text(hf_tokenizer.eos_token)
+    return [t for t in tokens if t] or ([eos] if eos else [])
+
+
+def _template_mode(hf_dir: Path, hf_tokenizer, found: tuple[str, str], tokens: Mapping[str, str | None],
+                   wrapping: Mapping[str, str], added: set[str]):
+    """(ChatFormat, source) of a checkpoint rendered through its own template: the format holds only
+    the tokens (bos/eos/pad/image, the end-of-turn token decoding stops at, the image wrapping); the
+    `CheckpointTemplate` (`_checkpoint_template`) holds the rest."""
+    from data_pipeline.text.chat_template import ChatFormat
+
+    source, name = found[0], found[1]
+    missing = [f"{field} (pass {FORMAT_FLAGS[field]})" for field in ("bos", "eos", "pad", "image") if not tokens.get(field)]
+    if missing:
+        raise HFImportError(f"{hf_dir}: its chat template ({name}) is used, but the tokenizer lacks: {', '.join(missing)}")
+    template = _checkpoint_template(hf_dir, hf_tokenizer, source, name, tokens["image"], wrapping)
+    end_of_turn = tokens.get("end_of_turn") or _answer_end_token(hf_dir, hf_tokenizer, template, added)
+    try:
+        fmt = ChatFormat(bos=tokens["bos"], eos=tokens["eos"], pad=tokens["pad"], image=tokens["image"],
+                         end_of_turn=end_of_turn, system_prefix="", user_prefix="", assistant_prefix="",
+                         **dict(wrapping))
+    except ValueError as err:
+        raise HFImportError(f"{hf_dir}: {err}") from err
+    return fmt, f"the checkpoint's own chat template ({name})", template
+
+
+_PROBE_TEXT = "CXRTrekProbeQuestion"
+_PROBE_ANSWER = "CXRTrekProbeAnswer"
+
+
+def _checkpoint_template(hf_dir: Path, hf_tokenizer, source: str, name: str, image: str,
+                         wrapping: Mapping[str, str]):
+    """The `CheckpointTemplate` of `source`: content style and image marker found by rendering a probe
+    (a user turn with one image, an answer); HFImportError naming the file when it renders neither
+    content lists nor strings with the image where it belongs."""
+    from data_pipeline.text.checkpoint_template import CheckpointTemplate, TemplateError
+    from data_pipeline.schema.records import Message
+
+    marker = wrapping.get("image_open", "").strip() or image  # Gemma 3: "<start_of_image>"; llava: "<image>"
+    variables = {k: v for k, v in hf_tokenizer.special_tokens_map.items() if isinstance(v, (str, list))}
+    probe = [Message("system", "CXRTrekProbeSystem"), Message("user", f"{image}\n{_PROBE_TEXT}"),
+             Message("assistant", _PROBE_ANSWER), Message("user", _PROBE_TEXT + "2")]
+    problems = []
+    for style in ("lists", "strings"):
+        template = CheckpointTemplate(source, name, style, marker, variables)
+        try:
+            rendered = template.render(probe, image_expansion=marker, add_generation_prompt=True, placeholder=image)
+        except TemplateError as err:
+            problems.append(f"{style}: {err}")
+            continue
+        text = rendered.text
+        if text.count(marker) == 1 and text.count(_PROBE_TEXT) == 2 and "'type'" not in text \
+                and text.count(_PROBE_ANSWER) == 1 and text.index(marker) < text.index(_PROBE_TEXT):
+            return template
+        problems.append(f"{style}: the probe renders as {text!r}")
+    raise HFImportError(f"{hf_dir}: its chat template ({name}) renders neither multimodal content lists nor "
+                        f"strings with the image marker {marker!r} before the question: {'; '.join(problems)}. "
+                        f"Pass {FORMAT_FLAGS['user_prefix']} / {FORMAT_FLAGS['assistant_prefix']} (and the "
+                        "other format flags) to train with a fixed format instead")
+
+
+def _answer_end_token(hf_dir: Path, hf_tokenizer, template, added: set[str]) -> str:
+    """The token decoding stops at: the first added token the template writes right after an answer
+    (Gemma 3: "<end_of_turn>", ChatML: "<|im_end|>"), else the first stop token of the generation config
+    (`_stop_tokens`; llava-1.5: "</s>", which its template never writes: generation stops at the end of
+    sequence)."""
+    from data_pipeline.schema.records import Message
+
+    text = template.render([Message("user", _PROBE_TEXT), Message("assistant", _PROBE_ANSWER)],
+                           image_expansion=template.image_marker).text
+    after = text[text.index(_PROBE_ANSWER) + len(_PROBE_ANSWER):]
+    written = [token for token in added if token in after]
+    if written:
+        return min(written, key=lambda token: (after.index(token), -len(token)))
+    stops = _stop_tokens(hf_dir, hf_tokenizer)
+    if not stops:
+        raise HFImportError(f"{hf_dir}: no end-of-sequence token in the tokenizer or {GENERATION_CONFIG_FILE}; "
+                            f"pass {FORMAT_FLAGS['end_of_turn']}")
+    return stops[0]
+
+
 def format_summary(fmt) -> str:
     """One line naming every field of a ChatFormat (for `cxrtrek import-hf`)."""
     return ", ".join(f"{name}={value!r}" for name, value in fmt.to_dict().items()
@@ -298,8 +422,8 @@ def derive_chat_format(hf_dir: str | os.PathLike, overrides: Mapping[str, str | 
     return _derive_chat_format(hf_dir, overrides)[0]
 
 
-def _derive_chat_format(hf_dir, overrides) -> tuple[Any, str]:
-    """(ChatFormat, where it came from: "chat format file", "chat_template", "special tokens")."""
+def _derive_chat_format(hf_dir, overrides) -> tuple[Any, str, Any]:
+    """(ChatFormat, where it came from, the checkpoint's own `CheckpointTemplate` or None)."""
     from data_pipeline.text.chat_template import CHAT_FORMAT_FILE, ChatFormat
 
     hf_dir = Path(hf_dir)
@@ -309,7 +433,11 @@ def _derive_chat_format(hf_dir, overrides) -> tuple[Any, str]:
         raise HFImportError(f"unknown chat format fields {unknown}; known: {sorted(FORMAT_FLAGS)}")
     if (hf_dir / CHAT_FORMAT_FILE).exists():
         try:
-            return dataclasses.replace(ChatFormat.load(hf_dir), **given), CHAT_FORMAT_FILE
+            from data_pipeline.text.checkpoint_template import CheckpointTemplate
+
+            template = CheckpointTemplate.load(hf_dir)  # an export of an imported checkpoint keeps its template
+            source = CHAT_FORMAT_FILE + (f" and {template.source}" if template is not None else "")
+            return dataclasses.replace(ChatFormat.load(hf_dir), **given), source, template
         except ValueError as err:
             raise HFImportError(str(err)) from err
 
@@ -322,11 +450,14 @@ def _derive_chat_format(hf_dir, overrides) -> tuple[Any, str]:
         "image": _image_token(hf_dir, hf_tokenizer, added),
     }
     wrapping = _image_wrapping(hf_dir, hf_tokenizer, added)
+    found = checkpoint_template_source(hf_dir, hf_tokenizer)
+    if found is not None and not set(given) - set(_TEMPLATE_MODE_FLAGS):
+        return _template_mode(hf_dir, hf_tokenizer, found, {**fields, **given}, wrapping, added)
     template_problem = None
     if all(fields[name] or given.get(name) for name in ("bos", "eos", "pad", "image")):
         try:
             fmt = template_format(hf_tokenizer, {**fields, **given})
-            return dataclasses.replace(fmt, **{**wrapping, **given}), "the tokenizer's chat_template"
+            return dataclasses.replace(fmt, **{**wrapping, **given}), "the tokenizer's chat_template", None
         except TemplateFormatError as err:
             template_problem = str(err)
         except ValueError as err:
@@ -350,7 +481,7 @@ def _derive_chat_format(hf_dir, overrides) -> tuple[Any, str]:
                             f"Known end-of-turn tokens: {[f.end_of_turn for f in KNOWN_TURN_FORMATS]}.{template}")
     try:
         unused = f"; its chat_template was not used: {template_problem}" if template_problem else ""
-        return ChatFormat(**fields), "special tokens" + (" and flags" if given else "") + unused
+        return ChatFormat(**fields), "special tokens" + (" and flags" if given else "") + unused, None
     except ValueError as err:
         raise HFImportError(f"{hf_dir}: {err}") from err
 
@@ -359,17 +490,30 @@ def _derive_chat_format(hf_dir, overrides) -> tuple[Any, str]:
 # The whole import
 # ---------------------------------------------------------------------------
 
-def _tokenizer(hf_dir: Path, fmt, config):
-    """Our tokenizer of `hf_dir` with `fmt`, checked against the model config."""
-    from data_pipeline.text.tokenizer import load_tokenizer
+def import_tokenizer(hf_dir: str | os.PathLike, chat_format: Mapping[str, str | None] | None = None):
+    """(our tokenizer of `hf_dir`, where its chat format came from): with the checkpoint's own chat
+    template when it has one (module docstring), else a `ChatFormat` (our file, flags, special tokens)."""
+    hf_dir = Path(hf_dir)
+    fmt, source, template = _derive_chat_format(hf_dir, chat_format)
+    return _tokenizer(hf_dir, fmt, None, template), source
+
+
+def _tokenizer(hf_dir: Path, fmt, config, template=None):
+    """Our tokenizer of `hf_dir` with `fmt` (and the checkpoint's own template: then the tokenizer as
+    transformers builds it, its normaliser and bos handling included), checked against the model config."""
+    from data_pipeline.text.tokenizer import CXRTrekTokenizer, load_tokenizer
 
     try:
-        tokenizer = load_tokenizer(hf_dir, fmt)
+        if template is not None:
+            backend = _load_hf_tokenizer(hf_dir).backend_tokenizer
+            tokenizer = CXRTrekTokenizer(backend, fmt, source=str(hf_dir), template=template)
+        else:
+            tokenizer = load_tokenizer(hf_dir, fmt)
     except (OSError, ValueError) as err:
         flags = ", ".join(FORMAT_FLAGS.values())
         raise HFImportError(f"{hf_dir}: the tokenizer does not fit the chat format {fmt}: {err} "
                             f"(set the tokens with {flags})") from err
-    mismatch = tokenizer.model_mismatch(config.image_token_id, config.vocab_size)
+    mismatch = None if config is None else tokenizer.model_mismatch(config.image_token_id, config.vocab_size)
     if mismatch:
         raise HFImportError(f"{hf_dir}: {mismatch} (from config.json)")
     return tokenizer
@@ -397,11 +541,15 @@ def import_hf_checkpoint(hf_dir: str | os.PathLike, out_dir: str | os.PathLike, 
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
         raise HFImportError(f"output directory {out_dir} exists and is not empty; choose a new directory")
     config, state = conversion.load_hf_checkpoint(str(hf_dir), max_images=max_images, dtype=dtype)
-    fmt, source = _derive_chat_format(hf_dir, chat_format)
-    tokenizer = _tokenizer(hf_dir, fmt, config)
+    fmt, source, template = _derive_chat_format(hf_dir, chat_format)
+    tokenizer = _tokenizer(hf_dir, fmt, config, template)
+    processor_files = {name: _read_json(hf_dir / name) for name in PROCESSOR_FILES if (hf_dir / name).exists()}
 
     out_dir.mkdir(parents=True, exist_ok=True)
     tokenizer_dir = tokenizer.save(out_dir / TOKENIZER_SUBDIR, model_max_length=config.text.max_positions)
+    if template is not None:  # the processor's configuration travels with its template (JSON, verbatim)
+        for name, data in processor_files.items():
+            (tokenizer_dir / name).write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
     checkpointing.save_params_only(
         out_dir,
         nnx.to_pure_dict(state),
@@ -410,4 +558,4 @@ def import_hf_checkpoint(hf_dir: str | os.PathLike, out_dir: str | os.PathLike, 
         tokenizer_path=TOKENIZER_SUBDIR,
         extra_metadata={"imported_from": str(hf_dir.resolve())},
     )
-    return ImportResult(out_dir, config, fmt, tokenizer_dir, source)
+    return ImportResult(out_dir, config, fmt, tokenizer_dir, source, template)

@@ -450,7 +450,7 @@ def _encode(study: Study, turns: Sequence[int], trained_from: int, tokenizer: CX
         user, assistant = spans[1 + 2 * j], spans[2 + 2 * j]
         token_stage[user.start : assistant.end] = study.items[turns[j]].stage
         if j >= trained_from and turns[j] not in flipped:
-            answer = slice(assistant.content_start, assistant.end)
+            answer = assistant.answer
             token_loss[answer] = _token_weight(config.loss_weighting, answer.stop - answer.start)
     num_images = introduced[-1]
     image_tokens = int(np.count_nonzero(ids == tokenizer.image_id))
@@ -482,6 +482,8 @@ class _ChainLengths:
     def __init__(self, study: Study, turns: Sequence[int], tokenizer: CXRTrekTokenizer, config: SequenceConfig):
         self.study, self.turns, self.tokenizer, self.config = study, turns, tokenizer, config
         system = system_prompt_of(study, config.system_prompt)
+        self.system = system
+        self._encoded: dict[tuple[int, int], int] = {}
         self.head = 1 + self._message("system", system)  # bos + system message
         self._users: dict[tuple[int, int], int] = {}
         self._answers = [self._message("assistant", study.items[t].answer) for t in turns]
@@ -500,6 +502,13 @@ class _ChainLengths:
 
     def window(self, first: int, end: int) -> int:
         """Input tokens of the window over turns[first:end] (full ids minus one)."""
+        if not self.tokenizer.additive:  # a checkpoint's template: the window encoded whole
+            if (first, end) not in self._encoded:
+                messages, _ = _conversation(self.study, self.turns[first:end], self.system,
+                                            self.tokenizer.format.image)
+                encoded = self.tokenizer.encode_chat(messages, tokens_per_image=self.config.tokens_per_image)
+                self._encoded[(first, end)] = encoded.ids.size - 1
+            return self._encoded[(first, end)]
         total, shown = self.head, 0
         for j in range(first, end):
             count = self.study.items[self.turns[j]].image_input_count

@@ -39,6 +39,7 @@ from data_pipeline.text.chat_template import (
     as_messages,
     jinja_template,
 )
+from data_pipeline.text.checkpoint_template import CheckpointTemplate, TemplateError
 from data_pipeline.files.cxrtrek_json import DEFAULT_SYSTEM_PROMPT
 from data_pipeline.schema.records import Message, Study
 
@@ -64,6 +65,10 @@ class MessageSpan:
     [start, content_start): role prefix; [content_start, content_end): content
     (image placeholders expanded); [content_end, end): the turn's end (the
     end-of-turn token, or the format's `system_end` / `user_end` text).
+    With a checkpoint's own template (`CheckpointTemplate`) an assistant span's
+    [content_start, loss_end) are the answer tokens it is trained on (the
+    template's answer, module docstring of `checkpoint_template`), and a
+    message's [start, end) the tokens that begin within its rendering.
     """
 
     index: int
@@ -72,6 +77,13 @@ class MessageSpan:
     content_start: int
     content_end: int
     end: int
+    loss_end: int | None = None
+
+    @property
+    def answer(self) -> slice:
+        """The tokens an assistant message is trained on: its content and its turn's end (CXRTrek
+        format), or the template's answer tokens."""
+        return slice(self.content_start, self.end if self.loss_end is None else self.loss_end)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,9 +106,11 @@ class EncodedChat:
 class CXRTrekTokenizer:
     """A `tokenizers.Tokenizer` plus the `ChatFormat` it encodes conversations with."""
 
-    def __init__(self, tokenizer: tokenizers.Tokenizer, fmt: ChatFormat = ChatFormat(), *, source: str = "tokenizer"):
+    def __init__(self, tokenizer: tokenizers.Tokenizer, fmt: ChatFormat = ChatFormat(), *, source: str = "tokenizer",
+                 template: CheckpointTemplate | None = None):
         self._tokenizer = tokenizer
         self.format = fmt
+        self.template = template
         added = {t.content for t in tokenizer.get_added_tokens_decoder().values()}
         self._single_ids: dict[str, int] = {}
         for name, text in fmt.single_token_fields().items():
@@ -202,6 +216,8 @@ class CXRTrekTokenizer:
         """
         if tokens_per_image < 1:
             raise ValueError(f"tokens_per_image must be >= 1, got {tokens_per_image}")
+        if self.template is not None:
+            return self._encode_with_template(messages, tokens_per_image, add_generation_prompt)
         pieces: list[np.ndarray] = [np.array([self.bos_id], np.int32)]
         spans = []
         length = 1
@@ -223,6 +239,53 @@ class CXRTrekTokenizer:
             generation_start = length
             pieces.append(np.asarray(self._prefix_ids["assistant"], np.int32))
         return EncodedChat(np.concatenate(pieces), tuple(spans), num_images, generation_start)
+
+    @property
+    def additive(self) -> bool:
+        """Whether a conversation's ids are its messages' ids concatenated (the CXRTrek format); not
+        with a checkpoint's own template, which is rendered and tokenized whole."""
+        return self.template is None
+
+    def _encode_with_template(self, messages, tokens_per_image: int, add_generation_prompt: bool) -> EncodedChat:
+        """The conversation through the checkpoint's own template, as its processor tokenizes it."""
+        given = as_messages(messages, self.format)
+        # An empty system prompt is no system message (a template would still render its frame).
+        checked = given[1:] if given and given[0].role == "system" and not given[0].content else given
+        rendered = self.template.render(checked, image_expansion=self.format.expand_image(tokens_per_image),
+                                        add_generation_prompt=add_generation_prompt, placeholder=self.format.image)
+        add_special = not rendered.text.startswith(self.format.bos)
+        encoding = self._tokenizer.encode(rendered.text, add_special_tokens=add_special)
+        ids = np.asarray(encoding.ids, np.int32)
+        starts = np.asarray([start for start, _ in encoding.offsets], np.int64)
+        ends = np.asarray([end for _, end in encoding.offsets], np.int64)
+        anchors = _token_anchors(starts, ends)
+        token_at = lambda char: int(np.count_nonzero(anchors < char))  # tokens before char offset `char`
+        answer = np.zeros(ids.size, bool)
+        for a, b in rendered.answer_spans:  # transformers' rule: a token overlapping an answer
+            answer |= (starts < b) & (ends > a) & (ends > starts)
+        bounds = [token_at(c) for c in rendered.message_starts]
+        spans, covered = [], np.zeros(ids.size, bool)
+        for index, message in enumerate(checked):
+            start, end = bounds[index], bounds[index + 1]
+            if message.role != "assistant":
+                spans.append(MessageSpan(index, message.role, start, start, end, end))
+                continue
+            trained = np.flatnonzero(answer[start:end]) + start
+            if trained.size == 0 or trained[-1] - trained[0] + 1 != trained.size:
+                raise TemplateError(f"message {index} (assistant): the template's answer is "
+                                    f"{'empty' if trained.size == 0 else 'not one run of tokens'}")
+            covered[trained] = True
+            first, stop = int(trained[0]), int(trained[-1]) + 1
+            spans.append(MessageSpan(index, "assistant", start, first, stop, end, loss_end=stop))
+        if (answer & ~covered).any():
+            raise TemplateError("the template marks tokens outside the assistant messages as answers")
+        if len(checked) < len(given):  # the empty system prompt's place: no tokens, in front
+            first = spans[0].start if spans else int(ids.size)
+            spans = [MessageSpan(0, "system", first, first, first, first)] + [
+                dataclasses.replace(span, index=span.index + 1) for span in spans]
+        generation_start = None if rendered.generation_start is None else token_at(rendered.generation_start)
+        num_images = sum(m.content.count(self.format.image) for m in checked if m.role == "user")
+        return EncodedChat(ids, tuple(spans), num_images, generation_start)
 
     # --- decoding ------------------------------------------------------------------------
     def decode(self, ids: Sequence[int] | np.ndarray, *, stop_at_end_of_turn: bool = True) -> str:
@@ -256,11 +319,13 @@ class CXRTrekTokenizer:
             **special_map,
             "model_max_length": model_max_length,
             "clean_up_tokenization_spaces": False,
-            "chat_template": jinja_template(fmt),
+            "chat_template": jinja_template(fmt) if self.template is None else self.template.chat_template,
         }
         _write_json(directory / SPECIAL_TOKENS_MAP_FILE, special_map)
         _write_json(directory / TOKENIZER_CONFIG_FILE, config)
         fmt.save(directory)
+        if self.template is not None:
+            self.template.save(directory)
         return directory
 
     def _added_special(self) -> set[str]:
@@ -268,6 +333,14 @@ class CXRTrekTokenizer:
 
     def __repr__(self) -> str:
         return f"CXRTrekTokenizer(vocab_size={self.vocab_size}, format={self.format})"
+
+
+def _token_anchors(starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
+    """int64[T]: the char offset each token belongs at: its first character, or for a token with
+    no characters (bos added by the tokenizer) the anchor of the token before it (-1 in front), so a
+    token belongs to the message its first character is in."""
+    anchors = np.where(ends > starts, starts, -1)
+    return np.maximum.accumulate(anchors) if anchors.size else anchors
 
 
 def _write_json(path: Path, data: Any) -> None:
@@ -297,7 +370,7 @@ def load_tokenizer(directory: str | Path, fmt: ChatFormat | None = None) -> CXRT
         backend = tokenizers.Tokenizer.from_file(str(json_path))
     else:
         backend = _backend_via_transformers(directory)
-    return CXRTrekTokenizer(backend, fmt, source=str(directory))
+    return CXRTrekTokenizer(backend, fmt, source=str(directory), template=CheckpointTemplate.load(directory))
 
 
 def _backend_via_transformers(directory: Path) -> tokenizers.Tokenizer:
