@@ -19,6 +19,7 @@ _COMMAND_MODULES = (
     "cxrtrek_jax.cli.train_cmd",
     "cxrtrek_jax.cli.report_cmd",
     "cxrtrek_jax.cli.eval_cmd",
+    "cxrtrek_jax.cli.eval_external_cmd",
     "cxrtrek_jax.cli.infer_cmd",
     "cxrtrek_jax.cli.hf_cmd",
 )
