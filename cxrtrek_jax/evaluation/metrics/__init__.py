@@ -3,7 +3,8 @@
 Modules: `answer_parsing` (closed answers -> comparable values), `detection_metrics` (box IoU
 matching), `nlg_metrics` (BLEU, ROUGE-L, METEOR, CIDEr-D), `clinical_efficacy` (label agreement of
 reports, via `data_pipeline.reports`), `labeller_agreement`, `families` (what each kind of item
-contributes), `bootstrap` (study-level intervals) and `error_propagation`.
+contributes), `bootstrap` (study-level intervals), `error_propagation`, and for the public sets
+`auroc` (AUROC, F1), `detection_ap` (VOC average precision, mAP) and `vqa_answers`.
 """
 
 from data_pipeline.reports.chexpert_labeller import CHEXPERT_OBSERVATIONS

@@ -2,7 +2,8 @@
 
 Modules: `predictions` (the JSONL record contract), `scoring` (`score_predictions`),
 `answer_baselines` (the blind majority-answer baseline), `tables` (metrics.md), `stage_chart`
-(stages.png) and `outputs` (`write_metrics`).
+(stages.png), `outputs` (`write_metrics`) and `external_scores` (a public set's answers -> its
+community's metrics with intervals and the blind baseline).
 """
 
 from cxrtrek_jax.evaluation.scores.predictions import PredictionRecord, read_predictions
