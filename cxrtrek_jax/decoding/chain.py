@@ -54,7 +54,8 @@ from cxrtrek_jax.decoding.sampling import GREEDY, SamplingConfig
 from cxrtrek_jax.decoding.stepwise import StepwiseDecoder
 from cxrtrek_jax.decoding.turn_plans import Turn, TurnPlan
 from cxrtrek_jax.contexts import CHAIN_CONTEXTS
-from data_pipeline.files.images import load_image, resize_with_pad
+from data_pipeline.files.image_processing import ImageProcessing, model_input
+from data_pipeline.files.images import load_image
 from data_pipeline.schema.records import Message
 from data_pipeline.text.sequences import place_placeholders
 from data_pipeline.text.tokenizer import CXRTrekTokenizer
@@ -107,11 +108,13 @@ class TurnResult:
     context_dropped: int = 0
 
 
-def load_study_images(paths: Sequence[str | os.PathLike], image_size: int) -> np.ndarray:
-    """PNG/JPEG/DICOM files -> float32[K, S, S] (aspect kept, padded black); `ImageLoadError` names a bad file."""
+def load_study_images(paths: Sequence[str | os.PathLike], image_size: int,
+                      processing: ImageProcessing | None = None) -> np.ndarray:
+    """PNG/JPEG/DICOM files -> float32[K, S, S]: fitted by `processing` (an imported checkpoint's image
+    processor), by default aspect kept, padded black (`model_input`); `ImageLoadError` names a bad file."""
     if not paths:
         return np.zeros((0, image_size, image_size), np.float32)
-    return np.stack([resize_with_pad(load_image(path), image_size) for path in paths])
+    return np.stack([model_input(load_image(path), image_size, processing) for path in paths])
 
 
 class ChatTokens:
