@@ -202,7 +202,7 @@ def decode_predictions(
     import jax
 
     from cxrtrek_jax.decoding import DecodeSpec, StepwiseDecoder, run_chain
-    from cxrtrek_jax.decoding.model_loading import load_checkpoint_model
+    from cxrtrek_jax.decoding.model_loading import image_processing_of, load_checkpoint_model
     from data_pipeline.text.tokenizer import load_tokenizer
 
     unknown = [c for c in contexts if c not in CONTEXT_MODES]
@@ -222,7 +222,8 @@ def decode_predictions(
               f"{loaded.blank_images} (data.pipeline.blank_images, a text-only model); it is evaluated so, "
               "in every context", flush=True)
     for context in contexts:
-        studies = iter_eval_studies(data, config.vision.image_size, loaded.blank_images)
+        studies = iter_eval_studies(data, config.vision.image_size, loaded.blank_images,
+                                    processing=image_processing_of(tokenizer_path))
         if context == SWAPPED:
             studies = with_foreign_images(studies)
         for batch in _batches(studies, batch_size):
