@@ -135,6 +135,8 @@ def test_kinds_and_geometry_read_from_the_published_files(tmp_path):
     gemma = ImageProcessing.from_preprocessor_config(write_config(tmp_path, GEMMA_3, "gemma.json"))
     assert (gemma.kind, gemma.size, gemma.resample, gemma.channel_mean) == ("resize", 896, "bilinear", (0.5,) * 3)
     assert gemma.resized_shape((75, 130)) == (896, 896)
+    assert clip.describe().startswith("short side to 336 (bicubic), centre crop 336x336; normalise mean [0.48145466")
+    assert gemma.describe().endswith(f"(from {gemma.source})")
 
 
 def test_center_crop_keeps_the_middle_of_the_long_side(tmp_path):
@@ -190,7 +192,7 @@ def test_json_round_trip(tmp_path):
     (LLAVA_15, {"resample": 7}, "resample"),
     (LLAVA_15, {"image_mean": [0.5, 0.5]}, "image_mean"),
     (LLAVA_15, {"image_processor_type": "LlavaNextImageProcessor"}, "image_processor_type"),
-    (LLAVA_15, {"image_processor_type": "JanusImageProcessor"}, "image_processor_type"),
+    (LLAVA_15, {"image_processor_type": "ViTImageProcessor"}, "image_processor_type"),
 ])
 def test_refuses_what_is_not_reproduced_by_file_and_key(tmp_path, base, change, key):
     path = write_config(tmp_path, {**base, **change})
@@ -198,6 +200,32 @@ def test_refuses_what_is_not_reproduced_by_file_and_key(tmp_path, base, change, 
         ImageProcessing.from_preprocessor_config(path)
     message = str(error.value)
     assert message.startswith(f"{path}: {key}:"), message
+
+
+@pytest.mark.parametrize("pixel_mean, pixel_std", [(0.5, 0.5), (0.45, 0.25), (0.0, 1.0)])
+def test_our_llava_exports_processor_reads_back_as_ours(tmp_path, pixel_mean, pixel_std):
+    """What `export-hf` writes for a LLaVA-family model (a JanusImageProcessor) is our own
+    preprocessing, with the tower's normalisation; within the documented 1/255 of the file's processor."""
+    from transformers.models.janus.image_processing_pil_janus import JanusImageProcessorPil
+
+    from cxrtrek_jax.hf.llava_family import image_processor_options
+    from cxrtrek_jax.model import get_config
+
+    vision = dataclasses.replace(get_config("tiny").vision, pixel_mean=pixel_mean, pixel_std=pixel_std)
+    JanusImageProcessorPil(**image_processor_options(vision)).save_pretrained(str(tmp_path))
+    path = tmp_path / "preprocessor_config.json"
+    processing = ImageProcessing.from_preprocessor_config(path)
+    assert processing == dataclasses.replace(ImageProcessing.ours(vision.image_size, pixel_mean, pixel_std),
+                                             source=str(path))
+    png = gray_png(tmp_path, (100, 75), seed=5)
+    ours = processing.pixel_values(processing.fit(load_image(png)))
+    theirs = hf_pixel_values(path, png)
+    assert np.abs(ours - theirs).max() <= 1 / 255 / pixel_std + 1e-6
+    config = json.loads(path.read_text())
+    for change, key in (({"background_color": [255, 255, 255]}, "background_color"), ({"do_pad": False}, "do_pad"),
+                        ({"image_mean": [0.1, 0.2, 0.3]}, "image_mean")):
+        with pytest.raises(ValueError, match=f"{key}:"):
+            ImageProcessing.from_preprocessor_config(write_config(tmp_path, {**config, **change}, "changed.json"))
 
 
 def test_refuses_a_missing_key_rather_than_guessing_the_class_default(tmp_path):

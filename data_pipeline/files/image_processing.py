@@ -26,6 +26,10 @@ round(255 x), because that is the image the Hugging Face processor sees: for an 
 (loaded as k / 255) this gives back the file's own values; a 16-bit PNG or a DICOM loses its
 extra precision here, as it would when handed to the processor as an 8-bit PIL image.
 
+Our own LLaVA export writes a `JanusImageProcessor` (the closest Hugging Face processor to ours,
+`cxrtrek_jax.hf.llava_family`); `from_preprocessor_config` reads that form back as "pad" with the
+normalisation it encodes, since the model was trained with ours.
+
 `ImageProcessing.from_preprocessor_config(path)` reads a `preprocessor_config.json` and refuses,
 naming the file and the key, every setting it does not reproduce (pan and scan, padding,
 `crop_pct`, a rescale factor other than 1/255, a missing key whose class default would be
@@ -71,7 +75,7 @@ _PAN_AND_SCAN_KEYS = ("do_pan_and_scan", "pan_and_scan_min_crop_size", "pan_and_
 # Keys that may be absent: they cannot change the pixels of a gray image or are off when absent.
 _OPTIONAL_KEYS = ("do_convert_rgb",) + _PAN_AND_SCAN_KEYS
 # image_processor_type -> (kind, the keys it reads). The "Pil" names are transformers 5's PIL classes.
-_PROCESSOR_TYPES = {
+_PROCESSOR_TYPES: dict[str, tuple[str, tuple[str, ...]]] = {
     "CLIPImageProcessor": ("shortest_edge_center_crop", _CLIP_KEYS),
     "CLIPImageProcessorPil": ("shortest_edge_center_crop", _CLIP_KEYS),
     "Gemma3ImageProcessor": ("resize", _SQUARE_KEYS + _PAN_AND_SCAN_KEYS),
@@ -79,6 +83,10 @@ _PROCESSOR_TYPES = {
     "SiglipImageProcessor": ("resize", _SQUARE_KEYS),
     "SiglipImageProcessorPil": ("resize", _SQUARE_KEYS),
 }
+# What our LLaVA export writes (`cxrtrek_jax.hf.llava_family.image_processor_options`): read back as "pad".
+_JANUS_TYPES = ("JanusImageProcessor", "JanusImageProcessorPil")
+_JANUS_KEYS = ("do_resize", "size", "min_size", "resample", "do_pad", "background_color", "do_rescale",
+               "rescale_factor", "do_normalize", "image_mean", "image_std", "do_convert_rgb")
 
 
 def quantize_8bit(image: np.ndarray) -> np.ndarray:
@@ -264,9 +272,11 @@ def _refuse(path: str, key: str, reason: str) -> ValueError:
 
 def _from_config(config: Mapping[str, Any], path: str) -> ImageProcessing:
     processor_type = config.get("image_processor_type")
+    if processor_type in _JANUS_TYPES:
+        return _ours_from_janus(config, path)
     if processor_type not in _PROCESSOR_TYPES:
         raise _refuse(path, "image_processor_type",
-                      f"{processor_type!r} is not one of {sorted(_PROCESSOR_TYPES)}")
+                      f"{processor_type!r} is not one of {sorted([*_PROCESSOR_TYPES, *_JANUS_TYPES])}")
     kind, keys = _PROCESSOR_TYPES[processor_type]
     unknown = sorted(set(config) - set(keys) - set(_NAME_KEYS))
     if unknown:
@@ -295,6 +305,42 @@ def _from_config(config: Mapping[str, Any], path: str) -> ImageProcessing:
     else:
         size = resize_to = _square(config, path, "size")
     return ImageProcessing(kind, size, resize_to, RESAMPLE_FILTERS[resample], mean, std, path)
+
+
+def _ours_from_janus(config: Mapping[str, Any], path: str) -> ImageProcessing:
+    """Our own LLaVA export's `JanusImageProcessor` -> `ImageProcessing.ours` with the tower's
+    pixel_mean / pixel_std it encodes: (x * rescale_factor - image_mean) / image_std equals
+    (x / 255 - pixel_mean) / pixel_std with pixel_std = image_std / (255 * rescale_factor) and
+    pixel_mean = image_mean / (255 * rescale_factor) (both rounded to 12 significant digits, which
+    undoes the float rounding of the export's division). Only that export's form is accepted:
+    longest side to S (min_size 1), BILINEAR, centred black padding (background_color 0), one
+    mean and std for all channels; anything else (a Janus model's own processor) is refused.
+    The processor resizes 8-bit images where we resize floats: the model was trained with ours."""
+    unknown = sorted(set(config) - set(_JANUS_KEYS) - set(_NAME_KEYS))
+    if unknown:
+        raise _refuse(path, unknown[0], f"key not known for our exported JanusImageProcessor (unknown keys: {unknown})")
+    for key in _JANUS_KEYS:
+        if key not in config and key not in ("background_color", "do_convert_rgb"):
+            raise _refuse(path, key, "missing (the JanusImageProcessor class default is not assumed)")
+    for key, consequence in (("do_resize", "images would keep their own size"), ("do_pad", "not padded to a square"),
+                             ("do_rescale", "pixels would stay 0..255"), ("do_normalize", "not our export's form")):
+        _require_true(config, path, key, consequence)
+    if config["min_size"] != 1 or isinstance(config["min_size"], bool):
+        raise _refuse(path, "min_size", f"{config['min_size']!r}, our export writes 1")
+    if config["resample"] != 2 or isinstance(config["resample"], bool):
+        raise _refuse(path, "resample", f"{config['resample']!r}, our export writes 2 (bilinear)")
+    size = _square(config, path, "size")
+    mean, std = _normalisation(config, path)
+    if len(set(mean)) != 1 or len(set(std)) != 1:
+        raise _refuse(path, "image_mean", f"{mean} / {std}: our export writes one value for all channels")
+    background = config.get("background_color", [int(255 * m) for m in mean])
+    if background != [0, 0, 0]:
+        raise _refuse(path, "background_color", f"{background!r}, our export pads black ([0, 0, 0])")
+    per_level = 255.0 * _number(config, path, "rescale_factor")
+    if per_level <= 0:
+        raise _refuse(path, "rescale_factor", f"{config['rescale_factor']!r} must be > 0")
+    pixel_mean, pixel_std = (float(f"{v / per_level:.12g}") for v in (mean[0], std[0]))
+    return dataclasses.replace(ImageProcessing.ours(size, pixel_mean, pixel_std), source=path)
 
 
 def _require_bool(config: Mapping[str, Any], path: str, key: str) -> bool:
