@@ -133,7 +133,7 @@ def test_an_unknown_model_type_is_refused_naming_the_known_ones(tmp_path):
             load(str(tmp_path))
         message = str(err.value)
         assert "config.json: model_type 'qwen2_vl' is not supported" in message
-        assert "'llava' (LlavaForConditionalGeneration: SigLIP + Llama)" in message
+        assert "'llava' (LlavaForConditionalGeneration: SigLIP or CLIP + Llama)" in message
         assert "'gemma3' (Gemma3ForConditionalGeneration: Gemma 3, MedGemma)" in message
 
 

@@ -248,10 +248,10 @@ def test_from_hf_config_refuses_unrepresentable(field, value, message):
         llava_family.from_hf_config(hf)
 
 
-def test_from_hf_config_refuses_clip_tower():
+def test_from_hf_config_refuses_another_tower():
     hf = json.loads(llava_family.to_hf_config(get_config("tiny")).to_json_string())
-    hf["vision_config"] = {"model_type": "clip_vision_model"}
-    with pytest.raises(hf_errors.HFConfigError, match="vision_config.model_type"):
+    hf["vision_config"] = {"model_type": "dinov2"}
+    with pytest.raises(hf_errors.HFConfigError, match="vision_config.model_type='dinov2'.*SigLIP.*CLIP"):
         llava_family.from_hf_config(hf)
 
 

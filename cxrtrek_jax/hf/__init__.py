@@ -8,7 +8,8 @@
 
 Modules: shared by every family, `errors`, `tensor_specs` (tensor name mapping and layout
 changes), `safetensors_dir` (single or sharded safetensors files), `siglip_tower` (the vision
-tower both families use) and `family_spec` (`HFFamily`, what a family declares); one module per
+tower both families use), `clip_tower` (LLaVA-1.5's) and `family_spec` (`HFFamily`, what a family
+declares); one module per
 family, `llava_family` (`LlavaForConditionalGeneration`) and `gemma3_family`
 (`Gemma3ForConditionalGeneration`; the CXRTrekNet decoder itself is `cxrtrek_jax/model/gemma3.py`);
 `families`, the table everything below looks families up in; `conversion` (configs, tensors,

@@ -13,7 +13,7 @@ A family is one module of `cxrtrek_jax.hf` (name it `<family>_family.py`) that d
   * to_hf_config / from_hf_config: the config mapping both ways, refusing by field name
     (`errors.refuse`) what either side cannot represent;
   * tensor_specs(cfg, vision_head): every checkpoint tensor, built from `tensor_specs` (dense,
-    norm, bias specs) and `siglip_tower` (its vision tower, if SigLIP);
+    norm, bias specs) and `siglip_tower` / `clip_tower` (its vision tower, if SigLIP / CLIP);
   * check_export and write_processor: the export's checks and its tokenizer + processor files;
   * optionally chat_image_wrapping (text its processor writes around an image's tokens) and
     layout (tensor and module names, default `CONDITIONAL_GENERATION_LAYOUT`).
@@ -39,7 +39,7 @@ def find_family(model_type: str | None) -> HFFamily | None:
 
 
 def supported() -> str:
-    """The families for messages: "'llava' (LlavaForConditionalGeneration: SigLIP + Llama) and ..."."""
+    """The families for messages: "'llava' (LlavaForConditionalGeneration: SigLIP or CLIP + Llama) and ..."."""
     return " and ".join(f.describe() for f in FAMILIES)
 
 

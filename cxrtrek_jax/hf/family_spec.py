@@ -24,7 +24,7 @@ class HFFamily:
     is the one it writes). config_class, model_class: classes of `transformers` by name, e.g.
     "LlavaConfig", "LlavaForConditionalGeneration", or "package.module:Name" for a class defined
     elsewhere (resolved when first needed, `hf_class`). architecture: one line for
-    messages ("SigLIP + Llama"). text_family, projector_kind: the `TextConfig.family` and
+    messages ("SigLIP or CLIP + Llama"). text_family, projector_kind: the `TextConfig.family` and
     `ProjectorConfig.kind` of the model configs it exports (no two families share the pair).
     to_hf_config(cfg, *, bos_token_id, eos_token_id, pad_token_id, **ids): the transformers
     config, `ids` being what `check_export` returned. from_hf_config(hf_config_or_dict, *,
@@ -67,6 +67,6 @@ class HFFamily:
         return getattr(importlib.import_module(module or "transformers"), attribute)
 
     def describe(self) -> str:
-        """E.g. "'llava' (LlavaForConditionalGeneration: SigLIP + Llama)"."""
+        """E.g. "'llava' (LlavaForConditionalGeneration: SigLIP or CLIP + Llama)"."""
         model_class = self.model_class.rpartition(":")[2]
         return f"{', '.join(repr(t) for t in self.model_types)} ({model_class}: {self.architecture})"

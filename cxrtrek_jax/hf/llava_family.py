@@ -1,14 +1,20 @@
 """The LLaVA family: CXRTrekNet (text.family "llama", projector.kind "mlp") <->
-`transformers.LlavaForConditionalGeneration` (SigLIP vision tower, 2-layer MLP projector, Llama
-text model); config.json `model_type` "llava".
+`transformers.LlavaForConditionalGeneration` (SigLIP or CLIP vision tower, 2-layer MLP projector,
+Llama text model); config.json `model_type` "llava".
 
 Config mapping (`to_hf_config` / `from_hf_config`):
-  * vision -> `SiglipVisionConfig` (`siglip_tower`);
-  * LLaVA takes `vision_tower(...).hidden_states[vision_feature_layer]`, with
-    `vision_feature_select_strategy="full"` (SigLIP has no class token to
-    drop). SigLIP's `post_layernorm` is applied to that state only when the
-    vision config sets `tie_last_hidden_states=True` and the feature layer is
-    the last one; that is our `VisionConfig.feature_final_norm`;
+  * vision -> `SiglipVisionConfig` (`siglip_tower`), or `CLIPVisionConfig`
+    (`clip_tower`, LLaVA-1.5 as llava-hf publishes it) when the tower has a
+    class token; `vision_config.model_type` says which on import;
+  * LLaVA takes `vision_tower(...).hidden_states[vision_feature_layer]`.
+    SigLIP: `vision_feature_select_strategy="full"` (no class token to drop);
+    its `post_layernorm` is applied to that state only when the vision
+    config sets `tie_last_hidden_states=True` and the feature layer is the
+    last one; that is our `VisionConfig.feature_final_norm`. CLIP: strategy
+    "default" drops the class token's feature (LLaVA-1.5, with
+    `vision_feature_layer=-2`), "full" keeps it (grid**2 + 1 image tokens);
+    that is our `VisionConfig.feature_class_token`. CLIP's `post_layernorm`
+    never reaches the features;
   * text -> `LlamaConfig` (silu, no biases, default RoPE in the rotate-half
     layout, which is also ours: no q/k permutation is needed).
 
@@ -54,7 +60,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from cxrtrek_jax.hf import siglip_tower
+from cxrtrek_jax.hf import clip_tower, siglip_tower
 from cxrtrek_jax.hf.errors import ExportError, HFConfigError, refuse
 from cxrtrek_jax.hf.family_spec import HFFamily
 from cxrtrek_jax.hf.tensor_specs import TensorSpec, bias_specs, dense_specs, norm_specs
@@ -80,7 +86,10 @@ def to_hf_config(cfg: ModelConfig, *, bos_token_id: int | None = 1, eos_token_id
     if text.embed_dim % text.num_heads:
         raise HFConfigError(f"text.embed_dim ({text.embed_dim}) must be a multiple of text.num_heads "
                             f"({text.num_heads}) for transformers' LlamaConfig")
-    vision_config = siglip_tower.siglip_config(vision, tie_last_hidden_states=vision.feature_final_norm)
+    if clip_tower.is_clip(vision):
+        vision_config = clip_tower.clip_config(vision)
+    else:
+        vision_config = siglip_tower.siglip_config(vision, tie_last_hidden_states=vision.feature_final_norm)
     text_config = LlamaConfig(
         vocab_size=text.vocab_size, hidden_size=text.embed_dim, intermediate_size=text.mlp_dim,
         num_hidden_layers=text.num_layers, num_attention_heads=text.num_heads,
@@ -92,7 +101,7 @@ def to_hf_config(cfg: ModelConfig, *, bos_token_id: int | None = 1, eos_token_id
     return LlavaConfig(
         vision_config=vision_config, text_config=text_config, image_token_id=cfg.image_token_id,
         image_seq_length=vision.tokens_per_image, projector_hidden_act=cfg.projector.activation,
-        vision_feature_select_strategy="full", vision_feature_layer=vision.feature_layer,
+        vision_feature_select_strategy=_select_strategy(vision), vision_feature_layer=vision.feature_layer,
         multimodal_projector_bias=cfg.projector.use_bias, tie_word_embeddings=text.tie_embeddings)
 
 
@@ -109,20 +118,38 @@ def _refuse_text(tc: Any) -> dict:
     return rope
 
 
-def _vision_config(hf_config: Any) -> VisionConfig:
+def _select_strategy(vision: VisionConfig) -> str:
+    """LLaVA's `vision_feature_select_strategy`: "default" drops the class token's feature, "full" keeps
+    every token (all there is without a class token)."""
+    return "default" if vision.class_token and not vision.feature_class_token else "full"
+
+
+def _tower_fields(hf_config: Any) -> dict[str, Any]:
+    """The VisionConfig fields of the vision tower and of the feature select strategy."""
     vc = hf_config.vision_config
-    fields = siglip_tower.vision_fields(vc)
     strategy = hf_config.vision_feature_select_strategy
+    if vc.model_type == clip_tower.MODEL_TYPE:
+        refuse(strategy not in ("default", "full"), "vision_feature_select_strategy", strategy,
+               "'default' drops the class token's feature, 'full' keeps it; nothing else is known")
+        return dict(clip_tower.vision_fields(vc), feature_class_token=strategy == "full")
+    refuse(vc.model_type != siglip_tower.MODEL_TYPE, "vision_config.model_type", vc.model_type,
+           f"the vision tower must be SigLIP ({siglip_tower.MODEL_TYPE!r}) or CLIP ({clip_tower.MODEL_TYPE!r})")
     refuse(strategy != "full", "vision_feature_select_strategy", strategy,
            "SigLIP has no class token; only 'full' keeps every patch feature")
+    return dict(siglip_tower.vision_fields(vc),
+                feature_final_norm=bool(getattr(vc, "tie_last_hidden_states", False)))
+
+
+def _vision_config(hf_config: Any) -> VisionConfig:
+    fields = _tower_fields(hf_config)
     layer = hf_config.vision_feature_layer
     refuse(not isinstance(layer, int), "vision_feature_layer", layer, "only a single feature layer is supported")
     depth = fields["depth"]
     refuse(not -(depth + 1) <= layer <= depth, "vision_feature_layer", layer,
            f"out of range for {depth} vision layers")
     last_layer = layer % (depth + 1) == depth
-    vision = VisionConfig(**fields, feature_layer=layer,
-                          feature_final_norm=bool(getattr(vc, "tie_last_hidden_states", False)) and last_layer)
+    fields["feature_final_norm"] = fields["feature_final_norm"] and last_layer
+    vision = VisionConfig(**fields, feature_layer=layer)
     refuse(hf_config.image_seq_length != vision.tokens_per_image, "image_seq_length",
            hf_config.image_seq_length, f"the vision tower gives {vision.tokens_per_image} tokens per image")
     return vision
@@ -197,7 +224,8 @@ def _text_specs(t: TextConfig) -> list[TensorSpec]:
 def tensor_specs(cfg: ModelConfig, vision_head: bool = False) -> list[TensorSpec]:
     """Every HF tensor of the LLaVA checkpoint for `cfg`, in checkpoint order (with `vision_head`,
     also SigLIP's pooling head, dropped on import)."""
-    specs = siglip_tower.tower_specs(cfg.vision) + _projector_specs(cfg) + _text_specs(cfg.text)
+    tower = clip_tower if clip_tower.is_clip(cfg.vision) else siglip_tower
+    specs = tower.tower_specs(cfg.vision) + _projector_specs(cfg) + _text_specs(cfg.text)
     return specs + (siglip_tower.head_specs(cfg.vision) if vision_head else [])
 
 
@@ -263,7 +291,8 @@ def write_processor(directory: str | os.PathLike, tokenizer: Any, cfg: ModelConf
         image_processor=JanusImageProcessorPil(**image_processor_options(cfg.vision)),
         tokenizer=hf_tokenizer,
         patch_size=cfg.vision.patch_size,
-        vision_feature_select_strategy="full",
+        vision_feature_select_strategy=_select_strategy(cfg.vision),
+        num_additional_image_tokens=int(cfg.vision.class_token),
         chat_template=jinja_template(tokenizer.format),
         image_token=tokenizer.format.image,
     )
@@ -275,7 +304,7 @@ FAMILY = HFFamily(
     model_types=(MODEL_TYPE,),
     config_class="LlavaConfig",
     model_class="LlavaForConditionalGeneration",
-    architecture="SigLIP + Llama",
+    architecture="SigLIP or CLIP + Llama",
     text_family="llama",
     projector_kind="mlp",
     to_hf_config=to_hf_config,

@@ -1,5 +1,5 @@
-"""The SigLIP vision tower both Hugging Face families use (LLaVA's `vision_tower`, Gemma 3's): our
-`VisionConfig` <-> `transformers.SiglipVisionConfig`, and the tower's tensor specs.
+"""The SigLIP vision tower both Hugging Face families use (Gemma 3's `vision_tower`, and LLaVA's unless it
+is CLIP, `clip_tower`): our `VisionConfig` <-> `transformers.SiglipVisionConfig`, and the tower's tensor specs.
 
 The config is written with `vision_use_head=False`: neither family uses SigLIP's attention-pooling
 head, so no unused tensors are written; a checkpoint that has the head (`vision_use_head=True`) is
@@ -15,13 +15,22 @@ from cxrtrek_jax.hf.errors import refuse
 from cxrtrek_jax.hf.tensor_specs import TensorSpec, bias_specs, dense_specs, norm_specs
 from cxrtrek_jax.model import ACTIVATIONS, VisionConfig
 
-__all__ = ["head_specs", "siglip_config", "tower_specs", "vision_fields"]
+__all__ = ["MODEL_TYPE", "encoder_specs", "head_specs", "siglip_config", "square_size", "tower_specs",
+           "vision_fields"]
+
+MODEL_TYPE = "siglip_vision_model"
 
 
 def siglip_config(vision: VisionConfig, **extra: Any):
-    """The `transformers.SiglipVisionConfig` of `vision` (no pooling head); `extra` adds family fields."""
+    """The `transformers.SiglipVisionConfig` of `vision` (no pooling head); `extra` adds family fields.
+
+    Refuses (HFConfigError, naming the field) a CLIP-style tower: SigLIP has no class token, no
+    pre-norm, and a patch projection with bias."""
     from transformers import SiglipVisionConfig
 
+    for field, siglip in (("class_token", False), ("pre_norm", False), ("patch_bias", True)):
+        refuse(getattr(vision, field) != siglip, f"vision.{field}", getattr(vision, field),
+               f"a SigLIP vision tower has {field}={siglip}")
     return SiglipVisionConfig(
         hidden_size=vision.width, intermediate_size=vision.mlp_dim, num_hidden_layers=vision.depth,
         num_attention_heads=vision.num_heads, num_channels=vision.num_channels, image_size=vision.image_size,
@@ -29,7 +38,8 @@ def siglip_config(vision: VisionConfig, **extra: Any):
         vision_use_head=False, **extra)
 
 
-def _square_size(value: Any, field: str) -> int:
+def square_size(value: Any, field: str) -> int:
+    """An image or patch size of a vision config (an int, or a square [h, w]); refuses a non-square one."""
     if isinstance(value, (list, tuple)):
         refuse(len(set(value)) != 1, field, value, "only square sizes are supported")
         value = value[0]
@@ -39,12 +49,12 @@ def _square_size(value: Any, field: str) -> int:
 def vision_fields(vc: Any) -> dict[str, Any]:
     """The `VisionConfig` fields of a `SiglipVisionConfig` (all but `feature_layer` and
     `feature_final_norm`, the family's choice); refuses, naming the field, another tower or activation."""
-    refuse(vc.model_type != "siglip_vision_model", "vision_config.model_type", vc.model_type,
+    refuse(vc.model_type != MODEL_TYPE, "vision_config.model_type", vc.model_type,
            "the vision tower must be SigLIP")
     refuse(vc.hidden_act not in ACTIVATIONS, "vision_config.hidden_act", vc.hidden_act, f"supported: {ACTIVATIONS}")
     return dict(
-        image_size=_square_size(vc.image_size, "vision_config.image_size"),
-        patch_size=_square_size(vc.patch_size, "vision_config.patch_size"),
+        image_size=square_size(vc.image_size, "vision_config.image_size"),
+        patch_size=square_size(vc.patch_size, "vision_config.patch_size"),
         width=vc.hidden_size, depth=int(vc.num_hidden_layers), num_heads=vc.num_attention_heads,
         mlp_dim=vc.intermediate_size, num_channels=vc.num_channels, activation=vc.hidden_act,
         layer_norm_eps=float(vc.layer_norm_eps))
@@ -53,15 +63,22 @@ def vision_fields(vc: Any) -> dict[str, Any]:
 def tower_specs(v: VisionConfig) -> list[TensorSpec]:
     """Every tensor of the tower (`vision_tower.*`: patch and position embeddings, the encoder
     layers, the post-layernorm), in checkpoint order."""
-    e, h, d, m, p = v.width, v.num_heads, v.head_dim, v.mlp_dim, v.patch_size
+    e, p = v.width, v.patch_size
     specs = [
         TensorSpec("vision_tower.embeddings.patch_embedding.weight", (e, v.num_channels, p, p),
                    ("vision", "patch_embed", "kernel"), (p, p, v.num_channels, e), "conv"),
         TensorSpec("vision_tower.embeddings.patch_embedding.bias", (e,), ("vision", "patch_embed", "bias"),
                    (e,), "reshape"),
-        TensorSpec("vision_tower.embeddings.position_embedding.weight", (v.tokens_per_image, e),
-                   ("vision", "pos_embed"), (v.tokens_per_image, e), "reshape"),
+        TensorSpec("vision_tower.embeddings.position_embedding.weight", (v.num_positions, e),
+                   ("vision", "pos_embed"), (v.num_positions, e), "reshape"),
     ]
+    return specs + encoder_specs(v) + norm_specs("vision_tower.post_layernorm", ("vision", "final_norm"), e, True)
+
+
+def encoder_specs(v: VisionConfig) -> list[TensorSpec]:
+    """The encoder layers (`vision_tower.encoder.layers.*`), named and laid out alike in SigLIP and CLIP."""
+    e, h, d, m = v.width, v.num_heads, v.head_dim, v.mlp_dim
+    specs = []
     for i in range(v.depth):
         hf, ours = f"vision_tower.encoder.layers.{i}", ("vision", "layers", i)
         specs += norm_specs(f"{hf}.layer_norm1", (*ours, "norm1"), e, True)
@@ -75,7 +92,6 @@ def tower_specs(v: VisionConfig) -> list[TensorSpec]:
         specs += bias_specs(f"{hf}.mlp.fc1", (*ours, "mlp", "fc1"), (m,))
         specs += dense_specs(f"{hf}.mlp.fc2", (*ours, "mlp", "fc2"), (m,), (e,))
         specs += bias_specs(f"{hf}.mlp.fc2", (*ours, "mlp", "fc2"), (e,))
-    specs += norm_specs("vision_tower.post_layernorm", ("vision", "final_norm"), e, True)
     return specs
 
 

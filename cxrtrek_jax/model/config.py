@@ -43,7 +43,7 @@ __all__ = [
 ]
 
 # Activation names, spelled as in Hugging Face `ACT2FN`.
-ACTIVATIONS = ("gelu", "gelu_pytorch_tanh")
+ACTIVATIONS = ("gelu", "gelu_pytorch_tanh", "quick_gelu")
 # Compute dtypes (parameters are always float32).
 COMPUTE_DTYPES = ("float32", "bfloat16")
 # Top-level towers of the model, the units of freezing.
@@ -75,17 +75,23 @@ class VisionConfig:
 
     Images enter as grayscale float32 in [0, 1]; the encoder replicates them
     to `num_channels` equal channels and normalises each with
-    `(x - pixel_mean) / pixel_std` (SigLIP: 0.5 / 0.5, i.e. [-1, 1]), or, when
-    `channel_mean` / `channel_std` are set (both, one value per channel, as
-    an imported checkpoint's image processor has them, e.g. CLIP's), channel c
-    with `(x - channel_mean[c]) / channel_std[c]`; they then override
-    `pixel_mean` / `pixel_std` (`channel_normalisation`).
+    `(x - pixel_mean) / pixel_std` (SigLIP: 0.5 / 0.5, i.e. [-1, 1]).
 
     `feature_layer` picks the hidden state handed to the projector, indexed
     like Hugging Face `hidden_states` (0 = patch + position embeddings,
     i = output of block i, negative counts from the end: -1 = last block).
     `feature_final_norm` applies the final LayerNorm to that state; it is
     only allowed when the feature layer is the last block.
+
+    CLIP-style towers (LLaVA-1.5): `class_token` prepends a learned class
+    embedding to the patch tokens (position embeddings then have
+    grid_size**2 + 1 rows, row 0 the class token's); `pre_norm` applies a
+    LayerNorm to the embedded tokens before the first block (CLIP's
+    "pre_layrnorm"; hidden state 0 is taken after it); `patch_bias=False`
+    drops the patch projection's bias. `feature_class_token` hands the class
+    token's feature to the projector as well (Hugging Face strategy "full");
+    by default it is dropped (strategy "default"), so the projector gets the
+    grid_size**2 patch features either way. The defaults are SigLIP's.
     """
 
     image_size: int
@@ -99,10 +105,12 @@ class VisionConfig:
     layer_norm_eps: float = 1e-6
     feature_layer: int = -1
     feature_final_norm: bool = True
+    class_token: bool = False
+    pre_norm: bool = False
+    patch_bias: bool = True
+    feature_class_token: bool = False
     pixel_mean: float = 0.5
     pixel_std: float = 0.5
-    channel_mean: tuple[float, ...] | None = None
-    channel_std: tuple[float, ...] | None = None
 
     def __post_init__(self) -> None:
         _require_positive(self, "image_size", "patch_size", "width", "depth", "num_heads",
@@ -119,25 +127,9 @@ class VisionConfig:
         _require(not self.feature_final_norm or self.feature_layer_index == self.depth,
                  "VisionConfig.feature_final_norm=True requires the feature layer to be the last "
                  f"block, got feature_layer={self.feature_layer} with depth {self.depth}")
+        _require(self.class_token or not self.feature_class_token,
+                 "VisionConfig.feature_class_token=True requires class_token=True (there is no class token to keep)")
         _require(self.pixel_std > 0, f"VisionConfig.pixel_std must be > 0, got {self.pixel_std}")
-        for name in ("channel_mean", "channel_std"):
-            if getattr(self, name) is not None:
-                object.__setattr__(self, name, tuple(float(v) for v in getattr(self, name)))
-        _require((self.channel_mean is None) == (self.channel_std is None),
-                 "VisionConfig.channel_mean and channel_std must be set together (or both None), got "
-                 f"{self.channel_mean} and {self.channel_std}")
-        if self.channel_mean is not None:
-            _require(len(self.channel_mean) == len(self.channel_std) == self.num_channels,
-                     f"VisionConfig.channel_mean and channel_std need {self.num_channels} values "
-                     f"(num_channels), got {self.channel_mean} and {self.channel_std}")
-            _require(min(self.channel_std) > 0, f"VisionConfig.channel_std must be > 0, got {self.channel_std}")
-
-    @property
-    def channel_normalisation(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
-        """(mean, std) per input channel: `channel_mean/std`, else `pixel_mean/std` on every channel."""
-        if self.channel_mean is not None:
-            return self.channel_mean, self.channel_std
-        return (self.pixel_mean,) * self.num_channels, (self.pixel_std,) * self.num_channels
 
     @property
     def grid_size(self) -> int:
@@ -146,9 +138,15 @@ class VisionConfig:
         return self.image_size // self.patch_size
 
     @property
+    def num_positions(self) -> int:
+        """Rows of the position embedding: grid_size**2 patches, plus 1 with a class token."""
+        return self.grid_size**2 + int(self.class_token)
+
+    @property
     def tokens_per_image(self) -> int:
-        """Feature tokens per image, N = grid_size**2."""
-        return self.grid_size**2
+        """Feature tokens per image handed to the projector: grid_size**2 patches, plus the class
+        token's with `feature_class_token`."""
+        return self.grid_size**2 + int(self.feature_class_token)
 
     @property
     def head_dim(self) -> int:
@@ -321,6 +319,9 @@ class ModelConfig:
             side, grid = round(self.projector.tokens_per_image**0.5), self.vision.grid_size
             _require(grid % side == 0, f"ProjectorConfig.tokens_per_image {self.projector.tokens_per_image} "
                                        f"({side} per side) must pool the {grid}x{grid} patch grid evenly")
+            _require(not self.vision.feature_class_token,
+                     "VisionConfig.feature_class_token=True cannot feed projector kind 'gemma3', which pools "
+                     "the patch grid")
 
     @property
     def tokens_per_image(self) -> int:

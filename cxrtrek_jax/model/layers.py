@@ -32,11 +32,14 @@ def param(value: jax.Array, names: Sequence[str], kind: type[nnx.Param] = nnx.Pa
 
 
 def activation(name: str):
-    """Activation by Hugging Face name: "gelu" (exact, erf) or "gelu_pytorch_tanh"."""
+    """Activation by Hugging Face name: "gelu" (exact, erf), "gelu_pytorch_tanh", or "quick_gelu"
+    (CLIP's x * sigmoid(1.702 x))."""
     if name == "gelu":
         return lambda x: jax.nn.gelu(x, approximate=False)
     if name == "gelu_pytorch_tanh":
         return lambda x: jax.nn.gelu(x, approximate=True)
+    if name == "quick_gelu":
+        return lambda x: x * jax.nn.sigmoid(1.702 * x)
     raise ValueError(f"unknown activation {name!r}")
 
 
