@@ -96,11 +96,12 @@ def write_iu_csv(folder: Path) -> Path:
 
 
 def write_chexpert(folder: Path) -> Path:
-    """CheXpert-v1.0-small/valid.csv: two patients with a frontal and a lateral image each."""
+    """CheXpert-v1.0-small/valid.csv: two patients with a frontal and a lateral image each (patient 2:
+    an uncertain Atelectasis and a blank Fracture, as the training table has them)."""
     root = folder / "chexpert"
     rows = []
     labels = {1: {"Cardiomegaly": "1.0", "Pleural Effusion": "1.0", "Edema": "0.0"},
-              2: {"No Finding": "1.0", "Support Devices": "1.0", "Atelectasis": "-1.0"}}
+              2: {"No Finding": "1.0", "Support Devices": "1.0", "Atelectasis": "-1.0", "Fracture": ""}}
     for patient, positive in labels.items():
         for view, side, projection in ((1, "frontal", "Frontal"), (2, "lateral", "Lateral")):
             path = f"CheXpert-v1.0-small/valid/patient6454{patient}/study1/view{view}_{side}.jpg"

@@ -143,9 +143,7 @@ def write_llava15(directory: Path, *, template: str = LLAVA15_TEMPLATE, template
         "do_normalize": True, "do_rescale": True, "do_resize": True, "image_mean": CLIP_MEAN,
         "image_processor_type": "CLIPImageProcessor", "image_std": CLIP_STD, "processor_class": "LlavaProcessor",
         "resample": 3, "rescale_factor": 0.00392156862745098, "size": {"shortest_edge": IMAGE_SIZE}})
-    ids = backend.token_to_id
-    _write(directory / "generation_config.json", {"_from_model_config": True, "bos_token_id": ids("<s>"),
-                                                  "eos_token_id": ids("</s>"), "pad_token_id": ids("<pad>")})
+    write_generation_config(directory, backend)
     return backend
 
 
@@ -178,10 +176,7 @@ def write_gemma3(directory: Path) -> Tokenizer:
         "pan_and_scan_min_crop_size": None, "pan_and_scan_min_ratio_to_activate": None,
         "processor_class": "Gemma3Processor", "resample": 2, "rescale_factor": 1 / 255,
         "size": {"height": IMAGE_SIZE, "width": IMAGE_SIZE}})
-    ids = backend.token_to_id
-    _write(directory / "generation_config.json", {"bos_token_id": ids("<bos>"), "cache_implementation": "hybrid",
-                                                  "do_sample": True, "eos_token_id": [ids("<eos>"), ids("<end_of_turn>")],
-                                                  "pad_token_id": ids("<pad>"), "top_k": 64, "top_p": 0.95})
+    write_generation_config(directory, backend)
     return backend
 
 
@@ -191,3 +186,17 @@ def write_chatml(directory: Path) -> Tokenizer:
     backend.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in ("<|im_start|>", "<|im_end|>")])
     backend.save(str(directory / "tokenizer.json"))
     return backend
+
+
+def write_generation_config(directory: Path, backend: Tokenizer) -> None:
+    """generation_config.json as the publisher's (write it again after `save_pretrained`, which writes
+    the model's own): Gemma 3 stops at <eos> or <end_of_turn> and samples by default; llava at </s>."""
+    ids = backend.token_to_id
+    if ids("<end_of_turn>") is not None:
+        config = {"bos_token_id": ids("<bos>"), "cache_implementation": "hybrid", "do_sample": True,
+                  "eos_token_id": [ids("<eos>"), ids("<end_of_turn>")], "pad_token_id": ids("<pad>"), "top_k": 64,
+                  "top_p": 0.95}
+    else:
+        config = {"_from_model_config": True, "bos_token_id": ids("<s>"), "eos_token_id": ids("</s>"),
+                  "pad_token_id": ids("<pad>")}
+    _write(directory / "generation_config.json", config)

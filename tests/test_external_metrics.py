@@ -69,6 +69,9 @@ def test_average_precision_hand_computed_at_both_thresholds():
     # every box scored alike: one point, AP = recall x precision: 3/3 * 3/4 and 2/3 * 2/4
     assert average_precision(*_ranked(0.4, True), 3) == pytest.approx(0.75)
     assert average_precision(*_ranked(0.5, True), 3) == pytest.approx(1 / 3)
+    # TP FP FP TP TP over 3 references: precision 1, 1/2, 1/3, 1/2, 3/5; the step to recall 2/3 takes
+    # the best precision at or beyond it (3/5, not 1/2): 1/3 + 1/3 * 3/5 + 1/3 * 3/5 = 11/15
+    assert average_precision([5, 4, 3, 2, 1], [1, 0, 0, 1, 1], 3) == pytest.approx(11 / 15)
     assert np.isnan(average_precision([], [], 0)) and average_precision([], [], 2) == 0.0
     assert mean_average_precision({"a": 0.5, "b": float("nan"), "c": 1.0}) == pytest.approx(0.75)
 

@@ -89,7 +89,7 @@ def test_chexpert_frontal_images_fourteen_questions_and_the_uncertain_policy(tmp
     assert len(data.items) == 2 * len(CHEXPERT_OBSERVATIONS) - 1  # patient 2's uncertain Atelectasis left out
     answers = {(i.group.split("/")[2], i.label): i.reference for i in data.items}
     assert answers[("patient64541", "Cardiomegaly")] == "Yes" and answers[("patient64541", "Edema")] == "No"
-    assert ("patient64542", "Atelectasis") not in answers
+    assert ("patient64542", "Atelectasis") not in answers and answers[("patient64542", "Fracture")] == "No"
     assert data.skipped == {"lateral image": 2, "uncertain label (ignored)": 1}
     ones = read_external_set("chexpert", root, uncertain="ones")
     assert {i.reference for i in ones.items if i.label == "Atelectasis" and "64542" in i.group} == {"Yes"}

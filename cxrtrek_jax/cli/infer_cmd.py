@@ -59,13 +59,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--prior", nargs="+", default=[], metavar="FILE", help="prior-study image(s) (with --image)")
     parser.add_argument("--later", nargs="+", default=[], metavar="FILE",
                         help="later (follow-up) study image(s) for stage 6 (with --image)")
+    parser.add_argument("--question", action="append", default=None, metavar="TEXT",
+                        help="ask this question (repeatable: one chain of the given questions, each seeing the "
+                             "earlier ones and their answers) instead of the question script; with --image")
+    parser.add_argument("--system-prompt", default=None, metavar="TEXT",
+                        help="the system message of --image chains (default: none for a checkpoint imported "
+                             "from Hugging Face, which renders through its own chat template; the CXRTrek "
+                             "system prompt for models trained here)")
     parser.add_argument("--context", choices=CHAIN_CONTEXTS, default="own",
                         help="what earlier turns hold: the model's answers (own), the references (teacher) "
                              "or nothing (none); default own")
     parser.add_argument("--order", choices=_ORDERS, default="given",
                         help="turn order of --data studies: as given, or canonical stages 1..8 (default given)")
     parser.add_argument("--max-new-tokens", type=int, default=128,
-                        help="most tokens per answer, end-of-turn included (default 128)")
+                        help="most tokens an answer writes, as generate's max_new_tokens (an answer that "
+                             "reaches it is closed with the end-of-turn token after them; default 128)")
     parser.add_argument("--cache-length", type=int, default=None,
                         help="KV-cache slots per study (default: the model's max_positions)")
     parser.add_argument("--batch-size", type=int, default=4, help="studies decoded together (default 4)")
@@ -84,6 +92,13 @@ def _check_args(args: argparse.Namespace) -> None:
     if args.image is not None and (args.image_root is not None or split_rule_from(args) is not None
                                    or args.split != EVERY_SPLIT):
         raise CLIError("--image-root, --split and the split flags go with --data")
+    if args.image is None and (args.question or args.system_prompt is not None):
+        raise CLIError("--question and --system-prompt go with --image (studies in --data have their own)")
+    if args.question and args.out:
+        raise CLIError("--out writes prediction records, scored per stage; the questions of --question have "
+                       "no stage: leave out --out (the answers are printed)")
+    if args.question and any(not q.strip() for q in args.question):
+        raise CLIError("--question needs a non-empty question")
     if args.image is not None and args.context == "teacher":
         raise CLIError("--context teacher needs reference answers: use --data with studies that have them")
     for name in ("max_new_tokens", "batch_size"):
@@ -165,30 +180,52 @@ def _script_plan(script, current: int, prior: int, later: int):
     return functools.partial(fixed_plan, turns), lines
 
 
-def _image_studies(args: argparse.Namespace, image_size: int, script, line: str):
+def _image_studies(args: argparse.Namespace, image_size: int, script, line: str, tokenizer, processing=None):
     from cxrtrek_jax.decoding import ChainStudy
-    from data_pipeline.files.cxrtrek_json import DEFAULT_SYSTEM_PROMPT
 
-    images = _load_images([*args.image, *args.prior, *args.later], image_size)
-    plan, skipped = _script_plan(script, len(args.image), len(args.prior), len(args.later))
-    print(line)
-    for what in skipped:
-        print(f"skipped, {what}")
-    return [ChainStudy(study_id=Path(args.image[0]).stem, images=images, system_prompt=DEFAULT_SYSTEM_PROMPT,
+    images = _load_images([*args.image, *args.prior, *args.later], image_size, processing)
+    if args.question:
+        plan = functools.partial(_question_plan, tuple(args.question), len(images))
+        print(f"questions: the {len(args.question)} given with --question, in one chain")
+    else:
+        plan, skipped = _script_plan(script, len(args.image), len(args.prior), len(args.later))
+        print(line)
+        for what in skipped:
+            print(f"skipped, {what}")
+    return [ChainStudy(study_id=Path(args.image[0]).stem, images=images, system_prompt=_system_prompt(args, tokenizer),
                        plan=plan)]
 
 
-def _load_images(paths, image_size: int):
+def _question_plan(questions: tuple[str, ...], images: int):
+    """The plan of --question: each question a turn (no stage: 0), every image shown with the first."""
+    from cxrtrek_jax.decoding import Turn, fixed_plan
+
+    return fixed_plan([Turn(turn_index=k, stage=0, task_type="question", qtype="open", question=question,
+                            image_input_count=images) for k, question in enumerate(questions)])
+
+
+def _system_prompt(args: argparse.Namespace, tokenizer) -> str:
+    """--system-prompt; else none for a checkpoint rendering through its own chat template (imported:
+    what its users send), the CXRTrek system prompt for a model trained here."""
+    from data_pipeline.files.cxrtrek_json import DEFAULT_SYSTEM_PROMPT
+
+    if args.system_prompt is not None:
+        return args.system_prompt
+    return "" if tokenizer.template is not None else DEFAULT_SYSTEM_PROMPT
+
+
+def _load_images(paths, image_size: int, processing=None):
     from cxrtrek_jax.decoding import load_study_images
     from data_pipeline.files.images import ImageLoadError
 
     try:
-        return load_study_images(paths, image_size)
+        return load_study_images(paths, image_size) if processing is None else \
+            load_study_images(paths, image_size, processing=processing)
     except ImageLoadError as err:
         raise CLIError(f"unreadable image: {err}") from None
 
 
-def _data_studies(args: argparse.Namespace, image_size: int, script, line: str):
+def _data_studies(args: argparse.Namespace, image_size: int, script, line: str, processing=None):
     """The studies of --data's --split (at most --max-studies) as chains: each study's own
     questions, or `script`'s (`_script_plan`) for a study without any (then `line` is printed,
     and what was skipped, with its number of studies)."""
@@ -204,7 +241,7 @@ def _data_studies(args: argparse.Namespace, image_size: int, script, line: str):
             if not record.study.images:
                 raise CLIError(f"study {record.study.key!r} has no images")
             try:
-                images = record_images(record, image_size)
+                images = record_images(record, image_size, processing)
             except ImageLoadError as err:
                 raise CLIError(f"unreadable image: {err}") from None
             out.append(_chain_study(args, record.study, images, script, scripted))
@@ -238,6 +275,19 @@ def _chain_study(args: argparse.Namespace, study, images, script, scripted: list
     return ChainStudy(study_id=study.key, images=images, system_prompt=system_prompt_of(study), plan=plan)
 
 
+def _image_processing(args: argparse.Namespace, loaded):
+    """The checkpoint's own image processing (imported from Hugging Face), None for ours."""
+    from cxrtrek_jax.decoding.model_loading import image_processing_of
+
+    try:
+        processing = image_processing_of(args.tokenizer or loaded.tokenizer_dir)
+    except ValueError as err:
+        raise CLIError(str(err)) from None
+    if processing is not None:
+        print(f"images: {processing.describe()}")
+    return processing
+
+
 def _print_trace(results) -> None:
     from data_pipeline.schema.stages import Stage
 
@@ -246,9 +296,9 @@ def _print_trace(results) -> None:
             continue
         print(f"== study {turns[0].study_id} ({turns[0].context} context)")
         for turn in turns:
-            title = Stage.parse(turn.stage).title
+            title = Stage.parse(turn.stage).title if turn.stage else f"question {turn.turn_index + 1}"
             note = "" if turn.stop_reason == "end_of_turn" else f"  [stopped: {turn.stop_reason}]"
-            print(f"[stage {turn.stage}: {title}] Q: {turn.question}")
+            print(f"[stage {turn.stage}: {title}] Q: {turn.question}" if turn.stage else f"[{title}] Q: {turn.question}")
             print(f"    A: {turn.answer}{note}")
             if turn.reference is not None:
                 print(f"    reference: {turn.reference}")
@@ -266,8 +316,9 @@ def _infer(args: argparse.Namespace) -> int:
     config = loaded.config
     image_size = config.vision.image_size
     script, line = _question_script(args, loaded)
-    studies = (_image_studies(args, image_size, script, line) if args.image is not None
-               else _data_studies(args, image_size, script, line))
+    processing = _image_processing(args, loaded)
+    studies = (_image_studies(args, image_size, script, line, tokenizer, processing) if args.image is not None
+               else _data_studies(args, image_size, script, line, processing))
     if loaded.blank_images is not None:  # a text-only model: fed the constant images it trained on
         from data_pipeline.batches.grain_pipeline import blank_images
 
@@ -277,8 +328,9 @@ def _infer(args: argparse.Namespace) -> int:
                    for s in studies]
     try:
         sampling = SamplingConfig(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
+        budget = args.max_new_tokens + 1  # the answer's tokens and the end-of-turn that closes it
         spec = DecodeSpec.for_model(config, tokenizer, cache_length=args.cache_length or config.text.max_positions,
-                                    max_answer_tokens=args.max_new_tokens)
+                                    max_answer_tokens=budget)
     except ValueError as err:
         raise CLIError(str(err)) from None
     decoder = StepwiseDecoder(loaded.graphdef, config, spec)
@@ -290,7 +342,7 @@ def _infer(args: argparse.Namespace) -> int:
             rng, batch_rng = jax.random.split(rng)
             try:
                 results = run_chain(decoder, loaded.state, tokenizer, studies[first: first + args.batch_size],
-                                    context=args.context, max_new_tokens=args.max_new_tokens, sampling=sampling,
+                                    context=args.context, max_new_tokens=budget, sampling=sampling,
                                     rng=batch_rng)
             except ValueError as err:
                 raise CLIError(str(err)) from None

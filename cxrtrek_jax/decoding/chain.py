@@ -54,7 +54,8 @@ from cxrtrek_jax.decoding.sampling import GREEDY, SamplingConfig
 from cxrtrek_jax.decoding.stepwise import StepwiseDecoder
 from cxrtrek_jax.decoding.turn_plans import Turn, TurnPlan
 from cxrtrek_jax.contexts import CHAIN_CONTEXTS
-from data_pipeline.files.images import load_image, resize_with_pad
+from data_pipeline.files.image_processing import ImageProcessing, model_input
+from data_pipeline.files.images import load_image
 from data_pipeline.schema.records import Message
 from data_pipeline.text.sequences import place_placeholders
 from data_pipeline.text.tokenizer import CXRTrekTokenizer
@@ -107,11 +108,13 @@ class TurnResult:
     context_dropped: int = 0
 
 
-def load_study_images(paths: Sequence[str | os.PathLike], image_size: int) -> np.ndarray:
-    """PNG/JPEG/DICOM files -> float32[K, S, S] (aspect kept, padded black); `ImageLoadError` names a bad file."""
+def load_study_images(paths: Sequence[str | os.PathLike], image_size: int,
+                      processing: ImageProcessing | None = None) -> np.ndarray:
+    """PNG/JPEG/DICOM files -> float32[K, S, S]: fitted by `processing` (an imported checkpoint's image
+    processor), by default aspect kept, padded black (`model_input`); `ImageLoadError` names a bad file."""
     if not paths:
         return np.zeros((0, image_size, image_size), np.float32)
-    return np.stack([resize_with_pad(load_image(path), image_size) for path in paths])
+    return np.stack([model_input(load_image(path), image_size, processing) for path in paths])
 
 
 class ChatTokens:
@@ -122,7 +125,12 @@ class ChatTokens:
         self.tokens_per_image = tokens_per_image
 
     def prompt(self, system_prompt: str) -> list[int]:
-        """bos, system prefix, the system prompt, end-of-turn."""
+        """bos, system prefix, the system prompt, end-of-turn; with a checkpoint's own template
+        (conversations rendered whole, `_template_context`) only the first token every rendering
+        starts with (bos)."""
+        if not self.tokenizer.additive:
+            asked = [Message("system", system_prompt), Message("user", "?")]
+            return self.tokenizer.encode_chat(asked, add_generation_prompt=True).ids[:1].tolist()
         return self.tokenizer.encode_chat([Message("system", system_prompt)]).ids.tolist()
 
     def question(self, text: str) -> list[int]:
@@ -177,6 +185,8 @@ def _wanted_context(conv: _Conversation, turn: Turn, context: str, chat: ChatTok
     """The tokens the sample's cache must hold to answer `turn` (ending with the assistant prefix):
     the whole conversation when it and the answer fit in `capacity` tokens, else a window."""
     image_token = chat.tokenizer.format.image
+    if not chat.tokenizer.additive:
+        return _template_context(conv, turn, context, chat, capacity, max_new_tokens)
     if context == "none":
         question = place_placeholders(turn.question, turn.image_input_count, image_token)
         return conv.prompt + chat.question(question)
@@ -213,6 +223,41 @@ def _window(conv: _Conversation, first: int, turn: Turn, chat: ChatTokens) -> li
         shown += new
     new = max(0, turn.image_input_count - shown)
     return tokens + chat.question(place_placeholders(turn.question, new, chat.tokenizer.format.image))
+
+
+def _template_context(conv: _Conversation, turn: Turn, context: str, chat: ChatTokens, capacity: int,
+                      max_new_tokens: int) -> list[int]:
+    """`_wanted_context` for a checkpoint's own template: the conversation as text (the system prompt,
+    the earlier questions with the mode's answers: own = the decoded answers, teacher = the references;
+    the question) rendered and tokenized whole, as its processor does each turn; earlier turns left
+    out, oldest first, until it and the answer fit in `capacity`. The cache keeps whatever prefix the
+    new rendering shares with it (`_common_prefix`)."""
+    tokenizer = chat.tokenizer
+    image = tokenizer.format.image
+    if context == "none":
+        history = []
+    else:
+        answers = [earlier.reference if context == "teacher" else tokenizer.decode(ids)
+                   for earlier, ids in conv.history]
+        history = list(zip((earlier for earlier, _ in conv.history), answers))
+    first = 0 if context == "none" else conv.window_start
+    while True:
+        messages, shown = [Message("system", conv.study.system_prompt)], 0
+        for earlier, answer in history[first:]:
+            new = max(0, earlier.image_input_count - shown)
+            messages += [Message("user", place_placeholders(earlier.question, new, image)),
+                         Message("assistant", answer)]
+            shown += new
+        new = max(0, turn.image_input_count - shown)
+        messages.append(Message("user", place_placeholders(turn.question, new, image)))
+        wanted = tokenizer.encode_chat(messages, tokens_per_image=chat.tokens_per_image,
+                                       add_generation_prompt=True).ids.tolist()
+        if len(wanted) + max_new_tokens <= capacity or first >= len(history):
+            break  # fits, or does not fit even alone: asked as is, it ends "cache_full"
+        first += 1
+    if context != "none":
+        conv.window_start = conv.dropped_now = first
+    return wanted
 
 
 def stack_images(studies: Sequence[ChainStudy], max_images: int) -> tuple[np.ndarray, np.ndarray]:

@@ -30,7 +30,8 @@ from cxrtrek_jax.train import checkpointing
 from cxrtrek_jax.model import CXRTrekNet, ModelConfig, from_dict
 
 __all__ = ["CheckpointConfigError", "CheckpointMismatchError", "CheckpointModel", "load_checkpoint_model",
-           "split_for_decoding", "tokenizer_dir_of", "question_script_of", "blank_images_of"]
+           "split_for_decoding", "tokenizer_dir_of", "question_script_of", "blank_images_of",
+           "image_processing_of"]
 
 
 class CheckpointConfigError(ValueError):
@@ -148,3 +149,21 @@ def load_checkpoint_model(ckpt_dir: str | os.PathLike, step: int | None = None) 
     graphdef, state = split_for_decoding(config, params, where=f"checkpoint {ckpt_dir}")
     return CheckpointModel(config, graphdef, state, metadata, tokenizer_dir_of(metadata, ckpt_dir),
                            blank_images_of(metadata, f"checkpoint {ckpt_dir}"))
+
+
+def image_processing_of(tokenizer_dir: str | os.PathLike | None):
+    """The image processing of a checkpoint that renders through its own chat template (imported from
+    Hugging Face): its processor's preprocessor_config.json, kept next to its tokenizer at import
+    (`ImageProcessing`: e.g. llava-1.5's shortest-edge resize and centre crop, Gemma 3's square resize);
+    None for a model trained here (our resize with padding), or a tokenizer without that file.
+    ValueError naming the file and key for a setting not reproduced."""
+    from data_pipeline.files.image_processing import ImageProcessing
+    from data_pipeline.text.checkpoint_template import TEMPLATE_FILE
+
+    if tokenizer_dir is None:
+        return None
+    directory = Path(tokenizer_dir)
+    config = directory / "preprocessor_config.json"
+    if not (directory / TEMPLATE_FILE).exists() or not config.exists():
+        return None
+    return ImageProcessing.from_preprocessor_config(config)

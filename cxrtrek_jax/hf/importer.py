@@ -490,6 +490,27 @@ def _derive_chat_format(hf_dir, overrides) -> tuple[Any, str, Any]:
 # The whole import
 # ---------------------------------------------------------------------------
 
+def _with_image_processing(hf_dir: Path, config):
+    """`config` with its vision tower normalising as the checkpoint's image processor does (per-channel
+    mean and std of its preprocessor_config.json), after checking that the processor's settings are
+    reproduced (`ImageProcessing`: the file and key named otherwise) and its size is the tower's."""
+    from data_pipeline.files.image_processing import ImageProcessing
+
+    path = hf_dir / PREPROCESSOR_CONFIG_FILE
+    if not path.exists():
+        return config
+    try:
+        processing = ImageProcessing.from_preprocessor_config(path)
+    except ValueError as err:
+        raise HFImportError(f"{err} (the image processor's setting is not reproduced; nothing was written)") from None
+    if processing.size != config.vision.image_size:
+        raise HFImportError(f"{path}: the image processor makes {processing.size}x{processing.size} images, the "
+                            f"vision tower of config.json takes {config.vision.image_size}x{config.vision.image_size}")
+    vision = dataclasses.replace(config.vision, channel_mean=processing.channel_mean,
+                                 channel_std=processing.channel_std)
+    return dataclasses.replace(config, vision=vision)
+
+
 def import_tokenizer(hf_dir: str | os.PathLike, chat_format: Mapping[str, str | None] | None = None):
     """(our tokenizer of `hf_dir`, where its chat format came from): with the checkpoint's own chat
     template when it has one (module docstring), else a `ChatFormat` (our file, flags, special tokens)."""
@@ -543,6 +564,8 @@ def import_hf_checkpoint(hf_dir: str | os.PathLike, out_dir: str | os.PathLike, 
     config, state = conversion.load_hf_checkpoint(str(hf_dir), max_images=max_images, dtype=dtype)
     fmt, source, template = _derive_chat_format(hf_dir, chat_format)
     tokenizer = _tokenizer(hf_dir, fmt, config, template)
+    if template is not None:
+        config = _with_image_processing(hf_dir, config)
     processor_files = {name: _read_json(hf_dir / name) for name in PROCESSOR_FILES if (hf_dir / name).exists()}
 
     out_dir.mkdir(parents=True, exist_ok=True)

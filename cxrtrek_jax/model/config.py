@@ -75,7 +75,11 @@ class VisionConfig:
 
     Images enter as grayscale float32 in [0, 1]; the encoder replicates them
     to `num_channels` equal channels and normalises each with
-    `(x - pixel_mean) / pixel_std` (SigLIP: 0.5 / 0.5, i.e. [-1, 1]).
+    `(x - pixel_mean) / pixel_std` (SigLIP: 0.5 / 0.5, i.e. [-1, 1]), or, when
+    `channel_mean` / `channel_std` are set (both, one value per channel, as
+    an imported checkpoint's image processor has them, e.g. CLIP's), channel c
+    with `(x - channel_mean[c]) / channel_std[c]`; they then override
+    `pixel_mean` / `pixel_std` (`channel_normalisation`).
 
     `feature_layer` picks the hidden state handed to the projector, indexed
     like Hugging Face `hidden_states` (0 = patch + position embeddings,
@@ -111,6 +115,8 @@ class VisionConfig:
     feature_class_token: bool = False
     pixel_mean: float = 0.5
     pixel_std: float = 0.5
+    channel_mean: tuple[float, ...] | None = None
+    channel_std: tuple[float, ...] | None = None
 
     def __post_init__(self) -> None:
         _require_positive(self, "image_size", "patch_size", "width", "depth", "num_heads",
@@ -130,6 +136,24 @@ class VisionConfig:
         _require(self.class_token or not self.feature_class_token,
                  "VisionConfig.feature_class_token=True requires class_token=True (there is no class token to keep)")
         _require(self.pixel_std > 0, f"VisionConfig.pixel_std must be > 0, got {self.pixel_std}")
+        for name in ("channel_mean", "channel_std"):
+            if getattr(self, name) is not None:
+                object.__setattr__(self, name, tuple(float(v) for v in getattr(self, name)))
+        _require((self.channel_mean is None) == (self.channel_std is None),
+                 "VisionConfig.channel_mean and channel_std must be set together (or both None), got "
+                 f"{self.channel_mean} and {self.channel_std}")
+        if self.channel_mean is not None:
+            _require(len(self.channel_mean) == len(self.channel_std) == self.num_channels,
+                     f"VisionConfig.channel_mean and channel_std need {self.num_channels} values "
+                     f"(num_channels), got {self.channel_mean} and {self.channel_std}")
+            _require(min(self.channel_std) > 0, f"VisionConfig.channel_std must be > 0, got {self.channel_std}")
+
+    @property
+    def channel_normalisation(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        """(mean, std) per input channel: `channel_mean/std`, else `pixel_mean/std` on every channel."""
+        if self.channel_mean is not None:
+            return self.channel_mean, self.channel_std
+        return (self.pixel_mean,) * self.num_channels, (self.pixel_std,) * self.num_channels
 
     @property
     def grid_size(self) -> int:

@@ -5,11 +5,16 @@ projection without bias, quick_gelu, class token dropped from the features).
 
 Input: grayscale radiographs float32[N, H, W] in [0, 1] (air dark). The
 encoder replicates them to `num_channels` equal channels and normalises
-each channel as (x - pixel_mean) / pixel_std (SigLIP: mean 0.5, std 0.5),
-which is what a Hugging Face SigLIP image processor with those settings
-feeds the PyTorch model. With equal channels the patch convolution equals a
-single-channel convolution with the kernel summed over input channels,
-which is how it is computed here (as a patch matmul).
+channel c as (x - m_c) / s_c (`VisionConfig.channel_normalisation`: SigLIP
+mean 0.5, std 0.5 on every channel; an imported CLIP tower its per-channel
+values), which is what the Hugging Face image processor with those settings
+feeds the PyTorch model. With equal channels the patch convolution
+sum_c W_c (x - m_c) / s_c equals (x - m_0) sum_c W_c / s_c plus the constant
+sum_c W_c (m_0 - m_c) / s_c summed over the patch: a single-channel
+convolution (as a patch matmul) of the image centred on channel 0's mean,
+plus a per-embedding offset, which is zero when every channel has the same
+mean (and then the result is bit-identical to normalising first whenever
+the std is a power of two, as SigLIP's 0.5).
 """
 
 from __future__ import annotations
@@ -38,20 +43,31 @@ class PatchEmbed(nnx.Module):
         self.kernel = param(kernel, ("patch_height", "patch_width", "channel", "embed"))
         self.bias = param(jnp.zeros((e,), PARAM_DTYPE), ("embed",)) if cfg.patch_bias else None
         self.patch_size = p
+        mean, std = cfg.channel_normalisation
+        self.centre = mean[0]
+        self.channel_scale = tuple(1.0 / s for s in std)
+        self.channel_offset = tuple((mean[0] - m) / s for m, s in zip(mean, std))
         self.dtype = dtype
 
     def __call__(self, pixels: jax.Array) -> jax.Array:
-        """Single-channel pixels [N, H, W] (replicated to C channels) -> [N, gh * gw, E], row-major grid.
+        """Single-channel images [N, H, W] in [0, 1] (replicated to C channels, each normalised,
+        module docstring) -> [N, gh * gw, E], row-major grid.
 
         gh = H // p, gw = W // p; trailing pixels that fill no whole patch are dropped.
         """
+        pixels = pixels.astype(jnp.float32) - self.centre
         n, h, w = pixels.shape
         p = self.patch_size
         gh, gw = h // p, w // p
         patches = pixels[:, : gh * p, : gw * p].reshape(n, gh, p, gw, p).transpose(0, 1, 3, 2, 4)
         patches = patches.reshape(n, gh * gw, p, p).astype(self.dtype)
-        kernel = self.kernel[...].sum(axis=2).astype(self.dtype)  # equal channels
+        weights = self.kernel[...]
+        scale = jnp.asarray(self.channel_scale, weights.dtype)[:, None]  # [C, 1] against [p, p, C, E]
+        kernel = (weights * scale).sum(axis=2).astype(self.dtype)
         embedded = jnp.einsum("ntij,ije->nte", patches, kernel)
+        if any(self.channel_offset):  # channels with different means
+            offset = jnp.einsum("ijce,c->e", weights, jnp.asarray(self.channel_offset, weights.dtype))
+            embedded = embedded + offset.astype(self.dtype)
         return embedded if self.bias is None else embedded + self.bias[...].astype(self.dtype)
 
 
@@ -132,7 +148,6 @@ class VisionTower(nnx.Module):
         self.layers = nnx.List([VisionBlock(cfg, dtype=dtype, rngs=rngs) for _ in range(cfg.depth)])
         self.final_norm = LayerNorm(cfg.width, eps=cfg.layer_norm_eps, dtype=dtype)
         self.image_size = cfg.image_size
-        self.pixel_mean, self.pixel_std = cfg.pixel_mean, cfg.pixel_std
         self.num_feature_blocks = cfg.feature_layer_index
         self.feature_final_norm = cfg.feature_final_norm
         self.drop_class_token = cfg.class_token and not cfg.feature_class_token
@@ -144,8 +159,7 @@ class VisionTower(nnx.Module):
         if images.shape[1:] != (self.image_size, self.image_size):
             raise ValueError(f"vision tower expects images of {self.image_size}x{self.image_size} pixels, "
                              f"got {images.shape[1]}x{images.shape[2]}")
-        pixels = (images.astype(jnp.float32) - self.pixel_mean) / self.pixel_std
-        x = constrain(self._embed_tokens(self.patch_embed(pixels)), _TOKENS)
+        x = constrain(self._embed_tokens(self.patch_embed(images)), _TOKENS)
         run = nnx.remat(_run_block) if self.remat else _run_block
         for block in self.layers[: self.num_feature_blocks]:
             x = run(block, x)

@@ -64,7 +64,8 @@ from data_pipeline.batches.augment import (
     study_box_extent,
 )
 from data_pipeline.text.image_labels import IMAGE_LABEL_KINDS, study_image_labels
-from data_pipeline.files.images import resize_with_pad, resize_with_pad_params
+from data_pipeline.files.image_processing import ImageProcessing, model_input
+from data_pipeline.files.images import resize_with_pad_params
 from data_pipeline.batches.packing import choose_bucket, pack_sequences, pad_sequence, row_images, stack_rows
 from data_pipeline.text.sequences import SequenceConfig, SequenceStats, TrainingSequence, build_sequences
 from data_pipeline.schema.splits import TRAIN
@@ -117,9 +118,10 @@ class PipelineConfig:
         CXRTrek JSON file ("json", images under `image_root`); "" = not yet set
         (a training run sets it to the data set it prepared).
     image_size: the model's square input size in pixels (images are resized
-        with padding, `resize_with_pad`); None = not yet set (a training run
-        takes it from the model). `sequence.tokens_per_image` and
-        `sequence.max_images` (the image slots M per row) likewise.
+        with padding, `resize_with_pad`, unless `image_processing` says otherwise);
+        None = not yet set (a training run takes it from the model).
+        `sequence.tokens_per_image` and `sequence.max_images` (the image slots M
+        per row) likewise.
     global_batch_size: rows per step over all processes.
     length_buckets: allowed row lengths L, ascending; the largest is the
         longest sequence (`sequence.max_length`, set from it;
@@ -140,6 +142,11 @@ class PipelineConfig:
         their slots, so the token layout, `image_mask` and the text (crop-shifted boxes
         included) are those of the unblanked pipeline; only the pixels differ. The text-only
         experiment uses the vision tower's `pixel_mean` (0.5), which normalises to 0.
+    image_processing: how an image is fitted to image_size (an imported checkpoint's processor,
+        `data_pipeline.files.image_processing`); None = ours, resize with pad. Its size must be
+        image_size. Crop augmentation works on the source image before fitting, so it applies to
+        every kind; an intensity change applies to the fitted image's content (all of it when
+        the image is cropped or squashed rather than padded).
     """
 
     source: str = ""
@@ -159,6 +166,7 @@ class PipelineConfig:
     sequence: SequenceConfig = SequenceConfig()
     image_labels: bool = False
     blank_images: float | None = None
+    image_processing: ImageProcessing | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "source", str(self.source))
@@ -181,6 +189,10 @@ class PipelineConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.image_size is not None and self.image_size < 1:
             raise ValueError(f"image_size must be >= 1, got {self.image_size}")
+        if None not in (self.image_processing, self.image_size) and self.image_processing.size != self.image_size:
+            raise ValueError(f"image_processing ({self.image_processing.source}) makes "
+                             f"{self.image_processing.size}x{self.image_processing.size} images, image_size is "
+                             f"{self.image_size}")
         if self.num_epochs is not None and self.num_epochs < 1:
             raise ValueError(f"num_epochs must be >= 1 or None (forever), got {self.num_epochs}")
         if self.num_workers < 0 or self.read_threads < 0:
@@ -280,9 +292,9 @@ class PrepareStudy:
 
     With an rng and an augmentation: one crop window per study (boxes in the
     text follow it), then one intensity change per image, drawn in image
-    order. Without: the images as they are. Then every used image is resized
-    with padding to `image_size`. With an rng, the sequences flip answers as
-    `sequence_config.answer_flips` says (drawn after the augmentation's draws). With
+    order. Without: the images as they are. Then every used image is fitted to
+    `image_size` by `processing` (None: resized with padding; `model_input`). With an rng,
+    the sequences flip answers as `sequence_config.answer_flips` says (drawn after the augmentation's draws). With
     `blank_value` (`PipelineConfig.blank_images`) every used image is that constant instead, and is
     not decoded (only the current image is, when a crop window must be snapped to its size): the
     random draws, the crop and so the sequences are those of the unblanked preparation.
@@ -296,8 +308,10 @@ class PrepareStudy:
         augment: AugmentConfig | None = None,
         image_labels: bool = False,
         blank_value: float | None = None,
+        processing: ImageProcessing | None = None,
     ):
         check_blank_value(blank_value, "PrepareStudy blank_value")
+        self.processing = processing
         self.tokenizer = tokenizer
         self.sequence_config = sequence_config
         self.image_size = image_size
@@ -330,10 +344,13 @@ class PrepareStudy:
         return PreparedStudy(study.key, tuple(sequences), images, stats, labels)
 
     def _to_model_input(self, image: np.ndarray, change: IntensityChange) -> np.ndarray:
-        """Resize with padding to the model size; the intensity change touches the content only."""
-        out = resize_with_pad(image, self.image_size)
+        """Fit to the model size (`model_input`); the intensity change touches the content only (the
+        whole image unless it is padded)."""
+        out = model_input(image, self.image_size, self.processing)
         if change == IntensityChange():
             return out
+        if self.processing is not None and self.processing.kind != "pad":
+            return adjust_intensity(out, change)
         p = resize_with_pad_params(image.shape, self.image_size)
         content = (slice(p.offset_y, p.offset_y + p.content_h), slice(p.offset_x, p.offset_x + p.content_w))
         return adjust_intensity(out, change, content)
@@ -623,7 +640,7 @@ def _build(
     ds = grain.MapDataset.source(source)
     augment = cfg.augment if train and not cfg.augment.is_identity else None
     prepare = PrepareStudy(tokenizer, cfg.sequence_config(), cfg.image_size, augment, cfg.image_labels,
-                           cfg.blank_images)
+                           cfg.blank_images, cfg.image_processing)
     if train:
         ds = ds.shuffle(seed=cfg.seed)
     if augment is not None or (train and cfg.sequence.answer_flips > 0.0):

@@ -30,6 +30,7 @@ import numpy as np
 from cxrtrek_jax.contexts import CONTEXT_MODES, SWAPPED
 from cxrtrek_jax.evaluation.scores.predictions import PredictionRecord, prediction_from_turn
 from data_pipeline.files.datasets import Dataset, open_dataset, parse_split
+from data_pipeline.files.image_processing import ImageProcessing, model_input
 from data_pipeline.files.split_rule import SplitConfig
 from data_pipeline.schema.splits import TEST
 
@@ -107,26 +108,26 @@ def iter_split_studies(data: EvalData) -> Iterator[Any]:
     return (record.study for record in _split_records(data))
 
 
-def record_images(record: Any, image_size: int) -> np.ndarray:
-    """The images of a `StudyRecord` at the model's size: float32[K, S, S] (aspect kept, padded
-    black, as `decoding.load_study_images`); ImageLoadError names a bad image."""
-    from data_pipeline.files.images import resize_with_pad
-
-    images = [resize_with_pad(record.load_image(k), image_size) for k in range(record.study.num_images)]
+def record_images(record: Any, image_size: int, processing: ImageProcessing | None = None) -> np.ndarray:
+    """The images of a `StudyRecord` at the model's size: float32[K, S, S], fitted by `processing` (an
+    `ImageProcessing`; None = aspect kept, padded black), as `decoding.load_study_images`;
+    ImageLoadError names a bad image."""
+    images = [model_input(record.load_image(k), image_size, processing) for k in range(record.study.num_images)]
     return np.stack(images) if images else np.zeros((0, image_size, image_size), np.float32)
 
 
-def iter_eval_studies(data: EvalData, image_size: int,
-                      blank: float | None = None) -> Iterator[tuple[Any, np.ndarray]]:
+def iter_eval_studies(data: EvalData, image_size: int, blank: float | None = None,
+                      processing: ImageProcessing | None = None) -> Iterator[tuple[Any, np.ndarray]]:
     """(Study, float32[K, S, S] images at the model's size) in data order, at most `max_studies`.
     blank: None = the study's images; a pixel value = K constant images of that value instead
     (`data_pipeline.batches.grain_pipeline.blank_images`, as the text-only experiment trains on;
-    the files are not read). Raises ValueError when the split holds no study."""
+    the files are not read). processing: how images are fitted (`record_images`). Raises ValueError
+    when the split holds no study."""
     from data_pipeline.batches.grain_pipeline import blank_images
 
     for record in _split_records(data):
         if blank is None:
-            yield record.study, record_images(record, image_size)
+            yield record.study, record_images(record, image_size, processing)
         else:
             yield record.study, blank_images(record.study.num_images, image_size, blank)
 
@@ -201,7 +202,7 @@ def decode_predictions(
     import jax
 
     from cxrtrek_jax.decoding import DecodeSpec, StepwiseDecoder, run_chain
-    from cxrtrek_jax.decoding.model_loading import load_checkpoint_model
+    from cxrtrek_jax.decoding.model_loading import image_processing_of, load_checkpoint_model
     from data_pipeline.text.tokenizer import load_tokenizer
 
     unknown = [c for c in contexts if c not in CONTEXT_MODES]
@@ -221,7 +222,8 @@ def decode_predictions(
               f"{loaded.blank_images} (data.pipeline.blank_images, a text-only model); it is evaluated so, "
               "in every context", flush=True)
     for context in contexts:
-        studies = iter_eval_studies(data, config.vision.image_size, loaded.blank_images)
+        studies = iter_eval_studies(data, config.vision.image_size, loaded.blank_images,
+                                    processing=image_processing_of(tokenizer_path))
         if context == SWAPPED:
             studies = with_foreign_images(studies)
         for batch in _batches(studies, batch_size):
