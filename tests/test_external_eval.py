@@ -189,6 +189,8 @@ def test_user_errors_are_clear(world, tmp_path, capsys):
     assert "testset.json: [2]: field 'answer': expected a non-empty string" in capsys.readouterr().err
     assert _run(world, "chexpert", root, tmp_path / "out", "--train-file", "x.json") == 2
     assert "train_file" in capsys.readouterr().err
+    assert _run(world, "vqa-rad", root, tmp_path / "out", "--bertscore-model", str(tmp_path)) == 2
+    assert "iu-xray and mimic-cxr only" in capsys.readouterr().err
     assert main(["eval-external", "--set", "slake", "--root", str(root), "--checkpoint", str(tmp_path / "none"),
                  "--out", str(tmp_path / "o"), *FAST]) == 2
     assert "no such directory" in capsys.readouterr().err

@@ -13,7 +13,8 @@ Sets (`--set`) and what `--root` holds (docs/external_evaluation.md for each lay
   slake      test.json + imgs/: the same, on its English chest X-ray questions
 
 Prints the counts of rows used and skipped, then one table with 95 % bootstrap intervals and the
-blind baseline; writes predictions.jsonl and external.json into --out (default
+blind baseline (CheXbert, RadGraph and GREEN: "not available offline"; BERTScore with
+--bertscore-model DIR, an encoder on disk); writes predictions.jsonl and external.json into --out (default
 <checkpoint>/../external/<set>).
 """
 
@@ -52,6 +53,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--bootstrap-resamples", type=int, default=1000, help="bootstrap replicates (default 1000)")
     parser.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
     parser.add_argument("--no-meteor", action="store_true", help="report sets: skip METEOR (needs java)")
+    parser.add_argument("--bertscore-model", metavar="DIR",
+                        help="report sets: a Hugging Face encoder directory on disk to score BERTScore F1 with "
+                             "(e.g. roberta-large; nothing is downloaded)")
+    parser.add_argument("--bertscore-layer", type=int, help="its hidden layer (default the last; roberta-large: 17)")
     parser.add_argument("--no-progress", action="store_true", help="no progress lines")
     parser.set_defaults(func=run)
 
@@ -67,6 +72,7 @@ def run(args: argparse.Namespace) -> int:
                                    train_file=args.train_file, max_groups=args.max_groups,
                                    max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
                                    resamples=args.bootstrap_resamples, seed=args.seed, meteor=not args.no_meteor,
+                                   bertscore_model=args.bertscore_model, bertscore_layer=args.bertscore_layer,
                                    progress=not args.no_progress)
     except (FileNotFoundError, ValueError) as err:  # SourceError is a ValueError naming file, row and field
         raise CLIError(str(err)) from None

@@ -277,13 +277,17 @@ def evaluate_external(
     resamples: int = 1000,
     seed: int = 0,
     meteor: bool = True,
+    bertscore_model: str | os.PathLike | None = None,
+    bertscore_layer: int | None = None,
     progress: bool = True,
 ) -> ExternalResult:
     """Read set `set_name` under `root`, ask `checkpoint` its questions, score and write `out_dir`
     (module docstring). file / uncertain / reports_root: `read_external_set`'s options; train_file:
     a VQA set's training file under root (trainset.json / train.json) to fit the majority-answer
     baseline on (None: fitted on the scored items); max_groups: only the first groups (studies or
-    images). Raises `SourceError` for malformed set files, FileNotFoundError for a missing
+    images); bertscore_model / bertscore_layer: a Hugging Face encoder directory on disk (and the
+    layer) to score BERTScore F1 of reports with (`metrics.bertscore`; None = not available
+    offline). Raises `SourceError` for malformed set files, FileNotFoundError for a missing
     checkpoint or tokenizer, ValueError for bad settings, `MeteorUnavailable` when METEOR cannot run."""
     from cxrtrek_jax.evaluation.runs.model_eval import checkpoint_identity
     from data_pipeline.external import read_external_set
@@ -297,12 +301,19 @@ def evaluate_external(
         raise FileNotFoundError(f"checkpoint {checkpoint}: no such directory")
     if train_file is not None and set_name not in ("vqa-rad", "slake"):
         raise ValueError("train_file (the majority baseline's training answers) is an option of vqa-rad and slake")
+    if bertscore_model is not None and set_name not in ("iu-xray", "mimic-cxr"):
+        raise ValueError("a BERTScore model scores generated reports: iu-xray and mimic-cxr only")
     data = read_external_set(set_name, root, file=file, uncertain=uncertain, reports_root=reports_root)
     print(data.counts_line(), flush=True)
     data = limit_groups(data, max_groups)
     if not data.items:
         raise ValueError(f"{set_name} under {root}: no item to evaluate")
     majority = None if train_file is None else fit_vqa_majority(read_vqa_answers(set_name, root, train_file))
+    bertscore = None
+    if bertscore_model is not None:  # loaded before decoding: a wrong directory fails fast
+        from cxrtrek_jax.evaluation.metrics.bertscore import BertScorer
+
+        bertscore = BertScorer(bertscore_model, bertscore_layer)
     model = _Model(checkpoint, max_new_tokens, batch_size)
     groups = _groups(data.items)
     answers: dict[str, ExternalAnswer] = {}
@@ -314,10 +325,12 @@ def evaluate_external(
     out.mkdir(parents=True, exist_ok=True)
     predictions = out / PREDICTIONS_FILE
     _write_predictions(predictions, data, answers, model)
-    scores = score_external(data, answers, resamples=resamples, seed=seed, meteor=meteor, vqa_majority=majority)
+    scores = score_external(data, answers, resamples=resamples, seed=seed, meteor=meteor, vqa_majority=majority,
+                            bertscore=bertscore)
     print(format_external_table(scores), flush=True)
     settings = {"file": file, "uncertain": uncertain, "train_file": train_file, "max_groups": max_groups,
                 "max_new_tokens": max_new_tokens, "resamples": resamples, "seed": seed, "meteor": meteor,
+                "bertscore": None if bertscore is None else bertscore.describe(),
                 "context": "none", "report_question": model.report_question if data.task == REPORT else None}
     document = {"set": {"name": data.name, "task": data.task, "split": data.split, "source": data.source,
                         "items": len(data.items), "rows_used": data.used, "skipped": dict(data.skipped)},

@@ -19,7 +19,8 @@ Per task (`data_pipeline.external.external_items.TASKS`):
   vqa        closed accuracy, open recall and open exact match (`metrics.vqa_answers`). Baseline:
              the majority answer per answer type, fitted on the set's training file when given.
 Metrics whose standard form needs a model downloaded from a hub (CheXbert, RadGraph, BERTScore,
-GREEN for reports) are listed as not available offline; they are never estimated.
+GREEN for reports) are listed as not available offline; they are never estimated. BERTScore is
+scored when the caller passes an encoder it has on disk (`metrics.bertscore.BertScorer`).
 
 Intervals: the percentile bootstrap over groups (a study or an image: the items of a group are
 resampled together, `metrics.bootstrap`), the same replicate weights for every metric and the
@@ -57,7 +58,8 @@ DETECTION_IOUS = (0.4, 0.5)
 OFFLINE_UNAVAILABLE = {
     "chexbert_f1": "not available offline: needs the CheXbert labeller's weights (a hub download)",
     "radgraph_f1": "not available offline: needs the RadGraph model's weights (a hub download)",
-    "bertscore_f1": "not available offline: needs the BERTScore encoder's weights (a hub download)",
+    "bertscore_f1": "not available offline: needs an encoder's weights (a hub download; give a local one "
+                    "with --bertscore-model)",
     "green": "not available offline: needs the GREEN model's weights (a hub download)",
 }
 
@@ -151,7 +153,7 @@ def _sums(stats: np.ndarray, w: np.ndarray | None) -> np.ndarray:
 
 
 def _report_fns(references: Sequence[str], hypotheses: Sequence[str], meteor: MeteorScorer | None,
-                cider: CiderD) -> dict[str, MetricFn]:
+                cider: CiderD, bertscore: Any = None) -> dict[str, MetricFn]:
     refs = [nlg_tokens(t) for t in references]
     hyps = [nlg_tokens(t) for t in hypotheses]
     bleu = np.stack([bleu_statistics(h, r) for h, r in zip(hyps, refs)])
@@ -164,6 +166,8 @@ def _report_fns(references: Sequence[str], hypotheses: Sequence[str], meteor: Me
     if meteor is not None:
         fns["meteor"] = _weighted_mean(np.array(meteor.score(hyps, refs)))
     fns["cider_d"] = _weighted_mean(np.array([cider.score(h, r) for h, r in zip(hyps, refs)]))
+    if bertscore is not None:
+        fns["bertscore_f1"] = _weighted_mean(bertscore.score(hypotheses, references)[:, 2])
     for name in ("ce_micro_f1", "ce_macro_f1", "ce5_micro_f1", "ce5_macro_f1"):
         fns[name] = lambda w, name=name: float(ce_metrics(_sums(ce, w))[name])
     return fns
@@ -292,11 +296,12 @@ def _vqa_fns(items: Sequence[ExternalItem], predictions: Sequence[str]) -> dict[
 
 def score_external(data: ExternalSet, answers: Mapping[str, ExternalAnswer], *, resamples: int = 1000,
                    seed: int = 0, confidence: float = 0.95, meteor: bool = True,
-                   vqa_majority: Mapping[str, str] | None = None) -> ExternalScores:
+                   vqa_majority: Mapping[str, str] | None = None, bertscore: Any = None) -> ExternalScores:
     """Score the answers of every item of `data` (module docstring). answers: item_id -> answer
     (every item must have one); meteor: score METEOR (needs java; `MeteorUnavailable` otherwise);
     vqa_majority: answer_type -> the baseline's answer (`fit_vqa_majority`; None = fitted on the
-    scored items' references)."""
+    scored items' references); bertscore: a `metrics.bertscore.BertScorer` (an encoder on disk) to
+    score BERTScore F1 with, None = listed as not available offline."""
     items = data.items
     if not items:
         raise ValueError(f"{data.name}: no item to score")
@@ -321,13 +326,13 @@ def score_external(data: ExternalSet, answers: Mapping[str, ExternalAnswer], *, 
         else:
             unavailable["meteor"] = "not computed: " + (meteor_unavailable_reason() or "turned off (meteor=False)")
         try:
-            fns = _report_fns(references, [a.answer for a in ordered], scorer, cider)
-            baseline_fns = _report_fns(references, [NORMAL_FINDINGS] * len(items), scorer, cider)
+            fns = _report_fns(references, [a.answer for a in ordered], scorer, cider, bertscore)
+            baseline_fns = _report_fns(references, [NORMAL_FINDINGS] * len(items), scorer, cider, bertscore)
         finally:
             if scorer is not None:
                 scorer.close()
         baseline_name = "constant normal report"
-        unavailable.update(OFFLINE_UNAVAILABLE)
+        unavailable.update({k: v for k, v in OFFLINE_UNAVAILABLE.items() if k not in fns})
     elif data.task == PRESENCE:
         if any(a.p_yes is None for a in ordered):
             raise ValueError(f"{data.name}: a presence answer without its P(Yes)")
