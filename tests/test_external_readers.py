@@ -77,6 +77,13 @@ def test_mimic_cxr_official_test_split_and_findings(tmp_path):
     report = (Path(source.options["reports_root"]) / "files/p10/p10000032/s50414267.txt").read_text()
     item = next(i for i in data.items if i.item_id == "50414267")
     assert item.reference.split()[:3] == report.split("FINDINGS:")[1].split()[:3]
+    metadata = Path(source.files["metadata"])
+    lines = metadata.read_text().splitlines()
+    metadata.write_text("\n".join(lines[:2] + [lines[2].replace(",21", ",2x", 1)] + lines[3:]) + "\n")
+    refused = read_external_set("mimic-cxr", source.options["root"], reports_root=source.options["reports_root"])
+    assert refused.skipped["metadata row refused (StudyDate)"] == 1
+    assert refused.refused[0].startswith(f"{metadata}:3: field 'StudyDate'")
+    assert f"refused: {metadata}:3: field 'StudyDate'" in refused.counts_line()
     Path(source.files["split"]).unlink()
     with pytest.raises(SourceError, match="official test split is needed"):
         read_external_set("mimic-cxr", source.options["root"], reports_root=source.options["reports_root"])

@@ -44,7 +44,8 @@ class ExternalItem:
 @dataclasses.dataclass(frozen=True)
 class ExternalSet:
     """A read set: its name, task (`TASKS`), the split read and how it is fixed, its items in
-    order, the source rows used and the rows left out by reason, and where it was read from."""
+    order, the source rows used and the rows left out by reason, where it was read from, and the
+    messages of the first rows a shared reader refused (`refused`, said on the console)."""
 
     name: str
     task: str
@@ -53,6 +54,7 @@ class ExternalSet:
     used: int
     skipped: Counter
     source: str
+    refused: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
@@ -63,4 +65,5 @@ class ExternalSet:
         skipped = sum(self.skipped.values())
         reasons = ", ".join(f"{reason}: {n}" for reason, n in self.skipped.most_common())
         line = f"{self.name} ({self.split}): {len(self.items)} items from {self.used} rows used; {skipped} skipped"
-        return line + (f" ({reasons})" if reasons else "")
+        line += f" ({reasons})" if reasons else ""
+        return "\n".join([line, *(f"  refused: {message}" for message in self.refused)])

@@ -10,8 +10,8 @@ section, its IMPRESSION when it has no findings (as R2Gen and most report-genera
 prepare MIMIC-CXR), the sections found by the construct's section reader
 (`construct.report_sections`); a study with neither is skipped. Images: frontal views (PA, AP, ...)
 first, then the others, in the table's order. Metadata rows the construct reader refuses (an image
-file not downloaded, a malformed field) drop that image and are counted by field; a study whose
-images are all dropped is not read.
+file not downloaded, a malformed field) drop that image and are counted by field, the first three
+quoted (file, row, field, reason); a study whose images are all dropped is not read.
 """
 
 from __future__ import annotations
@@ -28,6 +28,8 @@ from data_pipeline.external.external_items import REPORT, ExternalItem, External
 from data_pipeline.schema.splits import TEST
 
 __all__ = ["read_mimic_cxr", "report_reference"]
+
+_SHOWN = 3  # refused metadata rows quoted on the console (all are counted)
 
 
 def report_reference(report: str) -> str | None:
@@ -64,4 +66,4 @@ def read_mimic_cxr(root: str | os.PathLike, reports_root: str | os.PathLike | No
     for row in source.skipped:
         skipped[f"metadata row refused ({row.field})"] += 1
     return ExternalSet("mimic-cxr", REPORT, "test (official mimic-cxr-2.0.0-split)", tuple(items), used, skipped,
-                       str(Path(source.metadata_path)))
+                       str(Path(source.metadata_path)), refused=tuple(str(row) for row in source.skipped[:_SHOWN]))
