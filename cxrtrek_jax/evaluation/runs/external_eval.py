@@ -5,8 +5,10 @@
 
 The set is read by `data_pipeline.external` (its counts of rows used and skipped printed), every
 question asked alone (context `none`: the system prompt, the images and the question, as
-`decoding.run_chain` asks it), greedily, in batches of groups (a study or an image, whose items
-share images; images at the model's size, frontal first, at most the model's image slots):
+`decoding.run_chain` asks it; no system prompt for a checkpoint with its own chat template, as
+`cxrtrek infer` asks an image), greedily, in batches of groups (a study or an image, whose items
+share images; images fitted as the checkpoint's processor does, `decoding.model_loading.
+image_processing_of`, else ours; frontal first, at most the model's image slots):
   report     the model's stage-8 question: the checkpoint's question script's (`question_script.json`
              of its run) when it names one, else the built-in script's (`decoding.default_script`);
   presence   a stage-2 yes/no question per observation (`presence_question`); not decoded but
@@ -109,18 +111,20 @@ def _groups(items: Sequence[ExternalItem]) -> list[list[ExternalItem]]:
     return list(by_group.values())
 
 
-def _load_group_images(items: list[ExternalItem], image_size: int, max_images: int,
-                       blank: float | None) -> tuple[np.ndarray, tuple[int, int]]:
-    """float32[K, S, S] model images of the group (K <= max_images) and the first image's (height, width)."""
+def _load_group_images(items: list[ExternalItem], image_size: int, max_images: int, blank: float | None,
+                       processing: Any = None) -> tuple[np.ndarray, tuple[int, int]]:
+    """float32[K, S, S] model images of the group (K <= max_images), fitted by `processing` (the
+    checkpoint's `ImageProcessing`, None = ours: resize with padding), and the first image's (height, width)."""
     from data_pipeline.batches.grain_pipeline import blank_images
-    from data_pipeline.files.images import load_image, resize_with_pad
+    from data_pipeline.files.image_processing import model_input
+    from data_pipeline.files.images import load_image
 
     paths = items[0].images[:max_images]
     raw = [load_image(path) for path in paths]
     size = (int(raw[0].shape[0]), int(raw[0].shape[1]))
     if blank is not None:
         return blank_images(len(raw), image_size, blank), size
-    return np.stack([resize_with_pad(image, image_size) for image in raw]), size
+    return np.stack([model_input(image, image_size, processing) for image in raw]), size
 
 
 class _Model:
@@ -129,7 +133,8 @@ class _Model:
     def __init__(self, checkpoint: str | os.PathLike, max_new_tokens: int, batch_size: int):
         from cxrtrek_jax.decoding import DecodeSpec, StepwiseDecoder
         from cxrtrek_jax.decoding.chain import ChatTokens
-        from cxrtrek_jax.decoding.model_loading import load_checkpoint_model
+        from cxrtrek_jax.decoding.model_loading import image_processing_of, load_checkpoint_model
+        from data_pipeline.files.cxrtrek_json import DEFAULT_SYSTEM_PROMPT
         from data_pipeline.text.tokenizer import load_tokenizer
 
         self.loaded = load_checkpoint_model(checkpoint)
@@ -144,6 +149,10 @@ class _Model:
         self.max_new_tokens = max_new_tokens
         self.batch_size = batch_size
         self.report_question = report_question(dict(self.loaded.metadata), checkpoint)
+        self.processing = image_processing_of(self.loaded.tokenizer_dir)
+        # As `cxrtrek infer` asks a bare image: no system message for a checkpoint rendering through
+        # its own chat template (imported: what its users send), the CXRTrek one for a model trained here.
+        self.system_prompt = "" if self.tokenizer.template is not None else DEFAULT_SYSTEM_PROMPT
 
     def question(self, task: str, item: ExternalItem) -> str:
         if task == REPORT:
@@ -156,7 +165,7 @@ class _Model:
 
     def images(self, group: list[ExternalItem]) -> tuple[np.ndarray, tuple[int, int]]:
         return _load_group_images(group, self.config.vision.image_size, self.config.max_images,
-                                  self.loaded.blank_images)
+                                  self.loaded.blank_images, self.processing)
 
     def decode(self, task: str, batch: list[list[ExternalItem]]) -> dict[str, ExternalAnswer]:
         """Greedy answers to every item of the groups in `batch`, each asked alone (context none)."""
@@ -165,7 +174,6 @@ class _Model:
         import jax
 
         from cxrtrek_jax.decoding import ChainStudy, Turn, fixed_plan, run_chain
-        from data_pipeline.text.sequences import DEFAULT_SYSTEM_PROMPT
 
         stage, task_type, default_qtype = _TURN_KIND.get(task, (2, "Findings_Identification", "captioning"))
         chains, owners = [], []
@@ -178,7 +186,7 @@ class _Model:
                                    else default_qtype, question=self.question(task, item),
                                    image_input_count=len(images), reference=item.reference or None)
                               for i, item in enumerate(part))
-                chains.append(ChainStudy(study_id=part[0].group, images=images, system_prompt=DEFAULT_SYSTEM_PROMPT,
+                chains.append(ChainStudy(study_id=part[0].group, images=images, system_prompt=self.system_prompt,
                                          plan=functools.partial(fixed_plan, turns)))
                 owners.append((part, size))
         while len(chains) % self.batch_size:  # a full batch always: one compiled shape for every call
@@ -199,6 +207,21 @@ class _Model:
         size = self.config.vision.image_size
         return ChainStudy("(padding)", np.zeros((0, size, size), np.float32), "", lambda: fixed_plan(()))
 
+    def _question_chunk(self, prompt: list[int], question: str, images: int) -> list[int]:
+        """The tokens after `prompt` of a question asked alone, as `run_chain` renders context `none`
+        (the system message and the question with its image placeholders, whole, ending with the
+        assistant's prefix); ValueError when the rendering does not start with the prompt."""
+        from data_pipeline.schema.records import Message
+        from data_pipeline.text.sequences import place_placeholders
+
+        text = place_placeholders(question, images, self.tokenizer.format.image)
+        ids = self.tokenizer.encode_chat([Message("system", self.system_prompt), Message("user", text)],
+                                         tokens_per_image=self.config.tokens_per_image,
+                                         add_generation_prompt=True).ids.tolist()
+        if ids[:len(prompt)] != prompt:
+            raise ValueError("the chat template does not start a conversation with its prompt tokens")
+        return ids[len(prompt):]
+
     def yes_no_tokens(self) -> tuple[int, int]:
         yes, no = self.chat.answer_body("Yes")[0], self.chat.answer_body("No")[0]
         if yes == no:
@@ -213,23 +236,22 @@ class _Model:
         from cxrtrek_jax.decoding import ChainStudy, fixed_plan
         from cxrtrek_jax.decoding.chain import stack_images
         from cxrtrek_jax.decoding.chain_state import StopReason
-        from data_pipeline.text.sequences import DEFAULT_SYSTEM_PROMPT, place_placeholders
 
         yes, no = self.yes_no_tokens()
-        studies = [ChainStudy(group[0].group, self.images(group)[0], DEFAULT_SYSTEM_PROMPT, lambda: fixed_plan(()))
+        studies = [ChainStudy(group[0].group, self.images(group)[0], self.system_prompt, lambda: fixed_plan(()))
                    for group in batch]
         batch = batch + [[]] * (self.batch_size - len(batch))  # a full batch always (one compiled shape)
         studies += [self._empty_study() for _ in range(len(batch) - len(studies))]
         images, mask = stack_images(studies, self.config.max_images)
-        prompt = self.chat.prompt(DEFAULT_SYSTEM_PROMPT)
+        prompt = self.chat.prompt(self.system_prompt)
         state = self.decoder.start(self.loaded.state, images, mask, [prompt] * len(batch), jax.random.key(0))
         base = np.asarray(jax.device_get(state.length))
         answers = {}
-        image_token = self.tokenizer.format.image
         for index in range(max(len(group) for group in batch)):
             asked = [group[index] if index < len(group) else None for group in batch]
-            chunks = [None if item is None else self.chat.question(place_placeholders(
-                presence_question(item.label), len(study.images), image_token)) for item, study in zip(asked, studies)]
+            chunks = [None if item is None else self._question_chunk(prompt, presence_question(item.label),
+                                                                     len(study.images))
+                      for item, study in zip(asked, studies)]
             state = self.decoder.ask(self.loaded.state, state, chunks, [0 if c is None else 2 for c in chunks])
             logits, reasons = jax.device_get((state.next_logits, state.stop_reason))
             for b, item in enumerate(asked):
