@@ -19,7 +19,8 @@ from cxrtrek_jax.decoding.model_loading import load_checkpoint_model
 from cxrtrek_jax.hf import conversion as hf_conversion
 from cxrtrek_jax.hf import errors as hf_errors
 from cxrtrek_jax.hf import llava_family, siglip_tower
-from cxrtrek_jax.model import CXRTrekNet, ModelConfig, ProjectorConfig, get_config, override
+from cxrtrek_jax.model import CXRTrekNet, ModelConfig, ProjectorConfig, from_dict, get_config, override, to_dict
+from cxrtrek_jax.train import checkpointing
 from tests.test_hf_import import foreign_tokenizer
 
 IMAGE_SIZE, PATCH = 32, 8
@@ -140,6 +141,22 @@ def test_import_reads_the_clip_tower(hf_dir, imported):
     assert (vision.feature_layer, vision.feature_class_token, vision.feature_final_norm) == (-2, False, False)
     assert (vision.activation, vision.layer_norm_eps, vision.depth) == ("quick_gelu", 1e-5, 3)
     assert vision.num_positions == GRID_TOKENS + 1 and vision.tokens_per_image == GRID_TOKENS
+    names = checkpointing.read_metadata(imported)["logical_axis_names"]
+    assert names["vision/class_embed"] == ["embed"] and names["vision/pre_norm/scale"] == ["embed"]
+    assert names["vision/pos_embed"] == ["patch", "embed"] and "vision/patch_embed/bias" not in names
+
+
+def test_configs_without_the_clip_fields_load_as_siglip():
+    """Checkpoints written before the CLIP fields existed: same config, same parameters."""
+    tiny = get_config("tiny")
+    old = to_dict(tiny)
+    for field in ("class_token", "pre_norm", "patch_bias", "feature_class_token"):
+        del old["vision"][field]
+    assert from_dict(old) == tiny
+    params = nnx.to_pure_dict(nnx.state(nnx.eval_shape(lambda: CXRTrekNet(tiny, rngs=nnx.Rngs(0))), nnx.Param))
+    assert set(params["vision"]) == {"patch_embed", "pos_embed", "layers", "final_norm"}
+    assert params["vision"]["pos_embed"].shape == (GRID_TOKENS, tiny.vision.width)
+    assert set(params["vision"]["patch_embed"]) == {"kernel", "bias"}
 
 
 def test_logits_equal_pytorch_on_the_same_pixels(hf_dir, imported):
