@@ -1,5 +1,5 @@
-"""Pretrained checkpoints exactly as they were trained: tiny random llava-1.5 and Gemma 3 models saved with
-their publishers' tokenizer and processor files (templates verbatim, `CLIPImageProcessor` with centre crop,
+"""Pretrained checkpoints exactly as they were trained: tiny random llava-1.5 (CLIP tower, its config.json
+layout) and Gemma 3 models saved with their publishers' tokenizer and processor files (templates verbatim, `CLIPImageProcessor` with centre crop,
 `Gemma3ImageProcessor`), imported with no flags.
 
 - `cxrtrek infer --image non_square.png --question Q --max-new-tokens 8` answers with the text
@@ -7,6 +7,8 @@ their publishers' tokenizer and processor files (templates verbatim, `CLIPImageP
 - a 3-step fine-tune of the import, exported, loads with `AutoProcessor` and the Hugging Face class and
   answers our greedy chain (own context, the model's answers in its context) token for token.
 """
+
+import types
 
 import jax
 import numpy as np
@@ -29,7 +31,7 @@ from data_pipeline.text.sequences import SequenceConfig, build_sequences
 from data_pipeline.text.tokenizer import load_tokenizer
 from tests.published_checkpoints import write_gemma3, write_generation_config, write_llava15
 from tests.test_gemma3 import tiny_gemma3
-from tests.test_hf_import import tiny_llava
+from tests.test_hf_llava_clip import llava_15_config, random_llava
 
 QUESTION = "Is there a pleural effusion?"
 SYSTEM = "You read chest radiographs."
@@ -40,9 +42,11 @@ CLASSES = {"llava15": LlavaForConditionalGeneration, "gemma3": Gemma3ForConditio
 
 
 def _published(name, directory):
-    if name == "llava15":
+    if name == "llava15":  # config.json in llava-1.5's layout: a CLIP tower, feature layer -2, strategy "default"
         backend = write_llava15(directory)
-        model = tiny_llava(backend.get_vocab_size(), backend.token_to_id("<image>"), seed=3)
+        ids = types.SimpleNamespace(image_id=backend.token_to_id("<image>"), pad_id=backend.token_to_id("<pad>"),
+                                    vocab_size=backend.get_vocab_size())
+        model = random_llava(llava_15_config(ids), seed=3)
     else:
         backend = write_gemma3(directory)
         ids = backend.token_to_id
@@ -142,7 +146,7 @@ def test_finetuned_export_reproduces_our_chain(family, tmp_path):
 
     budget = 7  # answer tokens, end-of-turn included
     loaded = load_checkpoint_model(trained)
-    spec = DecodeSpec.for_model(cfg, tokenizer, cache_length=512, max_answer_tokens=budget, max_turns=8)
+    spec = DecodeSpec.for_model(cfg, tokenizer, cache_length=256, max_answer_tokens=budget, max_turns=8)
     turns = [Turn(k, k + 1, "t", "open", q, 1) for k, (q, _) in enumerate(TURNS)]
     study = ChainStudy("s", images, SYSTEM, lambda: fixed_plan(turns))
     (ours,) = run_chain(StepwiseDecoder(loaded.graphdef, cfg, spec), loaded.state, tokenizer, [study],
