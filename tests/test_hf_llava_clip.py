@@ -5,6 +5,7 @@ identical tensors, and what CLIP or SigLIP cannot express is refused by name."""
 import copy
 import dataclasses
 import json
+from types import SimpleNamespace
 
 import jax.numpy as jnp
 import numpy as np
@@ -15,12 +16,14 @@ from PIL import Image
 from transformers import AutoProcessor, LlavaConfig, LlavaForConditionalGeneration
 
 from cxrtrek_jax.cli import main
-from cxrtrek_jax.decoding.model_loading import load_checkpoint_model
+from cxrtrek_jax.decoding.model_loading import image_processing_of, load_checkpoint_model
 from cxrtrek_jax.hf import conversion as hf_conversion
 from cxrtrek_jax.hf import errors as hf_errors
 from cxrtrek_jax.hf import llava_family, siglip_tower
 from cxrtrek_jax.model import CXRTrekNet, ModelConfig, ProjectorConfig, from_dict, get_config, override, to_dict
 from cxrtrek_jax.train import checkpointing
+from data_pipeline.files.image_processing import model_input
+from tests.published_checkpoints import write_llava15
 from tests.test_hf_import import foreign_tokenizer
 
 IMAGE_SIZE, PATCH = 32, 8
@@ -184,10 +187,45 @@ def test_export_round_trip_gives_identical_tensors(hf_dir, imported, tmp_path):
     assert int((ids == tokenizer.image_id).sum()) == GRID_TOKENS
 
 
+def test_published_llava15_files_import_with_no_flags_and_see_the_processors_pixels(tmp_path):
+    """llava-1.5's own files (template, `CLIPImageProcessor` with centre crop, processor config with
+    strategy "default") around the CLIP weights: the processor's ids and pixel_values for a non-square
+    image give the same logits as our preprocessing (`image_processing_of`) and model."""
+    directory = tmp_path / "llava-1.5-7b-hf"
+    backend = write_llava15(directory)
+    ids = SimpleNamespace(image_id=backend.token_to_id("<image>"), pad_id=backend.token_to_id("<pad>"),
+                          vocab_size=backend.get_vocab_size())
+    hf_model = random_llava(llava_15_config(ids), seed=4)
+    hf_model.save_pretrained(str(directory))
+    assert main(["import-hf", str(directory), "--out", str(tmp_path / "imported"), "--max-images", "1"]) == 0
+    loaded = load_checkpoint_model(tmp_path / "imported")
+    processing = image_processing_of(loaded.tokenizer_dir)
+    image = np.random.default_rng(5).integers(0, 256, (40, 57)).astype(np.uint8)
+    processor = AutoProcessor.from_pretrained(str(directory))
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Is there an effusion?"}]}]
+    inputs = processor(images=[Image.fromarray(image).convert("RGB")], return_tensors="pt",
+                       text=processor.apply_chat_template(messages, add_generation_prompt=True))
+    tokens = inputs["input_ids"].numpy().astype(np.int32)
+    assert int((tokens == ids.image_id).sum()) == GRID_TOKENS
+    fitted = model_input(image / 255.0, loaded.config.vision.image_size, processing)
+    ours = jax_logits(loaded.model(), jnp.asarray(tokens), jnp.asarray(fitted[None, None], jnp.float32))
+    with torch.no_grad():
+        theirs = hf_model(**inputs).logits.numpy()
+    np.testing.assert_allclose(np.asarray(ours), theirs, atol=1e-4, rtol=0)
+
+
+def test_strategy_full_keeps_the_class_token(hf_dir):
+    cfg = llava_family.from_hf_config(llava_15_config(hf_dir[2], vision_feature_select_strategy="full",
+                                                      image_seq_length=GRID_TOKENS + 1), max_images=2)
+    assert cfg.vision.feature_class_token and cfg.tokens_per_image == GRID_TOKENS + 1
+    assert llava_family.from_hf_config(llava_family.to_hf_config(cfg), max_images=2) == cfg
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("changes, tokens", [
     ({"vision_feature_select_strategy": "full", "image_seq_length": GRID_TOKENS + 1}, GRID_TOKENS + 1),
-    pytest.param({"vision_feature_layer": 1}, GRID_TOKENS, marks=pytest.mark.slow),  # (transformers cannot take
-    # hidden state 0: it asks for hidden states only `if vision_feature_layer`)
+    ({"vision_feature_layer": 1}, GRID_TOKENS),  # (transformers cannot take hidden state 0: it asks for
+    # hidden states only `if vision_feature_layer`)
 ], ids=["full-keeps-class-token", "feature-layer-1"])
 def test_strategy_full_and_another_feature_layer_match_pytorch(hf_dir, changes, tokens):
     _, _, tokenizer = hf_dir
@@ -198,7 +236,6 @@ def test_strategy_full_and_another_feature_layer_match_pytorch(hf_dir, changes, 
     tensors = {name: t.detach().numpy() for name, t in hf_model.state_dict().items()}
     nnx.update(model, hf_conversion.from_hf_tensors(tensors, cfg))
     assert_logits_match(model, hf_model, cfg, seed=3)
-    assert llava_family.from_hf_config(llava_family.to_hf_config(cfg), max_images=2) == cfg
 
 
 # ---------------------------------------------------------------------------
