@@ -5,7 +5,7 @@
     results = run_chain(decoder, params, tokenizer, studies, context="own", max_new_tokens=128)
 """
 
-from cxrtrek_jax.decoding.chain import ChainStudy, TurnResult, load_study_images, run_chain
+from cxrtrek_jax.decoding.chain import ChainStudy, TurnResult, load_study_images, run_chain, stream_chain
 from cxrtrek_jax.decoding.chain_state import ChainState, StopReason, state_logical_axes
 from cxrtrek_jax.decoding.question_script import default_script, says_yes
 from cxrtrek_jax.decoding.reference_decoder import ReferenceDecoder, ReferenceTurn
@@ -13,6 +13,7 @@ from cxrtrek_jax.decoding.sampling import GREEDY, SamplingConfig, filter_logits,
 from cxrtrek_jax.decoding.stepwise import (
     DecodeSpec,
     StepwiseDecoder,
+    admit_step,
     answer_step,
     ask_step,
     param_shardings,
@@ -22,11 +23,11 @@ from cxrtrek_jax.decoding.stepwise import (
 from cxrtrek_jax.decoding.turn_plans import ORDERS, Turn, TurnPlan, fixed_plan, study_turns
 
 __all__ = [
-    "ChainStudy", "TurnResult", "load_study_images", "run_chain",
+    "ChainStudy", "TurnResult", "load_study_images", "run_chain", "stream_chain",
     "ChainState", "StopReason", "state_logical_axes",
     "default_script", "says_yes",
     "ReferenceDecoder", "ReferenceTurn",
     "GREEDY", "SamplingConfig", "filter_logits", "sample_tokens",
-    "DecodeSpec", "StepwiseDecoder", "answer_step", "ask_step", "param_shardings", "rewind_step", "start_step",
+    "DecodeSpec", "StepwiseDecoder", "admit_step", "answer_step", "ask_step", "param_shardings", "rewind_step", "start_step",
     "ORDERS", "Turn", "TurnPlan", "fixed_plan", "study_turns",
 ]

@@ -43,7 +43,7 @@ import dataclasses
 import itertools
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import jax
 import numpy as np
@@ -60,7 +60,7 @@ from data_pipeline.schema.records import Message
 from data_pipeline.text.sequences import place_placeholders
 from data_pipeline.text.tokenizer import CXRTrekTokenizer
 
-__all__ = ["ChainStudy", "TurnResult", "ChatTokens", "run_chain", "stack_images",
+__all__ = ["ChainStudy", "TurnResult", "ChatTokens", "run_chain", "stream_chain", "stack_images",
            "load_study_images"]
 
 
@@ -278,6 +278,11 @@ def stack_images(studies: Sequence[ChainStudy], max_images: int) -> tuple[np.nda
     return images, mask
 
 
+def _checked_context(context: str) -> None:
+    if context not in CHAIN_CONTEXTS:
+        raise ValueError(f"unknown context mode {context!r}; expected one of {', '.join(CHAIN_CONTEXTS)}")
+
+
 def run_chain(
     decoder: StepwiseDecoder,
     params: nnx.State,
@@ -291,7 +296,8 @@ def run_chain(
     rng: jax.Array | None = None,
     on_turn: Callable[[int, TurnResult], None] | None = None,
 ) -> list[list[TurnResult]]:
-    """Run the studies' conversations together; one list of `TurnResult` per study, in asking order.
+    """Run the studies' conversations together (one batch of len(studies) rows); one list of
+    `TurnResult` per study, in asking order.
 
     max_new_tokens / min_new_tokens: per answer, end-of-turn included (see
     `answer_step`). on_turn(study_index, result) is called as turns finish.
@@ -299,83 +305,184 @@ def run_chain(
     study's images, a missing reference in teacher mode, or more turns than
     the decoder's record holds.
     """
-    if context not in CHAIN_CONTEXTS:
-        raise ValueError(f"unknown context mode {context!r}; expected one of {', '.join(CHAIN_CONTEXTS)}")
+    _checked_context(context)
     if not studies:
         raise ValueError("run_chain needs at least one study")
-    model_config = decoder.model_config
-    chat = ChatTokens(tokenizer, model_config.tokens_per_image)
-    images, image_mask = stack_images(studies, model_config.max_images)
-    conversations = []
-    for study in studies:
-        plan = study.plan()
-        prompt = chat.prompt(study.system_prompt)
-        conversations.append(_Conversation(study, prompt, [], list(prompt), plan, next(plan, None)))
-    if all(conv.turn is None for conv in conversations):
-        raise ValueError("the question script is empty: no study has a question to ask")
-    for conv in conversations:  # fail before compiling anything when the first turns are already wrong
-        if conv.turn is not None:
-            _check_turn(conv, conv.turn, context)
-    rng = jax.random.key(0) if rng is None else rng
-    state = decoder.start(params, images, image_mask, [conv.prompt for conv in conversations], rng)
-    started = np.asarray(jax.device_get(state.length))
-    for conv, length in zip(conversations, started):
-        conv.cached = conv.prompt[:length]
-
-    for asked_turns in itertools.count():
-        if not any(conv.turn is not None for conv in conversations):
-            return [conv.results for conv in conversations]
-        if asked_turns >= decoder.spec.max_turns:
-            longest = max(conversations, key=lambda c: len(c.results)).study.study_id
-            raise ValueError(f"study {longest!r} has more than {decoder.spec.max_turns} turns "
-                             "(DecodeSpec.max_turns); raise max_turns")
-        state = _run_turn(decoder, params, state, conversations, chat, context, sampling, max_new_tokens,
-                          min_new_tokens, on_turn)
+    results: list[list[TurnResult]] = [[] for _ in studies]
+    for index, study_results in stream_chain(decoder, params, tokenizer, studies, batch_size=len(studies),
+                                             context=context, max_new_tokens=max_new_tokens,
+                                             min_new_tokens=min_new_tokens, sampling=sampling, rng=rng,
+                                             on_turn=on_turn, require_questions=True):
+        results[index] = study_results
+    return results
 
 
-def _run_turn(decoder: StepwiseDecoder, params: nnx.State, state: ChainState, conversations: list[_Conversation],
-              chat: ChatTokens, context: str, sampling: SamplingConfig, max_new_tokens: int, min_new_tokens: int,
-              on_turn: Callable[[int, TurnResult], None] | None) -> ChainState:
-    """Ask every sample's current turn (rewinding first where its context changes), decode the
-    answers, record them and move each plan on; returns the new state."""
-    began = time.perf_counter()
-    wanted = []
-    for conv in conversations:
-        if conv.turn is not None:
-            _check_turn(conv, conv.turn, context)
-        wanted.append(None if conv.turn is None else _wanted_context(
-            conv, conv.turn, context, chat, decoder.spec.cache_length, max_new_tokens))
-    keep = [len(conv.cached) if want is None else min(_common_prefix(conv.cached, want), len(want) - 1)
-            for conv, want in zip(conversations, wanted)]
-    stuck = any(conv.overflowed for conv in conversations)
-    if stuck or any(k < len(conv.cached) for k, conv in zip(keep, conversations)):
+def stream_chain(
+    decoder: StepwiseDecoder,
+    params: nnx.State,
+    tokenizer: CXRTrekTokenizer,
+    studies: Iterable[ChainStudy],
+    *,
+    batch_size: int,
+    context: str,
+    max_new_tokens: int,
+    min_new_tokens: int = 0,
+    sampling: SamplingConfig = GREEDY,
+    rng: jax.Array | None = None,
+    on_turn: Callable[[int, TurnResult], None] | None = None,
+    require_questions: bool = False,
+) -> Iterator[tuple[int, list[TurnResult]]]:
+    """Continuous batching over a stream of studies: (index in `studies`, its `TurnResult`s) as
+    each study's chain ends, in order of finishing.
+
+    `batch_size` rows decode together; when a study's chain ends its row takes the next study of
+    the stream (its images encoded and prompt prefilled by `StepwiseDecoder.admit`), so short and
+    long chains do not wait for each other. Every turn is one `StepwiseDecoder.turn` (rewind,
+    prefill of every asked row's chunk in one call, decoding) and one transfer of its answers.
+    Memory holds `batch_size` studies (the stream is read as rows free up). Greedy answers equal
+    those of each study decoded alone. Errors as `run_chain`; require_questions: ValueError
+    when no study of the first batch has a question (`run_chain`'s "question script is empty").
+    """
+    _checked_context(context)
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    engine = _Engine(decoder, params, tokenizer, context, sampling, max_new_tokens, min_new_tokens, on_turn)
+    pending = enumerate(studies)
+    first = list(itertools.islice(pending, batch_size))
+    if not first:
+        return
+    engine.start(first, jax.random.key(0) if rng is None else rng, require_questions)
+    while True:
+        yield from engine.finished()
+        free = engine.free_rows()
+        if free:
+            arriving = list(itertools.islice(pending, len(free)))
+            if arriving:
+                engine.admit(free[: len(arriving)], arriving)
+                continue  # a study without questions ends at once
+        if not engine.running():
+            return
+        engine.run_turn()
+
+
+class _Engine:
+    """The rows of a running batch, their host bookkeeping (`_Conversation`) and the state."""
+
+    def __init__(self, decoder: StepwiseDecoder, params: nnx.State, tokenizer: CXRTrekTokenizer, context: str,
+                 sampling: SamplingConfig, max_new_tokens: int, min_new_tokens: int,
+                 on_turn: Callable[[int, TurnResult], None] | None):
+        self.decoder, self.params, self.context, self.sampling = decoder, params, context, sampling
+        self.max_new_tokens, self.min_new_tokens, self.on_turn = max_new_tokens, min_new_tokens, on_turn
+        self.chat = ChatTokens(tokenizer, decoder.model_config.tokens_per_image)
+        self.rows: list[_Conversation | None] = []
+        self.index: list[int] = []       # each row's study index in the stream
+        self.state: ChainState | None = None
+
+    def _conversations(self, arriving: list[tuple[int, ChainStudy]]) -> list[_Conversation]:
+        """Fresh conversations, each checked (its first turn) before anything is compiled."""
+        conversations = []
+        for _, study in arriving:
+            plan = study.plan()
+            prompt = self.chat.prompt(study.system_prompt)
+            conv = _Conversation(study, prompt, [], list(prompt), plan, next(plan, None))
+            if conv.turn is not None:
+                _check_turn(conv, conv.turn, self.context)
+            conversations.append(conv)
+        return conversations
+
+    def _images(self, arriving: list[tuple[int, ChainStudy]]) -> tuple[np.ndarray, np.ndarray]:
+        """`stack_images` of the studies; blank slots at the model's image size when none has images
+        (so every admission has the shape the batch started with)."""
+        config = self.decoder.model_config
+        images, mask = stack_images([study for _, study in arriving], config.max_images)
+        if not mask.any():
+            size = config.vision.image_size
+            images = np.zeros((*mask.shape, size, size), np.float32)
+        return images, mask
+
+    def _record_start(self, conv: _Conversation) -> None:
+        fits = len(conv.prompt) <= self.decoder.spec.cache_length  # as `start_step`: a longer prompt is not written
+        conv.cached = conv.prompt if fits else []
+
+    def start(self, arriving: list[tuple[int, ChainStudy]], rng: jax.Array, require_questions: bool) -> None:
+        images, image_mask = self._images(arriving)
+        conversations = self._conversations(arriving)
+        if require_questions and all(conv.turn is None for conv in conversations):
+            raise ValueError("the question script is empty: no study has a question to ask")
+        self.rows, self.index = list(conversations), [i for i, _ in arriving]
+        self.state = self.decoder.start(self.params, images, image_mask, [c.prompt for c in conversations], rng)
+        for conv in conversations:
+            self._record_start(conv)
+
+    def admit(self, rows: list[int], arriving: list[tuple[int, ChainStudy]]) -> None:
+        images, image_mask = self._images(arriving)
+        conversations = self._conversations(arriving)
+        self.state = self.decoder.admit(self.params, self.state, rows, images, image_mask,
+                                        [c.prompt for c in conversations])
+        for row, conv, (index, _) in zip(rows, conversations, arriving):
+            self._record_start(conv)
+            self.rows[row], self.index[row] = conv, index
+
+    def finished(self) -> Iterator[tuple[int, list[TurnResult]]]:
+        """The studies whose chains have ended (their rows become free)."""
+        for row, conv in enumerate(self.rows):
+            if conv is not None and conv.turn is None:
+                self.rows[row] = None
+                yield self.index[row], conv.results
+
+    def free_rows(self) -> list[int]:
+        return [row for row, conv in enumerate(self.rows) if conv is None]
+
+    def running(self) -> bool:
+        return any(conv is not None for conv in self.rows)
+
+    def run_turn(self) -> None:
+        """Ask every running row its current turn (rewinding where its context changes), decode the
+        answers, record them and move each plan on."""
+        decoder, context, chat = self.decoder, self.context, self.chat
+        began = time.perf_counter()
+        wanted, keep, seen, chunks, stages = [], [], [], [], []
         image_id = chat.tokenizer.image_id
-        seen = [int(np.count_nonzero(np.asarray(conv.cached[:k]) == image_id)) for conv, k in zip(conversations, keep)]
-        state = decoder.rewind(state, keep, seen)
-        for conv, k in zip(conversations, keep):
+        for conv in self.rows:
+            if conv is None:
+                wanted.append(None)
+                keep.append(0)
+                seen.append(0)
+                chunks.append(None)
+                stages.append(0)
+                continue
+            if len(conv.results) >= decoder.spec.max_turns:
+                raise ValueError(f"study {conv.study.study_id!r} has more than {decoder.spec.max_turns} turns "
+                                 "(DecodeSpec.max_turns); raise max_turns")
+            _check_turn(conv, conv.turn, context)
+            want = _wanted_context(conv, conv.turn, context, chat, decoder.spec.cache_length, self.max_new_tokens)
+            k = min(_common_prefix(conv.cached, want), len(want) - 1)
             conv.cached = conv.cached[:k]
-    chunks = [None if want is None else want[k:] for want, k in zip(wanted, keep)]
-    stages = [0 if conv.turn is None else conv.turn.stage for conv in conversations]
-    state = decoder.ask(params, state, chunks, stages)
-    state, _ = decoder.answer(params, state, sampling, max_new_tokens, min_new_tokens)
-    tokens, counts, reasons, lengths = jax.device_get((state.tokens, state.num_tokens, state.stop_reason,
-                                                       state.length))
-    latency = time.perf_counter() - began
-    for b, conv in enumerate(conversations):
-        if conv.turn is None:
-            continue
-        generated = [int(t) for t in tokens[b, : counts[b]]]
-        _advance(conv, chunks[b], generated, int(lengths[b]), context, chat)
-        result = _result(conv, generated, StopReason(int(reasons[b])), latency, context, chat.tokenizer)
-        conv.overflowed = result.stop_reason == StopReason.CACHE_FULL.label
-        if conv.overflowed and context == "own":
-            conv.history.pop()  # not answered: no later window holds it
-            conv.window_start = len(conv.history)
-        conv.results.append(result)
-        if on_turn is not None:
-            on_turn(b, result)
-        conv.turn = _next_turn(conv.plan, result.answer)
-    return state
+            wanted.append(want)
+            keep.append(k)
+            seen.append(int(np.count_nonzero(np.asarray(conv.cached, np.int64) == image_id)))
+            chunks.append(want[k:])
+            stages.append(conv.turn.stage)
+        self.state, _ = decoder.turn(self.params, self.state, length=keep, image_tokens_seen=seen, chunks=chunks,
+                                     stages=stages, sampling=self.sampling, max_new_tokens=self.max_new_tokens,
+                                     min_new_tokens=self.min_new_tokens)
+        tokens, counts, reasons, lengths = jax.device_get((self.state.tokens, self.state.num_tokens,
+                                                           self.state.stop_reason, self.state.length))
+        latency = time.perf_counter() - began
+        for b, conv in enumerate(self.rows):
+            if conv is None:
+                continue
+            generated = [int(t) for t in tokens[b, : counts[b]]]
+            _advance(conv, chunks[b], generated, int(lengths[b]), context, chat)
+            result = _result(conv, generated, StopReason(int(reasons[b])), latency, context, chat.tokenizer)
+            conv.overflowed = result.stop_reason == StopReason.CACHE_FULL.label
+            if conv.overflowed and context == "own":
+                conv.history.pop()  # not answered: no later window holds it
+                conv.window_start = len(conv.history)
+            conv.results.append(result)
+            if self.on_turn is not None:
+                self.on_turn(self.index[b], result)
+            conv.turn = _next_turn(conv.plan, result.answer)
 
 
 def _advance(conv: _Conversation, chunk: list[int], generated: list[int], length: int, context: str,

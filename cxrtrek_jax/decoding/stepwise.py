@@ -55,6 +55,7 @@ __all__ = [
     "ask_step",
     "answer_step",
     "rewind_step",
+    "admit_step",
     "param_shardings",
 ]
 
@@ -100,6 +101,21 @@ class DecodeSpec:
         while size < length:
             size *= 2
         return min(size, self.cache_length)
+
+    def window(self, length: int) -> int:
+        """The cache prefix a step attends to when no sample reaches past slot `length`: the
+        smallest of S/8, S/4, S/2 (rounded up to min_bucket) and S that holds `length` slots.
+        Four sizes at most, so a chain compiles few shapes and a short conversation does not
+        pay for the whole capacity at every decoding step."""
+        for parts in (8, 4, 2):
+            size = -(-self.cache_length // parts // self.min_bucket) * self.min_bucket
+            if length <= size < self.cache_length:
+                return size
+        return self.cache_length
+
+    def windows(self) -> tuple[int, ...]:
+        """Every size `window` can return, smallest first."""
+        return tuple(sorted({self.window(self.cache_length * k // 8) for k in range(1, 9)}))
 
     @classmethod
     def for_model(cls, model_config: ModelConfig, tokenizer, *, cache_length: int, max_answer_tokens: int,
@@ -175,16 +191,36 @@ def start_step(graphdef: nnx.GraphDef, spec: DecodeSpec, params: nnx.State, imag
     )
 
 
+def _in_window(window: int | None, state: ChainState, step):
+    """`step(state)` run on the state's cache cut to its first `window` slots (None: all S);
+    the slots beyond are kept as they are. step returns a state or (state, extra)."""
+    if window is None or window == state.cache_length:
+        return step(state)
+    out = step(state.replace(cache=state.cache.prefix(window)))
+    inner, extra = (out, None) if isinstance(out, ChainState) else out
+    inner = inner.replace(cache=state.cache.with_prefix(inner.cache))
+    return inner if extra is None else (inner, extra)
+
+
 def ask_step(graphdef: nnx.GraphDef, spec: DecodeSpec, params: nnx.State, state: ChainState,
-             question_tokens: jax.Array, question_lengths: jax.Array, stages: jax.Array) -> ChainState:
+             question_tokens: jax.Array, question_lengths: jax.Array, stages: jax.Array,
+             window: int | None = None) -> ChainState:
     """Prefill the next chunk of each conversation at its write position.
 
     question_tokens int32[B, L] right-padded; question_lengths int32[B]
     (0 = this sample is not asked this turn); stages int32[B] (0 when not
     asked). Image tokens in the chunk take the next stored features. A sample
     whose chunk does not fit in the cache is not written: it is marked
-    overflowed with stop reason CACHE_FULL.
+    overflowed with stop reason CACHE_FULL. window (static): attend over the
+    cache's first `window` slots only; the caller guarantees every asked
+    sample's chunk ends within them (None: the whole cache).
+    The LM head runs at each sample's last chunk token only.
     """
+    return _in_window(window, state, lambda s: _ask(graphdef, spec, params, s, question_tokens,
+                                                    question_lengths, stages))
+
+
+def _ask(graphdef, spec, params, state, question_tokens, question_lengths, stages) -> ChainState:
     model = _model(graphdef, params)
     batch, chunk_len = question_tokens.shape
     asked = (question_lengths > 0) & ~state.overflowed
@@ -193,10 +229,10 @@ def ask_step(graphdef: nnx.GraphDef, spec: DecodeSpec, params: nnx.State, state:
     overflow_now = asked & ~fits
     real = (jnp.arange(chunk_len)[None, :] < question_lengths[:, None]) & active[:, None]
     positions = state.length[:, None] + jnp.arange(chunk_len, dtype=jnp.int32)[None, :]
-    logits, cache = model(question_tokens, image_mask=state.image_mask, positions=positions,
+    hidden, cache = model(question_tokens, image_mask=state.image_mask, positions=positions,
                           segment_ids=real.astype(jnp.int32), cache=state.cache, cache_index=state.length,
-                          image_features=state.image_features)
-    last = _row_take(logits, jnp.clip(question_lengths - 1, 0, chunk_len - 1))
+                          image_features=state.image_features, return_hidden=True)
+    last = model.text.head(_row_take(hidden, jnp.clip(question_lengths - 1, 0, chunk_len - 1)))
     length = state.length + jnp.where(active, question_lengths, 0)
     reason = jnp.where(active, StopReason.IN_PROGRESS,
                        jnp.where(overflow_now | (state.overflowed & (question_lengths > 0)),
@@ -229,7 +265,7 @@ def _allowed_logits(spec: DecodeSpec, logits: jax.Array, num_tokens: jax.Array,
 
 def answer_step(graphdef: nnx.GraphDef, spec: DecodeSpec, params: nnx.State, state: ChainState,
                 sampling: SamplingConfig, max_new_tokens: jax.Array,
-                min_new_tokens: jax.Array) -> tuple[ChainState, jax.Array]:
+                min_new_tokens: jax.Array, window: int | None = None) -> tuple[ChainState, jax.Array]:
     """Decode every asked sample's answer; returns the state and the tokens int32[B, A].
 
     max_new_tokens / min_new_tokens: int32[] or int32[B], counting the closing
@@ -238,7 +274,15 @@ def answer_step(graphdef: nnx.GraphDef, spec: DecodeSpec, params: nnx.State, sta
     MAX_NEW_TOKENS) so the conversation stays well formed. A sample whose
     next token has no free cache slot stops with CACHE_FULL and is marked
     overflowed. The turn is then added to the record (row `state.turn`).
+    window (static): decode over the cache's first `window` slots only (each step attends to
+    them, not to all S); the caller guarantees that every asked sample's answer ends within
+    them, or window is S (None: S).
     """
+    return _in_window(window, state, lambda s: _answer(graphdef, spec, params, s, sampling, max_new_tokens,
+                                                       min_new_tokens))
+
+
+def _answer(graphdef, spec, params, state, sampling, max_new_tokens, min_new_tokens):
     model = _model(graphdef, params)
     batch, capacity = state.tokens.shape
     budget = jnp.broadcast_to(jnp.clip(max_new_tokens, 1, capacity), (batch,)).astype(jnp.int32)
@@ -258,7 +302,7 @@ def answer_step(graphdef: nnx.GraphDef, spec: DecodeSpec, params: nnx.State, sta
         forced = at_budget & (token != spec.end_of_turn_id)
         token = jnp.where(at_budget, spec.end_of_turn_id, token)
         live = ~current.done
-        write = live & (current.length < spec.cache_length)
+        write = live & (current.length < current.cache_length)
         overflow_now = live & ~write
         new_logits, cache = model(token[:, None], positions=current.length[:, None],
                                   segment_ids=write[:, None].astype(jnp.int32), cache=current.cache,
@@ -292,6 +336,28 @@ def answer_step(graphdef: nnx.GraphDef, spec: DecodeSpec, params: nnx.State, sta
         stop_reasons=state.stop_reasons.at[:, turn].set(state.stop_reason, mode="drop"),
     )
     return state, state.tokens
+
+
+def admit_step(graphdef: nnx.GraphDef, spec: DecodeSpec, params: nnx.State, state: ChainState,
+               slots: jax.Array, images: jax.Array, image_mask: jax.Array, prompt_tokens: jax.Array,
+               prompt_lengths: jax.Array) -> ChainState:
+    """Start N new conversations in rows `slots` of a running state (continuous batching: a
+    study whose chain has ended gives its row to the next one).
+
+    slots int32[N] (a value >= B: a padding entry, nothing written); images, image_mask,
+    prompt_tokens, prompt_lengths as `start_step` for the N new samples. Their images are
+    encoded and prompts prefilled as `start_step` does (into fresh rows), then every per-sample
+    field of those rows is replaced; the other rows, the PRNG key and the turn counter are kept.
+    """
+    fresh = start_step(graphdef, spec, params, images, image_mask, prompt_tokens, prompt_lengths, state.rng)
+    fresh = fresh.replace(rng=state.rng, turn=state.turn)
+    rows = slots.astype(jnp.int32)
+
+    def put(old, new):
+        return old if old.ndim == 0 or jax.dtypes.issubdtype(old.dtype, jax.dtypes.prng_key) else (
+            old.at[rows].set(new, mode="drop"))
+
+    return jax.tree.map(put, state, fresh)
 
 
 def rewind_step(state: ChainState, length: jax.Array, image_tokens_seen: jax.Array) -> ChainState:
@@ -378,9 +444,11 @@ class StepwiseDecoder:
         donate = jax.default_backend() != "cpu"
         self._start = jax.jit(self._sharded(functools.partial(start_step, graphdef, spec)))
         self._ask = jax.jit(self._sharded(functools.partial(ask_step, graphdef, spec)),
-                            donate_argnums=(1,) if donate else ())
+                            static_argnums=(5,), donate_argnums=(1,) if donate else ())
         self._answer = jax.jit(self._sharded(functools.partial(answer_step, graphdef, spec)),
-                               static_argnums=(2,), donate_argnums=(1,) if donate else ())
+                               static_argnums=(2, 5), donate_argnums=(1,) if donate else ())
+        self._admit = jax.jit(self._sharded(functools.partial(admit_step, graphdef, spec)),
+                              donate_argnums=(1,) if donate else ())
         self._rewind = jax.jit(self._sharded(rewind_step), donate_argnums=(0,) if donate else ())
 
     def _sharded(self, fn):
@@ -402,7 +470,7 @@ class StepwiseDecoder:
 
     def compiled_count(self) -> int:
         """Executables compiled so far by this decoder (all step functions together)."""
-        return sum(f._cache_size() for f in (self._start, self._ask, self._answer, self._rewind))
+        return sum(f._cache_size() for f in (self._start, self._ask, self._answer, self._rewind, self._admit))
 
     def chunk_buckets(self) -> tuple[int, ...]:
         """Every padded chunk length `ask` can use (min_bucket * 2**k up to S)."""
@@ -414,18 +482,23 @@ class StepwiseDecoder:
     def warm_up(self, params: nnx.State, *, batch_size: int, image_shape: tuple[int, int], prompt_length: int,
                 sampling: SamplingConfig) -> None:
         """Compile every step function for this batch size up front: `start` for the bucket of
-        `prompt_length`, `ask` for every chunk bucket, `answer` for `sampling`, and `rewind`.
-        After it, chains of `batch_size` studies with prompts in that bucket compile nothing."""
+        `prompt_length`, `ask` for every (chunk bucket, window) pair, `answer` for `sampling` in
+        every window, `rewind`, and `admit` of one study. After it, chains of `batch_size` studies
+        with prompts in that bucket compile nothing (streams: nothing for admissions of one study)."""
         slots = self.model_config.max_images
-        state = self.start(params, np.zeros((batch_size, slots, *image_shape), np.float32),
-                           np.zeros((batch_size, slots), bool), [[self.spec.pad_id] * prompt_length] * batch_size,
-                           jax.random.key(0))
+        images = np.zeros((batch_size, slots, *image_shape), np.float32)
+        prompts = [[self.spec.pad_id] * prompt_length] * batch_size
+        state = self.start(params, images, np.zeros((batch_size, slots), bool), prompts, jax.random.key(0))
         none_asked = np.zeros((batch_size,), np.int32)
-        for width in self.chunk_buckets():
-            state = self._ask(params, state, np.full((batch_size, width), self.spec.pad_id, np.int32), none_asked,
-                              none_asked)
-        state, _ = self.answer(params, state, sampling, 1)
+        budgets = np.ones((batch_size,), np.int32)
+        for window in self.spec.windows():
+            for width in self.chunk_buckets():
+                if width <= window:
+                    state = self._ask(params, state, np.full((batch_size, width), self.spec.pad_id, np.int32),
+                                      none_asked, none_asked, window)
+            state, _ = self._answer(params, state, sampling, budgets, budgets, window)
         state = self._rewind(state, *jax.device_get((state.length, state.cache.image_tokens_seen)))
+        state = self.admit(params, state, [0], images[:1], np.zeros((1, slots), bool), prompts[:1])
         jax.block_until_ready(state)
 
     def start(self, params: nnx.State, images: np.ndarray, image_mask: np.ndarray,
@@ -440,16 +513,39 @@ class StepwiseDecoder:
                            _pad_rows(prompts, width, self.spec.pad_id), lengths, rng)
 
     def ask(self, params: nnx.State, state: ChainState, chunks: Sequence[Sequence[int] | None],
-            stages: Sequence[int]) -> ChainState:
-        """Prefill one chunk per sample (None or empty: not asked this turn)."""
+            stages: Sequence[int], *, window: int | None = None) -> ChainState:
+        """Prefill one chunk per sample (None or empty: not asked this turn).
+        window: the cache prefix to attend over (`DecodeSpec.window` of the longest asked
+        sample's length after the chunk; None: the whole cache); ValueError if an asked chunk
+        that fits the cache would end past it."""
         if len(chunks) != state.batch_size or len(stages) != state.batch_size:
             raise ValueError(f"ask needs one chunk and one stage per sample ({state.batch_size}), "
                              f"got {len(chunks)} chunks and {len(stages)} stages")
         lengths = np.array([0 if c is None else len(c) for c in chunks], np.int32)
-        width = self.spec.bucket(max(int(lengths.max(initial=1)), 1))
         self._check_image_tokens(state, chunks)
+        if window is not None:
+            self._check_window(window, jax.device_get(state.length), lengths)
+        return self._ask_unchecked(params, state, chunks, stages, window)
+
+    def _ask_unchecked(self, params, state, chunks, stages, window):
+        lengths = np.array([0 if c is None else len(c) for c in chunks], np.int32)
+        window = self.spec.cache_length if window is None else window
+        width = min(self.spec.bucket(max(int(lengths.max(initial=1)), 1)), window)
+        if lengths.max(initial=0) > width:  # does not fit even the whole cache: ask_step marks it overflowed
+            width = self.spec.cache_length
         return self._ask(params, state, _pad_rows(chunks, width, self.spec.pad_id), lengths,
-                         np.asarray(stages, np.int32))
+                         np.asarray(stages, np.int32), window)
+
+    def _check_window(self, window: int, lengths: np.ndarray, adds: np.ndarray) -> None:
+        """ValueError unless `window` is one of the spec's windows and holds every sample that
+        adds tokens (adds > 0) and fits the cache: lengths + adds <= window."""
+        if window not in self.spec.windows():
+            raise ValueError(f"window {window} is not one of the decoder's windows {self.spec.windows()}")
+        end = np.asarray(lengths) + np.asarray(adds)
+        bad = np.flatnonzero((np.asarray(adds) > 0) & (end > window) & (end <= self.spec.cache_length))
+        if bad.size:
+            raise ValueError(f"samples {bad.tolist()} would write up to slot {end[bad].tolist()}, past the "
+                             f"window of {window} slots")
 
     def _check_image_tokens(self, state: ChainState, chunks: Sequence[Sequence[int] | None]) -> None:
         """ValueError naming the samples whose chunk holds more image tokens than their images have
@@ -467,12 +563,59 @@ class StepwiseDecoder:
             raise ValueError(f"more image tokens than image features ({details})")
 
     def answer(self, params: nnx.State, state: ChainState, sampling: SamplingConfig,
-               max_new_tokens: int | np.ndarray, min_new_tokens: int | np.ndarray = 0,
-               ) -> tuple[ChainState, jax.Array]:
-        """Decode the answers; see `answer_step`. The budgets are a number or one per sample."""
+               max_new_tokens: int | np.ndarray, min_new_tokens: int | np.ndarray = 0, *,
+               window: int | None = None) -> tuple[ChainState, jax.Array]:
+        """Decode the answers; see `answer_step`. The budgets are a number or one per sample.
+        window: as `ask` (every asked sample's length plus its budget must fit in it)."""
         budgets = [np.broadcast_to(np.asarray(value, np.int32), (state.batch_size,))
                    for value in (max_new_tokens, min_new_tokens)]
-        return self._answer(params, state, sampling, *budgets)
+        if window is not None:
+            length, done = jax.device_get((state.length, state.done))
+            self._check_window(window, length, np.where(done, 0, np.clip(budgets[0], 1, self.spec.max_answer_tokens)))
+        return self._answer(params, state, sampling, *budgets, window)
+
+    def admit(self, params: nnx.State, state: ChainState, slots: Sequence[int], images: np.ndarray,
+              image_mask: np.ndarray, prompts: Sequence[Sequence[int]]) -> ChainState:
+        """Start new studies in rows `slots` of a running state (`admit_step`): images float32[N, M, H, W],
+        image_mask bool[N, M], one prompt per study. N is padded to a power of two (at most B)
+        so few shapes compile."""
+        count = len(slots)
+        if not 0 < count <= state.batch_size or len(images) != count or len(prompts) != count:
+            raise ValueError(f"admit needs 1..{state.batch_size} slots with one image stack and prompt each, "
+                             f"got {count} slots, {len(images)} image stacks, {len(prompts)} prompts")
+        if len(set(slots)) != count or not all(0 <= s < state.batch_size for s in slots):
+            raise ValueError(f"admit slots must be distinct rows in 0..{state.batch_size - 1}, got {list(slots)}")
+        lengths = np.array([len(p) for p in prompts], np.int32)
+        if lengths.min() < 1:
+            raise ValueError(f"need one non-empty prompt per study, prompt lengths {lengths.tolist()}")
+        size = min(1 << (count - 1).bit_length(), state.batch_size)
+        pad = size - count
+        rows = np.concatenate([np.asarray(slots, np.int32), np.full((pad,), state.batch_size, np.int32)])
+        images = np.concatenate([np.asarray(images, np.float32), np.zeros((pad, *images.shape[1:]), np.float32)])
+        image_mask = np.concatenate([np.asarray(image_mask, bool), np.zeros((pad, image_mask.shape[1]), bool)])
+        lengths = np.concatenate([lengths, np.ones((pad,), np.int32)])
+        prompts = list(prompts) + [[self.spec.pad_id]] * pad
+        width = self.spec.bucket(int(lengths.max()))
+        return self._admit(params, state, rows, images, image_mask, _pad_rows(prompts, width, self.spec.pad_id),
+                           lengths)
+
+    def turn(self, params: nnx.State, state: ChainState, *, length: Sequence[int], image_tokens_seen: Sequence[int],
+             chunks: Sequence[Sequence[int] | None], stages: Sequence[int], sampling: SamplingConfig,
+             max_new_tokens: int, min_new_tokens: int = 0) -> tuple[ChainState, jax.Array]:
+        """One turn for every sample, dispatched without waiting on the device: rewind to
+        `length` (the caller's record of each sample's valid context, `rewind` without its
+        check), prefill the chunks (`ask`) and decode the answers (`answer`), both in the
+        smallest window holding every asked sample's context and answer. Returns the state and
+        the tokens of `answer`; one `jax.device_get` of what the caller needs ends the turn."""
+        length = np.asarray(length, np.int32)
+        adds = np.array([0 if c is None else len(c) for c in chunks], np.int32)
+        budget = int(np.clip(max_new_tokens, 1, self.spec.max_answer_tokens))
+        ends = np.where(adds > 0, length + adds + budget, 0)
+        window = self.spec.window(int(ends.max(initial=1)))
+        state = self._rewind(state, length, np.asarray(image_tokens_seen, np.int32))
+        state = self._ask_unchecked(params, state, chunks, stages, window)
+        budgets = [np.full((state.batch_size,), value, np.int32) for value in (max_new_tokens, min_new_tokens)]
+        return self._answer(params, state, sampling, *budgets, window)
 
     def rewind(self, state: ChainState, length: Sequence[int], image_tokens_seen: Sequence[int]) -> ChainState:
         """Move the write positions back; ValueError unless prompt_length <= length <= state.length."""

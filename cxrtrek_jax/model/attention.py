@@ -100,6 +100,24 @@ def _causal_halves(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, sc
     return jnp.concatenate([_ungrouped(first, heads), _ungrouped(second, heads)], axis=1)
 
 
+def _one_query(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None, scale: float) -> jax.Array:
+    """Attention of one query per row (a decoding step) over keys in their stored layout:
+    q [B, 1, H, D], k/v [B, S, K, D], mask bool[B, 1, S] or None -> [B, 1, H, D].
+
+    Scores and the weighted sum are broadcast products reduced over D resp. S, which XLA fuses
+    into single passes over k and v; the einsum path would first transpose k and v to head-major
+    ([B, K, S, D]), a copy of the whole cache per layer and step."""
+    batch, _, heads, head_dim = q.shape
+    kv_heads = k.shape[2]
+    grouped = q.reshape(batch, 1, kv_heads, heads // kv_heads, head_dim)       # [B, 1, K, G, D]
+    logits = jnp.sum(grouped.astype(jnp.float32) * k[:, :, :, None, :].astype(jnp.float32), axis=-1) * scale
+    if mask is not None:                                                        # logits [B, S, K, G]
+        logits = jnp.where(mask[:, 0, :, None, None], logits, _MASKED_LOGIT)
+    probs = jax.nn.softmax(logits, axis=1)
+    out = jnp.sum(probs[..., None] * v[:, :, :, None, :].astype(jnp.float32), axis=1)  # [B, K, G, D]
+    return out.reshape(batch, 1, heads, head_dim)
+
+
 def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None, *,
                           scale: float, causal: bool = False) -> jax.Array:
     """softmax(q k^T * scale) v.
@@ -110,6 +128,7 @@ def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Ar
     False for s > t, T == S; e.g. `causal_segment_mask` without a cache); then, for even T of
     at least MIN_CAUSAL_SPLIT, the all-masked upper-right quarter of the scores is skipped
     (same result: those keys get zero weight either way).
+    One query per row (T == 1, a decoding step) reads k and v in place (`_one_query`).
     Returns [B, T, H, D] in q's dtype.
     """
     batch, length, heads, head_dim = q.shape
@@ -118,6 +137,8 @@ def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Ar
         raise ValueError(f"{heads} query heads are not a multiple of {kv_heads} kv heads")
     if causal and mask is None:
         raise ValueError("dot_product_attention(causal=True) needs the causal mask (got mask=None)")
+    if length == 1 and not causal:
+        return _one_query(q, k, v, mask, scale).astype(q.dtype)
     k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)
     if causal and length == k.shape[2] and length % 2 == 0 and length >= MIN_CAUSAL_SPLIT:
         return _causal_halves(q, k, v, mask, scale).astype(q.dtype)

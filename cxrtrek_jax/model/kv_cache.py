@@ -57,6 +57,26 @@ class KVCache:
     def batch_size(self) -> int:
         return self.segment_ids.shape[0]
 
+    def prefix(self, length: int) -> "KVCache":
+        """The cache cut to its first `length` slots (a static length <= S): attention over it
+        costs `length` keys per query instead of S. Writes beyond it are dropped (`write_chunk`),
+        so the caller picks a prefix holding every slot it will write; `with_prefix` puts it back."""
+        if not 0 < length <= self.max_length:
+            raise ValueError(f"cache prefix of {length} slots outside 1..{self.max_length}")
+        if length == self.max_length:
+            return self
+        cut = lambda x: jax.lax.slice_in_dim(x, 0, length, axis=1)  # noqa: E731
+        return self.replace(k=tuple(map(cut, self.k)), v=tuple(map(cut, self.v)), segment_ids=cut(self.segment_ids))
+
+    def with_prefix(self, prefix: "KVCache") -> "KVCache":
+        """This cache with its first slots replaced by `prefix` (from `prefix`, possibly updated)."""
+        if prefix.max_length == self.max_length:
+            return prefix
+        put = lambda full, part: jax.lax.dynamic_update_slice_in_dim(full, part, 0, axis=1)  # noqa: E731
+        return self.replace(k=tuple(map(put, self.k, prefix.k)), v=tuple(map(put, self.v, prefix.v)),
+                            segment_ids=put(self.segment_ids, prefix.segment_ids),
+                            image_tokens_seen=prefix.image_tokens_seen)
+
 
 def write_chunk(buffer: jax.Array, chunk: jax.Array, index: jax.Array) -> jax.Array:
     """buffer[b, index[b] + t] = chunk[b, t] for every b, t.
