@@ -319,7 +319,7 @@ def _pytorch_check(export_dir: Path, ckpt: Path, data_json: Path, count: int, ne
     from transformers import AutoProcessor
 
     from cxrtrek_jax.decoding import ChainStudy, DecodeSpec, StepwiseDecoder, fixed_plan, run_chain, study_turns
-    from cxrtrek_jax.decoding.model_loading import load_checkpoint_model
+    from cxrtrek_jax.decoding.model_loading import image_processing_of, load_checkpoint_model
     from cxrtrek_jax.hf import load_torch_model
     from cxrtrek_jax.evaluation.runs.model_eval import EvalData, iter_eval_studies
     from data_pipeline.text.sequences import system_prompt_of
@@ -328,25 +328,27 @@ def _pytorch_check(export_dir: Path, ckpt: Path, data_json: Path, count: int, ne
     loaded = load_checkpoint_model(ckpt)
     tokenizer = load_tokenizer(loaded.tokenizer_dir)
     cfg = loaded.config
+    budget = new_tokens + 1  # generate's max_new_tokens answer tokens, then our end-of-turn
     decoder = StepwiseDecoder(loaded.graphdef, cfg, DecodeSpec.for_model(
-        cfg, tokenizer, cache_length=cfg.text.max_positions, max_answer_tokens=new_tokens))
+        cfg, tokenizer, cache_length=cfg.text.max_positions, max_answer_tokens=budget))
     processor = AutoProcessor.from_pretrained(str(export_dir))
     hf_model = load_torch_model(export_dir)  # the class of its family: LLaVA or Gemma 3
     rows = []
     for study, images in iter_eval_studies(EvalData(data_json, split="test", max_studies=count),
-                                           cfg.vision.image_size):
+                                           cfg.vision.image_size, processing=image_processing_of(loaded.tokenizer_dir)):
         first = study_turns(study)[0]
         n_images = first.image_input_count
         chain = ChainStudy(study.key, images[:n_images], system_prompt_of(study),
                            functools.partial(fixed_plan, [first]))
         (ours,) = run_chain(decoder, loaded.state, tokenizer, [chain], context="none",
-                            max_new_tokens=new_tokens)
+                            max_new_tokens=budget)
         ours_ids = list(ours[0].answer_tokens)
-        messages = [{"role": "system", "content": system_prompt_of(study)},
-                    {"role": "user", "content": first.question}]
+        messages = _hf_messages(tokenizer, system_prompt_of(study), first.question, n_images)
         text = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
         paths = [data_json.parent / p for p in study.images[:n_images]]
-        inputs = processor(text=text, images=[Image.open(p) for p in paths], return_tensors="pt")
+        # As the processor's own apply_chat_template(tokenize=True): no second bos after a template's.
+        inputs = processor(text=text, images=[Image.open(p) for p in paths], return_tensors="pt",
+                           add_special_tokens=not text.startswith(tokenizer.format.bos))
         with torch.no_grad():
             generated = hf_model.generate(**inputs, max_new_tokens=new_tokens, do_sample=False,
                                           suppress_tokens=[tokenizer.image_id])
@@ -355,6 +357,20 @@ def _pytorch_check(export_dir: Path, ckpt: Path, data_json: Path, count: int, ne
         rows.append({"study_id": study.key, "question": first.question, "jax": tokenizer.decode(ours_ids),
                      "pytorch": tokenizer.decode(theirs), "identical": theirs == ours_ids})
     return rows
+
+
+def _hf_messages(tokenizer, system: str, question: str, n_images: int) -> list[dict]:
+    """The first question as Hugging Face messages: strings with image placeholders for our own chat
+    format, or what a checkpoint's own template takes (an imported LLaVA / Gemma 3: content lists)."""
+    from data_pipeline.text.checkpoint_template import hf_messages
+    from data_pipeline.text.sequences import place_placeholders
+
+    if tokenizer.template is None:
+        return [{"role": "system", "content": system}, {"role": "user", "content": question}]
+    template, image = tokenizer.template, tokenizer.format.image
+    asked = [{"role": "system", "content": system},
+             {"role": "user", "content": place_placeholders(question, n_images, image)}]
+    return hf_messages(asked, template.content_style, template.image_marker, placeholder=image)
 
 
 def _summary(cfg, metrics: dict, outputs: DemoOutputs, data, began_all: float) -> bool:

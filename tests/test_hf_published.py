@@ -90,8 +90,11 @@ def test_infer_answers_as_generate(family, capsys):
     model = CLASSES[family["name"]].from_pretrained(str(family["hf_dir"])).eval()
     messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": QUESTION}]}]
     prompt = processor.apply_chat_template(messages, add_generation_prompt=True)
-    inputs = processor(images=[Image.open(family["png"])], text=prompt, return_tensors="pt")
     tokenizer = load_tokenizer(family["imported"] / "tokenizer")
+    # bos as the processor's apply_chat_template(tokenize=True) has it: Gemma 3's template writes it
+    inputs = processor(images=[Image.open(family["png"])], text=prompt, return_tensors="pt",
+                       add_special_tokens=not prompt.startswith(tokenizer.format.bos))
+    assert (inputs["input_ids"][0] == tokenizer.bos_id).sum() == 1
     with torch.no_grad():
         out = model.generate(**inputs, do_sample=False, max_new_tokens=NEW_TOKENS, suppress_tokens=_never(tokenizer))
     theirs = processor.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
@@ -194,3 +197,10 @@ def test_eval_zero_shot_with_the_blind_baseline(family, tmp_path, capsys):
     records = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
     assert records and all(r["context"] == "own" for r in records)
     assert (out / "baseline_predictions.jsonl").exists()
+    # The demo's PyTorch check on this family: the export answers the first question as we do.
+    from experiments.demo import _pytorch_check
+
+    exported = tmp_path / "exported"
+    assert main(["export-hf", str(family["imported"]), "--out", str(exported)]) == 0
+    (row,) = _pytorch_check(exported, family["imported"], data, count=1, new_tokens=4)
+    assert row["identical"], row

@@ -2,6 +2,8 @@
 
     decoder = StepwiseDecoder(graphdef, cfg, DecodeSpec.for_model(cfg, tokenizer, ...))
     results = run_chain(decoder, params, tokenizer, studies, context="own", max_new_tokens=64)
+    for index, results in stream_chain(decoder, params, tokenizer, study_iterator, batch_size=8, ...):
+        ...  # continuous batching: a study whose chain ends gives its row to the next one
 
 Context modes (what the earlier turns of the conversation hold when a turn is asked):
   own      the model's own answers (generated tokens, as generated);
@@ -507,13 +509,15 @@ def _advance(conv: _Conversation, chunk: list[int], generated: list[int], length
 def _result(conv: _Conversation, generated: list[int], reason: StopReason, latency: float, context: str,
             tokenizer: CXRTrekTokenizer) -> TurnResult:
     turn = conv.turn
-    closed = bool(generated) and generated[-1] == tokenizer.end_of_turn_id
-    answer_tokens = tuple(generated[:-1] if closed else generated)
+    stops = tokenizer.stop_ids  # end-of-turn, and an imported checkpoint's other stop tokens (eos)
+    ended = next((k for k, token in enumerate(generated) if token in stops), None)
+    answer_tokens = tuple(generated if ended is None else generated[:ended])
     return TurnResult(
         study_id=conv.study.study_id, turn_index=turn.turn_index, stage=turn.stage, task_type=turn.task_type,
         qtype=turn.qtype, question=turn.question, reference=turn.reference,
         answer=tokenizer.decode(answer_tokens), answer_tokens=answer_tokens,
-        num_generated_tokens=len(generated), stop_reason=reason.label, latency_s=latency, context=context,
+        num_generated_tokens=len(generated) if ended is None else ended + 1,
+        stop_reason=reason.label if ended is None else StopReason.END_OF_TURN.label, latency_s=latency, context=context,
         context_dropped=conv.dropped_now,
     )
 

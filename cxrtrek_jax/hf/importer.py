@@ -346,6 +346,8 @@ def _template_mode(hf_dir: Path, hf_tokenizer, found: tuple[str, str], tokens: M
         raise HFImportError(f"{hf_dir}: its chat template ({name}) is used, but the tokenizer lacks: {', '.join(missing)}")
     template = _checkpoint_template(hf_dir, hf_tokenizer, source, name, tokens["image"], wrapping)
     end_of_turn = tokens.get("end_of_turn") or _answer_end_token(hf_dir, hf_tokenizer, template, added)
+    stops = tuple(t for t in _stop_tokens(hf_dir, hf_tokenizer) if t != end_of_turn)
+    template = dataclasses.replace(template, stop_tokens=stops)
     try:
         fmt = ChatFormat(bos=tokens["bos"], eos=tokens["eos"], pad=tokens["pad"], image=tokens["image"],
                          end_of_turn=end_of_turn, system_prefix="", user_prefix="", assistant_prefix="",

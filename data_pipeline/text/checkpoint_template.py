@@ -115,6 +115,8 @@ class CheckpointTemplate:
         "<start_of_image>" for Gemma 3); the template writes it where an image goes.
     variables: the template's variables besides the messages: the tokenizer's special tokens
         (bos_token, eos_token, ...), as `processor.apply_chat_template` passes them.
+    stop_tokens: the tokens generation stops at besides the end-of-turn token (the checkpoint's
+        generation_config.json `eos_token_id` list, e.g. Gemma 3's <eos> beside <end_of_turn>).
     """
 
     chat_template: str
@@ -122,6 +124,7 @@ class CheckpointTemplate:
     content_style: str
     image_marker: str
     variables: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    stop_tokens: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not isinstance(self.chat_template, str) or not self.chat_template.strip():
@@ -132,6 +135,9 @@ class CheckpointTemplate:
         if not isinstance(self.image_marker, str) or not self.image_marker:
             raise ValueError("CheckpointTemplate.image_marker must be a non-empty string")
         object.__setattr__(self, "variables", dict(self.variables))
+        object.__setattr__(self, "stop_tokens", tuple(self.stop_tokens))
+        if not all(isinstance(t, str) and t for t in self.stop_tokens):
+            raise ValueError(f"CheckpointTemplate.stop_tokens must be non-empty strings, got {self.stop_tokens!r}")
 
     # --- rendering -----------------------------------------------------------------------
     @property
@@ -211,14 +217,15 @@ class CheckpointTemplate:
     # --- files ---------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         return {"chat_template": self.chat_template, "source": self.source, "content_style": self.content_style,
-                "image_marker": self.image_marker, "variables": dict(self.variables)}
+                "image_marker": self.image_marker, "variables": dict(self.variables),
+                "stop_tokens": list(self.stop_tokens)}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], *, source: str = "checkpoint template") -> "CheckpointTemplate":
         if not isinstance(data, Mapping):
             raise ValueError(f"{source}: expected a JSON object, got {type(data).__name__}")
         known = {f.name for f in dataclasses.fields(cls)}
-        unknown, missing = sorted(set(data) - known), sorted(known - set(data) - {"variables"})
+        unknown, missing = sorted(set(data) - known), sorted(known - set(data) - {"variables", "stop_tokens"})
         if unknown or missing:
             raise ValueError(f"{source}: unknown keys {unknown}, missing keys {missing}")
         try:

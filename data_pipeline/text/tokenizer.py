@@ -148,6 +148,14 @@ class CXRTrekTokenizer:
         return self._single_ids["end_of_turn"]
 
     @property
+    def stop_ids(self) -> tuple[int, ...]:
+        """The ids an answer ends at: the end-of-turn id, and with a checkpoint's own template the other
+        tokens its generation config stops at (`CheckpointTemplate.stop_tokens`), end-of-turn first."""
+        extra = () if self.template is None else self.template.stop_tokens
+        ids = [self.end_of_turn_id] + [self._tokenizer.token_to_id(t) for t in extra]
+        return tuple(dict.fromkeys(i for i in ids if i is not None))
+
+    @property
     def vocab_size(self) -> int:
         """Number of ids, added tokens included (the model's embedding rows must cover it)."""
         return self._tokenizer.get_vocab_size(with_added_tokens=True)
@@ -289,11 +297,12 @@ class CXRTrekTokenizer:
 
     # --- decoding ------------------------------------------------------------------------
     def decode(self, ids: Sequence[int] | np.ndarray, *, stop_at_end_of_turn: bool = True) -> str:
-        """Ids to text, skipping special tokens; stops at the first end-of-turn or eos id."""
+        """Ids to text, skipping special tokens; stops at the first end-of-turn, eos or other stop id."""
         ids = [int(i) for i in np.asarray(ids).reshape(-1)]
         if stop_at_end_of_turn:
+            stops = {self.eos_id, *self.stop_ids}
             for position, token_id in enumerate(ids):
-                if token_id in (self.end_of_turn_id, self.eos_id):
+                if token_id in stops:
                     ids = ids[:position]
                     break
         return self._tokenizer.decode(ids, skip_special_tokens=True)
