@@ -31,15 +31,19 @@ def _register_import(subparsers: argparse._SubParsersAction) -> None:
         "import-hf",
         help="import a local Hugging Face LLaVA or Gemma 3 / MedGemma directory as a checkpoint",
         description=(
-            "Read a local Hugging Face directory of a LLaVA (LlavaForConditionalGeneration: SigLIP + "
-            "Llama) or Gemma 3 / MedGemma (Gemma3ForConditionalGeneration) model, chosen by its "
+            "Read a local Hugging Face directory of a LLaVA (LlavaForConditionalGeneration: SigLIP or CLIP + "
+            "Llama, e.g. llava-hf/llava-1.5-7b-hf) or Gemma 3 / MedGemma (Gemma3ForConditionalGeneration) model, "
+            "chosen by its "
             "config.json model_type ('llava' or 'gemma3'), with config.json, model.safetensors or sharded "
             "safetensors with an index, and tokenizer files, into a params-only checkpoint that training "
             "and decoding load, with the tokenizer copied into CKPT_DIR/tokenizer. Pickle checkpoints "
-            "(.bin) are refused. The chat format comes from cxrtrek_chat_format.json when present, "
-            "else from the tokenizer's own chat_template (rendered on probe messages), else from its "
-            "special tokens; the token flags override it. The end-of-turn token may be the "
-            "end-of-sequence token."
+            "(.bin) are refused. The checkpoint keeps its own chat template, found where transformers "
+            "looks (chat_template.jinja, chat_template.json, processor_config.json, tokenizer_config.json): "
+            "training, decoding and export render conversations with it as its processor does; and its own "
+            "image processor (preprocessor_config.json: CLIP's crop, Gemma 3's square resize), settings it "
+            "does not reproduce refused by key. Our own exports carry cxrtrek_chat_format.json; a directory "
+            "without a template falls back to its special tokens; the token flags override, and the "
+            "prefix/turn-end flags replace the template by a fixed format."
         ),
     )
     parser.add_argument("hf_dir", metavar="HF_DIR", help="Hugging Face model directory")
@@ -63,7 +67,8 @@ def _register_export(subparsers: argparse._SubParsersAction) -> None:
             "gemma3) as Gemma3ForConditionalGeneration, with AutoProcessor and AutoTokenizer: "
             "config.json, generation_config.json, safetensors (sharded with "
             "an index above --max-shard-size), tokenizer files with the chat template, and a processor "
-            "whose image preprocessing reproduces ours."
+            "whose image preprocessing reproduces the one trained with: ours (resize with pad), or for a "
+            "checkpoint imported from Hugging Face its own template and image processor files, as imported."
         ),
     )
     parser.add_argument("ckpt_dir", metavar="CKPT_DIR", help="checkpoint directory")
