@@ -172,3 +172,18 @@ def test_admitting_a_study_into_a_row_equals_starting_it(world):
     np.testing.assert_array_equal(admitted.next_logits[0], running.next_logits[0])
     with pytest.raises(ValueError, match="distinct rows"):
         decoder.admit(params, running, [2], new_images, new_mask, [prompt])
+
+
+def test_finished_studies_are_put_back_in_stream_order():
+    from cxrtrek_jax.evaluation.runs.model_eval import in_stream_order
+
+    arriving = [(1, "b"), (3, "d"), (0, "a"), (2, "c"), (4, "e")]
+    assert list(in_stream_order(iter(arriving))) == [(0, "a"), (1, "b"), (2, "c"), (3, "d"), (4, "e")]
+    released = []
+    for index, _ in in_stream_order(iter(arriving)):
+        released.append(index)
+        if index == 1:  # 0 and 1 come out as soon as 0 has arrived, before 2 has
+            break
+    assert released == [0, 1]
+    with pytest.raises(RuntimeError, match=r"indices \[2\] arrived without index 1"):
+        list(in_stream_order(iter([(0, "a"), (2, "c")])))

@@ -122,13 +122,16 @@ def test_registry_text_only_is_grounded_with_blank_images(tmp_path):
 
 def _decode_spying(monkeypatch, ckpt, data, contexts):
     """(records, [images of every ChainStudy run]) of decode_predictions over every study."""
-    real, seen = cxrtrek_jax.decoding.run_chain, []
+    real, seen = cxrtrek_jax.decoding.stream_chain, []
 
     def spy(decoder, state, tokenizer, studies, **kwargs):
-        seen.extend((s.study_id, np.asarray(s.images)) for s in studies)
-        return real(decoder, state, tokenizer, studies, **kwargs)
+        def watched():
+            for s in studies:
+                seen.append((s.study_id, np.asarray(s.images)))
+                yield s
+        return real(decoder, state, tokenizer, watched(), **kwargs)
 
-    monkeypatch.setattr(cxrtrek_jax.decoding, "run_chain", spy)
+    monkeypatch.setattr(cxrtrek_jax.decoding, "stream_chain", spy)
     records = list(decode_predictions(ckpt, EvalData(data, split=None, max_studies=2), contexts=contexts, max_new_tokens=3))
     return records, seen
 

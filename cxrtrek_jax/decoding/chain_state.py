@@ -67,7 +67,9 @@ class ChainState:
         included), padded with the pad id.
     num_tokens: int32[B], how many entries of `tokens` are generated.
     rng: the PRNG key for sampling (split at every decoding step).
-    turn: int32[], turns answered so far; the record row of the next answer.
+    turn: int32[], turns answered so far (answer calls on the batch); the record row of the
+        next answer. With rows re-used by `admit_step` (continuous batching) a row's record
+        then mixes studies; chains read each turn's `tokens` instead.
     answers: int32[B, T, A], the record: generated tokens of every answered turn.
     answer_lengths: int32[B, T], entries of `answers` generated per turn.
     answer_stages: int32[B, T], the stage of each recorded turn.

@@ -1,11 +1,12 @@
 """Step-wise decoding of staged conversations with the state passed explicitly.
 
-Four pure functions carry a `ChainState` from turn to turn:
+Five pure functions carry a `ChainState` from turn to turn:
 
     state = start(params, images, image_mask, prompt_tokens, prompt_lengths, rng)
     state = ask(params, state, question_tokens, question_lengths, stages)
     state, tokens = answer(params, state, sampling, max_new_tokens, min_new_tokens)
     state = rewind(state, length, image_tokens_seen)
+    state = admit(params, state, slots, images, image_mask, prompt_tokens, prompt_lengths)
 
 `start` runs the vision tower once over every image slot and keeps the
 projected features in the state, then prefills the prompt (bos + system
@@ -16,14 +17,23 @@ the images or re-reads earlier stages. `answer` decodes inside
 `jax.lax.while_loop` until every sample has produced its end-of-turn token or
 spent its budget; the answer (with its end-of-turn) stays in the cache.
 `rewind` moves the write position back to a point of the context (rolling
-back an answer or a turn) without touching the cache contents.
+back an answer or a turn) without touching the cache contents. `admit` starts new
+conversations in some rows of a running state (continuous batching: a row whose
+chain has ended takes the next study).
+
+`ask` and `answer` take a static `window`: they run on the cache cut to its first
+`window` slots (`DecodeSpec.window`: S/8, S/4, S/2 or S), so a decoding step attends to
+the filled part of the cache rather than the whole capacity; the caller picks a window
+that holds every asked sample's context and answer (`StepwiseDecoder.turn` does).
 
 `params` is the model's `nnx.State` (`nnx.split(model)`); the graph
 definition is static and merged inside. `StepwiseDecoder` jits these
 functions once per decoder and pads chunks on the host to a few bucket
 lengths (`DecodeSpec.bucket`), so a whole chain compiles one `start` per
 prompt bucket, one `ask` per chunk bucket and one `answer` per sampling
-setting, and nothing after warm-up. The token budget is an array argument.
+setting (each in up to four windows), and nothing after warm-up. The token budget is an
+array argument. `StepwiseDecoder.turn` dispatches a whole turn (rewind, prefill, decoding)
+without waiting on the device; the caller fetches the answers once.
 
 Generated tokens are never control tokens that would corrupt the context:
 the ids in `DecodeSpec.suppressed_ids` (the image token, bos, pad) are

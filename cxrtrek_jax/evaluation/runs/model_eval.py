@@ -4,11 +4,14 @@
 (`own`, `teacher`, `none`, and `swapped`: `own` with each study's images taken from another
 study, see `with_foreign_images`) the studies are read batch by batch (a JSON file,
 or one split of a TFDS data dir built by `cxrtrek data build-tfds`), their
-images decoded once per batch, and their conversations run with the explicit
-chain state (`cxrtrek_jax.decoding.run_chain`); a checkpoint trained with its images blanked (the
+images decoded as they enter the decoder, and their conversations run with the explicit
+chain state, `batch_size` at a time with continuous batching (`cxrtrek_jax.decoding.stream_chain`:
+a study whose chain ends gives its row to the next study; records come out in data order); a
+checkpoint trained with its images blanked (the
 text-only experiment, `CheckpointModel.blank_images`) is fed the same constant images, and the
-console says so. Memory is bounded by one batch
-of studies; the records go straight to a predictions file. Splits follow the one split rule
+console says so. Memory is bounded by the studies in the decoder's rows (plus the answers of
+studies finished ahead of an earlier, longer one); the records go straight to a predictions
+file. Splits follow the one split rule
 (`EvalData`), whatever the form of the data.
 
 `checkpoint_identity(...)` hashes what identifies an evaluation (checkpoint
@@ -168,17 +171,6 @@ def _chain_study(study, images: np.ndarray, order: str, max_images: int):
     return chain, len(turns) - len(kept)
 
 
-def _batches(items: Iterator, size: int) -> Iterator[list]:
-    batch: list = []
-    for item in items:
-        batch.append(item)
-        if len(batch) == size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
-
-
 def decode_predictions(
     ckpt_dir: str | os.PathLike,
     data: EvalData,
@@ -201,7 +193,7 @@ def decode_predictions(
     missing checkpoint or tokenizer."""
     import jax
 
-    from cxrtrek_jax.decoding import DecodeSpec, StepwiseDecoder, run_chain
+    from cxrtrek_jax.decoding import DecodeSpec, StepwiseDecoder, stream_chain
     from cxrtrek_jax.decoding.model_loading import image_processing_of, load_checkpoint_model
     from data_pipeline.text.tokenizer import load_tokenizer
 
@@ -226,22 +218,39 @@ def decode_predictions(
                                     processing=image_processing_of(tokenizer_path))
         if context == SWAPPED:
             studies = with_foreign_images(studies)
-        for batch in _batches(studies, batch_size):
-            chain = []
-            for study, images in batch:
+        keys: dict[int, str] = {}
+
+        def chain_studies(studies=studies, keys=keys):
+            for index, (study, images) in enumerate(studies):
                 one, dropped = _chain_study(study, images, order, config.max_images)
-                chain.append(one)
                 if dropped and skipped is not None:
                     skipped[study.key] = dropped
-            results = run_chain(decoder, loaded.state, tokenizer, chain,
+                keys[index] = study.key
+                yield one
+
+        finished = stream_chain(decoder, loaded.state, tokenizer, chain_studies(), batch_size=batch_size,
                                 context="own" if context == SWAPPED else context,
                                 max_new_tokens=max_new_tokens, rng=jax.random.key(0))
-            for study_results, (study, _) in zip(results, batch):
-                for turn in study_results:
-                    record = prediction_from_turn(turn)
-                    yield dataclasses.replace(record, context=SWAPPED) if context == SWAPPED else record
-                if on_study is not None:
-                    on_study(context, study.key)
+        for index, study_results in in_stream_order(finished):
+            for turn in study_results:
+                record = prediction_from_turn(turn)
+                yield dataclasses.replace(record, context=SWAPPED) if context == SWAPPED else record
+            if on_study is not None:
+                on_study(context, keys.pop(index))
+
+
+def in_stream_order(finished: Iterator[tuple[int, Any]]) -> Iterator[tuple[int, Any]]:
+    """(index, item) pairs arriving in any order (each index 0, 1, ... once) -> in index order;
+    an item waits only until every earlier index has arrived."""
+    waiting: dict[int, Any] = {}
+    following = 0
+    for index, item in finished:
+        waiting[index] = item
+        while following in waiting:
+            yield following, waiting.pop(following)
+            following += 1
+    if waiting:
+        raise RuntimeError(f"stream indices {sorted(waiting)} arrived without index {following}")
 
 
 class DecodeCoverage:
