@@ -7,8 +7,11 @@ Sub-packages by layer; a module imports only its own layer and the layers listed
 2. `reports`  free-text radiology reports (the CheXpert-style labeller)
 3. `files`    CXRTrek JSON, validation, images, image paths, study sources, the TFDS build
 4. `phantom`  the procedural phantom (writes `files`; imported by its declared users only)
-5. `text`     tokenizer, chat template, training sequences, decisive answers, image labels
-6. `batches`  the Grain pipeline, packing, augmentation
+5. `construct` staged QA built from a user's own reports and radiographs
+6. `external` readers of the public evaluation sets (IU X-Ray, MIMIC-CXR, CheXpert, VinDr-CXR, VQA-RAD, SLAKE)
+7. `text`     tokenizer, chat templates (ours, a checkpoint's own), training sequences, decisive answers,
+              image labels
+8. `batches`  the Grain pipeline, packing, augmentation
 
 The schema's core names are re-exported here.
 """

@@ -39,7 +39,7 @@ def jax_compilation_cache(tmp_path_factory):
 # one worker busy while the other has nothing left, so the longest go first.
 LONGEST_MODULES = (
     "test_trainer.py", "test_construct_end_to_end.py", "test_released_data.py", "test_model_eval.py",
-    "test_infer_cli.py", "test_text_only.py",
+    "test_infer_cli.py", "test_text_only.py", "test_hf_published.py", "test_external_eval.py",
 )
 
 
