@@ -57,7 +57,13 @@ def _published(name, directory):
     return backend
 
 
-@pytest.fixture(scope="module", params=["llava15", "gemma3"])
+BOTH = pytest.mark.parametrize("family", ["llava15", "gemma3"], indirect=True)
+# The longer checks run on Gemma 3 in `make test` and on llava-1.5 in `make test-slow`.
+GEMMA_FAST = pytest.mark.parametrize("family", [pytest.param("llava15", marks=pytest.mark.slow), "gemma3"],
+                                     indirect=True)
+
+
+@pytest.fixture(scope="module")
 def family(request, tmp_path_factory):
     root = tmp_path_factory.mktemp(request.param)
     hf_dir = root / "hf"
@@ -80,6 +86,7 @@ def _printed_answer(out: str) -> str:
     return line[len("    A: "):].split("  [stopped:")[0]
 
 
+@BOTH
 def test_infer_answers_as_generate(family, capsys):
     capsys.readouterr()
     assert main(["infer", "--checkpoint", str(family["imported"]), "--image", str(family["png"]),
@@ -139,6 +146,7 @@ def _fine_tune(imported, out, images, tokenizer, steps=3):
     return cfg
 
 
+@GEMMA_FAST
 def test_finetuned_export_reproduces_our_chain(family, tmp_path):
     tokenizer = load_tokenizer(family["imported"] / "tokenizer")
     processing = image_processing_of(family["imported"] / "tokenizer")
@@ -180,6 +188,7 @@ def test_finetuned_export_reproduces_our_chain(family, tmp_path):
     assert written > 0
 
 
+@GEMMA_FAST
 def test_eval_zero_shot_with_the_blind_baseline(family, tmp_path, capsys):
     """`cxrtrek eval --checkpoint IMPORTED` on phantom data: the model as it comes (its own template and
     image processor), scored beside the blind baseline."""
