@@ -158,7 +158,9 @@ def test_admitting_a_study_into_a_row_equals_starting_it(world):
 
     images, mask = stacked(studies[:2])
     running = decoder.start(params, images, mask, [longer, longer], jax.random.key(0))
-    running = decoder.ask(params, running, [[7, 8, 9], [7]], [1, 1])
+    image_chunk = [config.image_token_id] * config.tokens_per_image + [7]  # row 1 consumes image features
+    running = decoder.ask(params, running, [[7, 8, 9], image_chunk], [1, 1])
+    assert int(running.cache.image_tokens_seen[1]) == config.tokens_per_image
     new_images, new_mask = stacked(studies[2:3])
     admitted = decoder.admit(params, running, [1], new_images, new_mask, [prompt])
     alone = decoder.start(params, new_images, new_mask, [prompt], jax.random.key(0))
