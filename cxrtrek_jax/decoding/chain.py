@@ -512,6 +512,8 @@ def _result(conv: _Conversation, generated: list[int], reason: StopReason, laten
     stops = tokenizer.stop_ids  # end-of-turn, and an imported checkpoint's other stop tokens (eos)
     ended = next((k for k, token in enumerate(generated) if token in stops), None)
     answer_tokens = tuple(generated if ended is None else generated[:ended])
+    if ended is not None and ended == len(generated) - 1:
+        ended = None  # the decoder's own stop (end-of-turn, or the end-of-turn closing a full answer)
     return TurnResult(
         study_id=conv.study.study_id, turn_index=turn.turn_index, stage=turn.stage, task_type=turn.task_type,
         qtype=turn.qtype, question=turn.question, reference=turn.reference,
