@@ -95,7 +95,7 @@ FORCE ?=
 ABLATION_ARGS ?=  # more runner arguments, e.g. --set train.num_steps=100 --meteor
 comma := ,
 # INIT=<Hugging Face dir> (LLaVA or Gemma 3 / MedGemma): imported once into INIT_DIR, then every
-# ablation starts from its weights and uses its tokenizer (LoRA: ablation-lora_r8; full: the others).
+# ablation starts from its weights and uses its tokenizer (experiment-NAME targets: LoRA experiment-lora_r8; full: the others).
 INIT ?=
 INIT_DIR ?= runs/init-$(PRESET)
 ABLATION_SETS = $(if $(DATA),--set data.kind=json --set data.path=$(DATA) $(if $(IMAGE_ROOT),--set data.image_root=$(IMAGE_ROOT))) \
@@ -107,15 +107,20 @@ ABLATION_SETS = $(if $(DATA),--set data.kind=json --set data.path=$(DATA) $(if $
 $(INIT_DIR)/tokenizer/tokenizer.json:
 	$(PY) -m cxrtrek_jax.cli import-hf $(INIT) --out $(INIT_DIR)
 
-ablation-%: $(STAMP) $(if $(INIT),$(INIT_DIR)/tokenizer/tokenizer.json)  ## train + evaluate one ablation into runs/NAME (NAME: see ABLATIONS; FORCE=1 redoes it; INIT=hf_dir starts from a pretrained model)
+experiment-%: $(STAMP) $(if $(INIT),$(INIT_DIR)/tokenizer/tokenizer.json)  ## train + evaluate one registry experiment into runs/NAME (the single-run runner; FORCE=1 redoes it; INIT=hf_dir starts from a pretrained model)
 	$(PY) -m experiments.ablations run $* --preset $(PRESET) $(ABLATION_SETS) $(if $(FORCE),--force) $(ABLATION_ARGS)
 
-ablation-lora_r8: ablation-baseline
+# The ablation study (experiments/ablation_study.py): each ablation a difference from `grounded` at
+# the demo's scale, shared phases once per seed (runs/ablations/shared), runs in runs/ablations/seedS.
+SEEDS ?= 0
+ablation-%: $(STAMP)  ## one ablation of the study for SEEDS (NAME: grounded no_context shuffled_stages blind frozen_vision lora_r8 no_prior report_only), then the report
+	$(PY) -m experiments.ablation_study run --only $* --seeds $(SEEDS) $(if $(FORCE),--force) $(ABLATION_ARGS)
 
-ablations: $(addprefix ablation-,$(ABLATIONS))  ## every ablation in turn (finished ones are skipped)
+ablations: $(STAMP)  ## every ablation for SEEDS (e.g. SEEDS=0,1,2; finished runs skipped, FORCE=1 redoes them), then runs/ablations.md/.png/.json
+	$(PY) -m experiments.ablation_study run --seeds $(SEEDS) $(if $(FORCE),--force) $(ABLATION_ARGS)
 
-ablations-report: $(STAMP)  ## runs/ablations.md + .png: per-stage metrics of every finished ablation
-	$(PY) -m experiments.ablations report
+ablations-report: $(STAMP)  ## runs/ablations.md/.png/.json: the six answers (paired, 95 % intervals) and the per-stage table
+	$(PY) -m experiments.ablation_study report
 
 clean:  ## remove build and demo outputs (keeps .venv)
 	rm -rf build dist *.egg-info $(DEMO_DIR) construct_demo_out .pytest_cache

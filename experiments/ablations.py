@@ -3,7 +3,7 @@
     python -m experiments.ablations run NAME [--preset P] [--force] [--set k=v ...]
     python -m experiments.ablations report
 
-`run NAME` (what `make ablation-NAME` calls) resolves `experiments.get_experiment(NAME, P)` with
+`run NAME` (what `make experiment-NAME` calls) resolves `experiments.get_experiment(NAME, P)` with
 the `--set` overrides, trains it into `runs/NAME/` (config.json, checkpoints/, metrics.jsonl, ...;
 an interrupted run resumes) and evaluates the newest checkpoint on `cfg.eval.split` in the
 experiment's `cfg.eval.contexts` into `runs/NAME/eval/` (predictions.jsonl, metrics.json,
@@ -229,7 +229,7 @@ def run_ablation(name: str, preset: str = "small", overrides: Mapping[str, str] 
         return record
     if cfg.train.init_from and not Path(cfg.train.init_from).is_dir():
         raise CLIError(f"{name} starts from {cfg.train.init_from}, which does not exist: run that experiment "
-                       "first (make ablation-lora_r8 runs ablation-baseline before it)")
+                       "first (make experiment-baseline, then experiment-lora_r8)")
     began = time.time()
     result = train_experiment(cfg, run_dir, progress=progress)
     if result.stop_reason != "completed":
