@@ -37,6 +37,10 @@ again. `TurnResult.context_dropped` counts the earlier turns left out.
 A turn that does not fit even alone (or whose answer runs out of cache) ends
 with stop reason "cache_full"; the next turn rewinds and is tried afresh (in
 `own` mode in a window without the unanswered turn).
+
+Detection turns (qtype "detection", `box_grammar.is_box_turn`) are decoded under the box
+grammar when the decoder has one (`StepwiseDecoder(..., grammar=BoxGrammar.build(...))`): with
+`max_new_tokens` at least `grammar.min_tokens`, every such answer parses as boxes.
 """
 
 from __future__ import annotations
@@ -45,6 +49,7 @@ import dataclasses
 import itertools
 import os
 import time
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import jax
@@ -59,6 +64,7 @@ from cxrtrek_jax.contexts import CHAIN_CONTEXTS
 from data_pipeline.files.image_processing import ImageProcessing, model_input
 from data_pipeline.files.images import load_image
 from data_pipeline.schema.records import Message
+from data_pipeline.text.box_grammar import is_box_turn
 from data_pipeline.text.sequences import place_placeholders
 from data_pipeline.text.tokenizer import CXRTrekTokenizer
 
@@ -348,6 +354,10 @@ def stream_chain(
     _checked_context(context)
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    grammar = decoder.grammar
+    if grammar is not None and max_new_tokens < grammar.min_tokens:
+        warnings.warn(f"max_new_tokens {max_new_tokens} is below the {grammar.min_tokens} tokens a box answer may "
+                      "need: detection answers may be cut off before they parse", stacklevel=2)
     engine = _Engine(decoder, params, tokenizer, context, sampling, max_new_tokens, min_new_tokens, on_turn)
     pending = enumerate(studies)
     first = list(itertools.islice(pending, batch_size))
@@ -443,7 +453,7 @@ class _Engine:
         answers, record them and move each plan on."""
         decoder, context, chat = self.decoder, self.context, self.chat
         began = time.perf_counter()
-        wanted, keep, seen, chunks, stages = [], [], [], [], []
+        wanted, keep, seen, chunks, stages, boxes = [], [], [], [], [], []
         image_id = chat.tokenizer.image_id
         for conv in self.rows:
             if conv is None:
@@ -452,6 +462,7 @@ class _Engine:
                 seen.append(0)
                 chunks.append(None)
                 stages.append(0)
+                boxes.append(False)
                 continue
             if len(conv.results) >= decoder.spec.max_turns:
                 raise ValueError(f"study {conv.study.study_id!r} has more than {decoder.spec.max_turns} turns "
@@ -465,9 +476,10 @@ class _Engine:
             seen.append(int(np.count_nonzero(np.asarray(conv.cached, np.int64) == image_id)))
             chunks.append(want[k:])
             stages.append(conv.turn.stage)
+            boxes.append(is_box_turn(conv.turn.qtype))
         self.state, _ = decoder.turn(self.params, self.state, length=keep, image_tokens_seen=seen, chunks=chunks,
                                      stages=stages, sampling=self.sampling, max_new_tokens=self.max_new_tokens,
-                                     min_new_tokens=self.min_new_tokens)
+                                     min_new_tokens=self.min_new_tokens, constrained=boxes)
         tokens, counts, reasons, lengths = jax.device_get((self.state.tokens, self.state.num_tokens,
                                                            self.state.stop_reason, self.state.length))
         latency = time.perf_counter() - began

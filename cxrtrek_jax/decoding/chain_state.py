@@ -66,6 +66,10 @@ class ChainState:
     tokens: int32[B, A], the tokens generated in the current turn (end-of-turn
         included), padded with the pad id.
     num_tokens: int32[B], how many entries of `tokens` are generated.
+    constrained: bool[B], the current answer is decoded under the box grammar
+        (`data_pipeline.text.box_grammar`; set by `ask` for detection turns).
+    box_registers: int32[B, 4], the grammar's registers of the current answer (its state,
+        the number being written, x1, y1; all 0 when the answer starts).
     rng: the PRNG key for sampling (split at every decoding step).
     turn: int32[], turns answered so far (answer calls on the batch); the record row of the
         next answer. With rows re-used by `admit_step` (continuous batching) a row's record
@@ -89,6 +93,8 @@ class ChainState:
     next_logits: jax.Array
     tokens: jax.Array
     num_tokens: jax.Array
+    constrained: jax.Array
+    box_registers: jax.Array
     rng: jax.Array
     turn: jax.Array
     answers: jax.Array

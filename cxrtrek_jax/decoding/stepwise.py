@@ -57,6 +57,8 @@ from cxrtrek_jax.train import sharding as sharding_lib
 from cxrtrek_jax.decoding.chain_state import ChainState, StopReason, state_logical_axes
 from cxrtrek_jax.decoding.sampling import SamplingConfig, sample_tokens
 from cxrtrek_jax.model import CXRTrekNet, ModelConfig, axis_rules
+from data_pipeline.text import box_grammar
+from data_pipeline.text.box_grammar import BoxGrammar
 
 __all__ = [
     "DecodeSpec",
@@ -192,6 +194,8 @@ def start_step(graphdef: nnx.GraphDef, spec: DecodeSpec, params: nnx.State, imag
         next_logits=_row_take(logits, jnp.clip(prompt_lengths - 1, 0, prompt_len - 1)),
         tokens=jnp.full((batch, answer_len), spec.pad_id, jnp.int32),
         num_tokens=zeros,
+        constrained=jnp.zeros((batch,), bool),
+        box_registers=jnp.zeros((batch, box_grammar.REGISTERS), jnp.int32),
         rng=rng,
         turn=jnp.zeros((), jnp.int32),
         answers=jnp.full((batch, turns, answer_len), spec.pad_id, jnp.int32),
@@ -214,7 +218,7 @@ def _in_window(window: int | None, state: ChainState, step):
 
 def ask_step(graphdef: nnx.GraphDef, spec: DecodeSpec, params: nnx.State, state: ChainState,
              question_tokens: jax.Array, question_lengths: jax.Array, stages: jax.Array,
-             window: int | None = None) -> ChainState:
+             window: int | None = None, constrained: jax.Array | None = None) -> ChainState:
     """Prefill the next chunk of each conversation at its write position.
 
     question_tokens int32[B, L] right-padded; question_lengths int32[B]
@@ -224,13 +228,15 @@ def ask_step(graphdef: nnx.GraphDef, spec: DecodeSpec, params: nnx.State, state:
     overflowed with stop reason CACHE_FULL. window (static): attend over the
     cache's first `window` slots only; the caller guarantees every asked
     sample's chunk ends within them (None: the whole cache).
+    constrained bool[B]: the answer of this sample follows the box grammar (None: no sample's
+    does; `answer_step` applies it when its decoder has a grammar).
     The LM head runs at each sample's last chunk token only.
     """
     return _in_window(window, state, lambda s: _ask(graphdef, spec, params, s, question_tokens,
-                                                    question_lengths, stages))
+                                                    question_lengths, stages, constrained))
 
 
-def _ask(graphdef, spec, params, state, question_tokens, question_lengths, stages) -> ChainState:
+def _ask(graphdef, spec, params, state, question_tokens, question_lengths, stages, constrained) -> ChainState:
     model = _model(graphdef, params)
     batch, chunk_len = question_tokens.shape
     asked = (question_lengths > 0) & ~state.overflowed
@@ -258,6 +264,8 @@ def _ask(graphdef, spec, params, state, question_tokens, question_lengths, stage
         next_logits=jnp.where(active[:, None], last, state.next_logits),
         tokens=jnp.full_like(state.tokens, spec.pad_id),
         num_tokens=jnp.zeros_like(state.num_tokens),
+        constrained=active & (False if constrained is None else constrained.astype(bool)),
+        box_registers=jnp.zeros_like(state.box_registers),
     )
 
 
@@ -275,7 +283,8 @@ def _allowed_logits(spec: DecodeSpec, logits: jax.Array, num_tokens: jax.Array,
 
 def answer_step(graphdef: nnx.GraphDef, spec: DecodeSpec, params: nnx.State, state: ChainState,
                 sampling: SamplingConfig, max_new_tokens: jax.Array,
-                min_new_tokens: jax.Array, window: int | None = None) -> tuple[ChainState, jax.Array]:
+                min_new_tokens: jax.Array, window: int | None = None,
+                grammar: BoxGrammar | None = None) -> tuple[ChainState, jax.Array]:
     """Decode every asked sample's answer; returns the state and the tokens int32[B, A].
 
     max_new_tokens / min_new_tokens: int32[] or int32[B], counting the closing
@@ -287,12 +296,15 @@ def answer_step(graphdef: nnx.GraphDef, spec: DecodeSpec, params: nnx.State, sta
     window (static): decode over the cache's first `window` slots only (each step attends to
     them, not to all S); the caller guarantees that every asked sample's answer ends within
     them, or window is S (None: S).
+    grammar (static): the box grammar of the tokenizer; the samples marked `constrained` take only
+    the ids it allows (`box_grammar.allowed_tokens`, greedy and sampled alike), so an answer
+    given at least `grammar.min_tokens` of budget parses as boxes (None: no constraint).
     """
     return _in_window(window, state, lambda s: _answer(graphdef, spec, params, s, sampling, max_new_tokens,
-                                                       min_new_tokens))
+                                                       min_new_tokens, grammar))
 
 
-def _answer(graphdef, spec, params, state, sampling, max_new_tokens, min_new_tokens):
+def _answer(graphdef, spec, params, state, sampling, max_new_tokens, min_new_tokens, grammar):
     model = _model(graphdef, params)
     batch, capacity = state.tokens.shape
     budget = jnp.broadcast_to(jnp.clip(max_new_tokens, 1, capacity), (batch,)).astype(jnp.int32)
@@ -307,6 +319,9 @@ def _answer(graphdef, spec, params, state, sampling, max_new_tokens, min_new_tok
         current, step = carry
         rng, key = jax.random.split(current.rng)
         logits = _allowed_logits(spec, current.next_logits, current.num_tokens, minimum)
+        if grammar is not None:
+            allowed = box_grammar.allowed_tokens(grammar, current.box_registers, budget - current.num_tokens, jnp)
+            logits = jnp.where(current.constrained[:, None] & ~allowed, _SUPPRESSED, logits)
         token = sample_tokens(logits, key, sampling)
         at_budget = current.num_tokens >= budget - 1
         forced = at_budget & (token != spec.end_of_turn_id)
@@ -314,6 +329,10 @@ def _answer(graphdef, spec, params, state, sampling, max_new_tokens, min_new_tok
         live = ~current.done
         write = live & (current.length < current.cache_length)
         overflow_now = live & ~write
+        registers = current.box_registers
+        if grammar is not None:
+            registers = jnp.where((write & current.constrained)[:, None],
+                                  box_grammar.advance(grammar, registers, token, jnp), registers)
         new_logits, cache = model(token[:, None], positions=current.length[:, None],
                                   segment_ids=write[:, None].astype(jnp.int32), cache=current.cache,
                                   cache_index=current.length)
@@ -332,6 +351,7 @@ def _answer(graphdef, spec, params, state, sampling, max_new_tokens, min_new_tok
             next_logits=jnp.where(write[:, None], new_logits[:, 0], current.next_logits),
             tokens=tokens,
             num_tokens=current.num_tokens + write,
+            box_registers=registers,
             rng=rng,
         )
         return current, step + 1
@@ -439,23 +459,30 @@ class StepwiseDecoder:
     and call the jitted pure functions. Off CPU, `ask`, `answer` and `rewind`
     donate the state passed in: use only the state they return. With `mesh`, the state is sharded like
     the training state (batch over data x fsdp, KV heads over tensor) and the
-    model's activation constraints are active while tracing.
+    model's activation constraints are active while tracing. With `grammar`
+    (`BoxGrammar.build(tokenizer, model_config.vocab_size)`), the answers of samples asked
+    with `constrained` follow the box grammar (`answer_step`).
     """
 
     def __init__(self, graphdef: nnx.GraphDef, model_config: ModelConfig, spec: DecodeSpec, *,
-                 mesh: Mesh | None = None, rules: sharding_lib.LogicalRules = sharding_lib.LOGICAL_AXIS_RULES):
+                 mesh: Mesh | None = None, rules: sharding_lib.LogicalRules = sharding_lib.LOGICAL_AXIS_RULES,
+                 grammar: BoxGrammar | None = None):
+        if grammar is not None and grammar.vocab_size != model_config.vocab_size:
+            raise ValueError(f"the box grammar covers {grammar.vocab_size} ids, the model's logits "
+                             f"{model_config.vocab_size}: build it with vocab_size=model_config.vocab_size")
         self.graphdef = graphdef
         self.model_config = model_config
         self.spec = spec
         self.mesh = mesh
         self.rules = rules
+        self.grammar = grammar
         # The state's buffers (the KV cache above all) are donated to the step that replaces them,
         # except on CPU, which cannot reuse donated buffers.
         donate = jax.default_backend() != "cpu"
         self._start = jax.jit(self._sharded(functools.partial(start_step, graphdef, spec)))
         self._ask = jax.jit(self._sharded(functools.partial(ask_step, graphdef, spec)),
                             static_argnums=(5,), donate_argnums=(1,) if donate else ())
-        self._answer = jax.jit(self._sharded(functools.partial(answer_step, graphdef, spec)),
+        self._answer = jax.jit(self._sharded(functools.partial(answer_step, graphdef, spec, grammar=grammar)),
                                static_argnums=(2, 5), donate_argnums=(1,) if donate else ())
         self._admit = jax.jit(self._sharded(functools.partial(admit_step, graphdef, spec)),
                               donate_argnums=(1,) if donate else ())
@@ -505,7 +532,7 @@ class StepwiseDecoder:
             for width in self.chunk_buckets():
                 if width <= window:
                     state = self._ask(params, state, np.full((batch_size, width), self.spec.pad_id, np.int32),
-                                      none_asked, none_asked, window)
+                                      none_asked, none_asked, window, none_asked.astype(bool))
             state, _ = self._answer(params, state, sampling, budgets, budgets, window)
         state = self._rewind(state, *jax.device_get((state.length, state.cache.image_tokens_seen)))
         state = self.admit(params, state, [0], images[:1], np.zeros((1, slots), bool), prompts[:1])
@@ -523,8 +550,10 @@ class StepwiseDecoder:
                            _pad_rows(prompts, width, self.spec.pad_id), lengths, rng)
 
     def ask(self, params: nnx.State, state: ChainState, chunks: Sequence[Sequence[int] | None],
-            stages: Sequence[int], *, window: int | None = None) -> ChainState:
+            stages: Sequence[int], *, window: int | None = None,
+            constrained: Sequence[bool] | None = None) -> ChainState:
         """Prefill one chunk per sample (None or empty: not asked this turn).
+        constrained: per sample, its answer follows the box grammar (None: no sample's does).
         window: the cache prefix to attend over (`DecodeSpec.window` of the longest asked
         sample's length after the chunk; None: the whole cache); ValueError if an asked chunk
         that fits the cache would end past it."""
@@ -535,16 +564,19 @@ class StepwiseDecoder:
         self._check_image_tokens(state, chunks)
         if window is not None:
             self._check_window(window, jax.device_get(state.length), lengths)
-        return self._ask_unchecked(params, state, chunks, stages, window)
+        return self._ask_unchecked(params, state, chunks, stages, window, constrained)
 
-    def _ask_unchecked(self, params, state, chunks, stages, window):
+    def _ask_unchecked(self, params, state, chunks, stages, window, constrained=None):
         lengths = np.array([0 if c is None else len(c) for c in chunks], np.int32)
         window = self.spec.cache_length if window is None else window
         width = min(self.spec.bucket(max(int(lengths.max(initial=1)), 1)), window)
         if lengths.max(initial=0) > width:  # does not fit even the whole cache: ask_step marks it overflowed
             width = self.spec.cache_length
+        flags = np.zeros((len(chunks),), bool) if constrained is None else np.asarray(constrained, bool)
+        if flags.shape != (len(chunks),):
+            raise ValueError(f"need one constrained flag per sample ({len(chunks)}), got {flags.shape}")
         return self._ask(params, state, _pad_rows(chunks, width, self.spec.pad_id), lengths,
-                         np.asarray(stages, np.int32), window)
+                         np.asarray(stages, np.int32), window, flags)
 
     def _check_window(self, window: int, lengths: np.ndarray, adds: np.ndarray) -> None:
         """ValueError unless `window` is one of the spec's windows and holds every sample that
@@ -611,11 +643,13 @@ class StepwiseDecoder:
 
     def turn(self, params: nnx.State, state: ChainState, *, length: Sequence[int], image_tokens_seen: Sequence[int],
              chunks: Sequence[Sequence[int] | None], stages: Sequence[int], sampling: SamplingConfig,
-             max_new_tokens: int, min_new_tokens: int = 0) -> tuple[ChainState, jax.Array]:
+             max_new_tokens: int, min_new_tokens: int = 0,
+             constrained: Sequence[bool] | None = None) -> tuple[ChainState, jax.Array]:
         """One turn for every sample, dispatched without waiting on the device: rewind to
         `length` (the caller's record of each sample's valid context, `rewind` without its
         check), prefill the chunks (`ask`) and decode the answers (`answer`), both in the
-        smallest window holding every asked sample's context and answer. Returns the state and
+        smallest window holding every asked sample's context and answer. constrained: as `ask`.
+        Returns the state and
         the tokens of `answer`; one `jax.device_get` of what the caller needs ends the turn."""
         length = np.asarray(length, np.int32)
         adds = np.array([0 if c is None else len(c) for c in chunks], np.int32)
@@ -623,7 +657,7 @@ class StepwiseDecoder:
         ends = np.where(adds > 0, length + adds + budget, 0)
         window = self.spec.window(int(ends.max(initial=1)))
         state = self._rewind(state, length, np.asarray(image_tokens_seen, np.int32))
-        state = self._ask_unchecked(params, state, chunks, stages, window)
+        state = self._ask_unchecked(params, state, chunks, stages, window, constrained)
         budgets = [np.full((state.batch_size,), value, np.int32) for value in (max_new_tokens, min_new_tokens)]
         return self._answer(params, state, sampling, *budgets, window)
 
