@@ -15,6 +15,8 @@ import functools
 import jax
 import jax.numpy as jnp
 
+from cxrtrek_jax.model.backward_passes import hand_written_backward_enabled
+
 __all__ = ["dot_product_attention"]
 
 # Large finite negative logit for masked keys: fully masked (padding) rows
@@ -118,6 +120,21 @@ def _one_query(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None,
     return out.reshape(batch, 1, heads, head_dim)
 
 
+def _plain_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None, scale: float) -> jax.Array:
+    """The same attention as plain einsums over every key position, for JAX to differentiate
+    (outside `hand_written_backward`, see `backward_passes`): q [B, T, H, D], k/v [B, S, K, D]
+    in their stored layout, mask bool[B, T, S] or None -> [B, T, H, D]."""
+    batch, length, heads, head_dim = q.shape
+    kv_heads = k.shape[2]
+    grouped = q.reshape(batch, length, kv_heads, heads // kv_heads, head_dim)
+    logits = jnp.einsum("btkgd,bskd->bkgts", grouped, k, preferred_element_type=jnp.float32) * scale
+    if mask is not None:
+        logits = jnp.where(mask[:, None, None, :, :], logits, _MASKED_LOGIT)
+    probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
+    out = jnp.einsum("bkgts,bskd->btkgd", probs, v)
+    return out.reshape(batch, length, heads, head_dim)
+
+
 def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None, *,
                           scale: float, causal: bool = False) -> jax.Array:
     """softmax(q k^T * scale) v.
@@ -127,7 +144,9 @@ def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Ar
     causal: the caller promises that no query attends to a key after it (mask[b, t, s] is
     False for s > t, T == S; e.g. `causal_segment_mask` without a cache); then, for even T of
     at least MIN_CAUSAL_SPLIT, the all-masked upper-right quarter of the scores is skipped
-    (same result: those keys get zero weight either way).
+    (same result: those keys get zero weight either way). Outside `hand_written_backward` (see
+    `backward_passes`: the train step on TPU/GPU) the plain einsums over every key, which JAX
+    differentiates, instead of the head-major core with its hand-written backward pass.
     One query per row (T == 1, a decoding step) reads k and v in place (`_one_query`).
     Returns [B, T, H, D] in q's dtype.
     """
@@ -139,6 +158,8 @@ def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Ar
         raise ValueError("dot_product_attention(causal=True) needs the causal mask (got mask=None)")
     if length == 1 and not causal:
         return _one_query(q, k, v, mask, scale).astype(q.dtype)
+    if not hand_written_backward_enabled():
+        return _plain_attention(q, k, v, mask, scale).astype(q.dtype)
     k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)
     if causal and length == k.shape[2] and length % 2 == 0 and length >= MIN_CAUSAL_SPLIT:
         return _causal_halves(q, k, v, mask, scale).astype(q.dtype)

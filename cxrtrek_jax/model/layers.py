@@ -14,6 +14,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from cxrtrek_jax.model.backward_passes import hand_written_backward_enabled
+
 __all__ = ["param", "Dense", "LoraAdapter", "LayerNorm", "RMSNorm", "Embed", "activation", "to_dtype"]
 
 PARAM_DTYPE = jnp.float32
@@ -77,7 +79,11 @@ _matmul.defvjp(_matmul_fwd, _matmul_bwd)
 
 def _dense_contract(x: jax.Array, kernel: jax.Array, n_in: int) -> jax.Array:
     """`_contract` as one 2-D product: x [..., *in] -> [prod(...), prod(in)] and kernel
-    [*in, *out] -> [prod(in), prod(out)] (free reshapes), result back to [..., *out]."""
+    [*in, *out] -> [prod(in), prod(out)] (free reshapes), result back to [..., *out]; its
+    backward pass the hand-written `_matmul_bwd`, or (outside `hand_written_backward`, see
+    `backward_passes`) plain `_contract` differentiated by JAX."""
+    if not hand_written_backward_enabled():
+        return _contract(x, kernel, n_in)
     lead, inner = x.shape[:x.ndim - n_in], kernel.shape[:n_in]
     out = kernel.shape[n_in:]
     flat = _matmul(x.reshape(math.prod(lead), math.prod(inner)), kernel.reshape(math.prod(inner), math.prod(out)))

@@ -35,6 +35,7 @@ from jax.sharding import Mesh, NamedSharding
 from cxrtrek_jax.train import optimizer as optimizer_lib
 from cxrtrek_jax.train import sharding as sharding_lib
 from cxrtrek_jax.model import axis_rules
+from cxrtrek_jax.model import backward_passes
 # The batch contract, defined by the data side.
 from data_pipeline.batches.grain_pipeline import BATCH_FIELDS, IMAGE_LABEL_FIELDS
 from data_pipeline.schema.stages import NUM_STAGES  # re-exported: the one definition of the stage count
@@ -527,6 +528,7 @@ def make_train_step(
     rules: sharding_lib.LogicalRules = sharding_lib.LOGICAL_AXIS_RULES,
     head_chunk: int = DEFAULT_HEAD_CHUNK,
     image_label_weight: float = 0.0,
+    hand_written_backward: bool | None = None,
 ) -> Callable[[TrainState, dict[str, jax.Array]], tuple[TrainState, dict[str, jax.Array]]]:
     """The jitted train step `(state, batch) -> (state, metrics)`; `state` is donated.
 
@@ -539,6 +541,11 @@ def make_train_step(
     head_chunk: answer tokens per LM-head product (`answer_token_sums`).
     image_label_weight: w > 0 adds the image-label loss (`image_label_sums`; the batches must
       carry `IMAGE_LABEL_FIELDS`) to the objective, each known label weighing w answer tokens.
+    hand_written_backward: differentiate the dense and attention layers through their
+      hand-written backward passes (True) or JAX's autodiff of their plain forms (False); None
+      (default): hand-written where they win (`backward_passes.hand_written_backward_wins` of the
+      mesh's device platform: on CPU), autodiff elsewhere (TPU, GPU), where the hand-written
+      passes cost the 7B step on v5p 2x2x2 more HBM than it has. Same loss and gradients.
     metrics (replicated, no host sync): loss (the token loss alone), accuracy, answer_tokens,
       grad_norm, learning_rate, finite, the raw sums of `token_metric_sums` (per stage included)
       and, with w > 0, those of `image_label_sums`.
@@ -546,6 +553,8 @@ def make_train_step(
     if not image_label_weight >= 0.0:
         raise ValueError(f"image_label_weight must be >= 0, got {image_label_weight}")
     mesh = shardings.step.mesh
+    if hand_written_backward is None:
+        hand_written_backward = backward_passes.hand_written_backward_wins(mesh.devices.flat[0].platform)
     schedule = optimizer_lib.learning_rate_schedule(config)
     leaves = _TrainableLeaves.of(split.abstract_params, trainable)
     accumulate = _accumulate_fn(_grads_and_sums_fn(split, leaves, head_chunk, image_label_weight),
@@ -554,7 +563,7 @@ def make_train_step(
     def step_fn(state: TrainState, batch: dict[str, jax.Array]):
         _require_labelled(batch, image_label_weight)
         denominator = jnp.maximum(jnp.sum(batch["loss_mask"].astype(jnp.float32)), 1.0)
-        with axis_rules(rules, mesh):
+        with axis_rules(rules, mesh), backward_passes.hand_written_backward(hand_written_backward):
             train_grads, sums = accumulate(state, batch, denominator)
         new_state, update = _guarded_update(tx, leaves, state, train_grads, sums, denominator,
                                             image_label_weight > 0.0)
