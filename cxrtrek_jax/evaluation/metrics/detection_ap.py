@@ -12,17 +12,26 @@ and mAP averages the classes that have one.
 
 A generative model gives no confidence per box: every box then has the same score, the ranking is
 one block, and AP = recall x precision at that single point.
+
+`detections_by_class` gathers a set of items (images, turns) into per-class `ClassDetections` and
+`weighted_ap` scores one class under bootstrap weights per item; the external sets' VinDr scoring
+and the CXRTrek detection turns both go through them.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import dataclasses
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
 from data_pipeline.schema.boxes import Box, box_iou
 
-__all__ = ["match_detections", "average_precision", "mean_average_precision"]
+# The IoU thresholds mAP is reported at: 0.4 (VinDr-CXR's protocol) and 0.5 (PASCAL VOC).
+DETECTION_IOUS = (0.4, 0.5)
+
+__all__ = ["DETECTION_IOUS", "match_detections", "average_precision", "mean_average_precision", "ClassDetections",
+           "detections_by_class", "weighted_ap"]
 
 
 def match_detections(reference: Sequence[Box], predicted: Sequence[Box], scores: Sequence[float],
@@ -75,3 +84,45 @@ def mean_average_precision(per_class: dict[str, float]) -> float:
     """The mean of the defined (non-NaN) per-class APs; NaN when none is defined."""
     defined = [v for v in per_class.values() if not np.isnan(v)]
     return float(np.mean(defined)) if defined else float("nan")
+
+
+@dataclasses.dataclass(frozen=True)
+class ClassDetections:
+    """One class's predicted boxes over I items, every box scored alike.
+
+    owner int[P]: the item of each predicted box; hits bool[P]: true positives (`match_detections`);
+    references float[I]: the class's reference boxes in each item.
+    """
+
+    owner: np.ndarray
+    hits: np.ndarray
+    references: np.ndarray
+
+
+def detections_by_class(items: Sequence[Mapping[str, tuple[Sequence[Box], Sequence[Box]]]],
+                        iou_threshold: float) -> dict[str, ClassDetections]:
+    """items[i]: class -> (reference boxes, predicted boxes) of item i, matched within the item at
+    `iou_threshold`; every class named by any item, in sorted order."""
+    classes = sorted({name for item in items for name in item})
+    out = {}
+    for name in classes:
+        owner, hits, references = [], [], np.zeros(len(items))
+        for index, item in enumerate(items):
+            if name not in item:
+                continue
+            reference, predicted = item[name]
+            references[index] = len(reference)
+            flags = match_detections(reference, predicted, [1.0] * len(predicted), iou_threshold)
+            owner += [index] * len(flags)
+            hits += flags.tolist()
+        out[name] = ClassDetections(np.array(owner, int), np.array(hits, bool), references)
+    return out
+
+
+def weighted_ap(detections: ClassDetections, weights: np.ndarray | None = None) -> float:
+    """AP of one class with each item counted `weights[i]` times (float[I]; None: once); NaN
+    when the weighted reference count is 0."""
+    if weights is None:
+        return average_precision(np.ones(len(detections.owner)), detections.hits, detections.references.sum())
+    return average_precision(np.ones(len(detections.owner)), detections.hits,
+                             float(weights @ detections.references), weights[detections.owner])

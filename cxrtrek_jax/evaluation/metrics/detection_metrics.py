@@ -18,7 +18,7 @@ from collections.abc import Sequence
 
 from data_pipeline.schema.boxes import Box, BoxParseError, box_iou, parse_boxes
 
-__all__ = ["IOU_THRESHOLD", "BoxPair", "DetectionScore", "match_boxes", "score_detection"]
+__all__ = ["IOU_THRESHOLD", "BoxPair", "DetectionScore", "label_class", "match_boxes", "score_detection"]
 
 IOU_THRESHOLD = 0.5
 
@@ -59,7 +59,8 @@ class DetectionScore:
         return self.iou_sum / self.num_pairs if self.pairs else 0.0
 
 
-def _label_key(label: str) -> str:
+def label_class(label: str) -> str:
+    """The class a box label names: its lower-cased words ("Right  Pleural-Effusion" -> "right pleural effusion")."""
     return " ".join(re.findall(r"[a-z0-9]+", label.lower()))
 
 
@@ -85,7 +86,7 @@ def match_boxes(reference: Sequence[Box], predicted: Sequence[Box]) -> tuple[Box
         (box_iou(rb, pb), r, p)
         for r, rb in enumerate(reference)
         for p, pb in enumerate(predicted)
-        if _label_key(rb.label) == _label_key(pb.label)
+        if label_class(rb.label) == label_class(pb.label)
     ]
     pairs = _greedy(same_label, used_ref, used_pred)
     leftovers = [

@@ -39,7 +39,9 @@ import numpy as np
 from cxrtrek_jax.evaluation.metrics.auroc import auroc, binary_f1
 from cxrtrek_jax.evaluation.metrics.bootstrap import bootstrap_weights, percentile_interval
 from cxrtrek_jax.evaluation.metrics.clinical_efficacy import ce_item_statistics, ce_metrics
-from cxrtrek_jax.evaluation.metrics.detection_ap import average_precision, match_detections, mean_average_precision
+from cxrtrek_jax.evaluation.metrics.detection_ap import (
+    DETECTION_IOUS, detections_by_class, mean_average_precision, weighted_ap,
+)
 from cxrtrek_jax.evaluation.metrics.nlg_metrics import (
     BLEU_MAX_ORDER, CiderD, MeteorScorer, bleu_from_statistics, bleu_statistics, meteor_unavailable_reason,
     nlg_tokens, rouge_l,
@@ -53,7 +55,6 @@ from data_pipeline.schema.boxes import Box, BoxParseError, parse_boxes
 __all__ = ["DETECTION_IOUS", "OFFLINE_UNAVAILABLE", "ExternalAnswer", "Estimate", "ExternalScores",
            "score_external", "fit_vqa_majority", "format_external_table"]
 
-DETECTION_IOUS = (0.4, 0.5)
 # Standard report metrics that need weights from a model hub: never estimated here.
 OFFLINE_UNAVAILABLE = {
     "chexbert_f1": "not available offline: needs the CheXbert labeller's weights (a hub download)",
@@ -228,7 +229,6 @@ def _detection_fns(items: Sequence[ExternalItem], answers: Sequence[ExternalAnsw
     classes = sorted({item.label for item in items})
     fns: dict[str, MetricFn] = {}
     malformed = 0
-    per_threshold: dict[float, dict[str, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]] = {}
     parsed = []
     for item, answer in zip(items, answers):
         if answer.image_size is None:
@@ -236,24 +236,12 @@ def _detection_fns(items: Sequence[ExternalItem], answers: Sequence[ExternalAnsw
         boxes, bad = _predicted_boxes(answer.answer)
         malformed += bad
         parsed.append((_scaled(item, answer.image_size), boxes))
+    by_item = [{item.label: boxes} for item, boxes in zip(items, parsed)]  # the question's class: every box
     for threshold in DETECTION_IOUS:
-        per_threshold[threshold] = {}
-        for name in classes:
-            owner, hits, references = [], [], np.zeros(len(items))
-            for index, (item, (reference, predicted)) in enumerate(zip(items, parsed)):
-                if item.label != name:
-                    continue
-                references[index] = len(reference)
-                flags = match_detections(reference, predicted, [1.0] * len(predicted), threshold)
-                owner += [index] * len(flags)
-                hits += flags.tolist()
-            per_threshold[threshold][name] = (np.array(owner, int), np.array(hits, bool), references)
-    for threshold, by_class in per_threshold.items():
+        by_class = detections_by_class(by_item, threshold)
+
         def ap(name: str, w: np.ndarray | None, by_class=by_class) -> float:
-            owner, hits, references = by_class[name]
-            weights = np.ones(len(owner)) if w is None else w[owner]
-            total = references.sum() if w is None else float(w @ references)
-            return average_precision(np.ones(len(owner)), hits, total, weights)
+            return weighted_ap(by_class[name], w)
 
         for name in classes:
             fns[f"ap@{threshold}[{name}]"] = lambda w, name=name, ap=ap: ap(name, w)

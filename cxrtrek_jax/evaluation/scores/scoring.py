@@ -16,7 +16,10 @@ turn for duplicate detection:
    closed-ended items, "with/without an earlier error" of its stage.
 
 Metrics are computed per context mode from the summed statistics, with
-study-bootstrap percentile intervals (`bootstrap`). Items whose *reference*
+study-bootstrap percentile intervals (`bootstrap`). Detection groups also report
+AP per class and mAP at IoU 0.4 and 0.5 (`detection_ap`, as the external VinDr scoring:
+classes are the boxes' labels, every predicted box scored alike), from the parsed boxes of
+their items; each detection item keeps its boxes until the end (a few numbers per turn). Items whose *reference*
 cannot be scored (unparseable closed-ended reference, malformed reference
 boxes, empty reference text) are left out of every metric, counted by
 reason and listed (first few) under "problems"; nothing is dropped silently.
@@ -41,7 +44,10 @@ from cxrtrek_jax.evaluation.metrics.answer_parsing import judge_closed_answer
 from cxrtrek_jax.evaluation.metrics.bootstrap import StudyStats, bootstrap_weights, percentile_interval
 from data_pipeline.reports.chexpert_labeller import ReportLabeller, default_labeller
 from cxrtrek_jax.evaluation.metrics.clinical_efficacy import CE_STAT_NAMES, ce_item_statistics
-from cxrtrek_jax.evaluation.metrics.detection_metrics import score_detection
+from cxrtrek_jax.evaluation.metrics.detection_ap import (
+    DETECTION_IOUS, ClassDetections, detections_by_class, mean_average_precision, weighted_ap,
+)
+from cxrtrek_jax.evaluation.metrics.detection_metrics import label_class, score_detection
 from cxrtrek_jax.evaluation.metrics.error_propagation import StageOutcomes, compare_contexts
 from cxrtrek_jax.evaluation.metrics.families import HEADLINE_METRICS, MetricFamily, build_families
 from cxrtrek_jax.evaluation.metrics.nlg_metrics import (
@@ -58,7 +64,7 @@ from cxrtrek_jax.evaluation.metrics.nlg_metrics import (
 )
 from cxrtrek_jax.contexts import CONTEXT_MODES
 from cxrtrek_jax.evaluation.scores.predictions import PredictionRecord, PredictionWriter
-from data_pipeline.schema.boxes import BoxParseError
+from data_pipeline.schema.boxes import Box, BoxParseError, parse_boxes
 from data_pipeline.schema.stages import QType, Stage, parse_qtype
 
 __all__ = ["METRICS_FORMAT", "ScoringConfig", "score_predictions"]
@@ -153,6 +159,20 @@ def _detection_scores(record: PredictionRecord, families, iou_threshold: float) 
     return stats, scores
 
 
+def _boxes_by_class(record: PredictionRecord) -> dict[str, tuple[list[Box], list[Box]]]:
+    """label class -> (reference boxes, predicted boxes) of a detection item whose reference parses;
+    a malformed prediction has no boxes."""
+    try:
+        predicted = parse_boxes(record.prediction)
+    except BoxParseError:
+        predicted = ()
+    out: dict[str, tuple[list[Box], list[Box]]] = {}
+    for side, boxes in enumerate((parse_boxes(record.reference), predicted)):
+        for box in boxes:
+            out.setdefault(label_class(box.label), ([], []))[side].append(box)
+    return out
+
+
 def _open_scores(record: PredictionRecord, families, labeller: ReportLabeller, uncertain_as_positive: bool):
     hypothesis, reference = nlg_tokens(record.prediction), nlg_tokens(record.reference)
     if not reference:
@@ -231,6 +251,8 @@ class _Scorer:
         self.groups: dict[str, dict[tuple, dict[str, StudyStats]]] = {}
         self.group_items: dict[str, Counter] = {}
         self.generation: dict[str, _Generation] = {}
+        # context -> group key -> (study, label class -> (reference, predicted boxes)) of its detection items
+        self.detections: dict[str, dict[tuple, list[tuple[int, dict]]]] = {}
         self.problems: Counter = Counter()
         self.problem_examples: list[dict] = []
         self.records = 0
@@ -317,6 +339,10 @@ class _Scorer:
             keys.append(("after_error", str(record.stage), "with" if earlier else "without"))
         groups = self.groups.setdefault(context, {})
         items = self.group_items.setdefault(context, Counter())
+        if "detection" in stats:
+            boxes = (study, _boxes_by_class(record))
+            for key in keys:
+                self.detections.setdefault(context, {}).setdefault(key, []).append(boxes)
         for key in keys:
             families = ("closed",) if key[0] == "after_error" else tuple(stats)
             items[key] += 1
@@ -396,7 +422,40 @@ class _Scorer:
                     "ci": None if interval is None or values[key][metric] is None else list(interval),
                     "n": n,
                 }
+        metrics.update(self._map_entries(context, key))
         return {"n_items": self.group_items[context][key], "n_studies": len(studies), "metrics": metrics}
+
+    def _map_entries(self, context: str, key: tuple) -> dict[str, Any]:
+        """"ap@T[class]" and "map@T" entries (T in `DETECTION_IOUS`) of the group's detection items,
+        with intervals from the same study-bootstrap replicates as every other metric."""
+        items = self.detections.get(context, {}).get(key)
+        if not items:
+            return {}
+        owners = np.array([study for study, _ in items])
+        entries: dict[str, Any] = {}
+        for threshold in DETECTION_IOUS:
+            by_class = detections_by_class([boxes for _, boxes in items], threshold)
+            names = list(by_class)
+            point = np.array([weighted_ap(by_class[n]) for n in names])
+            replicates = self._ap_replicates([by_class[n] for n in names], owners)
+            columns = {f"ap@{threshold}[{n}]": (point[i], replicates[:, i]) for i, n in enumerate(names)}
+            columns[f"map@{threshold}"] = (_nanmean(point), np.array([_nanmean(row) for row in replicates]))
+            for metric, (value, reps) in columns.items():
+                interval = percentile_interval(reps, self.config.confidence) if len(reps) else None
+                entries[metric] = {"value": _number(value),
+                                   "ci": None if interval is None or math.isnan(value) else list(interval),
+                                   "n": len(items)}
+        return entries
+
+    def _ap_replicates(self, classes: list[ClassDetections], owners: np.ndarray) -> np.ndarray:
+        """float[R, C]: each class's AP in each study-bootstrap replicate (R = 0 without resampling)."""
+        if self.config.bootstrap_resamples == 0:
+            return np.zeros((0, len(classes)))
+        rows = []
+        for chunk in bootstrap_weights(len(self.studies), self.config.bootstrap_resamples, self.config.seed):
+            for weights in chunk:
+                rows.append([weighted_ap(d, weights[owners]) for d in classes])
+        return np.array(rows, np.float64).reshape(-1, len(classes))
 
     def _context_section(self, context: str, values: dict, replicates: dict) -> dict[str, Any]:
         groups = self.groups.get(context, {})
@@ -488,6 +547,11 @@ class _Scorer:
                 "macro_f1": "mean over observations with tp+fp+fn > 0",
             },
         }
+
+
+def _nanmean(values: np.ndarray) -> float:
+    """The mean of the defined values (`mean_average_precision` over classes); NaN when none is."""
+    return mean_average_precision(dict(enumerate(np.asarray(values, np.float64).tolist())))
 
 
 def _number(value: np.ndarray | float) -> float | None:
