@@ -17,7 +17,8 @@ Shared work is keyed by the config that produced it (`shared_output`): two ablat
 alignment phases have the same config tree (grounded, no_context, shuffled_stages, report_only;
 lora_r8 and no_prior, whose overrides apply to the chains only) train it once per seed; a changed
 config (another seed, blanked images, a frozen tower, other steps) is another key and is computed.
-A run whose finished.json records the same config is skipped; `--force` redoes it.
+A run whose finished.json records the same config is skipped; `--force` redoes it (not the shared
+work, which is redone only when its config changes or its directory under shared/ is deleted).
 """
 
 from __future__ import annotations
@@ -114,11 +115,12 @@ def shared_output(root: Path, what: str, tree: Mapping[str, Any], compute: Calla
 
 def alignment_tree(cfg: ExperimentConfig) -> dict[str, Any]:
     """The config tree the alignment phase of `cfg` is made from (its name and checkpoint
-    directory, which say where it is rather than what, left out)."""
+    directory, which say where it is rather than what, and the evaluation settings, which the
+    phase does not read, left out)."""
     from cxrtrek_jax.train.run import alignment_phase
 
     tree = alignment_phase(cfg).to_dict()
-    tree.pop("name"), tree.pop("description")
+    tree.pop("name"), tree.pop("description"), tree.pop("eval")
     tree["checkpoint"].pop("directory")
     return tree
 

@@ -79,7 +79,9 @@ def test_shared_alignment_is_computed_once_reused_and_recomputed_when_its_config
     assert len(calls) == 4 and again != dirs["grounded"]  # a changed config recomputes
     chains_longer = study.StudyScale(**{**SCALE.__dict__, "steps": 7})
     assert study.shared_alignment("grounded", chains_longer, 0, tmp_path, train=fake_phase) == dirs["grounded"]
-    assert len(calls) == 4  # the chains' steps are not the alignment phase's config
+    fewer_eval = study.StudyScale(**{**SCALE.__dict__, "eval_studies": 1})
+    assert study.shared_alignment("grounded", fewer_eval, 0, tmp_path, train=fake_phase) == dirs["grounded"]
+    assert len(calls) == 4  # the chains' steps and the evaluation are not the alignment phase's config
 
 
 def test_an_interrupted_shared_phase_is_computed_again(tmp_path):
