@@ -23,6 +23,17 @@ it at every token) x steps/s / the fp32 matmul peak, timed in the same rounds (`
 JAX and torch), plus the median over rounds of each side's time / JAX's time. The analytic count
 is cross-checked against XLA's `compiled.cost_analysis()` for the JAX step. Extra JAX sides
 compiled with XLA options (`--jax-variant NAME:KEY=VALUE`) join the same alternation.
+
+The `cli` side (CPU) is the product as users start it: `cxrtrek train` in a process of its own,
+started with this process's environment (no GLIBC_TUNABLES: the CLI sets its malloc itself), on
+a phantom data set generated into a temporary directory, with the same preset, batch rows, row
+length, image slots per row, optimizer settings and fp32; its step time is read from its
+`metrics.jsonl` (`step_time_s` per log interval of `CLI_LOG_EVERY` x steps_per_round steps; the
+first interval, holding the compilation, is dropped; the median of `rounds` intervals). It runs
+after the alternating rounds (the other sides idle meanwhile). Its batches are the data
+pipeline's (padded phantom chains, a trained tokenizer's vocabulary), not the synthetic batch,
+so its loss is not the parity check; `cli_vs_jax` = JAX step time / CLI step time and
+`cli_vs_torch_eager` = torch eager step time / CLI step time.
 """
 
 from __future__ import annotations
@@ -40,7 +51,10 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["TrainBenchConfig", "bench_batch", "JaxTrainer", "TorchTrainer", "SideProcess", "run_benchmark", "main"]
+from cxrtrek_jax.cli.host_malloc import KEEP_FREED_MEMORY
+
+__all__ = ["TrainBenchConfig", "bench_batch", "JaxTrainer", "TorchTrainer", "SideProcess", "cli_command", "run_cli_side",
+           "run_benchmark", "main"]
 
 BOS_ID = 1
 _FIRST_TEXT_ID = 3
@@ -56,7 +70,9 @@ class TrainBenchConfig:
     value), ...)), compiled with those options and timed in the same alternation; processes: every
     side in a spawned process of its own (`SideProcess`; False: all sides in this process);
     keep_freed_memory (processes only): start the side processes with `KEEP_FREED_MEMORY`, so
-    that neither side re-faults its freed step memory from the kernel at every step (see there)."""
+    that neither side re-faults its freed step memory from the kernel at every step (see there);
+    cli_side (CPU only): also time `cxrtrek train` itself (`run_cli_side`; on in `make bench-train`,
+    off with --no-cli)."""
 
     preset: str = "small"
     batch: int = 8
@@ -76,6 +92,7 @@ class TrainBenchConfig:
     jax_variants: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = ()
     processes: bool = True
     keep_freed_memory: bool = True
+    cli_side: bool = False
 
     def __post_init__(self):
         if self.device not in ("cpu", "gpu"):
@@ -342,7 +359,8 @@ def _side_process_main(conn, kind: str, bench: TrainBenchConfig, options, checkp
 # block is always mmapped), and the kernel zero-fills its 380,000 pages again each step: 0.8 s of
 # system time per step, 3-5 s when another process ran in between. PyTorch's eager step faults
 # ~330,000 pages per step the same way. Both sides get the same settings.
-KEEP_FREED_MEMORY = "glibc.malloc.arena_max=1:glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=17179869184"
+# `KEEP_FREED_MEMORY` (imported above) is defined in `cxrtrek_jax.cli.host_malloc`, which
+# `cxrtrek train` applies to itself on CPU with mallopt.
 
 
 class SideProcess:
@@ -483,6 +501,10 @@ def run_benchmark(bench: TrainBenchConfig, log: Callable[[str], None] = _log) ->
         results["torch_threads"] = running["torch_eager"].info["torch_threads"] if "torch_eager" in running else None
         results.update(_time_sides(running, bench, log))
         results["xla_flops_per_step"] = running["jax"].xla_flops()
+        if bench.cli_side and bench.device == "cpu":
+            cli = run_cli_side(bench, log)
+            results["timings"]["cli"] = cli.pop("timing")
+            results["cli"] = cli
     finally:
         for side in running.values():
             side.close()
@@ -517,12 +539,16 @@ def run_benchmark(bench: TrainBenchConfig, log: Callable[[str], None] = _log) ->
     # Per-round ratios: both sides of a round ran within seconds of each other, under the same load.
     results["paired_jax_speedup"] = {
         name: statistics.median(o / j for o, j in zip(timing.samples_s, timings["jax"].samples_s))
-        for name, timing in timings.items() if name != "jax"}
+        for name, timing in timings.items() if name not in ("jax", "cli")}
     best_jax = min((n for n in sides if n == "jax" or n in dict(bench.jax_variants)), key=lambda n: sides[n]["step_s"])
     results["best_jax_side"] = best_jax
     if "torch_eager" in sides:
         results["jax_vs_torch_eager"] = sides["torch_eager"]["step_s"] / sides["jax"]["step_s"]
         results["best_jax_vs_torch_eager"] = sides["torch_eager"]["step_s"] / sides[best_jax]["step_s"]
+    if "cli" in sides:
+        results["cli_vs_jax"] = sides["jax"]["step_s"] / sides["cli"]["step_s"]
+        if "torch_eager" in sides:
+            results["cli_vs_torch_eager"] = sides["torch_eager"]["step_s"] / sides["cli"]["step_s"]
     if "torch_compile" in sides:
         results["jax_vs_torch_compile"] = sides["torch_compile"]["step_s"] / sides["jax"]["step_s"]
         results["best_jax_vs_torch_compile"] = sides["torch_compile"]["step_s"] / sides[best_jax]["step_s"]
@@ -563,6 +589,75 @@ def _time_sides(sides: dict[str, Any], bench: TrainBenchConfig, log: Callable[[s
     return out
 
 
+# ----------------------------------------------------------------------------- the CLI side
+
+# Steps per `cxrtrek train` log interval, in units of steps_per_round (the CLI's default log_every
+# is 10; each log line syncs the host with the device once).
+CLI_LOG_EVERY = 5
+CLI_PHANTOM_STUDIES = 120
+
+
+def cli_command(bench: TrainBenchConfig, workdir: str, data_dir: str) -> list[str]:
+    """The `cxrtrek train` command line of the CLI side: `rounds + 1` log intervals of
+    `CLI_LOG_EVERY x steps_per_round` steps on phantom data in `data_dir` (generated there), one
+    bucket of `seq_len` tokens, `batch` rows, `images` image slots per row, the benchmark's
+    optimizer settings; a checkpoint only at the end, one validation batch."""
+    from cxrtrek_jax.model import get_config
+
+    log_every = CLI_LOG_EVERY * bench.steps_per_round
+    steps = log_every * (bench.rounds + 1)
+    script = os.path.join(os.path.dirname(sys.executable), "cxrtrek")
+    program = [script] if os.access(script, os.X_OK) else [sys.executable, "-m", "cxrtrek_jax.cli"]
+    sets = {
+        "data.path": data_dir, "data.phantom_studies": CLI_PHANTOM_STUDIES,
+        "data.pipeline.global_batch_size": bench.batch, "data.pipeline.length_buckets": f"[{bench.seq_len}]",
+        "model.max_images": bench.images, "tokenizer.vocab_size": get_config(bench.preset).vocab_size,
+        "optim.learning_rate": bench.learning_rate, "optim.warmup_steps": 0, "optim.total_steps": 10_000,
+        "optim.final_lr_fraction": 1.0, "optim.weight_decay": bench.weight_decay,
+        "optim.clip_norm": bench.clip_norm, "train.num_steps": steps, "train.log_every": log_every,
+        "train.eval_batches": 1, "train.seed": bench.seed, "checkpoint.save_every": steps,
+    }
+    return [*program, "train", "--experiment", "baseline", "--preset", bench.preset, "--workdir", workdir,
+            "--no-progress", *[arg for key, value in sets.items() for arg in ("--set", f"{key}={value}")]]
+
+
+def run_cli_side(bench: TrainBenchConfig, log: Callable[[str], None] = _log) -> dict[str, Any]:
+    """Run `cli_command` in a temporary directory; its steady-state step times.
+
+    Returns command (the argument list), timing (a `common.Timing` of `rounds` samples, each
+    steps_per_round x an interval's mean step time), first_interval_step_s (compilation
+    included), shapes (the batch fields' shapes the CLI's step ran on, from its log) and
+    load_average ([start, end]). RuntimeError with the CLI's output tail when it fails."""
+    import json
+    import subprocess
+
+    from benchmarks import common
+
+    with tempfile.TemporaryDirectory() as root:
+        workdir, data_dir = os.path.join(root, "run"), os.path.join(root, "phantom")
+        command = cli_command(bench, workdir, data_dir)
+        env = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}
+        log(f"timing the CLI side: {' '.join(command[:6])} ... ({len(command) - 6} more arguments)")
+        load_start = os.getloadavg()[0]
+        done = subprocess.run(command, env=env, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise RuntimeError(f"the CLI side failed (exit {done.returncode}):\n{done.stdout[-3000:]}\n"
+                               f"{done.stderr[-3000:]}")
+        with open(os.path.join(workdir, "metrics.jsonl")) as f:
+            records = [json.loads(line) for line in f if line.strip()]
+    intervals = [r["step_time_s"] for r in records if r["split"] == "train"]
+    if len(intervals) != bench.rounds + 1:
+        raise RuntimeError(f"the CLI side logged {len(intervals)} train intervals, expected {bench.rounds + 1}")
+    malloc_line = [line for line in done.stdout.splitlines() if line.startswith("CPU run:")]
+    return {
+        "command": command,
+        "timing": common.Timing("cli", tuple(t * bench.steps_per_round for t in intervals[1:])),
+        "first_interval_step_s": intervals[0],
+        "malloc": malloc_line[0] if malloc_line else "no malloc line printed",
+        "load_average": [load_start, os.getloadavg()[0]],
+    }
+
+
 def format_report(results: dict[str, Any]) -> str:
     """The human-readable summary printed at the end of a run."""
     c, m = results["config"], results["machine"]
@@ -594,6 +689,13 @@ def format_report(results: dict[str, Any]) -> str:
             lines.append(f"JAX speed / {label} speed = {results[key]:.2f}")
             if results["best_jax_side"] != "jax":
                 lines.append(f"{results['best_jax_side']} speed / {label} speed = {results['best_' + key]:.2f}")
+    if "cli_vs_jax" in results:
+        cli = results["cli"]
+        lines.append(f"cxrtrek train (run after the rounds, load {cli['load_average'][0]:.1f} -> "
+                     f"{cli['load_average'][1]:.1f}; {cli['malloc'][:60]}...): speed / JAX speed = "
+                     f"{results['cli_vs_jax']:.2f}"
+                     + (f", / torch eager speed = {results['cli_vs_torch_eager']:.2f}"
+                        if "cli_vs_torch_eager" in results else ""))
     lines.append("per-round ratios (median over rounds of other side's time / JAX time): "
                  + ", ".join(f"{k} {v:.2f}" for k, v in results["paired_jax_speedup"].items()))
     if "torch_compile_error" in results:
@@ -619,6 +721,7 @@ def _parser() -> argparse.ArgumentParser:
                         help="extra JAX side compiled with XLA options, NAME:KEY=VALUE[,KEY=VALUE] (repeatable)")
     parser.add_argument("--default-malloc", action="store_true",
                         help="start the side processes with the system's malloc settings, not KEEP_FREED_MEMORY")
+    parser.add_argument("--no-cli", action="store_true", help="do not time `cxrtrek train` itself (the cli side)")
     parser.add_argument("--one-process", action="store_true",
                         help="run every side in this process (default: one process per side, driven in turn)")
     parser.add_argument("--out", help="write the results as JSON here")
@@ -633,7 +736,7 @@ def main(argv: list[str] | None = None) -> int:
         steps_per_round=args.steps_per_round, warmup=args.warmup, torch_compile=not args.no_torch_compile,
         peak_n=args.peak_n, device=args.device, torch_sides=not args.no_torch,
         jax_variants=tuple(args.jax_variants), processes=not args.one_process,
-        keep_freed_memory=not args.default_malloc)
+        keep_freed_memory=not args.default_malloc, cli_side=not args.no_cli)
     results = run_benchmark(bench)
     from benchmarks import common
 
