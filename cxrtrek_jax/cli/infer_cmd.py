@@ -309,6 +309,7 @@ def _infer(args: argparse.Namespace) -> int:
     import jax
 
     from cxrtrek_jax.decoding import DecodeSpec, SamplingConfig, StepwiseDecoder, run_chain
+    from data_pipeline.text.box_grammar import box_grammar_of
     from cxrtrek_jax.evaluation.scores.predictions import PredictionWriter, prediction_from_turn
 
     loaded = _load_model(args)
@@ -333,7 +334,7 @@ def _infer(args: argparse.Namespace) -> int:
                                     max_answer_tokens=budget)
     except ValueError as err:
         raise CLIError(str(err)) from None
-    decoder = StepwiseDecoder(loaded.graphdef, config, spec)
+    decoder = StepwiseDecoder(loaded.graphdef, config, spec, grammar=box_grammar_of(tokenizer, config.vocab_size))
     rng = jax.random.key(args.seed)
     began = time.perf_counter()
     turns = 0

@@ -41,7 +41,8 @@ import numpy as np
 
 from data_pipeline.schema.boxes import BOX_CLOSE, BOX_OPEN, REF_CLOSE, REF_OPEN
 
-__all__ = ["BOX_QTYPE", "REGISTERS", "BoxGrammar", "allowed_tokens", "advance", "replay", "is_box_turn"]
+__all__ = ["BOX_QTYPE", "REGISTERS", "BoxGrammar", "allowed_tokens", "advance", "replay", "is_box_turn",
+           "box_grammar_of"]
 
 # The qtype of turns answered with boxes (the same rule scoring uses to score an answer as boxes).
 BOX_QTYPE = "detection"
@@ -240,6 +241,17 @@ class BoxGrammar:
         names = tuple(":".join(str(x) for x in s) for s in states)
         return cls(next_state, coordinate, completes, value_mul, value_add, reach[:, 0].copy(), reach[:, 1].copy(),
                    _potential(states), tokenizer.end_of_turn_id, names)
+
+
+def box_grammar_of(tokenizer, vocab_size: int) -> BoxGrammar | None:
+    """The grammar of `tokenizer` over the model's `vocab_size` ids, or None (said on the console)
+    when its box tags are not single tokens (an imported checkpoint's own tokenizer): its detection
+    answers are then decoded unconstrained."""
+    try:
+        return BoxGrammar.build(tokenizer, vocab_size)
+    except ValueError as err:
+        print(f"detection answers decoded without the box grammar: {err}", flush=True)
+        return None
 
 
 def _walk(state: tuple, text: str) -> tuple[tuple, int, bool, int, int] | None:

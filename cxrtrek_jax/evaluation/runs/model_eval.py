@@ -195,6 +195,7 @@ def decode_predictions(
 
     from cxrtrek_jax.decoding import DecodeSpec, StepwiseDecoder, stream_chain
     from cxrtrek_jax.decoding.model_loading import image_processing_of, load_checkpoint_model
+    from data_pipeline.text.box_grammar import box_grammar_of
     from data_pipeline.text.tokenizer import load_tokenizer
 
     unknown = [c for c in contexts if c not in CONTEXT_MODES]
@@ -208,7 +209,7 @@ def decode_predictions(
     config = loaded.config
     spec = DecodeSpec.for_model(config, tokenizer, cache_length=cache_length or config.text.max_positions,
                                 max_answer_tokens=max_new_tokens)
-    decoder = StepwiseDecoder(loaded.graphdef, config, spec)
+    decoder = StepwiseDecoder(loaded.graphdef, config, spec, grammar=box_grammar_of(tokenizer, config.vocab_size))
     if loaded.blank_images is not None:
         print(f"images blanked: checkpoint {ckpt_dir} was trained with every image blanked to the constant "
               f"{loaded.blank_images} (data.pipeline.blank_images, a text-only model); it is evaluated so, "
