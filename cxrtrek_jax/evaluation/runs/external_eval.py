@@ -135,6 +135,7 @@ class _Model:
         from cxrtrek_jax.decoding.chain import ChatTokens
         from cxrtrek_jax.decoding.model_loading import image_processing_of, load_checkpoint_model
         from data_pipeline.files.cxrtrek_json import DEFAULT_SYSTEM_PROMPT
+        from data_pipeline.text.box_grammar import box_grammar_of
         from data_pipeline.text.tokenizer import load_tokenizer
 
         self.loaded = load_checkpoint_model(checkpoint)
@@ -144,7 +145,8 @@ class _Model:
         self.config = self.loaded.config
         self.spec = DecodeSpec.for_model(self.config, self.tokenizer, cache_length=self.config.text.max_positions,
                                          max_answer_tokens=max_new_tokens)
-        self.decoder = StepwiseDecoder(self.loaded.graphdef, self.config, self.spec)
+        self.decoder = StepwiseDecoder(self.loaded.graphdef, self.config, self.spec,
+                                       grammar=box_grammar_of(self.tokenizer, self.config.vocab_size))
         self.chat = ChatTokens(self.tokenizer, self.config.tokens_per_image)
         self.max_new_tokens = max_new_tokens
         self.batch_size = batch_size
