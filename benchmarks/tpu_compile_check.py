@@ -202,7 +202,7 @@ def compile_train_step(case: TrainCase, model_config=None, *, mesh=None, hbm: in
     from cxrtrek_jax.train import optimizer as optimizer_lib
     from cxrtrek_jax.train import sharding as sharding_lib
     from cxrtrek_jax.train import step as step_lib
-    from cxrtrek_jax.model import CXRTrekNet, get_config
+    from cxrtrek_jax.model import CXRTrekNet, backward_passes, get_config
 
     from benchmarks import model_flops
 
@@ -245,6 +245,8 @@ def compile_train_step(case: TrainCase, model_config=None, *, mesh=None, hbm: in
         "mesh": dict(mesh.shape),
         "dtype": cfg.dtype,
         "remat": cfg.remat,
+        # The dense/attention layers' hand-written backward passes are for CPU meshes only.
+        "hand_written_backward": backward_passes.hand_written_backward_wins(mesh.devices.flat[0].platform),
         "params": sum(x.size for x in jax.tree.leaves(split.abstract_params)),
         "memory": report.to_json(),
         "analytic_model_flops_per_chip": model / chips,

@@ -3,9 +3,11 @@
 `layers.Dense` and `attention.dot_product_attention` carry hand-written backward passes laid out
 for XLA CPU's GEMMs (`jax.custom_vjp`: no transposed copies of the [.., T, S] probabilities, the
 narrower operand transposed in a weight gradient; the causal attention split into two query
-halves). They win on CPU, where they were measured, but a TPU compiler schedules JAX's own
-autodiff of the plain einsums better: with them the `cxrtreknet-7b` train step on v5p 2x2x2 needed
-105.79 GiB of HLO temporaries per chip (of 95.74 usable) against 76.28 GiB with autodiff.
+halves). They win on CPU, where they were measured (the `tiny` step with remat: 31.9 MiB of
+temporaries against 64.0 MiB with autodiff), but not on TPU: with them the `cxrtreknet-7b` train
+step on v5p 2x2x2 needed 105.79 GiB of HLO temporaries per chip (of 95.74 usable) where 76.28 GiB
+had been measured before them; a 2-layer cut of that step (same shapes and batch) needs 36.9 GiB
+with them and 22.1 GiB with autodiff (22.8 GiB before them and the answer-only LM head).
 
 The choice is read while a function is traced, from a `jax.make_user_context` (so it is part of
 JAX's tracing and compilation cache keys: a block traced one way is never reused for the other):
