@@ -65,10 +65,12 @@ def resolve_experiment(name: str, preset: str | None, overrides: list[str]):
 
 def _keep_freed_memory_on_cpu(default_malloc: bool) -> None:
     """`host_malloc.keep_freed_memory()` when JAX will run on CPU, said on the console; before
-    anything starts JAX's CPU client (its threads must not have arenas of their own yet)."""
+    anything starts JAX's CPU client (its threads must not have arenas of their own yet). Not when
+    JAX is already imported (`cli.main` called inside a running program, e.g. a test): too late to
+    help there, and that process's malloc is not the command's to change."""
     from cxrtrek_jax.cli import host_malloc
 
-    if default_malloc or not host_malloc.jax_runs_on_cpu():
+    if default_malloc or "jax" in sys.modules or not host_malloc.jax_runs_on_cpu():
         return
     if host_malloc.keep_freed_memory():
         print("CPU run: glibc malloc keeps freed memory (one arena, no mmap, no trim), so XLA's "
