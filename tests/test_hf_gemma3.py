@@ -15,9 +15,7 @@ from transformers import AutoProcessor, AutoTokenizer, Gemma3ForConditionalGener
 from cxrtrek_jax.cli import main
 from cxrtrek_jax.decoding import ChainStudy, DecodeSpec, StepwiseDecoder, Turn, fixed_plan, run_chain, study_turns
 from cxrtrek_jax.decoding.model_loading import load_checkpoint_model
-from cxrtrek_jax.model import CXRTrekNet
 from cxrtrek_jax.train import checkpointing
-from cxrtrek_jax.train import optimizer as opt
 from cxrtrek_jax.train import sharding as sh
 from cxrtrek_jax.train import step as ts
 from data_pipeline.text.chat_template import CHAT_FORMAT_FILE, ChatFormat, render
@@ -30,6 +28,7 @@ from data_pipeline.text.sequences import SequenceConfig, build_sequences
 from data_pipeline.schema.boxes import MARKUP_TOKENS
 from data_pipeline.text.tokenizer import load_tokenizer, train_tokenizer, training_texts
 from tests.test_gemma3 import tiny_gemma3
+from tests.train_steps import train_steps
 
 # Gemma's control tokens; the tokenizer's own template folds the system prompt into the first user
 # turn (as Gemma 3's does), which a ChatFormat cannot express, so the import falls back to the
@@ -101,18 +100,8 @@ def test_import_train_chain_export_and_pytorch_answers_equal(world, tmp_path, ca
         images.append(slots)
     batch = stack_rows(rows, np.stack(images))
     mesh = sh.make_mesh(sh.MeshConfig(data=1, fsdp=2, tensor=2), jax.devices()[:4])  # the FSDP + tensor rules
-    optim = opt.OptimConfig(learning_rate=3e-3, warmup_steps=1, total_steps=TRAIN_STEPS)
-    split = ts.split_abstract_model(lambda rngs: CXRTrekNet(cfg, rngs=rngs))
-    tx = opt.make_optimizer(optim)
-    shardings = ts.state_shardings(split, tx, mesh)
-    state = ts.create_train_state(checkpointing.load_params(imported), tx, shardings)
-    step_fn = ts.make_train_step(split, tx, optim, shardings)
-    device_batch = sh.put_batch(batch, mesh)
-    losses = []
-    for _ in range(TRAIN_STEPS):
-        state, metrics = step_fn(state, device_batch)
-        losses.append(float(metrics["loss"]))
-    assert np.isfinite(losses).all() and losses[-1] < losses[0], losses
+    state, losses = train_steps(imported, cfg, batch, mesh, TRAIN_STEPS)
+    assert losses[-1] < losses[0], losses
     q_proj = state.params["text"]["layers"][0]["attn"]["q_proj"]["kernel"]
     assert tuple(q_proj.sharding.spec)[:2] == ("fsdp", "tensor")
     trained = tmp_path / "trained"

@@ -20,9 +20,7 @@ from transformers import AutoProcessor, Gemma3ForConditionalGeneration, LlavaFor
 from cxrtrek_jax.cli import main
 from cxrtrek_jax.decoding import ChainStudy, DecodeSpec, StepwiseDecoder, Turn, fixed_plan, load_study_images, run_chain
 from cxrtrek_jax.decoding.model_loading import image_processing_of, load_checkpoint_model
-from cxrtrek_jax.model import CXRTrekNet
 from cxrtrek_jax.train import checkpointing
-from cxrtrek_jax.train import optimizer as opt
 from cxrtrek_jax.train import sharding as sh
 from cxrtrek_jax.train import step as ts
 from data_pipeline.batches.packing import pad_sequence, stack_rows
@@ -32,6 +30,7 @@ from data_pipeline.text.tokenizer import load_tokenizer
 from tests.published_checkpoints import write_gemma3, write_generation_config, write_llava15
 from tests.test_gemma3 import tiny_gemma3
 from tests.test_hf_llava_clip import llava_15_config, random_llava
+from tests.train_steps import train_steps
 
 QUESTION = "Is there a pleural effusion?"
 SYSTEM = "You read chest radiographs."
@@ -125,17 +124,7 @@ def _fine_tune(imported, out, images, tokenizer, steps=3):
     slots[0] = images[0]
     batch = stack_rows([row, row], np.stack([slots, slots]))
     mesh = sh.make_mesh(sh.MeshConfig(data=1, fsdp=1, tensor=1), jax.devices()[:1])
-    optim = opt.OptimConfig(learning_rate=3e-3, warmup_steps=1, total_steps=steps)
-    split = ts.split_abstract_model(lambda rngs: CXRTrekNet(cfg, rngs=rngs))
-    tx = opt.make_optimizer(optim)
-    shardings = ts.state_shardings(split, tx, mesh)
-    state = ts.create_train_state(checkpointing.load_params(imported), tx, shardings)
-    step_fn = ts.make_train_step(split, tx, optim, shardings)
-    device_batch = sh.put_batch(batch, mesh)
-    losses = []
-    for _ in range(steps):
-        state, metrics = step_fn(state, device_batch)
-        losses.append(float(metrics["loss"]))
+    state, losses = train_steps(imported, cfg, batch, mesh, steps)
     assert losses[-1] < losses[0], losses
     tokenizer.save(out / "tokenizer")
     for name in ("preprocessor_config.json", "processor_config.json"):
