@@ -527,4 +527,10 @@ def _overall_table(metrics: dict) -> str:
 
 
 if __name__ == "__main__":
+    from cxrtrek_jax.cli import host_malloc
+
+    # As `cxrtrek train` on CPU: XLA's per-step temporary buffer reused, not faulted back in (before
+    # JAX starts a device; importing it is early enough).
+    if host_malloc.jax_runs_on_cpu() and host_malloc.keep_freed_memory():
+        print("CPU run: glibc malloc keeps freed memory (cxrtrek_jax.cli.host_malloc)", flush=True)
     sys.exit(main())
