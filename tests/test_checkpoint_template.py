@@ -112,7 +112,7 @@ def test_import_keeps_the_checkpoints_own_template(family):
     assert template is not None
     expected = {"llava15": ("chat_template.json", LLAVA15_TEMPLATE, "lists", "<image>", "</s>"),
                 "gemma3": ("chat_template.json", GEMMA3_TEMPLATE, "lists", "<start_of_image>", "<end_of_turn>"),
-                "chatml": ("tokenizer_config.json", None, "strings", "<image>", "</s>")}[family["name"]]
+                "chatml": ("tokenizer_config.json", None, "strings", "<image>", "<|im_end|>")}[family["name"]]
     assert template.source == expected[0]
     if expected[1] is not None:
         assert template.chat_template == expected[1]

@@ -57,9 +57,9 @@ def _published(name, directory):
 
 
 BOTH = pytest.mark.parametrize("family", ["llava15", "gemma3"], indirect=True)
-# The longer checks run on Gemma 3 in `make test` and on llava-1.5 in `make test-slow`.
-GEMMA_FAST = pytest.mark.parametrize("family", [pytest.param("llava15", marks=pytest.mark.slow), "gemma3"],
-                                     indirect=True)
+# The longer checks (a fine-tune and export, a zero-shot eval: ~1 min each) run in `make test-slow`.
+GEMMA_FAST = pytest.mark.parametrize("family", [pytest.param(name, marks=pytest.mark.slow)
+                                                for name in ("llava15", "gemma3")], indirect=True)
 
 
 @pytest.fixture(scope="module")
