@@ -13,7 +13,9 @@ from data_pipeline.schema.records import QAItem, Study
 from experiments import ABLATIONS
 
 SMOKE_STEPS = 4
-# The ablations run in the fast suite (lora_r8 needs baseline); the others are slow.
+# Every run of the single-run runner (make experiment-NAME) is slow-marked: these four end to end
+# (lora_r8 needs baseline), the others parametrized; make test covers the study's runner
+# (tests/test_ablation_study.py) and this module's unit tests.
 FAST = ("baseline", "lora_r8", "frozen_vision", "no_context")
 
 
@@ -79,6 +81,7 @@ def _check_run(run_dir, contexts):
     return record, metrics
 
 
+@pytest.mark.slow  # the single-run runner end to end (~1 min each); make test covers the study's runner
 def test_baseline_trains_evaluates_and_is_not_rerun(root, baseline, capsys):
     _check_run(baseline, ("own", "teacher", "none"))
     stamp = (baseline / ablations.FINISHED_FILE).stat().st_mtime_ns
@@ -91,6 +94,7 @@ def test_baseline_trains_evaluates_and_is_not_rerun(root, baseline, capsys):
     assert (baseline / ablations.FINISHED_FILE).stat().st_mtime_ns == stamp
 
 
+@pytest.mark.slow  # the single-run runner end to end (~1 min each); make test covers the study's runner
 def test_lora_r8_starts_from_the_baseline_checkpoint(lora_run, baseline):
     _check_run(lora_run, ("own", "teacher", "none"))
     params = ck.load_params(lora_run / "checkpoints")
@@ -113,6 +117,7 @@ def test_every_other_ablation_runs(root, baseline, name):
             assert list(section["by_stage"]) == ["8"]
 
 
+@pytest.mark.slow  # the single-run runner end to end (~1 min each); make test covers the study's runner
 def test_report_lists_finished_runs_and_missing_ones(root, baseline, lora_run, capsys):
     assert ablations.main(["report", "--runs-dir", str(root / "runs")]) == 0
     markdown = (root / "runs" / "ablations.md").read_text()
@@ -135,6 +140,7 @@ def _leaves(tree):
     return dict(jax.tree_util.tree_flatten_with_path(tree)[0])
 
 
+@pytest.mark.slow  # the single-run runner end to end (~1 min each); make test covers the study's runner
 def test_frozen_vision_keeps_the_vision_tower_at_its_initialisation(root, baseline):
     """The frozen tower's parameters after training equal a fresh model's of the same seed,
     while the decoder's moved."""
@@ -173,6 +179,7 @@ def _answer_spans(row_mask: np.ndarray) -> int:
     return int(((on[1:] == 1) & (on[:-1] == 0)).sum() + on[0])
 
 
+@pytest.mark.slow  # the single-run runner end to end (~1 min each); make test covers the study's runner
 def test_no_context_trains_rows_of_one_qa_pair(root, monkeypatch):
     """Every training row of `no_context` holds one question and its answer (one loss span),
     where the baseline's rows hold staged chains; and it is evaluated in mode none."""

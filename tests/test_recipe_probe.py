@@ -63,6 +63,7 @@ def test_rows_batch_and_stage_filter(rows):
     assert batch["image_mask"].sum() == (data["train_off_img_index"][early.keep] >= 0).sum()
 
 
+@pytest.mark.slow  # trains and evaluates (~30 s)
 def test_recipe_trains_evaluates_and_summarises(rows, tmp_path):
     recipe = rp.Recipe("off:4:2,on:2:2", loss="turn", train_stages=(1, 2))
     log = tmp_path / "probe.jsonl"
