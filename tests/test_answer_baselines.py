@@ -186,3 +186,85 @@ def test_on_its_training_turns_the_baseline_is_never_below_the_best_constant_of_
         assert ours >= best, (key, ours, best, len(turns))
         checked += 1
     assert checked >= 10
+
+
+def _box(x1: float, x2: float, label: str = "opacity") -> str:
+    """A one-box detection answer, 10 high: IoUs of two such boxes are their x-overlap over x-union."""
+    return f"<|ref|> {label} <|/ref|> <|box|>({x1:.1f}, 0.0), ({x2:.1f}, 10.0)<|/box|>"
+
+
+# Training references of one detection question, hand-computed mean IoU of each as the constant answer
+# (over all five): A [0, 10] twice: (1 + 1 + 0 + 0 + 0) / 5 = 0.40; C [20, 40]: against D [25, 45] and
+# E [15, 35] overlap 15 of union 25 each, so (0 + 0 + 1 + 0.6 + 0.6) / 5 = 0.44; D: (0.6 + 1 + 1/3) / 5
+# = 0.387; E: the same. The most frequent text (A) is not the best constant box (C).
+BOX_A, BOX_C, BOX_D, BOX_E = _box(0, 10), _box(20, 40), _box(25, 45), _box(15, 35)
+DETECT = (3, "Findings_Detection", "detection")
+
+
+def _detection_studies(question: str, answers: list[str], start: int = 0) -> list[Study]:
+    return [_study(start + i, (*DETECT, question, a)) for i, a in enumerate(answers)]
+
+
+def test_detection_answers_the_best_constant_box_not_the_most_frequent_text():
+    from cxrtrek_jax.evaluation.metrics.detection_metrics import score_detection
+    from cxrtrek_jax.evaluation.scores.answer_baselines import best_constant_box
+
+    references = [BOX_A, BOX_C, BOX_A, BOX_D, BOX_E]
+    means = [sum(score_detection(r, c).mean_iou for r in references) / 5 for c in references]
+    assert means == pytest.approx([0.40, 0.44, 0.40, (0.6 + 1 + 1 / 3) / 5, (0.6 + 1 + 1 / 3) / 5])
+    assert best_constant_box(references) == BOX_C
+    baseline = MajorityAnswerBaseline.fit(_detection_studies("Locate the opacity.", references))
+    assert baseline.answer(*DETECT, "Locate the opacity.") == BOX_C
+    # Boxes with another label score the same (a lone box is matched whatever its label): still C's.
+    relabelled = [_box(0, 10, "a"), _box(20, 40, "b"), _box(0, 10, "a"), _box(25, 45, "c"), _box(15, 35, "d")]
+    assert best_constant_box(relabelled) == relabelled[1]
+
+
+def test_detection_samples_the_first_references_of_the_finest_group_seen_enough():
+    # Only the first box_sample references count: ten more copies of A after them change nothing,
+    # though with them A would be the medoid (12 of 15 exact hits).
+    late_a = _detection_studies("Locate the opacity.", [BOX_A, BOX_C, BOX_A, BOX_D, BOX_E] + [BOX_A] * 10)
+    assert MajorityAnswerBaseline.fit(late_a, box_sample=5).answer(*DETECT, "Locate the opacity.") == BOX_C
+    assert MajorityAnswerBaseline.fit(late_a, box_sample=15).answer(*DETECT, "Locate the opacity.") == BOX_A
+    # Two wordings seen min_count times each keep their own medoid; an unseen wording gets the
+    # (stage, task, qtype) group's, over all ten references: A [0, 10] x2, C, D, E and F [60, 70] x5.
+    # There F scores 5/10 = 0.50 against C's 2.2/10 = 0.22 and A's 0.2.
+    studies = (_detection_studies("Locate the opacity.", [BOX_A, BOX_C, BOX_A, BOX_D, BOX_E])
+               + _detection_studies("Where is the mass?", [_box(60, 70)] * 5, start=5))
+    baseline = MajorityAnswerBaseline.fit(studies, min_count=5)
+    assert baseline.answer(*DETECT, "Locate the opacity.") == BOX_C
+    assert baseline.answer(*DETECT, "Where is the mass?") == _box(60, 70)
+    assert baseline.answer(*DETECT, "Find the lesion.") == _box(60, 70)
+    # Seen fewer than min_count times, a wording backs off to the group.
+    assert MajorityAnswerBaseline.fit(studies, min_count=6).answer(*DETECT, "Locate the opacity.") == _box(60, 70)
+    # A reference without a box is unusable, not a candidate; another task type of the stage gets the
+    # (stage, qtype) group's box, an unseen stage nothing.
+    broken = MajorityAnswerBaseline.fit(_detection_studies("Locate the opacity.", ["Right lung.", BOX_C]))
+    assert broken.turns_unusable == 1 and broken.answer(*DETECT, "Locate the opacity.") == BOX_C
+    assert broken.answer(3, "Phrase_Grounding", "detection", "Locate the opacity.") == BOX_C
+    assert broken.answer(4, "Relationships_Analysis", "detection", "Locate the opacity.") == ""
+
+
+def test_detection_samples_are_bounded_and_keep_the_frequent_groups():
+    studies = []
+    for i in range(60):
+        studies += _detection_studies(f"Locate finding number {i}.", [_box(i % 50, i % 50 + 5)], start=2 * i)
+        studies += _detection_studies("Locate the opacity.", [BOX_C], start=2 * i + 1)
+    baseline = MajorityAnswerBaseline.fit(studies, max_keys=16, box_sample=4)
+    assert baseline._boxes.stored <= 16
+    assert baseline.answer(*DETECT, "Locate the opacity.") == BOX_C
+    with pytest.raises(ValueError, match="box_sample"):
+        MajorityAnswerBaseline(box_sample=0)
+
+
+def test_captions_beside_detection_keep_their_most_frequent_reference():
+    studies = [_study(i, (*DETECT, "Locate the opacity.", (BOX_A, BOX_C, BOX_A, BOX_D, BOX_E)[i]),
+                      (3, "Attributes_Description", "captioning", "Describe the opacity.",
+                       "Small." if i < 3 else "Large."),
+                      (3, "Findings_Detection", "captioning", "Describe the box.", "Left." if i else "Right."))
+               for i in range(5)]
+    baseline = MajorityAnswerBaseline.fit(studies)
+    assert baseline.answer(3, "Attributes_Description", "captioning", "Describe the opacity.") == "Small."
+    assert baseline.answer(3, "Attributes_Description", "captioning", "Any other wording.") == "Small."
+    assert baseline.answer(3, "Findings_Detection", "captioning", "Describe the box.") == "Left."
+    assert baseline.answer(*DETECT, "Locate the opacity.") == BOX_C
