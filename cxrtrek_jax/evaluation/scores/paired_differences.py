@@ -8,9 +8,14 @@ scored on both sides count. The difference `a - b` of a metric is computed from 
 from the same draw, so what the two sides share (a hard study, an easy one) cancels and the interval
 is that of the difference itself, narrower than the two separate intervals suggest.
 
-Metrics: "accuracy" (closed turns whose `scores["correct"]` is True or False) and "ce_micro_f1"
-(the CheXpert-label micro F1 of report turns from `scores["ce_reference_positive"]` and
-`scores["ce_predicted_positive"]`, the scorer's per-turn labels; `metrics.clinical_efficacy`).
+Metrics, each as metrics.json computes it over the same turns: "accuracy" (closed turns whose
+`scores["correct"]` is True or False), "ce_micro_f1" (the CheXpert-label micro F1 of report turns
+from `scores["ce_reference_positive"]` and `scores["ce_predicted_positive"]`, the scorer's per-turn
+labels; `metrics.clinical_efficacy`), "mean_iou" (detection turns: IoU summed over box pairs over
+pairs, from `scores["mean_iou"]` and `scores["pairs"]`), "rouge_l" (mean over the open turns scored
+with `scores["rouge_l"]`) and "bleu_1".."bleu_4" (corpus BLEU over those turns, from each turn's
+BLEU statistics recomputed from its prediction and reference as the scorer does). METEOR and CIDEr
+are not: their corpus values do not decompose into per-turn sums.
 """
 
 from __future__ import annotations
@@ -22,12 +27,20 @@ import numpy as np
 
 from cxrtrek_jax.evaluation.metrics.bootstrap import StudyStats, bootstrap_weights, percentile_interval
 from cxrtrek_jax.evaluation.metrics.clinical_efficacy import ce_metrics, ce_statistics
+from cxrtrek_jax.evaluation.metrics.nlg_metrics import (
+    BLEU_MAX_ORDER,
+    BLEU_STAT_NAMES,
+    bleu_from_statistics,
+    bleu_statistics,
+    nlg_tokens,
+)
 from cxrtrek_jax.evaluation.scores.predictions import PredictionRecord
 from data_pipeline.reports.chexpert_labeller import CHEXPERT_OBSERVATIONS
 
 __all__ = ["PAIRED_METRICS", "PairedDifference", "paired_difference"]
 
-PAIRED_METRICS = ("accuracy", "ce_micro_f1")
+_BLEU = tuple(f"bleu_{k}" for k in range(1, BLEU_MAX_ORDER + 1))
+PAIRED_METRICS = ("accuracy", "ce_micro_f1", "mean_iou", "rouge_l", *_BLEU)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,6 +76,15 @@ def _turn_stats(record: PredictionRecord, metric: str) -> np.ndarray | None:
     if metric == "accuracy":
         correct = scores.get("correct")
         return None if correct is None else np.array([float(bool(correct)), 1.0])
+    if metric == "mean_iou":
+        pairs = scores.get("pairs")
+        return None if pairs is None else np.array([float(scores["mean_iou"]) * pairs, float(pairs)])
+    if metric == "rouge_l" or metric in _BLEU:
+        if "rouge_l" not in scores:
+            return None
+        if metric == "rouge_l":
+            return np.array([float(scores["rouge_l"]), 1.0])
+        return np.concatenate([[1.0], bleu_statistics(nlg_tokens(record.prediction), nlg_tokens(record.reference))])
     if "ce_reference_positive" not in scores:
         return None
     reference = np.isin(CHEXPERT_OBSERVATIONS, list(scores["ce_reference_positive"]))
@@ -72,10 +94,19 @@ def _turn_stats(record: PredictionRecord, metric: str) -> np.ndarray | None:
 
 def _value(stats: np.ndarray, metric: str) -> np.ndarray:
     """The metric from summed statistics `stats[..., width]` -> [...] (NaN when undefined)."""
-    if metric == "accuracy":
+    if metric in ("accuracy", "mean_iou", "rouge_l"):  # [sum, count]
         with np.errstate(divide="ignore", invalid="ignore"):
             return np.where(stats[..., 1] > 0, stats[..., 0] / np.maximum(stats[..., 1], 1), np.nan)
+    if metric in _BLEU:  # [turns, BLEU statistics]
+        return np.where(stats[..., 0] > 0, bleu_from_statistics(stats[..., 1:], int(metric[-1])), np.nan)
     return ce_metrics(stats)["ce_micro_f1"]
+
+
+def _width(metric: str) -> int:
+    """Length of a turn's statistics vector for `metric`."""
+    if metric in _BLEU:
+        return 1 + len(BLEU_STAT_NAMES)
+    return 3 * len(CHEXPERT_OBSERVATIONS) if metric == "ce_micro_f1" else 2
 
 
 def _scored(records: Iterable[PredictionRecord], metric: str, select: Callable[[PredictionRecord], bool]
@@ -103,7 +134,7 @@ def paired_difference(records_a: Iterable[PredictionRecord], records_b: Iterable
     side_a, side_b = _scored(records_a, metric, select), _scored(records_b, metric, select)
     turns = sorted(side_a.keys() & side_b.keys())
     study_index = {study: i for i, study in enumerate(sorted({study for study, _ in turns}))}
-    width = 2 if metric == "accuracy" else 3 * len(CHEXPERT_OBSERVATIONS)
+    width = _width(metric)
     sums = StudyStats(2 * width)
     for turn in turns:
         sums.add(study_index[turn[0]], np.concatenate([side_a[turn], side_b[turn]]))
