@@ -1,6 +1,7 @@
 """`make demo`: the main job end to end on a generated phantom CXRTrek set.
 
     python -m experiments.demo --out demo_out [--preset tiny] [--experiment grounded] [--seed N] [--steps N]
+    python -m experiments.demo --out demo_out --checks-only [EVAL_DIR]   # step 5 alone, on a finished evaluation
 
 It trains the registry's `demo` experiment (`cxrtrek_jax.train.registry.demo`: the `grounded`
 recipe at the demo's scale, `DemoSettings`, which the flags below set); `cxrtrek train
@@ -22,7 +23,11 @@ training resumes):
    is. A check is met when the model, in the `own` context, beats the blind baseline by its margin
    AND answers better with its own images than with another study's, beyond resampling noise (the
    paired study-bootstrap interval of own - swapped lies above 0): a margin that survives swapped
-   images shows nothing was read from the image. Every check prints its verdict and reason.
+   images shows nothing was read from the image. Every check prints its verdict and reason. Below
+   the checks, stage-3 detection per finding (`detection_findings`): own, swapped and baseline mean
+   IoU with the paired own - swapped and own - baseline intervals (in learning_check.json too).
+   `--checks-only` reruns this step alone on an evaluation directory (default OUT/eval), training
+   and evaluating nothing.
    The exit status is 1 when PyTorch and JAX answers differ; with `--strict`, 2 when a learning
    check is not met (without it, unmet checks are printed as NOT MET: they measure the model, not
    the code).
@@ -44,7 +49,7 @@ from cxrtrek_jax.evaluation.scores.answer_baselines import BASELINE_NAME
 from cxrtrek_jax.output_stamps import is_current, write_stamp
 from cxrtrek_jax.train.registry import DemoSettings
 
-__all__ = ["main", "LEARNING_CHECKS", "learning_checks"]
+__all__ = ["main", "LEARNING_CHECKS", "learning_checks", "checks_report"]
 
 # (name, metrics section, group, metric, required margin over the baseline): the demo must show
 # learning, judged in the `own` context (the model's own answers as the chain's context, as in
@@ -52,8 +57,15 @@ __all__ = ["main", "LEARNING_CHECKS", "learning_checks"]
 LEARNING_CHECKS = (
     ("stage-1 view questions, accuracy", "by_task_type", "View_Information", "accuracy", 0.15),
     ("stage-2 finding yes/no questions, accuracy", "by_stage_qtype", "2/yes_no", "accuracy", 0.15),
+    ("stage-3 detection, mean IoU", "by_stage_qtype", "3/detection", "mean_iou", 0.0),
+    ("stage-3 closed questions, accuracy", "by_stage", "3", "accuracy", 0.0),
+    ("stage-3 attribute captions, BLEU-1", "by_task_type", "Attributes_Description", "bleu_1", 0.0),
+    ("stage-3 attribute captions, ROUGE-L", "by_task_type", "Attributes_Description", "rouge_l", 0.0),
     ("stage-8 report label F1 (CE micro)", "by_stage", "8", "ce_micro_f1", 0.0),
 )
+# Stage 3's groups: detection turns are stage-3 `detection` turns; closed accuracy is by_stage "3"'s
+# (its closed turns only: attribute choices, and the released files' few stage-3 finding questions);
+# attribute captions are the `Attributes_Description` turns BLEU and ROUGE score (its open turns).
 CHECK_CONTEXT = "own"
 # The checks' questions are also answered with every study's images swapped for another study's:
 # a model that reads its radiographs loses accuracy there.
@@ -111,9 +123,17 @@ class DemoOutputs:
 def main(argv: list[str] | None = None) -> int:
     """The demo's steps in order (module docstring); 1 when the data or the PyTorch check fails."""
     args = _parser().parse_args(argv)
-    _init_runtime()
     outputs = DemoOutputs(Path(args.out).resolve())
     outputs.root.mkdir(parents=True, exist_ok=True)
+    if args.checks_only is not None:
+        evaluation = Path(args.checks_only) if args.checks_only else outputs.evaluation
+        metrics = json.loads((evaluation / "metrics.json").read_text())
+        print(f"learning checks of {evaluation} (nothing trained or evaluated)")
+        report = checks_report(metrics, evaluation)
+        _print_checks(report, outputs)
+        met = _met_line(report)
+        return 2 if args.strict and not met else 0
+    _init_runtime()
     cfg = _experiment(args, outputs.root)
     began_all = time.time()
 
@@ -176,6 +196,9 @@ def _parser() -> argparse.ArgumentParser:
                         help="experiment config override on top of the demo's (e.g. mesh.tensor=2)")
     parser.add_argument("--strict", action="store_true",
                         help="exit with status 2 when a learning check is not met")
+    parser.add_argument("--checks-only", nargs="?", const="", default=None, metavar="EVAL_DIR",
+                        help="only step 5, the learning checks, on a finished evaluation directory (default "
+                             "OUT/eval); writes OUT/learning_check.json")
     return parser
 
 
@@ -376,27 +399,60 @@ def _hf_messages(tokenizer, system: str, question: str, n_images: int) -> list[d
 def _summary(cfg, metrics: dict, outputs: DemoOutputs, data, began_all: float) -> bool:
     """Step 5: the learning checks (written to learning_check.json), the summary tables, the
     image reliance, where everything is, and how many checks were met. True when all were."""
-    from cxrtrek_jax.evaluation.scores.predictions import read_predictions
-
-    scored = list(read_predictions(outputs.evaluation / "predictions.scored.jsonl"))
-    checks = learning_checks(metrics, scored)
-    outputs.learning_check.write_text(json.dumps(checks, indent=2))
+    report = checks_report(metrics, outputs.evaluation)
     print(f"\n=== summary ({metrics['counts']['studies']} held-out phantom studies; baseline = majority answer "
           "of the training split, constant normal report at stage 8; tables in eval/metrics.md)")
     print(_overall_table(metrics))
-    print("\n  learning checks: the trained model against the blind baseline on the same turns, and with its own "
-          "images against another study's (own - swapped: paired study-bootstrap 95% interval)")
-    print(_checks_table(checks))
+    _print_checks(report, outputs)
     gain = _last_image_gain(outputs.run / "metrics.jsonl")
     if gain is not None:
         print(_image_reliance_line(gain, cfg.data.pipeline.sequence.loss_weighting))
     for name, path in _where_everything_is(outputs, data):
         print(f"  {name:48s} {path}")
     print(f"total {time.time() - began_all:.0f} s")
-    met = sum(c["met"] for c in checks)
-    print(f"learning checks met: {met} of {len(checks)}" + ("" if met == len(checks) else
+    return _met_line(report)
+
+
+def checks_report(metrics: dict, evaluation: Path) -> dict:
+    """What learning_check.json holds for an evaluation directory: the learning checks
+    (`learning_checks` of `metrics`, its metrics.json, and its scored predictions) and stage-3
+    detection per finding (`detection_findings.detection_by_finding`: the own context against
+    swapped images and against the baseline's predictions on the same turns)."""
+    from cxrtrek_jax.evaluation.runs.evaluate import BASELINE_PREDICTIONS_FILE, SCORED_PREDICTIONS_FILE
+    from cxrtrek_jax.evaluation.scores.detection_findings import detection_by_finding
+    from cxrtrek_jax.evaluation.scores.predictions import read_predictions
+
+    scored = list(read_predictions(evaluation / SCORED_PREDICTIONS_FILE))
+    checks = learning_checks(metrics, scored)
+    baseline = evaluation / BASELINE_PREDICTIONS_FILE
+    others = {"swapped": [r for r in scored if r.context == "swapped"],
+              "baseline": list(read_predictions(baseline)) if baseline.exists() else []}
+    findings, unusable = detection_by_finding([r for r in scored if r.context == CHECK_CONTEXT], others,
+                                              resamples=CHECK_RESAMPLES, confidence=CHECK_CONFIDENCE)
+    return {"checks": checks, "met": sum(c["met"] for c in checks), "of": len(checks),
+            "detection_by_finding": findings, "detection_turns_unreadable_reference": unusable}
+
+
+def _print_checks(report: dict, outputs: DemoOutputs) -> None:
+    """Writes learning_check.json and prints the checks and the per-finding detection table."""
+    outputs.learning_check.write_text(json.dumps(report, indent=2))
+    print("\n  learning checks: the trained model against the blind baseline on the same turns, and with its own "
+          "images against another study's (own - swapped: paired study-bootstrap 95% interval)")
+    print(_checks_table(report["checks"]))
+    print(f"\n  stage-3 detection by finding (the box labels' finding; {CHECK_CONTEXT} context; mean IoU over box "
+          "pairs; own - swapped and own - baseline: paired study-bootstrap 95% intervals)")
+    print(_findings_table(report["detection_by_finding"]))
+    if report["detection_turns_unreadable_reference"]:
+        print(f"  ({report['detection_turns_unreadable_reference']} detection turns left out: reference without a "
+              "readable box)")
+
+
+def _met_line(report: dict) -> bool:
+    """Prints how many learning checks were met; True when all were."""
+    met, of = report["met"], report["of"]
+    print(f"learning checks met: {met} of {of}" + ("" if met == of else
           " (each verdict says why, above; experiments/RESULTS.md has the runs behind the recipe)"))
-    return met == len(checks)
+    return met == of
 
 
 def _image_reliance_line(gain: float, loss_weighting: str) -> str:
@@ -454,7 +510,9 @@ def _check_turns(kind: str, group: str):
 def learning_checks(metrics: dict, scored: list, context: str = CHECK_CONTEXT) -> list[dict]:
     """One row per LEARNING_CHECKS entry: model (in `context`), swapped-image and baseline values,
     the margin, the paired own - swapped difference and its interval (from the scored prediction
-    records `scored`), and the verdict with its reason."""
+    records `scored`), and the verdict with its reason. "items" is the metrics group's size, "turns"
+    the `context` turns its metric is computed over (the closed ones for accuracy, the captions
+    for BLEU)."""
     from cxrtrek_jax.evaluation.scores.paired_differences import paired_difference
 
     model = metrics["contexts"][context]
@@ -471,8 +529,10 @@ def learning_checks(metrics: dict, scored: list, context: str = CHECK_CONTEXT) -
                                                              ours - theirs >= margin - 1e-9)
         paired = paired_difference(own, swapped_records, metric, _check_turns(kind, group),
                                    resamples=CHECK_RESAMPLES, confidence=CHECK_CONFIDENCE)
+        scored_turns = paired_difference(own, own, metric, _check_turns(kind, group), resamples=0).turns
         reads = paired.above_zero
-        rows.append({"check": name, "context": context, "items": n, "model": ours, "baseline": theirs,
+        rows.append({"check": name, "context": context, "items": n, "turns": scored_turns,
+                     "model": ours, "baseline": theirs,
                      "required_margin": margin, "beats_baseline": beats,
                      "swapped_images": paired.b if paired.turns else None,
                      "own_minus_swapped": paired.difference, "own_minus_swapped_ci": paired.ci,
@@ -481,13 +541,13 @@ def learning_checks(metrics: dict, scored: list, context: str = CHECK_CONTEXT) -
 
 
 def _verdict(beats: bool, reads: bool, paired) -> str:
-    """A check's verdict and why."""
-    if not paired.turns:
-        return "NOT MET: not evaluated with swapped images"
+    """A check's verdict and why (every reason that holds)."""
     if beats and reads:
         return "met"
     reasons = [] if beats else ["below the baseline's margin"]
-    if not reads:
+    if not paired.turns:
+        reasons.append("not evaluated with swapped images")
+    elif not reads:
         reasons.append("no better with its own images than with another study's")
     return "NOT MET: " + "; ".join(reasons)
 
@@ -499,14 +559,31 @@ def _checks_table(rows: list[dict]) -> str:
     def interval(ci):
         return "-" if ci is None else f"[{ci[0]:+.2f}, {ci[1]:+.2f}]"
 
-    lines = [f"  {'check (' + CHECK_CONTEXT + ' context)':44s} {'items':>5s} {'model':>6s} {'swapped':>7s} "
+    lines = [f"  {'check (' + CHECK_CONTEXT + ' context)':44s} {'turns':>5s} {'model':>6s} {'swapped':>7s} "
              f"{'own-swapped':>24s} {'baseline':>8s} {'margin':>7s} {'needed':>7s}  verdict"]
     for r in rows:
         margin = None if r["model"] is None or r["baseline"] is None else r["model"] - r["baseline"]
         needed = f"> {r['required_margin']:.2f}" if r["required_margin"] == 0 else f">= {r['required_margin']:.2f}"
         own_swapped = f"{fmt(r['own_minus_swapped'])} {interval(r['own_minus_swapped_ci'])}"
-        lines.append(f"  {r['check']:44s} {r['items']:5d} {fmt(r['model']):>6s} {fmt(r['swapped_images']):>7s} "
+        lines.append(f"  {r['check']:44s} {r['turns']:5d} {fmt(r['model']):>6s} {fmt(r['swapped_images']):>7s} "
                      f"{own_swapped:>24s} {fmt(r['baseline']):>8s} {fmt(margin):>7s} {needed:>7s}  {r['verdict']}")
+    return "\n".join(lines)
+
+
+def _findings_table(rows: list[dict]) -> str:
+    """One line per finding of `detection_by_finding`'s rows."""
+    def fmt(v):
+        return "-" if v is None else f"{v:.3f}"
+
+    def paired(row, side):
+        ci = row[f"own_minus_{side}_ci"]
+        return f"{fmt(row[f'own_minus_{side}'])} " + ("-" if ci is None else f"[{ci[0]:+.2f}, {ci[1]:+.2f}]")
+
+    lines = [f"  {'finding':18s} {'turns':>5s} {'own':>6s} {'swapped':>7s} {'baseline':>8s} "
+             f"{'own-swapped':>24s} {'own-baseline':>24s}"]
+    for r in rows:
+        lines.append(f"  {r['finding']:18s} {r['turns']:5d} {fmt(r['own']):>6s} {fmt(r['swapped']):>7s} "
+                     f"{fmt(r['baseline']):>8s} {paired(r, 'swapped'):>24s} {paired(r, 'baseline'):>24s}")
     return "\n".join(lines)
 
 
