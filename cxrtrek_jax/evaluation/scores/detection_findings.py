@@ -7,7 +7,8 @@ observation, `CHEXPERT_LABELS`): "enlarged cardiac silhouette" and "heart enlarg
 are cardiomegaly, "endotracheal tube" and "central venous catheter" support devices, "left middle
 zone nodule" a nodule. None (the row `OTHER`) when the labels name no finding (the released
 sample's anatomy: "left hilar structures", "svc", "cardiac silhouette"; "atelectasis in left lower
-lung zone", not a finding kind) or several (one answer boxing every finding).
+lung zone", not a finding kind) or several (one answer boxing every finding). The labeller's
+vocabulary decides: the sample's one "wire in trachea" names no finding.
 
 The labels decide, not the question: every demo phantom label names its finding (the question
 names it too), and in the released CXRTrek sample (100 studies, 469 detection turns) labels and
