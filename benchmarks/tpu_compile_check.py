@@ -12,8 +12,12 @@ temporaries; donated outputs alias their arguments), checked against the chip's 
 analysis gives the FLOPs of one step per chip, compared with the analytic count
 (`benchmarks.model_flops`). The exit status is 1 when a default configuration does not fit.
 
-For one topology the decoding step is compiled too: a prefill of the prompt (images included)
-into the KV cache and one single-token decode step reading it (bf16 weights for serving).
+The decoding steps are compiled too (`DEFAULT_DECODE_CASES`: the topology, mesh and preset of
+each default train case): a prefill of the prompt (images included) into the KV cache, one
+single-token decode step reading it (bf16 weights for serving), and the staged decoder's answer
+step as `cxrtrek eval --set mesh.*` runs it (`StepwiseDecoder` on the mesh: greedy decoding of a
+whole answer in a `while_loop` over the chain state, KV cache and image features sharded by
+`state_logical_axes`).
 
 libtpu prints warnings about missing TPU worker environment variables (there is no TPU here);
 they are harmless.
@@ -94,8 +98,13 @@ DEFAULT_TRAIN_CASES = (
 DEFAULT_DECODE_CASE = DecodeCase("v5p:2x2x2", batch=32, prompt_len=2048, cache_len=4096, images=2)
 DEFAULT_DECODE_CASES = (
     DEFAULT_DECODE_CASE,
+    DecodeCase("v5e:4x4", batch=16, prompt_len=2048, cache_len=4096, images=2),
     DecodeCase("v5p:2x2x2", batch=32, prompt_len=2048, cache_len=4096, images=2, preset="medgemma-4b"),
+    DecodeCase("v5e:4x4", batch=16, prompt_len=2048, cache_len=4096, images=2, mesh=(1, 8, 2), preset="medgemma-4b"),
 )
+# The programs of a decode case; results from before the staged decoder's step have only the first two.
+DECODE_PROGRAMS = ("prefill", "decode_step", "chain_answer")
+CHAIN_ANSWER_TOKENS = 128  # the answer budget (and record width) of the compiled chain answer step
 
 
 @dataclasses.dataclass(frozen=True)
@@ -313,15 +322,55 @@ def compile_decode_steps(case: DecodeCase, model_config=None, *, mesh=None, hbm:
     out: dict[str, Any] = {"kind": "decode", "case": dataclasses.asdict(case), "chips": mesh.devices.size,
                            "device_kind": mesh.devices.flat[0].device_kind, "mesh": dict(mesh.shape),
                            "weights_dtype": "bfloat16", "cache_dtype": cfg.dtype}
-    for name, fn, args in (
-        ("prefill", prefill, (params, tokens(case.prompt_len), images, image_mask, tokens(case.prompt_len),
-                              tokens(case.prompt_len), cache, rows)),
-        ("decode_step", decode_step, (params, tokens(1), tokens(1), cache, rows)),
+    for name, lower in (
+        ("prefill", lambda: prefill.lower(params, tokens(case.prompt_len), images, image_mask,
+                                          tokens(case.prompt_len), tokens(case.prompt_len), cache, rows)),
+        ("decode_step", lambda: decode_step.lower(params, tokens(1), tokens(1), cache, rows)),
+        ("chain_answer", lambda: _lower_chain_answer(case, cfg, mesh)),
     ):
         start = time.perf_counter()
-        compiled = fn.lower(*args).compile()
+        compiled = lower().compile()
         out[name] = {"memory": _report(compiled, hbm).to_json(), "compile_s": time.perf_counter() - start}
     return out
+
+
+def _lower_chain_answer(case: DecodeCase, cfg, mesh):
+    """The staged decoder's answer step (`StepwiseDecoder(..., mesh=mesh).lower_answer`, greedy, the
+    whole cache as its window) lowered from abstract bf16 parameters sharded by the logical rules and an
+    abstract chain state of `case.batch` rows (`cache_len` slots, `case.images` image slots) sharded
+    as the decoder shards it."""
+    import functools
+
+    import jax
+    import jax.numpy as jnp
+    from flax import nnx
+    from jax.sharding import NamedSharding
+
+    from cxrtrek_jax.decoding import GREEDY, DecodeSpec, StepwiseDecoder, param_shardings, start_step, state_logical_axes
+    from cxrtrek_jax.model import CXRTrekNet
+    from cxrtrek_jax.train import sharding as sharding_lib
+
+    graphdef, state = nnx.split(nnx.eval_shape(lambda: CXRTrekNet(cfg, rngs=nnx.Rngs(0))))
+    serving = jax.tree.map(lambda x: jax.ShapeDtypeStruct(
+        x.shape, jnp.bfloat16 if jnp.issubdtype(x.dtype, jnp.floating) else x.dtype), state)
+    params = jax.tree.map(lambda sharding, variable: jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), variable),
+        param_shardings(serving, mesh), serving)
+    spec = DecodeSpec(cache_length=case.cache_len, max_answer_tokens=CHAIN_ANSWER_TOKENS, max_turns=64,
+                      end_of_turn_id=1, pad_id=0, suppressed_ids=(cfg.image_token_id, 0))
+    size = cfg.vision.image_size
+    chain = jax.eval_shape(functools.partial(start_step, graphdef, spec), params,
+                           jax.ShapeDtypeStruct((case.batch, case.images, size, size), jnp.float32),
+                           jax.ShapeDtypeStruct((case.batch, case.images), jnp.bool_),
+                           jax.ShapeDtypeStruct((case.batch, case.prompt_len), jnp.int32),
+                           jax.ShapeDtypeStruct((case.batch,), jnp.int32), jax.eval_shape(lambda: jax.random.key(0)))
+    chain = jax.tree.map(
+        lambda names, x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=NamedSharding(
+            mesh, sharding_lib.partition_spec(names, x.shape, mesh))),
+        state_logical_axes(chain), chain,
+        is_leaf=lambda n: n is None or (isinstance(n, tuple) and all(a is None or isinstance(a, str) for a in n)))
+    decoder = StepwiseDecoder(graphdef, cfg, spec, mesh=mesh)
+    return decoder.lower_answer(params, chain, GREEDY)
 
 
 def _case_json(case) -> dict[str, Any]:
@@ -374,7 +423,7 @@ def _print_decode_table(result: dict[str, Any]) -> None:
           f"tokens ({c['images']} images), cache {c['cache_len']} slots, bf16 weights")
     print("| program | args GiB | out GiB | alias GiB | temp GiB | total GiB | HBM GiB | fits | GFLOP/chip (XLA) | compile s |")
     print("|---|---|---|---|---|---|---|---|---|---|")
-    for name in ("prefill", "decode_step"):
+    for name in (name for name in DECODE_PROGRAMS if name in result):
         m = result[name]["memory"]
         xla = "n/a" if m["flops"] is None else f"{m['flops'] / 1e9:.1f}"
         print(f"| {name} | {_gib(m['argument_bytes'])} | {_gib(m['output_bytes'])} | {_gib(m['alias_bytes'])} | "
@@ -421,7 +470,8 @@ def main(argv: list[str] | None = None) -> int:
         common.write_results(args.out, results)
     if not args.no_decode:
         for case in DEFAULT_DECODE_CASES:
-            done = [r for r in previous["decode"] if r["case"] == _case_json(case)]
+            done = [r for r in previous["decode"]
+                    if r["case"] == _case_json(case) and all(name in r for name in DECODE_PROGRAMS)]
             if done:
                 _log(f"{case.preset} decode: kept from {args.out}")
                 decode = done[0]
@@ -439,7 +489,7 @@ def main(argv: list[str] | None = None) -> int:
               if not r["memory"]["fits"]]
     for decode in results["decode"]:
         failed += [f"{decode['case'].get('preset', 'cxrtreknet-7b')} {decode['case']['topology']} {name}"
-                   for name in ("prefill", "decode_step") if not decode[name]["memory"]["fits"]]
+                   for name in DECODE_PROGRAMS if name in decode and not decode[name]["memory"]["fits"]]
     if failed:
         print(f"DOES NOT FIT: {', '.join(failed)}", file=sys.stderr)
         return 1

@@ -175,6 +175,22 @@ def test_tpu_compile_check_reports_memory_of_a_compiled_step():
         "v5p:2x2x2", 32, 4096, 4)
 
 
+def test_tpu_compile_check_compiles_the_sharded_chain_answer_step():
+    """The staged decoder's answer step as `eval --set mesh.*` runs it: on 4 chips (fsdp 2 x tensor 2)
+    each chip holds well under the arguments one chip holds alone (weights and chain state sharded)."""
+    case = tpu_compile_check.DecodeCase("cpu", batch=4, prompt_len=16, cache_len=64, images=2)
+    one_layer = override(TINY, {"text.num_layers": 1, "vision.depth": 1})
+
+    def argument_bytes(mesh):
+        compiled = tpu_compile_check._lower_chain_answer(case, one_layer, mesh).compile()
+        return tpu_compile_check._report(compiled, 2**30).argument_bytes
+
+    alone = argument_bytes(sh.make_mesh(sh.MeshConfig(fsdp=1), jax.devices()[:1]))
+    four = argument_bytes(sh.make_mesh(sh.MeshConfig(fsdp=2, tensor=2), jax.devices()[:4]))
+    assert alone / 4 <= four < alone / 2
+    assert tpu_compile_check.DECODE_PROGRAMS[-1] == "chain_answer"
+
+
 def test_image_feature_statistics_and_view_probe():
     from benchmarks import image_features
 

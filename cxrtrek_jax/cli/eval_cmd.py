@@ -26,6 +26,12 @@ the same turns (DIR/baseline_predictions.jsonl; stage-8 reports get a constant
 normal report); it is scored alike and shown beside the model in
 metrics.json ("baselines") and metrics.md. --baseline-split none skips it.
 
+A checkpoint too large for one device decodes on a mesh, as training shards it: `--set mesh.fsdp=4
+--set mesh.tensor=2` (training's mesh keys; `cxrtrek_jax.cli.mesh_args`), across processes with
+training's --coordinator/--num-processes/--process-id (each process runs the same command; every
+process reads --data, process 0 writes DIR). --batch-size counts the studies of the whole mesh and
+must split over its data x fsdp groups. The predictions are those of one device.
+
 """
 
 from __future__ import annotations
@@ -37,6 +43,7 @@ from typing import Any
 
 from cxrtrek_jax.cli import CLIError
 from cxrtrek_jax.cli.data_args import add_data_arguments, open_data, split_from, split_rule_from
+from cxrtrek_jax.cli.mesh_args import add_mesh_arguments, decode_mesh_from
 from data_pipeline.schema.splits import TEST, TRAIN
 
 REPORT_STUDIES = 8  # studies shown in the case report written by a --checkpoint run
@@ -82,6 +89,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--no-meteor", action="store_true", help="skip METEOR (saves the ~20 s Java start)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_mesh_arguments(parser)
     parser.set_defaults(func=run)
 
 
@@ -126,13 +134,16 @@ def _evaluate_checkpoint(args: argparse.Namespace, scoring, extra_identity: dict
     """--checkpoint: `evaluation.evaluate_checkpoint` into --out; (metrics, written files)."""
     from tqdm.auto import tqdm
 
-    from cxrtrek_jax.case_report import write_evaluation_report
-    from cxrtrek_jax.evaluation import EvalData, evaluate_checkpoint
-
     if not args.data:
         raise CLIError("--checkpoint needs --data (a CXRTrek JSON file or a TFDS data dir)")
     if args.baseline_predictions:
         raise CLIError("--baseline-predictions goes with --predictions (--checkpoint fits its own baseline)")
+    mesh = decode_mesh_from(args)  # joins the processes first, before anything touches a device
+    from cxrtrek_jax.case_report import write_evaluation_report
+    from cxrtrek_jax.decoding.placement import writes_outputs
+    from cxrtrek_jax.evaluation import EvalData, evaluate_checkpoint
+
+    writes = writes_outputs()
     contexts = _contexts(args.context)
     dataset = open_data(args)
     data = EvalData(dataset, split=split_from(args), max_studies=args.max_studies)
@@ -142,7 +153,7 @@ def _evaluate_checkpoint(args: argparse.Namespace, scoring, extra_identity: dict
             baseline = EvalData(dataset, split=args.baseline_split)
         except ValueError as err:
             raise CLIError(f"--baseline-split {args.baseline_split}: {err}") from None
-    bar = tqdm(unit="study", desc="decoding", disable=args.no_progress)
+    bar = tqdm(unit="study", desc="decoding", disable=args.no_progress or not writes)
 
     def on_study(context: str, study_id: str) -> None:
         bar.set_postfix(context=context, refresh=False)
@@ -152,7 +163,10 @@ def _evaluate_checkpoint(args: argparse.Namespace, scoring, extra_identity: dict
         result = evaluate_checkpoint(
             args.checkpoint, data, args.out, contexts=contexts, order=args.order,
             max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, baseline=baseline,
-            scoring=scoring, identity=extra_identity, on_study=on_study, progress=not args.no_progress)
+            scoring=scoring, identity=extra_identity, on_study=on_study, progress=not args.no_progress,
+            mesh=mesh)
+        if not writes:
+            return result.metrics, []
         report = write_evaluation_report(args.out, data, max_studies=REPORT_STUDIES)
     except (FileNotFoundError, ValueError) as err:
         message = str(err)
@@ -175,6 +189,8 @@ def _score_file(args: argparse.Namespace, scoring, extra_identity: dict) -> tupl
     if args.data is not None or args.image_root is not None or split_rule_from(args) is not None:
         raise CLIError("--data, --image-root and the split flags go with --checkpoint "
                        "(to re-score, --predictions alone)")
+    if args.mesh_overrides or args.coordinator or args.num_processes is not None or args.process_id is not None:
+        raise CLIError("--set mesh.* and the multi-process flags go with --checkpoint (re-scoring decodes nothing)")
     path = Path(args.predictions)
     if not path.is_file():
         raise CLIError(f"--predictions {path}: no such file")
@@ -207,6 +223,12 @@ def run(args: argparse.Namespace) -> int:
         raise CLIError(str(err)) from None
     except MeteorUnavailable as err:
         raise CLIError(f"{err}; rerun with --no-meteor to score without METEOR") from None
+    if not metrics:  # a process other than 0 of a run across processes: it decoded its share
+        import jax
+
+        print(f"process {jax.process_index()} of {jax.process_count()}: decoded its share; process 0 writes "
+              f"{args.out}")
+        return 0
     counts = metrics["counts"]
     print(
         f"scored {counts['records']} turns from {counts['studies']} studies "

@@ -17,6 +17,11 @@ turns were skipped for want of a prior or later image.
 
 Each output line is a predictions record (`cxrtrek_jax.evaluation.scores.predictions`),
 so `cxrtrek eval --predictions` scores it; the reference is "" when unknown.
+
+On a device mesh, as training shards the model: `--set mesh.fsdp=4 --set mesh.tensor=2` (training's
+mesh keys; `cxrtrek_jax.cli.mesh_args`), across processes with --coordinator/--num-processes/
+--process-id (every process runs the same command; process 0 prints and writes --out). The answers
+are those of one device.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from pathlib import Path
 
 from cxrtrek_jax.cli import CLIError
 from cxrtrek_jax.cli.data_args import add_data_arguments, open_data, split_from, split_rule_from
+from cxrtrek_jax.cli.mesh_args import add_mesh_arguments, decode_mesh_from
 from cxrtrek_jax.contexts import CHAIN_CONTEXTS
 from data_pipeline.files.datasets import EVERY_SPLIT
 
@@ -83,6 +89,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (1.0 = off)")
     parser.add_argument("--seed", type=int, default=0, help="sampling seed")
     parser.add_argument("--out", default=None, help="write the turns as predictions JSONL here")
+    add_mesh_arguments(parser)
     parser.set_defaults(func=_infer)
 
 
@@ -110,13 +117,13 @@ def _check_args(args: argparse.Namespace) -> None:
         raise CLIError(f"--cache-length must be >= 1, got {args.cache_length}")
 
 
-def _load_model(args: argparse.Namespace):
+def _load_model(args: argparse.Namespace, mesh=None):
     from cxrtrek_jax.decoding.model_loading import CheckpointMismatchError, load_checkpoint_model
 
     if not Path(args.checkpoint).is_dir():
         raise CLIError(f"checkpoint directory {args.checkpoint} does not exist")
     try:
-        return load_checkpoint_model(args.checkpoint, args.step)
+        return load_checkpoint_model(args.checkpoint, args.step, mesh=mesh)
     except CheckpointMismatchError as err:
         raise CLIError(str(err)) from None
     except (FileNotFoundError, ValueError, KeyError) as err:
@@ -306,13 +313,16 @@ def _print_trace(results) -> None:
 
 def _infer(args: argparse.Namespace) -> int:
     _check_args(args)
+    mesh = decode_mesh_from(args)  # joins the processes first, before anything touches a device
     import jax
 
     from cxrtrek_jax.decoding import DecodeSpec, SamplingConfig, StepwiseDecoder, run_chain
+    from cxrtrek_jax.decoding.placement import writes_outputs
     from data_pipeline.text.box_grammar import box_grammar_of
     from cxrtrek_jax.evaluation.scores.predictions import PredictionWriter, prediction_from_turn
 
-    loaded = _load_model(args)
+    writes = writes_outputs()
+    loaded = _load_model(args, mesh)
     tokenizer = _load_tokenizer(args, loaded)
     config = loaded.config
     image_size = config.vision.image_size
@@ -334,11 +344,12 @@ def _infer(args: argparse.Namespace) -> int:
                                     max_answer_tokens=budget)
     except ValueError as err:
         raise CLIError(str(err)) from None
-    decoder = StepwiseDecoder(loaded.graphdef, config, spec, grammar=box_grammar_of(tokenizer, config.vocab_size))
+    decoder = StepwiseDecoder(loaded.graphdef, config, spec, mesh=mesh,
+                              grammar=box_grammar_of(tokenizer, config.vocab_size))
     rng = jax.random.key(args.seed)
     began = time.perf_counter()
     turns = 0
-    with PredictionWriter(args.out) if args.out else contextlib.nullcontext() as writer:
+    with PredictionWriter(args.out) if args.out and writes else contextlib.nullcontext() as writer:
         for first in range(0, len(studies), args.batch_size):
             rng, batch_rng = jax.random.split(rng)
             try:
@@ -347,12 +358,17 @@ def _infer(args: argparse.Namespace) -> int:
                                     rng=batch_rng)
             except ValueError as err:
                 raise CLIError(str(err)) from None
-            _print_trace(results)
+            if writes:
+                _print_trace(results)
             for study_results in results:
                 turns += len(study_results)
                 for turn in study_results if writer is not None else ():
                     writer.write(prediction_from_turn(turn))
     elapsed = time.perf_counter() - began
+    if not writes:
+        print(f"process {jax.process_index()} of {jax.process_count()}: decoded {len(studies)} studies with the "
+              "others; process 0 prints and writes them")
+        return 0
     where = f"; wrote {args.out}" if args.out else ""
     print(f"{len(studies)} studies, {turns} turns in {elapsed:.1f} s{where}")
     return 0

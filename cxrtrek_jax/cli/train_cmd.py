@@ -20,6 +20,7 @@ import logging
 import sys
 
 from cxrtrek_jax.cli import CLIError
+from cxrtrek_jax.cli.mesh_args import add_distributed_arguments, start_processes
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -36,9 +37,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--default-malloc", action="store_true",
                         help="on CPU, leave glibc's malloc settings alone (default: keep freed memory "
                              "for the next step, see cxrtrek_jax.cli.host_malloc)")
-    parser.add_argument("--coordinator", default=None, help="HOST:PORT of process 0 (multi-process)")
-    parser.add_argument("--num-processes", type=int, default=None)
-    parser.add_argument("--process-id", type=int, default=None)
+    add_distributed_arguments(parser)
     parser.set_defaults(func=run)
 
 
@@ -97,12 +96,7 @@ def run(args: argparse.Namespace) -> int:
 
     if not flags.FLAGS.is_parsed():
         flags.FLAGS(sys.argv[:1])
-    from cxrtrek_jax.train.sharding import DistributedConfig, initialize_distributed
-
-    try:
-        initialize_distributed(DistributedConfig(args.coordinator, args.num_processes, args.process_id))
-    except ValueError as err:
-        raise CLIError(str(err)) from None
+    start_processes(args)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from cxrtrek_jax.train.preemption import NonFiniteError
     from cxrtrek_jax.train.run import train_experiment

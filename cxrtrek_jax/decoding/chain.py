@@ -480,8 +480,8 @@ class _Engine:
         self.state, _ = decoder.turn(self.params, self.state, length=keep, image_tokens_seen=seen, chunks=chunks,
                                      stages=stages, sampling=self.sampling, max_new_tokens=self.max_new_tokens,
                                      min_new_tokens=self.min_new_tokens, constrained=boxes)
-        tokens, counts, reasons, lengths = jax.device_get((self.state.tokens, self.state.num_tokens,
-                                                           self.state.stop_reason, self.state.length))
+        tokens, counts, reasons, lengths = decoder.fetch((self.state.tokens, self.state.num_tokens,
+                                                          self.state.stop_reason, self.state.length))
         latency = time.perf_counter() - began
         for b, conv in enumerate(self.rows):
             if conv is None:

@@ -25,7 +25,9 @@ from typing import Any
 
 import jax
 from flax import nnx
+from jax.sharding import Mesh
 
+from cxrtrek_jax.decoding.stepwise import param_shardings
 from cxrtrek_jax.train import checkpointing
 from cxrtrek_jax.model import CXRTrekNet, ModelConfig, from_dict
 
@@ -132,8 +134,13 @@ def question_script_of(metadata: Mapping[str, Any], ckpt_dir: str | os.PathLike)
     return path if path.is_absolute() else Path(ckpt_dir) / path
 
 
-def load_checkpoint_model(ckpt_dir: str | os.PathLike, step: int | None = None) -> CheckpointModel:
-    """The model of checkpoint `step` (default: the newest) on the first local device.
+def load_checkpoint_model(ckpt_dir: str | os.PathLike, step: int | None = None, *,
+                          mesh: Mesh | None = None) -> CheckpointModel:
+    """The model of checkpoint `step` (default: the newest) on the first local device, or with
+    `mesh` sharded over it as training shards it: each parameter read straight into its shards
+    (by the logical axis names the checkpoint stores), then the whole state placed by the model's
+    own names (`stepwise.param_shardings`; variables without names, e.g. LoRA's RNG, replicated).
+    With a mesh spanning processes every process calls this, as with any global array.
 
     Raises FileNotFoundError for a missing checkpoint, CheckpointConfigError for metadata
     without a usable model config, CheckpointMismatchError for parameters that do not fit it.
@@ -145,8 +152,10 @@ def load_checkpoint_model(ckpt_dir: str | os.PathLike, step: int | None = None) 
         config = from_dict(metadata["model_config"])
     except (TypeError, ValueError) as err:
         raise CheckpointConfigError(f"checkpoint {ckpt_dir}: unusable model_config in its metadata: {err}") from err
-    params = checkpointing.load_params(ckpt_dir, step)
+    params = checkpointing.load_params(ckpt_dir, step, mesh=mesh)
     graphdef, state = split_for_decoding(config, params, where=f"checkpoint {ckpt_dir}")
+    if mesh is not None:
+        state = jax.device_put(state, param_shardings(state, mesh))
     return CheckpointModel(config, graphdef, state, metadata, tokenizer_dir_of(metadata, ckpt_dir),
                            blank_images_of(metadata, f"checkpoint {ckpt_dir}"))
 

@@ -459,7 +459,8 @@ class StepwiseDecoder:
     and call the jitted pure functions. Off CPU, `ask`, `answer` and `rewind`
     donate the state passed in: use only the state they return. With `mesh`, the state is sharded like
     the training state (batch over data x fsdp, KV heads over tensor) and the
-    model's activation constraints are active while tracing. With `grammar`
+    model's activation constraints are active while tracing; a mesh may span processes (every
+    process then runs the same calls in the same order, and `fetch` reads results). With `grammar`
     (`BoxGrammar.build(tokenizer, model_config.vocab_size)`), the answers of samples asked
     with `constrained` follow the box grammar (`answer_step`).
     """
@@ -487,6 +488,8 @@ class StepwiseDecoder:
         self._admit = jax.jit(self._sharded(functools.partial(admit_step, graphdef, spec)),
                               donate_argnums=(1,) if donate else ())
         self._rewind = jax.jit(self._sharded(rewind_step), donate_argnums=(0,) if donate else ())
+        self._replicate = None if mesh is None else jax.jit(lambda tree: tree,
+                                                             out_shardings=sharding_lib.replicated(mesh))
 
     def _sharded(self, fn):
         """`fn` traced under the mesh's axis rules, its output state constrained to the state shardings."""
@@ -504,6 +507,23 @@ class StepwiseDecoder:
             return _constrain_state(state, mesh, rules), tokens
 
         return wrapped
+
+    def fetch(self, arrays):
+        """Host (numpy) copies of a pytree of device arrays (e.g. the state fields a chain reads
+        after each turn). On a mesh spanning processes each process holds only some rows of the
+        state: the arrays are first replicated to every device (one all-gather), so every process
+        gets them whole and all take the same host-side decisions."""
+        if all(x.is_fully_addressable for x in jax.tree.leaves(arrays)):
+            return jax.device_get(arrays)
+        return jax.tree.map(lambda x: np.asarray(x.addressable_data(0)), self._replicate(arrays))
+
+    def lower_answer(self, params: nnx.State, state: ChainState, sampling: SamplingConfig, *,
+                     window: int | None = None) -> jax.stages.Lowered:
+        """The jitted `answer` step lowered for `params` and `state`, which may be abstract
+        (`jax.ShapeDtypeStruct`s carrying shardings): `.compile()` gives its memory and cost analysis
+        without running it (the TPU compile check)."""
+        budget = jax.ShapeDtypeStruct((state.batch_size,), jnp.int32)
+        return self._answer.lower(params, state, sampling, budget, budget, window)
 
     def compiled_count(self) -> int:
         """Executables compiled so far by this decoder (all step functions together)."""

@@ -29,7 +29,7 @@ import dataclasses
 import json
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cxrtrek_jax import output_stamps
 from cxrtrek_jax.contexts import CONTEXT_MODES
@@ -40,6 +40,9 @@ from cxrtrek_jax.evaluation.runs.model_eval import (
     decode_predictions,
 )
 from cxrtrek_jax.evaluation.scores.scoring import ScoringConfig
+
+if TYPE_CHECKING:
+    from jax.sharding import Mesh
 
 __all__ = [
     "PREDICTIONS_FILE", "BASELINE_PREDICTIONS_FILE", "SCORED_PREDICTIONS_FILE",
@@ -93,6 +96,13 @@ def _read_back(out: Path) -> EvaluationResult:
     return EvaluationResult(out, document, identity, written, reused=True)
 
 
+def _agreed(flag: bool) -> bool:
+    """Process 0's `flag`, on every process (one gather when there are several processes)."""
+    from cxrtrek_jax.train.process_gather import gather_ints
+
+    return bool(gather_ints([int(flag)])[0, 0])
+
+
 def _check_settings(checkpoint: Path, contexts: Sequence[str], max_new_tokens: int, batch_size: int) -> None:
     if not checkpoint.is_dir():
         raise FileNotFoundError(f"checkpoint {checkpoint}: no such directory")
@@ -105,16 +115,23 @@ def _check_settings(checkpoint: Path, contexts: Sequence[str], max_new_tokens: i
 
 
 def _decode(checkpoint: Path, data: EvalData, out: Path, *, contexts, order, max_new_tokens, batch_size,
-            on_study) -> dict[str, Any]:
-    """Decode into out/predictions.jsonl; print the coverage; return the identity part it adds."""
+            on_study, mesh, writes: bool) -> dict[str, Any]:
+    """Decode into out/predictions.jsonl (only when `writes`: the other processes of a run on a
+    mesh spanning processes decode in lockstep and write nothing); print the coverage; return the
+    identity part it adds."""
+    from cxrtrek_jax.decoding.placement import describe_mesh
     from cxrtrek_jax.evaluation.scores.predictions import PredictionWriter
 
     skipped: dict[str, int] = {}
     coverage = DecodeCoverage()
+    records = decode_predictions(checkpoint, data, contexts=contexts, order=order, max_new_tokens=max_new_tokens,
+                                 batch_size=batch_size, on_study=on_study, skipped=skipped, mesh=mesh)
+    if not writes:
+        for _ in records:
+            pass
+        return {}
     with PredictionWriter(out / PREDICTIONS_FILE) as writer:
-        for record in decode_predictions(checkpoint, data, contexts=contexts, order=order,
-                                         max_new_tokens=max_new_tokens, batch_size=batch_size,
-                                         on_study=on_study, skipped=skipped):
+        for record in records:
             writer.write(record)
             coverage.add(record)
     if skipped:
@@ -122,7 +139,7 @@ def _decode(checkpoint: Path, data: EvalData, out: Path, *, contexts, order, max
               "model's image slots and were not asked (listed in metrics.json identity)", flush=True)
     print(coverage.format(), flush=True)
     return {"contexts": list(contexts), "turns_skipped_image_limit": skipped,
-            "stage_coverage": coverage.to_json()}
+            "stage_coverage": coverage.to_json(), "decode_mesh": describe_mesh(mesh)}
 
 
 def evaluate_checkpoint(
@@ -140,9 +157,16 @@ def evaluate_checkpoint(
     on_study: Callable[[str, str], None] | None = None,
     progress: bool = True,
     reuse_current: bool = False,
+    mesh: Mesh | None = None,
 ) -> EvaluationResult:
     """Decode `checkpoint` over `data` in `contexts`, score it (and the majority baseline fitted
     on `baseline`, None = no baseline) and write `out_dir` (module docstring).
+
+    mesh: decode on this mesh (`decode_predictions`; recorded in the identity as "decode_mesh", not
+    in the inputs: the predictions are those of one device). On a mesh spanning processes every
+    process calls this with the same arguments; process 0 alone writes `out_dir` and scores (it
+    decides reuse_current for all); the others decode their share and return an `EvaluationResult`
+    with no metrics and nothing written.
 
     identity: extra entries for metrics.json's identity; on_study(context, study_key) is called
     as each study is decoded. reuse_current: when `out_dir` already holds an evaluation made
@@ -155,6 +179,7 @@ def evaluate_checkpoint(
         score_baseline,
         write_baseline_predictions,
     )
+    from cxrtrek_jax.decoding.placement import writes_outputs
     from cxrtrek_jax.evaluation.runs.model_eval import iter_split_studies
     from cxrtrek_jax.evaluation.scores.outputs import file_sha256, write_metrics
     from cxrtrek_jax.evaluation.scores.predictions import read_predictions
@@ -167,19 +192,23 @@ def evaluate_checkpoint(
                 "scoring": dataclasses.asdict(scoring)}
     source = {**checkpoint_identity(checkpoint), **data.identity()}  # hashes the data file once
     inputs = _inputs(source, data, settings)
-    if reuse_current and is_current(out, inputs):
-        return _read_back(out)
+    writes = writes_outputs()
+    if reuse_current and _agreed(writes and is_current(out, inputs)):
+        return _read_back(out) if writes else EvaluationResult(out, {}, source, (), reused=True)
     fitted = None
     if baseline is not None:
         try:
             fitted = MajorityAnswerBaseline.fit(iter_split_studies(baseline))
         except ValueError as err:
             raise ValueError(f"baseline split {baseline.split!r}: {err}") from None
-    out.mkdir(parents=True, exist_ok=True)
-    (out / INPUTS_FILE).unlink(missing_ok=True)  # a directory left half-written is never current
+    if writes:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / INPUTS_FILE).unlink(missing_ok=True)  # a directory left half-written is never current
     ids = {**source,
            **_decode(checkpoint, data, out, contexts=contexts, order=order, max_new_tokens=max_new_tokens,
-                     batch_size=batch_size, on_study=on_study)}
+                     batch_size=batch_size, on_study=on_study, mesh=mesh, writes=writes)}
+    if not writes:
+        return EvaluationResult(out, {}, ids, ())
     predictions = out / PREDICTIONS_FILE
     ids.update(predictions=str(predictions), predictions_sha256=file_sha256(predictions))
     metrics = score_predictions(read_predictions(predictions), scoring,

@@ -26,9 +26,12 @@ import json
 import os
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from jax.sharding import Mesh
 
 from cxrtrek_jax.contexts import CONTEXT_MODES, SWAPPED
 from cxrtrek_jax.evaluation.scores.predictions import PredictionRecord, prediction_from_turn
@@ -183,25 +186,38 @@ def decode_predictions(
     tokenizer_dir: str | os.PathLike | None = None,
     on_study: Callable[[str, str], None] | None = None,
     skipped: dict[str, int] | None = None,
+    mesh: Mesh | None = None,
 ) -> Iterator[PredictionRecord]:
     """Greedy answers of the checkpoint for every turn of every study, per context mode.
 
     on_study(context, study_id) is called as each study finishes (progress bars).
     skipped: filled with {study_id: turns skipped} for studies with turns that need
     more images than the model has slots for.
+    mesh: decode on this (data, fsdp, tensor) mesh (`decoding.placement`: parameters sharded as in
+    training, each batch's studies split over the data x fsdp groups; batch_size must be a multiple
+    of them); None = one device. A mesh spanning processes: every process calls this and consumes
+    the records in lockstep, and every process gets all of them, in the same order as one device.
     Raises ValueError for an unknown context mode or order, FileNotFoundError for a
     missing checkpoint or tokenizer."""
     import jax
 
     from cxrtrek_jax.decoding import DecodeSpec, StepwiseDecoder, stream_chain
     from cxrtrek_jax.decoding.model_loading import image_processing_of, load_checkpoint_model
+    from cxrtrek_jax.decoding.placement import bytes_per_device, check_rows, describe_mesh, writes_outputs
     from data_pipeline.text.box_grammar import box_grammar_of
     from data_pipeline.text.tokenizer import load_tokenizer
 
     unknown = [c for c in contexts if c not in CONTEXT_MODES]
     if unknown or not contexts:
         raise ValueError(f"context modes must be among {CONTEXT_MODES}, got {list(contexts)}")
-    loaded = load_checkpoint_model(ckpt_dir)
+    check_rows(batch_size, mesh)
+    loaded = load_checkpoint_model(ckpt_dir, mesh=mesh)
+    if mesh is not None and writes_outputs():
+        held, total = bytes_per_device(loaded.state)
+        sizes = describe_mesh(mesh)
+        print(f"decoding on a mesh of data {sizes['data']} x fsdp {sizes['fsdp']} x tensor {sizes['tensor']} "
+              f"({sizes['devices']} devices, {sizes['processes']} process(es)): parameters {held / 2**20:.2f} MiB "
+              f"per device of {total / 2**20:.2f} MiB", flush=True)
     tokenizer_path = tokenizer_dir or loaded.tokenizer_dir
     if tokenizer_path is None:
         raise FileNotFoundError(f"checkpoint {ckpt_dir} names no tokenizer; give tokenizer_dir")
@@ -209,8 +225,9 @@ def decode_predictions(
     config = loaded.config
     spec = DecodeSpec.for_model(config, tokenizer, cache_length=cache_length or config.text.max_positions,
                                 max_answer_tokens=max_new_tokens)
-    decoder = StepwiseDecoder(loaded.graphdef, config, spec, grammar=box_grammar_of(tokenizer, config.vocab_size))
-    if loaded.blank_images is not None:
+    decoder = StepwiseDecoder(loaded.graphdef, config, spec, mesh=mesh,
+                              grammar=box_grammar_of(tokenizer, config.vocab_size))
+    if loaded.blank_images is not None and writes_outputs():
         print(f"images blanked: checkpoint {ckpt_dir} was trained with every image blanked to the constant "
               f"{loaded.blank_images} (data.pipeline.blank_images, a text-only model); it is evaluated so, "
               "in every context", flush=True)
