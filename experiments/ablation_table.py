@@ -25,7 +25,7 @@ class Ablation:
       without context).
     chains_only: the overrides apply to the chains, not to the alignment phase, which is then
       `grounded`'s own (shared): LoRA from the same aligned start; the prior's images removed
-      from the chains (stages 1-2, all the alignment phase trains, need no prior).
+      from the chains (stages 1-3, all the alignment phase trains, need no prior).
     """
 
     name: str

@@ -11,7 +11,7 @@ experiment config, the checkpoint, as `cxrtrek_jax.output_stamps` records; an in
 training resumes):
 1. phantom studies (train/validation/test) and their validation report;
 2. TFDS build + a byte-level BPE tokenizer + training (`cxrtrek train`'s trainer; resumes) of the
-   `grounded` recipe on the `tiny` model: an alignment phase of one row per study (its stage-1/2
+   `grounded` recipe on the `tiny` model: an alignment phase of one row per study (its stage-1/2/3
    turns), then the staged chains (`--experiment`, `--preset`, `--alignment-steps` choose others);
 3. evaluation on the held-out test split in the `own`, `teacher`, `none` and `swapped` (own,
    with another study's images) context modes

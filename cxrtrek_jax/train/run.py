@@ -16,7 +16,7 @@
    directories must be on a file system all processes share.
 3. model config: the preset with the tokenizer's vocabulary size and image token id;
 4. with `alignment` set, an image-dense first phase in `<workdir>/alignment` (the QA pairs of
-   stages 1-2, see `cxrtrek_jax.train.config.AlignmentConfig`), whose last parameters start the main
+   `alignment.stages`, see `cxrtrek_jax.train.config.AlignmentConfig`), whose last parameters start the main
    phase; a main phase that has begun (has a checkpoint) is resumed without repeating it;
 5. `run_training` (mesh, sharded state, exact resume, pre-emption, NaN stop) with a
    validation-loss evaluation at every checkpoint, a progress bar (loss, learning rate,
