@@ -101,6 +101,7 @@ def test_bench_batch_matches_the_model_contract():
         bench_train.bench_batch(TINY, batch=1, seq_len=2 * n + 3, images=2)
 
 
+@pytest.mark.slow  # runs both sides' processes (~50 s); make bench-train runs the real thing
 def test_bench_train_reports_both_sides_on_the_same_weights(train_results):
     r, wall_s = train_results
     assert set(r["sides"]) == {"jax", "torch_eager"}

@@ -37,7 +37,7 @@ from data_pipeline.text.tokenizer import load_tokenizer, train_tokenizer, traini
 pytestmark = pytest.mark.usefixtures("jax_compilation_cache")
 
 MESH = ["--set", "mesh.fsdp=4", "--set", "mesh.tensor=2"]
-EVAL = ["--split", "all", "--baseline-split", "none", "--context", "own,teacher,none", "--batch-size", "4",
+EVAL = ["--split", "all", "--baseline-split", "none", "--context", "own,none", "--batch-size", "4",
         "--max-new-tokens", "8", "--no-meteor", "--bootstrap-resamples", "5", "--no-progress"]
 STUDIES = 5  # more than one batch of 4: the row freed by the shortest chain takes the fifth study
 
@@ -70,7 +70,7 @@ def one_device(world):
     out = world["root"] / "one_device"
     assert main(["eval", "--checkpoint", world["ckpt"], "--data", world["data"], "--out", str(out), *EVAL]) == 0
     rows = _decoded(out / "predictions.jsonl")
-    assert {r["context"] for r in rows} == {"own", "teacher", "none"}
+    assert {r["context"] for r in rows} == {"own", "none"}
     assert len({r["study_id"] for r in rows}) == STUDIES
     return rows
 

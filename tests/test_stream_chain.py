@@ -60,7 +60,8 @@ def test_windows_are_eighths_quarters_halves_of_the_cache():
     assert tiny.windows() == (16, 32, 64)  # S/8 = 8 rounds up to 16 = S/4
 
 
-@pytest.mark.parametrize("context", ["own", "teacher", "none"])
+@pytest.mark.parametrize("context", ["own", pytest.param("teacher", marks=pytest.mark.slow),
+                                     pytest.param("none", marks=pytest.mark.slow)])
 def test_a_stream_through_two_rows_answers_as_each_study_alone(world, context):
     decoder, params, tokenizer = world["decoder"], world["params"], world["tokenizer"]
     studies = world["studies"]

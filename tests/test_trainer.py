@@ -131,6 +131,7 @@ def test_the_alignment_phase_trains_single_stage_1_2_pairs_first_and_starts_the_
     assert calls[1]["init_params_from"] == str(align / "checkpoints")
 
 
+@pytest.mark.slow  # trains 4 more steps (~55 s); test_fault_injection's SIGKILL case checks resume in make test
 def test_a_resumed_run_ends_as_an_uninterrupted_one(trained):
     cfg, tmp, _, _ = trained
     align_log = (tmp / "run" / "alignment" / "metrics.jsonl").read_text()
