@@ -21,7 +21,10 @@ def _image_root(fixture) -> str:
     return fixture.options.get("image_root") or fixture.options["root"]
 
 
-@pytest.fixture(scope="module", params=sorted(SOURCE_WRITERS))
+# MIMIC-CXR runs in make test; the other sources end to end in make test-slow (their readers are in
+# test_construct_sources.py).
+@pytest.fixture(scope="module", params=[name if name == "mimic-cxr" else pytest.param(name, marks=pytest.mark.slow)
+                                        for name in sorted(SOURCE_WRITERS)])
 def constructed(request, tmp_path_factory):
     """(fixture, output folder) after `cxrtrek data construct` on that source's fixture."""
     folder = tmp_path_factory.mktemp(request.param)

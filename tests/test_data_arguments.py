@@ -111,7 +111,8 @@ def test_train_splits_json_by_the_rule_of_the_other_commands(forms, checkpoint):
     assert _split_ids(built, "test") == expected_test and _split_ids(built, "train") == expected_train
 
 
-@pytest.mark.parametrize("form", ["json_without_split", pytest.param("json_with_split", marks=pytest.mark.slow), "tfds"])
+@pytest.mark.parametrize("form", ["json_without_split", pytest.param("json_with_split", marks=pytest.mark.slow),
+                                  pytest.param("tfds", marks=pytest.mark.slow)])
 def test_eval_infer_and_report_agree_on_the_split(form, forms, checkpoint, capsys):
     root, cases, _ = forms
     data_args, expected_test, expected_train = cases[form]

@@ -4,7 +4,7 @@ checkpoint, and run as two processes of which one is killed. Each case asserts t
 parameters are bit-identical to an uninterrupted run's, that the per-step losses are the same,
 and that `metrics.jsonl` holds every step once (docs/training.md: "What survives what").
 
-The SIGKILL case runs in the default suite; the others are `slow` (`make test-slow`).
+Every case is `slow` (`make test-slow`); the default suite keeps the SIGTERM pre-emption test (test_preemption.py).
 """
 
 import json
@@ -118,6 +118,7 @@ def reference(tmp_path_factory):
     return {"tmp": tmp, "data": data, "cache": cache, "run": tmp / "reference", "losses": losses}
 
 
+@pytest.mark.slow  # ~85 s; make test keeps the SIGTERM pre-emption case (test_preemption)
 def test_sigkill_at_a_random_step_then_restart_loses_nothing(reference):
     tmp, rng = reference["tmp"], random.Random()
     kill_after = rng.randint(SAVE_EVERY + 1, STEPS - 2)  # steps remain after it

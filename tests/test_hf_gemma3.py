@@ -70,6 +70,7 @@ def world(tmp_path_factory):
     return dict(root=root, studies=studies, hf_dir=hf_dir, hf_model=hf_model)
 
 
+@pytest.mark.slow  # ~50 s; make test keeps Gemma 3's logits vs PyTorch and infer == generate (test_hf_published)
 def test_import_train_chain_export_and_pytorch_answers_equal(world, tmp_path, capsys):
     imported = tmp_path / "imported"
     # Role prefixes given as flags train a fixed ChatFormat instead of the tokenizer's own template
