@@ -52,11 +52,11 @@ from benchmarks.grounding_boxes import (
     DETECTION_STAGE,
     BoxAnswerer,
     DetectionSet,
-    constant_answer,
     detection_question,
     detection_set,
     mean_iou,
 )
+from cxrtrek_jax.evaluation.scores.answer_baselines import best_constant_box
 from data_pipeline.schema.findings import FINDING_KINDS, PRESENCE_QUESTIONS
 
 __all__ = ["QUESTIONS", "DEFAULT_QUESTIONS", "GroundingSet", "make_grounding_set", "row_image_labels", "run_grounding",
@@ -381,7 +381,7 @@ def run_grounding(optim, *, preset: str = "small", steps: int = 150, batch_size:
     constant, constant_box = {}, {}
     for q, name in enumerate(DETECTION_QUESTIONS):
         if name in boxes:
-            constant[name] = constant_answer(train_boxes.answers_of(q))
+            constant[name] = best_constant_box(list(train_boxes.answers_of(q)))
             held = test_boxes.answers_of(q)
             constant_box[name] = mean_iou(held, [constant[name]] * len(held))
 

@@ -13,8 +13,9 @@ Scoring (`BoxAnswerer`, `mean_iou`): the answer is decoded greedily under the bo
 (`data_pipeline.text.box_grammar` in the `StepwiseDecoder`), so it always parses, and scored with
 the evaluation's own scorer (`detection_metrics.score_detection`): mean IoU pooled over the matched,
 missed and spurious box pairs of all rows (sum of IoUs / pairs, as the evaluation's `mean_iou`).
-The blind baseline (`constant_answer`) is the best constant box answer per question: the training
-answer with the highest mean IoU against the other training answers of its question.
+The blind baseline is the best constant box answer per question, chosen as the evaluation chooses it
+(`answer_baselines.best_constant_box`: the training answer with the highest mean IoU against all the
+training answers of its question).
 """
 
 from __future__ import annotations
@@ -24,12 +25,12 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from cxrtrek_jax.evaluation.metrics.detection_metrics import match_boxes, score_detection
-from data_pipeline.schema.boxes import Box, format_boxes, parse_boxes
+from cxrtrek_jax.evaluation.metrics.detection_metrics import score_detection
+from data_pipeline.schema.boxes import Box, format_boxes
 from data_pipeline.schema.findings import FINDING_NAMES
 
 __all__ = ["DETECTION_QUESTIONS", "DETECTION_STAGE", "DetectionSet", "detection_question", "detection_set",
-           "mean_iou", "constant_answer", "BoxAnswerer"]
+           "mean_iou", "BoxAnswerer"]
 
 # name -> the finding kind whose box it asks for.
 DETECTION_QUESTIONS: dict[str, str] = {
@@ -109,25 +110,6 @@ def mean_iou(references: Sequence[str], predictions: Sequence[str]) -> float:
     scores = [score_detection(r, p) for r, p in zip(references, predictions)]
     pairs = sum(s.num_pairs for s in scores)
     return sum(s.iou_sum for s in scores) / pairs if pairs else float("nan")
-
-
-def constant_answer(answers: Sequence[str]) -> str:
-    """The blind baseline of one question: the answer among `answers` (the training answers) with the
-    highest mean IoU (pooled, as `mean_iou`) against all the others; ties go to the first."""
-    if len(answers) < 2:
-        raise ValueError(f"a constant answer needs at least two training answers, got {len(answers)}")
-    boxes = [parse_boxes(a) for a in answers]
-    best, best_iou = 0, -1.0
-    for i, candidate in enumerate(boxes):
-        iou_sum = pairs = 0.0
-        for j, reference in enumerate(boxes):
-            if j != i:
-                matched = match_boxes(reference, candidate)
-                iou_sum += sum(p.iou for p in matched)
-                pairs += len(matched)
-        if iou_sum / pairs > best_iou:
-            best, best_iou = i, iou_sum / pairs
-    return answers[best]
 
 
 class BoxAnswerer:
