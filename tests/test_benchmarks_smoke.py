@@ -180,7 +180,7 @@ def test_tpu_compile_check_compiles_the_sharded_chain_answer_step():
     """The staged decoder's answer step as `eval --set mesh.*` runs it: on 4 chips (fsdp 2 x tensor 2)
     each chip holds well under the arguments one chip holds alone (weights and chain state sharded)."""
     case = tpu_compile_check.DecodeCase("cpu", batch=4, prompt_len=16, cache_len=64, images=2)
-    one_layer = override(TINY, {"text.num_layers": 1, "vision.depth": 1})
+    one_layer = override(TINY, {"text.num_layers": 1, "vision.depth": 1, "remat": True})  # as the presets
 
     def argument_bytes(mesh):
         compiled = tpu_compile_check._lower_chain_answer(case, one_layer, mesh).compile()

@@ -272,3 +272,23 @@ def test_more_image_tokens_than_images_is_refused(world):
     too_many = [config.image_token_id] * config.tokens_per_image * (int(present[1]) + 1)
     with pytest.raises(ValueError, match=r"sample 1: 0 image tokens so far \+ \d+ in the chunk"):
         decoder.ask(world["params"], state, [None, too_many, [7]], [0, 1, 1])
+
+
+def test_a_model_built_with_remat_decodes_as_without_it():
+    """The 7B and MedGemma presets set `remat`; decoding runs their blocks plainly (rematerialising
+    inside the answer's while_loop failed to trace), so greedy answers equal those of the same
+    weights built without remat."""
+    config = override(get_config("tiny"), {"text.num_layers": 1, "vision.depth": 1})
+    size, slots = config.vision.image_size, config.max_images
+    spec = DecodeSpec(cache_length=64, max_answer_tokens=8, max_turns=2, end_of_turn_id=1, pad_id=0,
+                      suppressed_ids=(config.image_token_id, 0))
+    answers = {}
+    for remat in (False, True):
+        built = override(config, {"remat": remat})
+        graphdef, params = nnx.split(CXRTrekNet(built, rngs=nnx.Rngs(1)))
+        decoder = StepwiseDecoder(graphdef, built, spec)
+        state = decoder.start(params, np.zeros((2, slots, size, size), np.float32), np.zeros((2, slots), bool),
+                              [[2, 3, 4], [2, 5]], jax.random.key(0))
+        state = decoder.ask(params, state, [[6, 7], [8, 9, 10]], [1, 2])
+        _, answers[remat] = decoder.answer(params, state, GREEDY, 8)
+    np.testing.assert_array_equal(answers[True], answers[False])

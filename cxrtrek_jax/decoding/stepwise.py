@@ -150,8 +150,14 @@ class DecodeSpec:
 
 
 def _model(graphdef: nnx.GraphDef, params: nnx.State) -> CXRTrekNet:
-    """The model merged from its static graph and state, in inference mode (no dropout)."""
-    return nnx.view(nnx.merge(graphdef, params), deterministic=True, raise_if_not_found=False)
+    """The model merged from its static graph and state, in inference mode: no dropout, and no
+    per-block rematerialisation (it only matters under differentiation, and `nnx.remat` cannot run
+    inside the answer's `while_loop` on parameters merged outside it)."""
+    model = nnx.view(nnx.merge(graphdef, params), deterministic=True, raise_if_not_found=False)
+    for _, module in nnx.iter_modules(model):
+        if getattr(module, "remat", False):
+            module.remat = False
+    return model
 
 
 def _row_take(values: jax.Array, index: jax.Array) -> jax.Array:
