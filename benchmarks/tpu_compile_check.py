@@ -275,7 +275,7 @@ def compile_decode_steps(case: DecodeCase, model_config=None, *, mesh=None, hbm:
 
     from cxrtrek_jax.train import sharding as sharding_lib
     from cxrtrek_jax.train import step as step_lib
-    from cxrtrek_jax.model import KV_AXES, SLOT_AXES, CXRTrekNet, KVCache, axis_rules, get_config
+    from cxrtrek_jax.model import KV_AXES, SLOT_AXES, CXRTrekNet, KVCache, axis_rules, backward_passes, get_config
 
     cfg = model_config or get_config(case.preset)
     mesh = mesh if mesh is not None else topology_mesh(case.topology, case.mesh)
@@ -305,9 +305,12 @@ def compile_decode_steps(case: DecodeCase, model_config=None, *, mesh=None, hbm:
                                   jnp.float32, sharding=row_sharding)
     image_mask = jax.ShapeDtypeStruct((case.batch, case.images), jnp.bool_, sharding=row_sharding)
 
+    # The layers' forms of the mesh's platform, as the decoder (`StepwiseDecoder`) and train step take them.
+    hand_written = backward_passes.hand_written_backward_wins(mesh.devices.flat[0].platform)
+
     def forward(params, tokens, images, image_mask, positions, segment_ids, cache, cache_index):
         model = nnx.merge(split.graphdef, params, split.rest)
-        with axis_rules(sharding_lib.LOGICAL_AXIS_RULES, mesh):
+        with axis_rules(sharding_lib.LOGICAL_AXIS_RULES, mesh), backward_passes.hand_written_backward(hand_written):
             logits, cache = model(tokens, images, image_mask, positions, segment_ids, cache, cache_index)
         return logits[:, -1], cache
 
