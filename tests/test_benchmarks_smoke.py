@@ -210,3 +210,18 @@ def test_image_feature_statistics_and_view_probe():
     assert image_features.ridge_probe_accuracy(rng.standard_normal((60, 5)), y, train) < 0.9
     with pytest.raises(ValueError, match="both sides"):
         image_features.ridge_probe_accuracy(x, y, np.ones(60, bool))
+
+
+@pytest.mark.slow
+def test_decode_step_profile_and_streamed_products():
+    """The decode-step profile finds the step's matrix products, and the three product
+    implementations it times compute the same sums as numpy (checked inside matmul_stream)."""
+    from benchmarks.profile_decode_step import DecodeStep, matmul_stream
+    from benchmarks.profile_train_step import profile_jax
+
+    profile = profile_jax(DecodeStep("tiny", batch=2, window=32, compiler_options={
+        "xla_cpu_enable_xprof_traceme": True}), steps=2)
+    assert profile["groups_s_per_step"].get("matmul", 0) > 0, profile["groups_s_per_step"]
+    stream = matmul_stream(4, matrices=2, k=16, n=32, repeats=1)
+    assert set(stream["methods"]) == {"jax (YNNPACK products)", "jax (Eigen products)", "torch F.linear"}
+    assert all(r["ms"] > 0 for r in stream["methods"].values())

@@ -18,9 +18,7 @@ from transformers import AutoProcessor, AutoTokenizer, LlavaForConditionalGenera
 from cxrtrek_jax.train import checkpointing
 from cxrtrek_jax.hf import exporter as hf_export
 from cxrtrek_jax.hf import llava_family
-from cxrtrek_jax.train import optimizer as opt
 from cxrtrek_jax.train import sharding as sh
-from cxrtrek_jax.train import step as ts
 from cxrtrek_jax.cli import main
 from cxrtrek_jax.decoding.model_loading import load_checkpoint_model, split_for_decoding
 from cxrtrek_jax.model import CXRTrekNet, LoraConfig, get_config, override, to_dict
@@ -31,6 +29,7 @@ from data_pipeline.batches.packing import pad_sequence, stack_rows
 from data_pipeline.phantom import PhantomConfig, write_phantom_dataset
 from data_pipeline.text.sequences import SequenceConfig, build_sequences, system_prompt_of
 from data_pipeline.text.tokenizer import train_tokenizer, training_texts
+from tests.train_steps import train_steps
 
 SEQ_LEN = 320
 TRAIN_STEPS = 40
@@ -85,17 +84,8 @@ def trained(tmp_path_factory):
     batch = _training_batch(root, studies, tokenizer, cfg)
 
     mesh = sh.make_mesh(sh.MeshConfig(), jax.devices()[:1])
-    optim = opt.OptimConfig(learning_rate=1e-2, warmup_steps=2, total_steps=TRAIN_STEPS)
-    split = ts.split_abstract_model(lambda rngs: CXRTrekNet(cfg, rngs=rngs))
-    tx = opt.make_optimizer(optim)
-    shardings = ts.state_shardings(split, tx, mesh)
-    state = ts.create_train_state(_host_params_of(split.abstract_params), tx, shardings)
-    step_fn = ts.make_train_step(split, tx, optim, shardings)
-    device_batch = sh.put_batch(batch, mesh)
-    losses = []
-    for _ in range(TRAIN_STEPS):
-        state, metrics = step_fn(state, device_batch)
-        losses.append(float(metrics["loss"]))
+    state, losses, split = train_steps(_host_params_of, cfg, batch, mesh, TRAIN_STEPS, learning_rate=1e-2,
+                                       warmup_steps=2)
 
     ckpt = tmp_path_factory.mktemp("ckpt")
     tokenizer.save(ckpt / "tokenizer")

@@ -124,7 +124,7 @@ def _fine_tune(imported, out, images, tokenizer, steps=3):
     slots[0] = images[0]
     batch = stack_rows([row, row], np.stack([slots, slots]))
     mesh = sh.make_mesh(sh.MeshConfig(data=1, fsdp=1, tensor=1), jax.devices()[:1])
-    state, losses = train_steps(imported, cfg, batch, mesh, steps)
+    state, losses, _ = train_steps(imported, cfg, batch, mesh, steps)
     assert losses[-1] < losses[0], losses
     tokenizer.save(out / "tokenizer")
     for name in ("preprocessor_config.json", "processor_config.json"):
