@@ -6,7 +6,7 @@ Run it as `make bench-decode` runs (one core, one thread per framework). Two par
 
 1. Per-op profile of one decoding step of the `small` model (`StepwiseDecoder`'s model call on one
    token per row over a KV cache, LM head included), at batch B and cache windows S: its time
-   untraced (best of --steps calls), then JAX's Perfetto trace read back by
+   untraced (median of --steps calls), then JAX's Perfetto trace read back by
    `profile_train_step.profile_jax`, thunk time per op group (matrix products, reductions, copies,
    ...) and the heaviest ops (the trace's per-thunk events slow the step down; read its shares).
    A single call copies the cache it does not own (no donation on CPU); inside `answer_step`'s
@@ -27,7 +27,6 @@ import argparse
 import functools
 import os
 import sys
-import time
 from typing import Any
 
 __all__ = ["DecodeStep", "matmul_stream", "main"]
@@ -37,18 +36,16 @@ TRACE = {"xla_cpu_enable_xprof_traceme": True}
 
 
 class DecodeStep:
-    """One jitted decoding step of `preset` at `batch` rows over a `window`-slot cache (slot 100 written);
-    `run(n)` runs it n times (the interface `profile_train_step.profile_jax` drives)."""
+    """One jitted decoding step of `model` (a `CXRTrekNet`) at `batch` rows over a `window`-slot cache
+    (slot 100 written); `run(n)` runs it n times (the interface `profile_train_step.profile_jax` drives)."""
 
-    def __init__(self, preset: str, batch: int, window: int, compiler_options: dict[str, Any]):
+    def __init__(self, model, batch: int, window: int, compiler_options: dict[str, Any]):
         import jax
         import jax.numpy as jnp
         from flax import nnx
 
         from cxrtrek_jax.decoding.stepwise import _model
-        from cxrtrek_jax.model import CXRTrekNet, get_config
 
-        model = CXRTrekNet(get_config(preset), rngs=nnx.Rngs(0))
         graphdef, self.params = nnx.split(model)
         self.cache = model.init_cache(batch, window)
         self.tokens = jnp.zeros((batch,), jnp.int32)
@@ -71,20 +68,11 @@ class DecodeStep:
         jax.block_until_ready(out)
 
 
-def _best_ms(fn, repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return 1e3 * min(times)
-
-
-def matmul_stream(rows: int, *, matrices: int = 30, k: int = 384, n: int = 1024, repeats: int = 10) -> dict[str, Any]:
+def matmul_stream(rows: int, *, matrices: int = 30, k: int = 384, n: int = 1024, rounds: int = 10) -> dict[str, Any]:
     """x float32[rows, k] times `matrices` different [k, n] weights, summed (every product is used,
-    and each implementation's sum is checked against numpy in float64): best-of-`repeats`
-    milliseconds, weight GB/s and GFLOP/s per implementation."""
+    and each implementation's sum is checked against numpy in float64): median milliseconds of
+    `rounds` alternating rounds (`common.alternate`), weight GB/s and GFLOP/s per implementation."""
+    from benchmarks import common
     import jax
     import jax.numpy as jnp
     import numpy as np
@@ -111,12 +99,15 @@ def matmul_stream(rows: int, *, matrices: int = 30, k: int = 384, n: int = 1024,
         with torch.no_grad():
             return float(sum(torch.nn.functional.linear(torch_x, w).sum() for w in torch_weights))
 
-    out, expected = {}, float(sum((x.astype(np.float64) @ w).sum() for w in weights))
-    for name, fn in (("jax (YNNPACK products)", jax_case({})), ("jax (Eigen products)", jax_case(EIGEN_DOTS)),
-                     ("torch F.linear", torch_case)):
+    cases = {"jax (YNNPACK products)": jax_case({}), "jax (Eigen products)": jax_case(EIGEN_DOTS),
+             "torch F.linear": torch_case}
+    expected = float(sum((x.astype(np.float64) @ w).sum() for w in weights))
+    for name, fn in cases.items():
         if not np.isclose(fn(), expected, rtol=1e-4):
             raise AssertionError(f"{name} computed {fn()}, float64 numpy {expected}")
-        ms = _best_ms(fn, repeats)
+    out = {}
+    for name, timing in common.alternate(cases, rounds=rounds, warmup=0).items():
+        ms = 1e3 * timing.median_s
         out[name] = {"ms": ms, "weight_gb_per_s": weight_bytes / ms / 1e6, "gflop_per_s": flops / ms / 1e6}
     return {"rows": rows, "k": k, "n": n, "matrices": matrices, "weight_mb": weight_bytes / 1e6, "methods": out}
 
@@ -131,20 +122,24 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     import torch
+    from flax import nnx
 
     from benchmarks import common
     from benchmarks.bench_decode import MachineBound
+    from cxrtrek_jax.model import CXRTrekNet, get_config
     from benchmarks.profile_train_step import profile_jax
 
     torch.set_num_threads(1)
     machine = MachineBound.measure()
     print(f"machine: {machine.flops_per_s / 1e9:.1f} GFLOP/s float32 matmul, {machine.bytes_per_s / 1e9:.1f} GB/s read")
     steps = {}
+    model = CXRTrekNet(get_config(args.preset), rngs=nnx.Rngs(0))
     for window in (int(w) for w in args.windows.split(",")):
         for name, options in (("default", {}), ("eigen products", EIGEN_DOTS)):
-            untraced = DecodeStep(args.preset, args.batch, window, options)
-            profile = profile_jax(DecodeStep(args.preset, args.batch, window, {**TRACE, **options}), args.steps)
-            profile["untraced_ms_per_step"] = _best_ms(lambda: untraced.run(1), args.steps)
+            untraced = DecodeStep(model, args.batch, window, options)
+            profile = profile_jax(DecodeStep(model, args.batch, window, {**TRACE, **options}), args.steps)
+            timing = common.alternate({"step": lambda: untraced.run(1)}, rounds=args.steps)["step"]
+            profile["untraced_ms_per_step"] = 1e3 * timing.median_s
             steps[f"window {window}, {name}"] = profile
             groups = ", ".join(f"{g} {s * 1e3:.2f}" for g, s in profile["groups_s_per_step"].items())
             print(f"decode step, batch {args.batch}, window {window}, {name}: {profile['untraced_ms_per_step']:.2f} ms "

@@ -219,9 +219,14 @@ def test_decode_step_profile_and_streamed_products():
     from benchmarks.profile_decode_step import DecodeStep, matmul_stream
     from benchmarks.profile_train_step import profile_jax
 
-    profile = profile_jax(DecodeStep("tiny", batch=2, window=32, compiler_options={
+    from flax import nnx
+
+    from cxrtrek_jax.model import CXRTrekNet, get_config
+
+    model = CXRTrekNet(get_config("tiny"), rngs=nnx.Rngs(0))
+    profile = profile_jax(DecodeStep(model, batch=2, window=32, compiler_options={
         "xla_cpu_enable_xprof_traceme": True}), steps=2)
     assert profile["groups_s_per_step"].get("matmul", 0) > 0, profile["groups_s_per_step"]
-    stream = matmul_stream(4, matrices=2, k=16, n=32, repeats=1)
+    stream = matmul_stream(4, matrices=2, k=16, n=32, rounds=1)
     assert set(stream["methods"]) == {"jax (YNNPACK products)", "jax (Eigen products)", "torch F.linear"}
     assert all(r["ms"] > 0 for r in stream["methods"].values())
